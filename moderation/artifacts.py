@@ -1,0 +1,78 @@
+"""Model artifacts: resolve a registry URI to bytes, refusing anything whose SHA-256 differs
+from the digest pinned in conf/models/ or whose format can execute code when loaded.
+
+URIs:
+  ``package://PKG/rel/path``  a file shipped inside an installed Python package
+  ``s3://bucket/key``         downloaded with boto3 (standard AWS credential chain)
+  a plain path                absolute, or relative to the project root
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+from moderation.config import PROJECT_ROOT, REFUSED_SUFFIXES, ArtifactRef
+from moderation.errors import ArtifactError
+
+
+def resolve_local(uri: str) -> Path:
+    """Local path of a non-S3 artifact URI (may not exist)."""
+    if uri.startswith("package://"):
+        pkg, _, rel = uri[len("package://") :].partition("/")
+        try:
+            base = resources.files(pkg)
+        except ModuleNotFoundError as e:
+            raise ArtifactError(f"artifact {uri}: package {pkg!r} is not installed") from e
+        return Path(str(base)) / rel
+    path = Path(uri)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _fetch_s3(uri: str) -> bytes:
+    import boto3
+
+    from moderation.lake import storage_options
+
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    opts = storage_options(uri) or {}
+    client = boto3.client("s3", endpoint_url=opts.get("AWS_ENDPOINT_URL"))
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def read_verified(model_id: str, name: str, ref: ArtifactRef) -> bytes:
+    """The artifact's bytes, after checking format and SHA-256.
+
+    The digest is computed over the very bytes that are returned for loading, so a file
+    swapped between check and load cannot slip through.
+
+    Raises:
+        ArtifactError: missing file, refused format or digest mismatch, naming model and file.
+    """
+    if ref.uri.lower().endswith(REFUSED_SUFFIXES):
+        raise ArtifactError(f"model {model_id}: artifact {name} ({ref.uri}) is pickle-based; refused")
+    if ref.uri.startswith("s3://"):
+        data = _fetch_s3(ref.uri)
+        where = ref.uri
+    else:
+        path = resolve_local(ref.uri)
+        if not path.is_file():
+            raise ArtifactError(f"model {model_id}: artifact {name} not found at {path}")
+        data = path.read_bytes()
+        where = str(path)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ref.sha256:
+        raise ArtifactError(
+            f"model {model_id}: artifact {name} ({where}) has SHA-256 {digest}, "
+            f"registry pins {ref.sha256}; refusing to load"
+        )
+    return data
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

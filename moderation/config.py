@@ -1,0 +1,280 @@
+"""Typed configuration: policy versions, model registry entries and run profiles.
+
+Each is a frozen pydantic model loaded by a strict loader: unknown keys, wrong types, bad
+thresholds, unknown categories or models are ``ConfigError``s that name the file and the
+field. The resolved content is hashed into run metadata so every run says exactly which
+configuration it used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from moderation.errors import ConfigError
+
+Modality = Literal["text", "image", "audio"]
+MODALITIES: tuple[Modality, ...] = ("text", "image", "audio")
+Action = Literal["remove", "restrict", "age_restrict", "demote", "label"]
+Severity = Literal["low", "medium", "high", "critical"]
+PolicyStatus = Literal["draft", "shadow", "live"]
+GpuMode = Literal["auto", "never", "always"]
+
+#: The folder holding conf/ when the project runs from its repository (editable install).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_conf_dir() -> Path:
+    """conf/ of the project, or ``$MODERATION_CONF_DIR`` when set."""
+    return Path(os.environ.get("MODERATION_CONF_DIR", PROJECT_ROOT / "conf"))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+# --------------------------------------------------------------------------------------
+# Policies
+# --------------------------------------------------------------------------------------
+
+
+class CategoryRule(_Strict):
+    """How one category is decided: a score at or above ``threshold`` is a violation, one in
+    ``[review_threshold, threshold)`` goes to human review."""
+
+    threshold: float = Field(gt=0.0, le=1.0)
+    review_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    action: Action
+    severity: Severity
+    #: Which modalities' scores count as evidence for this category (item score = max).
+    modalities: tuple[Modality, ...] = ("text",)
+
+    @model_validator(mode="after")
+    def _review_below_threshold(self) -> CategoryRule:
+        if self.review_threshold is not None and self.review_threshold >= self.threshold:
+            raise ValueError(
+                f"review_threshold ({self.review_threshold}) must be below threshold ({self.threshold})"
+            )
+        return self
+
+
+class Exemptions(_Strict):
+    """Items exempt from categories: e.g. explicit-tagged tracks are not flagged for
+    offensive language, which their explicit tag already discloses."""
+
+    explicit: tuple[str, ...] = ()
+
+
+class Policy(_Strict):
+    """One immutable version of a content policy."""
+
+    policy_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    version: int = Field(ge=1)
+    status: PolicyStatus
+    description: str = ""
+    models: tuple[str, ...] = Field(min_length=1)
+    categories: dict[str, CategoryRule] = Field(min_length=1)
+    exemptions: Exemptions = Exemptions()
+
+    @field_validator("categories")
+    @classmethod
+    def _category_names(cls, v: dict[str, CategoryRule]) -> dict[str, CategoryRule]:
+        for name in v:
+            if not name.replace("_", "").isalnum() or not name.islower():
+                raise ValueError(f"category name {name!r} must be lower-case letters, digits, _")
+        return v
+
+    @model_validator(mode="after")
+    def _exemptions_known(self) -> Policy:
+        for cat in self.exemptions.explicit:
+            if cat not in self.categories:
+                raise ValueError(
+                    f"exemptions.explicit names unknown category {cat!r}; "
+                    f"valid: {sorted(self.categories)}"
+                )
+        return self
+
+
+class LoadedPolicy(BaseModel):
+    """A policy together with where it came from and its content hash."""
+
+    model_config = ConfigDict(frozen=True)
+
+    policy: Policy
+    path: str
+    content_hash: str
+
+
+# --------------------------------------------------------------------------------------
+# Model registry
+# --------------------------------------------------------------------------------------
+
+#: Suffixes of formats that can execute code when loaded (pickle and friends): refused.
+REFUSED_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+
+
+class ArtifactRef(_Strict):
+    uri: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_pickle(cls, v: str) -> str:
+        if v.lower().endswith(REFUSED_SUFFIXES):
+            raise ValueError(
+                f"artifact {v!r} is in a pickle-based format; only safetensors, json, txt "
+                "and onnx artifacts are loaded"
+            )
+        return v
+
+
+class ModelSpec(_Strict):
+    """A model registry entry (conf/models/<model_id>.yaml)."""
+
+    model_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    modality: Modality
+    #: Which classifier implementation loads these artifacts.
+    kind: Literal["minilm_heads"]
+    categories: tuple[str, ...] = Field(min_length=1)
+    artifacts: dict[str, ArtifactRef] = Field(min_length=1)
+    preprocessing: dict[str, int | float | str] = {}
+    description: str = ""
+
+    @cached_property
+    def digest(self) -> str:
+        """One digest for the model version: SHA-256 over its artifacts' pinned digests."""
+        h = hashlib.sha256()
+        for name in sorted(self.artifacts):
+            h.update(f"{name}:{self.artifacts[name].sha256}\n".encode())
+        return h.hexdigest()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model_id}@{self.digest[:12]}"
+
+
+# --------------------------------------------------------------------------------------
+# Run profiles
+# --------------------------------------------------------------------------------------
+
+
+class RunProfile(_Strict):
+    """Engine settings of a run (conf/jobs/<name>.yaml)."""
+
+    batch_size: int = Field(default=64, ge=1)
+    #: Actors per model; on a GPU cluster capped at the number of GPUs.
+    actors: int = Field(default=1, ge=1)
+    #: Logical CPUs each scoring actor reserves. Keep it below the machine's CPU count:
+    #: an actor pool that reserves every CPU starves the read tasks (ray-project/ray#44687).
+    actor_num_cpus: float = Field(default=1.0, gt=0)
+    #: torch intra-op threads in each actor (0 = torch's default).
+    torch_threads: int = Field(default=0, ge=0)
+    #: Selected (item, modality) pairs per committed chunk.
+    chunk_pairs: int = Field(default=1000, ge=1)
+    gpu: GpuMode = "auto"
+
+
+# --------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{…}"
+        lines.append(f"{path}: field '{field}': {e['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> tuple[dict, bytes]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: file not found") from e
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data, raw
+
+
+def load_model_spec(path: Path) -> ModelSpec:
+    data, _ = _read_yaml(path)
+    try:
+        spec = ModelSpec.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(path, e)) from e
+    if spec.model_id != path.stem:
+        raise ConfigError(f"{path}: field 'model_id': {spec.model_id!r} must match the file name {path.stem!r}")
+    return spec
+
+
+def load_model_registry(models_dir: Path | None = None) -> dict[str, ModelSpec]:
+    """All registry entries under ``models_dir`` (default conf/models), by model id."""
+    models_dir = models_dir or default_conf_dir() / "models"
+    if not models_dir.is_dir():
+        raise ConfigError(f"{models_dir}: model registry folder not found")
+    return {p.stem: load_model_spec(p) for p in sorted(models_dir.glob("*.yaml"))}
+
+
+def load_policy(path: Path | str, registry: dict[str, ModelSpec] | None = None) -> LoadedPolicy:
+    """Load and validate a policy version file against the model registry.
+
+    Raises:
+        ConfigError: naming the file and field, for any malformed or inconsistent content.
+    """
+    path = Path(path)
+    data, raw = _read_yaml(path)
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(path, e)) from e
+    registry = registry if registry is not None else load_model_registry()
+    emitted: set[str] = set()
+    for i, model_id in enumerate(policy.models):
+        if model_id not in registry:
+            raise ConfigError(
+                f"{path}: field 'models.{i}': unknown model {model_id!r}; "
+                f"registered: {sorted(registry)}"
+            )
+        emitted.update(registry[model_id].categories)
+    for name, rule in policy.categories.items():
+        if name not in emitted:
+            raise ConfigError(
+                f"{path}: field 'categories.{name}': unknown category {name!r}: no model of "
+                f"this policy emits it; emitted: {sorted(emitted)}"
+            )
+        for m in rule.modalities:
+            if not any(registry[mid].modality == m for mid in policy.models):
+                raise ConfigError(
+                    f"{path}: field 'categories.{name}.modalities': no model of this policy "
+                    f"scores modality {m!r}"
+                )
+    return LoadedPolicy(policy=policy, path=str(path), content_hash=hashlib.sha256(raw).hexdigest())
+
+
+def load_run_profile(path: Path | str | None = None) -> RunProfile:
+    path = Path(path) if path else default_conf_dir() / "jobs" / "local.yaml"
+    data, _ = _read_yaml(path)
+    try:
+        return RunProfile.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(path, e)) from e
+
+
+def config_hash(*parts: BaseModel) -> str:
+    """Stable hash of resolved configuration objects, recorded in ``runs``."""
+    payload = json.dumps([p.model_dump(mode="json") for p in parts], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,0 +1,28 @@
+"""The project's exception hierarchy.
+
+Every error a user can cause (a bad policy file, a catalog missing columns, a tampered model
+artifact) is a ``ModerationError`` whose message names the file, the field and the value.
+The CLI turns these into one line on stderr and a non-zero exit, before anything is written.
+"""
+
+from __future__ import annotations
+
+
+class ModerationError(Exception):
+    """Base class for errors the user can act on."""
+
+
+class ConfigError(ModerationError):
+    """A policy, model registry entry or run profile is invalid."""
+
+
+class CatalogError(ModerationError):
+    """The catalog as a whole cannot be used (missing table, missing or mistyped columns)."""
+
+
+class ArtifactError(ModerationError):
+    """A model artifact is missing, has the wrong digest or is in a refused format."""
+
+
+class LakeError(ModerationError):
+    """An output table is missing or inconsistent with what a command needs."""

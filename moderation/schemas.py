@@ -1,0 +1,144 @@
+"""One explicit Arrow schema per output table: the public contract analysts query.
+
+Never inferred from a batch. Columns evolve additively only; every column is documented in
+the README ("Tables"). Changing a schema here without a README entry is a review blocker.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+STR_LIST = pa.list_(pa.string())
+
+#: The catalog fields the pipeline reads. ``markets`` and ``explicit`` and the media columns
+#: are optional in a user catalog; item_id, item_type and at least one text field are not.
+CATALOG_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("item_type", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("description", pa.string()),
+        pa.field("body_text", pa.string()),  # lyrics (tracks) or transcript (episodes, books)
+        pa.field("language", pa.string()),
+        pa.field("markets", STR_LIST),
+        pa.field("creator_id", pa.string()),
+        pa.field("explicit", pa.bool_()),
+        pa.field("cover_image", pa.string()),  # URI of the cover art
+        pa.field("audio_clip", pa.string()),  # URI of an audio preview
+        pa.field("updated_at", TS),
+    ]
+)
+REQUIRED_CATALOG_COLUMNS = ("item_id", "item_type")
+TEXT_COLUMNS = ("title", "description", "body_text")
+
+SCORES_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("item_type", pa.string()),
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("model_digest", pa.string(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("category_scores", pa.map_(pa.string(), pa.float32())),
+        pa.field("evidence", pa.map_(pa.string(), pa.string())),
+        pa.field("language", pa.string()),
+        pa.field("markets", STR_LIST),
+        pa.field("explicit", pa.bool_()),
+        pa.field("scored_at", TS, nullable=False),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string()),
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("quarantined_at", TS, nullable=False),
+    ]
+)
+
+VIOLATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string(), nullable=False),
+        pa.field("policy_version", pa.int32(), nullable=False),
+        pa.field("policy_status", pa.string()),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("item_type", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("markets", STR_LIST),
+        pa.field("market_scope", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("threshold", pa.float32(), nullable=False),
+        pa.field("decision", pa.string(), nullable=False),  # violation | review
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("severity", pa.string(), nullable=False),
+        pa.field("evidence_modalities", STR_LIST),
+        pa.field("model_refs", STR_LIST),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("decided_at", TS, nullable=False),
+    ]
+)
+VIOLATIONS_PARTITIONS = ["policy_id", "policy_version"]
+
+RUNS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # backfill | decide
+        pa.field("status", pa.string(), nullable=False),  # running | succeeded | failed
+        pa.field("catalog_uri", pa.string()),
+        pa.field("catalog_version", pa.int64()),
+        pa.field("where_expr", pa.string()),
+        pa.field("item_limit", pa.int64()),
+        pa.field("policy_id", pa.string()),
+        pa.field("policy_version", pa.int32()),
+        pa.field("policy_hash", pa.string()),
+        pa.field("model_ids", STR_LIST),
+        pa.field("model_digests", STR_LIST),
+        pa.field("modalities", STR_LIST),
+        pa.field("selected_pairs", pa.int64()),
+        pa.field("scored_pairs", pa.int64()),
+        pa.field("quarantined_pairs", pa.int64()),
+        pa.field("violation_rows", pa.int64()),
+        pa.field("chunks_committed", pa.int64()),
+        pa.field("scores_version", pa.int64()),
+        pa.field("config_hash", pa.string()),
+        pa.field("code_version", pa.string()),
+        pa.field("started_at", TS),
+        pa.field("ended_at", TS),
+        pa.field("error", pa.string()),
+    ]
+)
+
+#: Report table written by the Spark job: one row per policy version x category x item type x
+#: market x language among the items the decide run covered.
+VIOLATION_RATES_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string()),
+        pa.field("policy_version", pa.int32()),
+        pa.field("category", pa.string()),
+        pa.field("item_type", pa.string()),
+        pa.field("market", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("items", pa.int64()),
+        pa.field("violations", pa.int64()),
+        pa.field("reviews", pa.int64()),
+        pa.field("violation_rate", pa.float64()),
+    ]
+)
+
+TABLE_SCHEMAS: dict[str, pa.Schema] = {
+    "scores": SCORES_SCHEMA,
+    "quarantine": QUARANTINE_SCHEMA,
+    "violations": VIOLATIONS_SCHEMA,
+    "runs": RUNS_SCHEMA,
+}
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets the project up in ./.venv: every Python dependency, the project itself (editable).
+# Idempotent: a second run with unchanged pyproject.toml/constraints does nothing.
+# Usage: bash scripts/setup.sh
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+py="${PYTHON:-python3}"
+
+if ! command -v java >/dev/null 2>&1; then
+  echo "setup: Java 17+ is needed by the Spark report (apt-get install openjdk-17-jre-headless)" >&2
+  exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+stamp=.venv/.moderation-installed
+want="$(cat pyproject.toml scripts/constraints.txt | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first, from the pinned CPU build, so no later resolver step can pick a CUDA build.
+.venv/bin/python -m pip install --quiet -c scripts/constraints.txt torch
+.venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e ".[dev]"
+echo "$want" > "$stamp"
+echo "setup: environment ready in $root/.venv"

@@ -91,16 +91,6 @@ class Policy(_Strict):
                 raise ValueError(f"category name {name!r} must be lower-case letters, digits, _")
         return v
 
-    @model_validator(mode="after")
-    def _exemptions_known(self) -> Policy:
-        for cat in self.exemptions.explicit:
-            if cat not in self.categories:
-                raise ValueError(
-                    f"exemptions.explicit names unknown category {cat!r}; "
-                    f"valid: {sorted(self.categories)}"
-                )
-        return self
-
 
 class LoadedPolicy(BaseModel):
     """A policy together with where it came from and its content hash."""
@@ -250,6 +240,12 @@ def load_policy(path: Path | str, registry: dict[str, ModelSpec] | None = None) 
                 f"registered: {sorted(registry)}"
             )
         emitted.update(registry[model_id].categories)
+    for i, cat in enumerate(policy.exemptions.explicit):
+        if cat not in policy.categories:
+            raise ConfigError(
+                f"{path}: field 'exemptions.explicit.{i}': unknown category {cat!r}; "
+                f"valid: {sorted(policy.categories)}"
+            )
     for name, rule in policy.categories.items():
         if name not in emitted:
             raise ConfigError(

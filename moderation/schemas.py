@@ -101,6 +101,7 @@ RUNS_SCHEMA = pa.schema(
         pa.field("model_ids", STR_LIST),
         pa.field("model_digests", STR_LIST),
         pa.field("modalities", STR_LIST),
+        pa.field("categories", STR_LIST),  # decide: the policy version's categories
         pa.field("selected_pairs", pa.int64()),
         pa.field("scored_pairs", pa.int64()),
         pa.field("quarantined_pairs", pa.int64()),

@@ -1,0 +1,167 @@
+"""The backfill job: score a catalog snapshot with a policy's models into ``scores`` and
+``quarantine``, committed in idempotent chunks, with one ``runs`` row per run.
+
+Re-running a finished run id writes nothing. Re-running an unfinished one resumes it: the
+same catalog version is read, pairs already committed for the run are skipped, and chunk
+numbering continues after the last committed chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from moderation.catalog import open_catalog, select_ids
+from moderation.config import config_hash, load_model_registry, load_policy, load_run_profile
+from moderation.errors import LakeError, ModerationError
+from moderation.lake import Lake
+from moderation.results import ChunkWriter, utcnow
+from moderation.runinfo import code_version, new_run_id, run_row
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackfillResult:
+    run_id: str
+    status: str
+    catalog_version: int | None
+    selected_pairs: int
+    scored_pairs: int
+    quarantined_pairs: int
+    chunks_committed: int
+    modalities: tuple[str, ...]
+    already_done: bool = False
+
+    def summary(self) -> str:
+        head = f"run {self.run_id}: {self.status}" + (" (already finished; nothing written)" if self.already_done else "")
+        return (
+            f"{head}\n  catalog version {self.catalog_version}, modalities {', '.join(self.modalities)}\n"
+            f"  selected pairs {self.selected_pairs} = scored {self.scored_pairs} + quarantined "
+            f"{self.quarantined_pairs}  [{'OK' if self.balanced else 'MISMATCH'}]\n"
+            f"  chunks committed this invocation: {self.chunks_committed}"
+        )
+
+    @property
+    def balanced(self) -> bool:
+        return self.selected_pairs == self.scored_pairs + self.quarantined_pairs
+
+
+def run_accounting(lake: Lake, run_id: str) -> tuple[int, int, int]:
+    """(scores rows, quarantine rows, duplicated pairs) the lake holds for ``run_id``."""
+    flt = pc.field("run_id") == run_id
+    s = lake.read("scores", filter=flt, columns=["item_id", "modality", "model_id"])
+    q = lake.read("quarantine", filter=flt, columns=["item_id", "modality"])
+    keys = pa.concat_tables([s.select(["item_id", "modality"]), q.select(["item_id", "modality"])])
+    distinct = keys.group_by(["item_id", "modality"]).aggregate([]).num_rows
+    return s.num_rows, q.num_rows, keys.num_rows - distinct
+
+
+def _done_ids(lake: Lake, run_id: str, model_id: str, modality: str) -> pa.Array:
+    s = lake.read("scores", filter=(pc.field("run_id") == run_id) & (pc.field("model_id") == model_id), columns=["item_id"])
+    q = lake.read("quarantine", filter=(pc.field("run_id") == run_id) & (pc.field("modality") == modality), columns=["item_id"])
+    ids = pa.concat_arrays([s.column("item_id").combine_chunks(), q.column("item_id").combine_chunks()])
+    return pc.unique(ids.drop_null())
+
+
+def run_backfill(
+    *,
+    catalog_uri: str,
+    lake_root: str,
+    policy_path: str | Path,
+    run_id: str | None = None,
+    where: str | None = None,
+    limit: int | None = None,
+    ray_address: str | None = None,
+    profile_path: str | Path | None = None,
+    models_dir: Path | None = None,
+    progress: bool = True,
+) -> BackfillResult:
+    """Score the catalog for the policy's models. See module docstring for resume semantics.
+
+    Raises:
+        ModerationError: bad policy, catalog or run id reuse, before anything is written.
+    """
+    from tqdm import tqdm
+
+    from moderation.pipeline import ensure_ray, score_stream, selected_count
+
+    registry = load_model_registry(models_dir)
+    loaded = load_policy(policy_path, registry)
+    policy = loaded.policy
+    profile = load_run_profile(profile_path)
+    models = [registry[m] for m in policy.models]
+    modalities = tuple(sorted({m.modality for m in models}))
+    lake = Lake(lake_root)
+    run_id = run_id or new_run_id("backfill")
+
+    existing = lake.get_run(run_id)
+    if existing is not None:
+        if existing["kind"] != "backfill" or existing["catalog_uri"] != catalog_uri or existing["policy_hash"] != loaded.content_hash:
+            raise ModerationError(
+                f"run id {run_id!r} already exists in {lake.uri('runs')} for another job "
+                f"(kind {existing['kind']}, catalog {existing['catalog_uri']}, policy "
+                f"{existing['policy_id']} v{existing['policy_version']}); choose a new --run-id"
+            )
+        if existing["status"] == "succeeded":
+            return BackfillResult(
+                run_id=run_id, status="succeeded", catalog_version=existing["catalog_version"],
+                selected_pairs=existing["selected_pairs"], scored_pairs=existing["scored_pairs"],
+                quarantined_pairs=existing["quarantined_pairs"], chunks_committed=0,
+                modalities=tuple(existing["modalities"]), already_done=True,
+            )
+        where, limit = existing["where_expr"], existing["item_limit"]
+    snapshot = open_catalog(catalog_uri, version=existing["catalog_version"] if existing else None)
+    keep_ids = select_ids(snapshot, where) if where else None
+    started = existing["started_at"] if existing else utcnow()
+    base = dict(
+        run_id=run_id, kind="backfill", catalog_uri=catalog_uri, catalog_version=snapshot.version,
+        where_expr=where, item_limit=limit, policy_id=policy.policy_id, policy_version=policy.version,
+        policy_hash=loaded.content_hash, model_ids=[m.model_id for m in models],
+        model_digests=[m.digest for m in models], modalities=list(modalities),
+        config_hash=config_hash(policy, profile, *models), code_version=code_version(), started_at=started,
+    )
+    lake.upsert_run(run_row(**base, status="running"))
+
+    chunks = 0
+    try:
+        ensure_ray(ray_address)
+        items = selected_count(snapshot, keep_ids=keep_ids, limit=limit)
+        selected = items * len(models)
+        with tqdm(total=selected, unit="pair", desc=f"backfill {run_id}", disable=not progress) as bar:
+            for model in models:
+                done = _done_ids(lake, run_id, model.model_id, model.modality)
+                bar.update(len(done))
+                writer = ChunkWriter(lake, run_id=run_id, model=model, chunk_pairs=profile.chunk_pairs)
+                for batch in score_stream(snapshot, model, profile, keep_ids=keep_ids, skip_ids=done, limit=limit):
+                    writer.add(batch)
+                    bar.update(batch.num_rows)
+                writer.flush()
+                chunks += writer.chunks_committed
+        scored, quarantined, dupes = run_accounting(lake, run_id)
+        ok = dupes == 0 and scored + quarantined == selected
+        error = None if ok else (
+            f"accounting mismatch: selected {selected} pairs, scores {scored} + quarantine {quarantined}, "
+            f"duplicated {dupes}"
+        )
+        status = "succeeded" if ok else "failed"
+        lake.upsert_run(run_row(
+            **base, status=status, selected_pairs=selected, scored_pairs=scored, quarantined_pairs=quarantined,
+            chunks_committed=chunks, ended_at=utcnow(), error=error,
+        ))
+        if not ok:
+            raise LakeError(f"run {run_id}: {error}")
+    except ModerationError:
+        raise
+    except BaseException as e:
+        lake.upsert_run(run_row(**base, status="failed", chunks_committed=chunks, ended_at=utcnow(),
+                                error=f"{type(e).__name__}: {e}"[:2000]))
+        raise
+    return BackfillResult(
+        run_id=run_id, status=status, catalog_version=snapshot.version, selected_pairs=selected,
+        scored_pairs=scored, quarantined_pairs=quarantined, chunks_committed=chunks, modalities=modalities,
+    )

@@ -1,0 +1,133 @@
+"""``moderation``: the command line. Thin: parses options, calls the library, prints.
+
+Every user error (a ModerationError) is one line on stderr and exit code 2, raised before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from moderation.config import default_conf_dir
+from moderation.errors import ModerationError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+DEFAULT_LAKE = "demo-lake"
+DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Nothing may reach a model hub at run time.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _fail(err: ModerationError) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _abs_uri(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).resolve())
+
+
+@app.command()
+def backfill(
+    catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: path or s3://"),
+    lake: str = typer.Option(..., help="lake root URI: path or s3://"),
+    policy: Path = typer.Option(..., help="policy version file, e.g. conf/policies/catalog-safety/v1.yaml"),
+    run_id: Optional[str] = typer.Option(None, help="run id; re-using a finished one writes nothing, an unfinished one resumes"),
+    where: Optional[str] = typer.Option(None, help="SQL predicate selecting a catalog slice, e.g. \"item_type = 'track'\""),
+    limit: Optional[int] = typer.Option(None, min=1, help="score at most N items"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default $RAY_ADDRESS or a local Ray)"),
+    profile: Optional[Path] = typer.Option(None, help="run profile (default conf/jobs/local.yaml)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Score the catalog with the policy's models into <lake>/scores and <lake>/quarantine."""
+    from moderation.backfill import run_backfill
+
+    _setup_logging(verbose)
+    try:
+        result = run_backfill(
+            catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
+            where=where, limit=limit, ray_address=ray_address, profile_path=profile,
+        )
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary())
+
+
+@app.command()
+def decide(
+    lake: str = typer.Option(..., help="lake root URI"),
+    policy: Path = typer.Option(..., help="policy version file"),
+    run_id: Optional[str] = typer.Option(None),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Apply a policy version to the stored scores (no model) and replace its violations."""
+    from moderation.decide import run_decide
+
+    _setup_logging(verbose)
+    try:
+        result = run_decide(lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary())
+
+
+@app.command()
+def report(
+    lake: str = typer.Option(..., help="lake root URI"),
+    master: str = typer.Option("local[*]", help="Spark master"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Spark job: violation counts and rates by policy version, category, item type, market,
+    language, written under <lake>/reports/."""
+    from moderation.reporting import run_report
+
+    _setup_logging(verbose)
+    try:
+        result = run_report(_abs_uri(lake), master=master)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary())
+
+
+@app.command()
+def demo(
+    lake: str = typer.Option(DEFAULT_LAKE, help="lake root for the demo (created if missing)"),
+    items: int = typer.Option(2000, min=10, help="items in the demo catalog"),
+    data_dir: Optional[Path] = typer.Option(None, help="labelled data and media (default ../shared/data)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Build a demo catalog at <lake>/catalog, then backfill, decide (v1 and v2) and report."""
+    from moderation.demo_run import run_demo
+
+    _setup_logging(verbose)
+    policies = [default_conf_dir() / "policies" / p for p in DEMO_POLICIES]
+    try:
+        run_demo(lake_root=_abs_uri(lake), items=items, data_dir=data_dir, policies=policies, echo=typer.echo)
+    except ModerationError as e:
+        _fail(e)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The demo catalog: a Delta table of tracks, episodes, audiobooks and shows whose text carries
+real labelled posts from ../shared/data, so a known share of items should be flagged.
+
+Labelled posts come only from held-out splits the text heads never saw (HateXplain
+validation and test, the held-out YouTube video) plus German GermEval tweets (never trained
+on: the encoder is English-only, and the reports should show that). Each post is planted in
+one field (title, description, or inside the lyrics/transcript) of an otherwise ordinary
+item, and its source and label are kept in columns for evaluation. Cover art and audio
+clips point at ../shared/data/media. About 1% of items have no usable text at all, so the
+quarantine path is exercised. Without ../shared/data the catalog is generated text only
+(benign and spam-like), and ``DemoCatalog.used_shared_data`` says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from moderation.datasets import LabelledText, read_germeval, read_hatexplain, read_youtube_spam
+from moderation.schemas import CATALOG_SCHEMA, STR_LIST
+
+DEMO_SCHEMA = pa.schema(
+    list(CATALOG_SCHEMA)
+    + [
+        pa.field("source_dataset", pa.string()),  # where the planted text came from; null if none
+        pa.field("source_label", pa.string()),  # the source's own label (e.g. hatespeech, spam)
+        pa.field("planted_field", pa.string()),  # title | description | body_text
+        pa.field("expected_categories", STR_LIST),  # categories the planted text is labelled with
+    ]
+)
+
+ITEM_TYPES = [("track", 0.5), ("episode", 0.25), ("audiobook", 0.15), ("show", 0.10)]
+MARKETS = ["US", "GB", "DE", "SE", "BR", "IN", "JP", "MX"]
+_ADJ = ["Midnight", "Golden", "Electric", "Quiet", "Endless", "Broken", "Neon", "Silver", "Wild", "Paper",
+        "Summer", "Northern", "Hidden", "Velvet", "Lonely", "Bright"]
+_NOUN = ["Drive", "Garden", "Harbor", "Skyline", "River", "Letters", "Echoes", "Motel", "Parade", "Signals",
+         "Horizon", "Kitchen", "Lanterns", "Orchard", "Station", "Weather"]
+_TOPIC = ["gardening", "city history", "long-distance running", "jazz records", "home cooking", "local politics",
+          "astronomy", "startup life", "board games", "bird watching", "film scores", "travel on a budget"]
+_LYRIC = [
+    "we were dancing in the kitchen light", "the radio was playing our song", "I keep your letters by the door",
+    "summer rain on an open road", "hold on, the morning is coming", "my heart beats like a drum tonight",
+    "running through the city with you", "every star is falling slow", "I left my worries by the sea",
+    "sing it loud and sing it long",
+]
+_TRANSCRIPT = [
+    "welcome back to the show, today we talk about", "our guest has spent ten years working on",
+    "before the break we were discussing", "thanks to everyone who wrote in about last week's episode",
+    "in the next chapter the family moves to", "let's take a listener question about",
+]
+_SPAM_FAKE = [
+    "Check out my channel and subscribe for free gift cards!!!", "WIN a brand new phone, click the link in my bio now",
+    "Make $500 a day from home, message me to learn how", "Free followers! Visit my page and get 10k likes today",
+]
+
+
+@dataclass(frozen=True)
+class DemoCatalog:
+    uri: str
+    items: int
+    used_shared_data: bool
+    planted: dict[str, int]  # source_label -> items
+
+
+def _title(rng: random.Random) -> str:
+    return f"{rng.choice(_ADJ)} {rng.choice(_NOUN)}"
+
+
+def _body(rng: random.Random, item_type: str, lines: int) -> str:
+    pool = _LYRIC if item_type == "track" else _TRANSCRIPT
+    out = []
+    for _ in range(lines):
+        line = rng.choice(pool)
+        out.append(f"{line} {rng.choice(_TOPIC)}" if item_type != "track" else line)
+    return ". ".join(out)
+
+
+def _labelled_pool(data_dir: Path | None, rng: random.Random) -> tuple[list[LabelledText], bool]:
+    if data_dir is not None and (data_dir / "text" / "hatexplain").is_dir():
+        pool = read_hatexplain(data_dir, "validation") + read_hatexplain(data_dir, "test")
+        pool += [r for r in read_youtube_spam(data_dir) if r.split == "test"]
+        german = read_germeval(data_dir)
+        pool += rng.sample(german, min(120, len(german)))
+        return pool, True
+    generated = [LabelledText(t, "generated", "demo", "spam", categories={"spam": 1}) for t in _SPAM_FAKE]
+    generated += [LabelledText(f"{l} {rng.choice(_TOPIC)}", "generated", "demo", "normal", categories={}) for l in _LYRIC]
+    return generated, False
+
+
+def build_demo_table(*, items: int = 2000, data_dir: Path | None = None, seed: int = 7) -> tuple[pa.Table, bool]:
+    """The demo catalog as an Arrow table (DEMO_SCHEMA) and whether shared data was used."""
+    rng = random.Random(seed)
+    pool, used_shared = _labelled_pool(data_dir, rng)
+    rng.shuffle(pool)
+    media = Path(data_dir) / "media" if data_dir else None
+    images = sorted(str(p.resolve()) for p in (media / "images").glob("*")) if media and media.is_dir() else []
+    clips = sorted(str(p.resolve()) for p in (media / "audio").glob("*.ogg")) if media and media.is_dir() else []
+    n_empty = max(1, items // 100)
+    n_labelled = min(len(pool), int(items * 0.8)) if used_shared else int(items * 0.3)
+    types, weights = zip(*ITEM_TYPES)
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    rows = []
+    for i in range(items):
+        item_type = rng.choices(types, weights)[0]
+        prefix = {"track": "trk", "episode": "epi", "audiobook": "abk", "show": "shw"}[item_type]
+        row = {
+            "item_id": f"{prefix}_{i:07d}",
+            "item_type": item_type,
+            "title": _title(rng),
+            "description": f"A {item_type} about {rng.choice(_TOPIC)}.",
+            "body_text": None if item_type == "show" else _body(rng, item_type, rng.randint(3, 12)),
+            "language": "en",
+            "markets": sorted(rng.sample(MARKETS, rng.randint(1, 4))),
+            "creator_id": f"creator_{rng.randint(1, 400):04d}",
+            "explicit": item_type == "track" and rng.random() < 0.2,
+            "cover_image": rng.choice(images) if images else None,
+            "audio_clip": rng.choice(clips) if clips and item_type != "show" else None,
+            "updated_at": base + dt.timedelta(minutes=rng.randint(0, 60 * 24 * 300)),
+            "source_dataset": None,
+            "source_label": None,
+            "planted_field": None,
+            "expected_categories": [],
+        }
+        if i < n_empty:
+            row.update(title="  ", description="", body_text=None)
+        elif i < n_empty + n_labelled:
+            src = pool[(i - n_empty) % len(pool)]
+            fields = ["title", "description"] + ([] if item_type == "show" else ["body_text"])
+            field = rng.choice(fields)
+            if field == "body_text":
+                parts = row["body_text"].split(". ")
+                parts.insert(rng.randint(0, len(parts)), src.text)
+                row["body_text"] = ". ".join(parts)
+            else:
+                row[field] = src.text
+            row.update(
+                source_dataset=src.source, source_label=src.label, planted_field=field, language=src.language,
+                expected_categories=sorted(c for c, v in src.categories.items() if v),
+            )
+            if src.language == "de" and "DE" not in row["markets"]:
+                row["markets"] = sorted(row["markets"] + ["DE"])
+        rows.append(row)
+    rng.shuffle(rows)
+    return pa.Table.from_pylist(rows, schema=DEMO_SCHEMA), used_shared
+
+
+def write_demo_catalog(uri: str, *, items: int = 2000, data_dir: Path | None = None, seed: int = 7) -> DemoCatalog:
+    """Write (or overwrite, as a new Delta version) the demo catalog at ``uri``."""
+    from deltalake import write_deltalake
+
+    from moderation.lake import storage_options
+
+    table, used = build_demo_table(items=items, data_dir=data_dir, seed=seed)
+    write_deltalake(uri, table, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri))
+    labels = table.column("source_label").to_pylist()
+    planted: dict[str, int] = {}
+    for label in labels:
+        if label is not None:
+            planted[label] = planted.get(label, 0) + 1
+    return DemoCatalog(uri=uri, items=table.num_rows, used_shared_data=used, planted=planted)

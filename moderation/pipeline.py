@@ -1,0 +1,180 @@
+"""Ray Data adapter: catalog snapshot -> preprocess (CPU tasks) -> score (actor pool).
+
+A thin layer over the pure stages: ``to_work_rows`` and ``Classifier.preprocess`` run as
+Ray tasks, ``Classifier.process_batch`` runs in an actor pool whose actors load the model
+once. The driver consumes the scored batches as they stream out (see backfill.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from moderation.catalog import CatalogSnapshot, to_work_rows
+from moderation.config import ModelSpec, RunProfile
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Join ``address`` (or $RAY_ADDRESS), else start a local Ray sized to this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how the scoring actors run."""
+
+    device: str
+    actors: int
+    num_cpus: float
+    num_gpus: float
+
+
+def plan_placement(profile: RunProfile, cluster: dict[str, float]) -> Placement:
+    """Pick GPU or CPU actors from the cluster's resources and the run profile.
+
+    On CPU the actors' reservations are capped so at least one CPU stays free for the read
+    and preprocess tasks: a pool that reserves every CPU hangs (ray-project/ray#44687).
+    """
+    gpus = int(cluster.get("GPU", 0))
+    cpus = float(cluster.get("CPU", 1))
+    if profile.gpu == "always" and gpus == 0:
+        raise RuntimeError("run profile says gpu: always but the Ray cluster has no GPU")
+    if gpus and profile.gpu != "never":
+        actors = max(1, min(profile.actors, gpus))
+        num_cpus = min(profile.actor_num_cpus, max(0.1, (cpus - 1) / actors))
+        return Placement(device="cuda", actors=actors, num_cpus=num_cpus, num_gpus=1.0)
+    actors = profile.actors
+    budget = max(0.1, cpus - 1) if cpus > 1 else 0.5 * cpus
+    num_cpus = min(profile.actor_num_cpus, budget / actors)
+    return Placement(device="cpu", actors=actors, num_cpus=num_cpus, num_gpus=0.0)
+
+
+def preprocess_batch(
+    batch: pa.Table, *, spec: ModelSpec, skip_ids: pa.Array | None, keep_ids: pa.Array | None
+) -> pa.Table:
+    """Ray task body: catalog batch -> preprocessed work rows (no model loaded)."""
+    import pyarrow.compute as pc
+
+    from moderation.classifiers.base import build_classifier
+
+    if keep_ids is not None:
+        batch = batch.filter(pc.is_in(batch.column("item_id"), value_set=keep_ids))
+    if skip_ids is not None and len(skip_ids):
+        batch = batch.filter(pc.invert(pc.is_in(batch.column("item_id"), value_set=skip_ids)))
+    classifier = build_classifier(spec)
+    return classifier.preprocess(to_work_rows(batch, classifier.modality))
+
+
+class ScoreActor:
+    """Ray actor body: loads the model once (digest-checked), scores each batch."""
+
+    def __init__(self, spec: ModelSpec, device: str, batch_size: int, torch_threads: int) -> None:
+        import torch
+
+        from moderation.classifiers.base import build_classifier
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.classifier = build_classifier(spec)
+        if hasattr(self.classifier, "batch_size"):
+            self.classifier.batch_size = batch_size
+        self.classifier.setup(device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.classifier.process_batch(batch)
+
+
+def _read(snapshot: CatalogSnapshot, columns: list[str]):
+    import ray.data
+
+    from moderation.lake import storage_options
+
+    if snapshot.is_delta:
+        return ray.data.read_delta(
+            snapshot.uri, version=snapshot.version, columns=columns, storage_options=storage_options(snapshot.uri)
+        )
+    return ray.data.read_parquet(snapshot.uri, columns=columns)
+
+
+def selected_count(snapshot: CatalogSnapshot, *, keep_ids: pa.Array | None, limit: int | None) -> int:
+    """Items the run selects, counted by its own pass over the snapshot (not from outputs)."""
+    import pyarrow.compute as pc
+
+    ds = _read(snapshot, ["item_id"])
+    if keep_ids is not None:
+        ids = keep_ids
+        ds = ds.map_batches(
+            lambda b: b.filter(pc.is_in(b.column("item_id"), value_set=ids)), batch_format="pyarrow"
+        )
+    if limit is not None:
+        ds = ds.limit(limit)
+    return ds.count()
+
+
+def score_stream(
+    snapshot: CatalogSnapshot,
+    spec: ModelSpec,
+    profile: RunProfile,
+    *,
+    keep_ids: pa.Array | None = None,
+    skip_ids: pa.Array | None = None,
+    limit: int | None = None,
+) -> Iterator[pa.Table]:
+    """Stream scored work rows (one per selected item for ``spec``'s modality)."""
+    import ray
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    # >0 would silently drop whole blocks; bad rows are quarantined one by one instead.
+    ctx.max_errored_blocks = 0
+    ctx.enable_progress_bars = False
+    placement = plan_placement(profile, ray.cluster_resources())
+    log.info("scoring %s on %s: %d actor(s), %.2f CPU, %.0f GPU each", spec.model_id, placement.device,
+             placement.actors, placement.num_cpus, placement.num_gpus)
+
+    ds = _read(snapshot, snapshot.columns)
+    if limit is not None:
+        # The limit applies to the selection, before already-done items are skipped on resume.
+        if keep_ids is not None:
+            import pyarrow.compute as pc
+
+            ids = keep_ids
+            ds = ds.map_batches(lambda b: b.filter(pc.is_in(b.column("item_id"), value_set=ids)), batch_format="pyarrow")
+            keep_ids = None
+        ds = ds.limit(limit)
+    ds = ds.map_batches(
+        preprocess_batch,
+        fn_kwargs={"spec": spec, "skip_ids": skip_ids, "keep_ids": keep_ids},
+        batch_format="pyarrow",
+        batch_size=profile.batch_size * 4,
+        num_cpus=0.5,
+    )
+    ds = ds.map_batches(
+        ScoreActor,
+        fn_constructor_kwargs={
+            "spec": spec,
+            "device": placement.device,
+            "batch_size": profile.batch_size,
+            "torch_threads": profile.torch_threads,
+        },
+        batch_format="pyarrow",
+        batch_size=profile.batch_size,
+        concurrency=placement.actors,
+        num_cpus=placement.num_cpus,
+        num_gpus=placement.num_gpus,
+    )
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)

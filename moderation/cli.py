@@ -17,7 +17,9 @@ import typer
 from moderation.config import default_conf_dir
 from moderation.errors import ModerationError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+# Plain tracebacks: rich ones print local variables, which may hold secrets.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help=__doc__.splitlines()[0])
 
 DEFAULT_LAKE = "demo-lake"
 DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml")

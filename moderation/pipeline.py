@@ -28,9 +28,19 @@ def ensure_ray(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data logs every operator's progress to the console at INFO; keep the driver's
+    console to our own summary (its log files under /tmp/ray keep everything)."""
+    import ray.data  # noqa: F401 - configures the "ray.data" logger on import
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(max(handler.level, logging.WARNING))
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,7 @@ def _read(snapshot: CatalogSnapshot, columns: list[str]):
 
     from moderation.lake import storage_options
 
+    _quiet_ray_data()
     if snapshot.is_delta:
         return ray.data.read_delta(
             snapshot.uri, version=snapshot.version, columns=columns, storage_options=storage_options(snapshot.uri)
@@ -173,7 +184,7 @@ def score_stream(
         },
         batch_format="pyarrow",
         batch_size=profile.batch_size,
-        concurrency=placement.actors,
+        compute=ray.data.ActorPoolStrategy(size=placement.actors),
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus,
     )

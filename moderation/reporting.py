@@ -1,0 +1,460 @@
+"""The Spark report: violation counts and rates per policy version over the items it covered.
+
+Three layers: :func:`read_snapshot` turns one exact Delta snapshot into a Spark DataFrame;
+:func:`latest_decides`, :func:`population`, :func:`violation_rates`, :func:`category_totals`
+and :func:`violations_by_category` are pure DataFrame -> DataFrame functions; :func:`run_report`
+wires them and writes the small aggregates back to the lake with delta-rs.
+
+pyspark is imported inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import pyarrow as pa
+
+from moderation.errors import LakeError
+from moderation.lake import Lake, join_uri, storage_options
+from moderation.schemas import TABLE_SCHEMAS, VIOLATION_RATES_SCHEMA
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+#: Report table: distinct items per policy version x category x decision x action.
+VIOLATIONS_BY_CATEGORY_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string()),
+        pa.field("policy_version", pa.int32()),
+        pa.field("category", pa.string()),
+        pa.field("decision", pa.string()),
+        pa.field("action", pa.string()),
+        pa.field("items", pa.int64()),
+    ]
+)
+
+#: Per policy version x category over the whole population (what ``ReportResult.summary`` shows).
+CATEGORY_TOTALS_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string()),
+        pa.field("policy_version", pa.int32()),
+        pa.field("category", pa.string()),
+        pa.field("items", pa.int64()),
+        pa.field("violations", pa.int64()),
+        pa.field("reviews", pa.int64()),
+    ]
+)
+
+POLICY_KEYS = ["policy_id", "policy_version"]
+CELL_KEYS = ["item_type", "market", "language"]
+NO_MARKET = "none"
+NO_LANGUAGE = "unknown"
+# Reading the data files without applying these would not reproduce the snapshot exactly.
+UNSUPPORTED_READER_FEATURES = frozenset({"columnMapping", "deletionVectors"})
+# The scores columns population() needs; the rest (maps of scores, evidence) are never read.
+POPULATION_SCORE_COLUMNS = ["item_id", "item_type", "language", "markets", "model_id", "modality", "run_id", "scored_at"]
+
+
+def spark_session(master: str | None = "local[*]", *, app_name: str = "moderation-report") -> SparkSession:
+    """A Spark session sized for a small machine (getOrCreate: an active session is reused).
+
+    Args:
+        master: the Spark master URL; None leaves it to ``spark-submit --master``.
+        app_name: the application name.
+
+    Returns:
+        The session, with 4 shuffle partitions, no UI, UTC session time zone and a 2g driver.
+    """
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if master is not None:
+        builder = builder.master(master)
+    return (
+        builder.config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", "2g")
+        .getOrCreate()
+    )
+
+
+def spark_schema(schema: pa.Schema):
+    """The Spark StructType of an Arrow schema (timestamps with a time zone -> TimestampType)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema)
+
+
+def read_snapshot(spark: SparkSession, lake: Lake, table: str, *, version: int | None = None) -> DataFrame:
+    """One Delta snapshot of a lake table as a Spark DataFrame, exactly.
+
+    Spark here has no Delta connector (its jars cannot be fetched), so delta-rs resolves the
+    snapshot: its add actions give the exact data files and their partition values, Spark
+    reads those parquet files with the snapshot's data schema and the partition values are
+    added back as typed literals. Where ``spark.read.format("delta")`` is available it reads
+    the same snapshot (``option("versionAsOf", version)``); this function does not need it.
+    The Spark session must be able to read the lake's file system (``s3a://`` for S3).
+
+    Args:
+        spark: the session that reads the files.
+        lake: the lake holding the table.
+        table: the table name under the lake root, e.g. ``"violations"``.
+        version: the Delta version to read; None reads the latest.
+
+    Returns:
+        The rows, with the snapshot's schema in its column order, followed by any column
+        declared in ``TABLE_SCHEMAS`` that the snapshot predates (as nulls). A table that was
+        never written, or has no data files, gives an empty DataFrame of that schema.
+
+    Raises:
+        LakeError: the table is missing and has no declared schema, ``version`` does not
+            exist, or the table uses a reader feature read here would get wrong.
+    """
+    from deltalake.exceptions import DeltaError
+    from pyspark.sql import functions as F
+
+    declared = TABLE_SCHEMAS.get(table)
+    uri = lake.uri(table)
+    try:
+        dt = lake.open(table, version=version)
+    except DeltaError as e:
+        raise LakeError(f"{uri}: cannot open version {version}: {e}") from e
+    if dt is None:
+        if declared is None:
+            raise LakeError(f"{uri}: table does not exist")
+        return spark.createDataFrame([], spark_schema(declared))
+    _check_readable(dt, uri=uri)
+    logical = pa.schema(dt.schema().to_arrow())
+    struct = spark_schema(logical)
+    partitions = list(dt.metadata().partition_columns)
+    groups = _files_by_partition(dt, uri=uri, partitions=partitions)
+    if groups:
+        data_schema = spark_schema(pa.schema([f for f in logical if f.name not in partitions]))
+        frames = [
+            spark.read.schema(data_schema)
+            .parquet(*files)
+            .withColumns({name: F.lit(value).cast(struct[name].dataType) for name, value in zip(partitions, values)})
+            for values, files in groups.items()
+        ]
+        df = frames[0]
+        for frame in frames[1:]:
+            df = df.unionByName(frame)
+        df = df.select(*logical.names)
+    else:
+        df = spark.createDataFrame([], struct)
+    if declared is not None:
+        for field in spark_schema(declared).fields:
+            if field.name not in logical.names:
+                df = df.withColumn(field.name, F.lit(None).cast(field.dataType))
+    return df
+
+
+def _check_readable(dt, *, uri: str) -> None:
+    features = set(dt.protocol().reader_features or ())
+    if dt.metadata().configuration.get("delta.columnMapping.mode", "none") != "none":
+        features.add("columnMapping")
+    unsupported = sorted(features & UNSUPPORTED_READER_FEATURES)
+    if unsupported:
+        raise LakeError(
+            f"{uri}: uses Delta reader features {unsupported}, which the report cannot read exactly "
+            f"without the Delta Spark connector"
+        )
+
+
+def _files_by_partition(dt, *, uri: str, partitions: list[str]) -> dict[tuple, list[str]]:
+    """Absolute data file URIs of the snapshot, grouped by their tuple of partition values."""
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    # Log paths are URI-encoded (Delta protocol: "Add File"); Spark and Hadoop take them decoded.
+    paths = [unquote(p) for p in actions.column("path").to_pylist()]
+    values = [actions.column(f"partition.{name}").to_pylist() for name in partitions]
+    groups: dict[tuple, list[str]] = {}
+    for i, path in enumerate(paths):
+        absolute = path if "://" in path or path.startswith("/") else join_uri(uri, path)
+        groups.setdefault(tuple(column[i] for column in values), []).append(absolute)
+    return groups
+
+
+def latest_decides(runs_df: DataFrame) -> DataFrame:
+    """The newest succeeded decide run per policy version.
+
+    Args:
+        runs_df: rows of the ``runs`` table.
+
+    Returns:
+        One ``runs`` row per (policy_id, policy_version): the succeeded ``decide`` run with the
+        latest ``ended_at`` (ties broken by the larger run_id). Columns as ``runs_df``.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    newest = Window.partitionBy(*POLICY_KEYS).orderBy(F.col("ended_at").desc_nulls_last(), F.col("run_id").desc())
+    return (
+        runs_df.where((F.col("kind") == "decide") & (F.col("status") == "succeeded"))
+        .withColumn("_rank", F.row_number().over(newest))
+        .where(F.col("_rank") == 1)
+        .drop("_rank")
+    )
+
+
+def population(scores_df: DataFrame, decides_df: DataFrame) -> DataFrame:
+    """The items each decide run covered: every item with a score from one of its models in the
+    ``scores`` snapshot it read.
+
+    Args:
+        scores_df: ``scores`` rows tagged with a ``scores_version`` column, the Delta version they
+            were read at; holding every version a decide row names (see :func:`run_report`).
+        decides_df: decide ``runs`` rows (policy_id, policy_version, model_ids, scores_version).
+
+    Returns:
+        Distinct (policy_id, policy_version, item_id) with item_type, language and markets
+        taken from the item's newest scores row (by scored_at, then run_id, modality, model_id).
+    """
+    from pyspark.sql import functions as F
+
+    decide_models = decides_df.select(
+        *POLICY_KEYS, "scores_version", F.explode("model_ids").alias("model_id")
+    ).distinct()
+    covered = scores_df.join(decide_models, on=["scores_version", "model_id"], how="inner")
+    newest = F.max_by(
+        F.struct("item_type", "language", "markets"),
+        F.struct("scored_at", "run_id", "modality", "model_id"),
+    )
+    return (
+        covered.groupBy(*POLICY_KEYS, "item_id")
+        .agg(newest.alias("_item"))
+        .select(*POLICY_KEYS, "item_id", "_item.item_type", "_item.language", "_item.markets")
+    )
+
+
+def _flagged(violations_df: DataFrame, population_df: DataFrame, decides_df: DataFrame) -> DataFrame:
+    """Population items x their policy version's categories, with per-item decision flags."""
+    from pyspark.sql import functions as F
+
+    categories = decides_df.select(*POLICY_KEYS, F.explode("categories").alias("category")).distinct()
+    flags = (
+        violations_df.join(decides_df.select(*POLICY_KEYS), on=POLICY_KEYS, how="left_semi")
+        .groupBy(*POLICY_KEYS, "item_id", "category")
+        .agg(
+            F.max((F.col("decision") == "violation").cast("int")).alias("_violation"),
+            F.max((F.col("decision") == "review").cast("int")).alias("_review"),
+        )
+    )
+    return (
+        population_df.join(categories, on=POLICY_KEYS, how="inner")
+        .join(flags, on=[*POLICY_KEYS, "item_id", "category"], how="left")
+    )
+
+
+def _distinct_items(flag: str | None = None) -> Column:
+    from pyspark.sql import functions as F
+
+    item = F.col("item_id") if flag is None else F.when(F.col(flag) == 1, F.col("item_id"))
+    return F.count_distinct(item)
+
+
+def _typed(df: DataFrame, schema: pa.Schema) -> DataFrame:
+    """``df`` with exactly ``schema``'s columns, in order, cast to its Spark types."""
+    struct = spark_schema(schema)
+    return df.select(*(df[f.name].cast(f.dataType).alias(f.name) for f in struct.fields))
+
+
+def violation_rates(violations_df: DataFrame, population_df: DataFrame, decides_df: DataFrame) -> DataFrame:
+    """Violation and review counts and rates per policy version x category x item_type x
+    market x language among the covered items.
+
+    Every category in a decide row's ``categories`` gets a row for every cell of its
+    population, zero violations included. An item counts once in each of its markets
+    (null or empty markets: ``"none"``); a null language counts as ``"unknown"``. Only
+    violations rows of the policy versions in ``decides_df`` are counted.
+
+    Args:
+        violations_df: ``violations`` rows.
+        population_df: the output of :func:`population`.
+        decides_df: the decide runs reported on (policy_id, policy_version, categories),
+            one row per policy version (see :func:`latest_decides`).
+
+    Returns:
+        Columns of ``VIOLATION_RATES_SCHEMA``: items (distinct items in the cell), violations and
+        reviews (distinct items with that decision for the category), violation_rate =
+        violations / items.
+    """
+    from pyspark.sql import functions as F
+
+    markets = F.when(F.size("markets") > 0, F.col("markets")).otherwise(F.array(F.lit(NO_MARKET)))
+    cells = _flagged(violations_df, population_df, decides_df).select(
+        *POLICY_KEYS,
+        "category",
+        "item_id",
+        "item_type",
+        F.explode(markets).alias("market"),
+        F.coalesce(F.col("language"), F.lit(NO_LANGUAGE)).alias("language"),
+        "_violation",
+        "_review",
+    )
+    rates = (
+        cells.groupBy(*POLICY_KEYS, "category", *CELL_KEYS)
+        .agg(
+            _distinct_items().alias("items"),
+            _distinct_items("_violation").alias("violations"),
+            _distinct_items("_review").alias("reviews"),
+        )
+        .withColumn("violation_rate", F.col("violations").cast("double") / F.col("items"))
+    )
+    return _typed(rates, VIOLATION_RATES_SCHEMA)
+
+
+def category_totals(violations_df: DataFrame, population_df: DataFrame, decides_df: DataFrame) -> DataFrame:
+    """Per policy version x category over the whole population, each item counted once.
+
+    Args: as :func:`violation_rates`.
+
+    Returns:
+        Columns of ``CATEGORY_TOTALS_SCHEMA``: items (distinct covered items of the policy
+        version), violations and reviews (distinct items with that decision).
+    """
+    totals = (
+        _flagged(violations_df, population_df, decides_df)
+        .groupBy(*POLICY_KEYS, "category")
+        .agg(
+            _distinct_items().alias("items"),
+            _distinct_items("_violation").alias("violations"),
+            _distinct_items("_review").alias("reviews"),
+        )
+    )
+    return _typed(totals, CATEGORY_TOTALS_SCHEMA)
+
+
+def violations_by_category(violations_df: DataFrame, decides_df: DataFrame) -> DataFrame:
+    """Distinct items per policy version x category x decision x action.
+
+    Args:
+        violations_df: ``violations`` rows.
+        decides_df: the decide runs reported on; other policy versions are left out.
+
+    Returns:
+        Columns of ``VIOLATIONS_BY_CATEGORY_SCHEMA``.
+    """
+    counts = (
+        violations_df.join(decides_df.select(*POLICY_KEYS), on=POLICY_KEYS, how="left_semi")
+        .groupBy(*POLICY_KEYS, "category", "decision", "action")
+        .agg(_distinct_items().alias("items"))
+    )
+    return _typed(counts, VIOLATIONS_BY_CATEGORY_SCHEMA)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`run_report` wrote, and the numbers behind its summary."""
+
+    violation_rates_uri: str
+    violations_by_category_uri: str
+    rates: pa.Table  # VIOLATION_RATES_SCHEMA
+    totals: pa.Table  # CATEGORY_TOTALS_SCHEMA
+
+    def summary(self) -> str:
+        """A text table: one line per policy version x category, over all item types, markets
+        and languages (items = distinct covered items of the policy version)."""
+        header = ("policy", "version", "category", "items", "violations", "reviews", "rate %")
+        lines = [
+            (
+                r["policy_id"], str(r["policy_version"]), r["category"], str(r["items"]),
+                str(r["violations"]), str(r["reviews"]),
+                f"{100.0 * r['violations'] / r['items']:.2f}",
+            )
+            for r in self.totals.to_pylist()
+        ]
+        widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+        text = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+                for row in [header, *lines]]
+        return "\n".join([f"report: {self.violation_rates_uri}", *text])
+
+
+def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkSession | None = None) -> ReportResult:
+    """Compute the violation reports of the newest succeeded decide of every policy version and
+    write them under ``<lake>/reports/``.
+
+    Each decide is measured against the ``scores`` snapshot it read (its ``scores_version``).
+    The report tables are small aggregates: they are collected and overwritten in one Delta
+    commit each (``reports/violation_rates``, ``reports/violations_by_category``).
+
+    Args:
+        lake_root: the lake root URI.
+        master: the Spark master when a session is created here (None: spark-submit's).
+        spark: a session to use, left running; when None, one is created with
+            :func:`spark_session` and stopped on return unless one was already active.
+
+    Returns:
+        The report table URIs, the rates, and per-category totals for ``summary()``.
+
+    Raises:
+        LakeError: the lake has no succeeded decide run, a decide run names no scores version,
+            or a snapshot cannot be read.
+    """
+    from pyspark.sql import SparkSession
+
+    owned = spark is None and SparkSession.getActiveSession() is None
+    session = spark if spark is not None else spark_session(master)
+    try:
+        return _report(session, Lake(lake_root))
+    finally:
+        if owned:
+            session.stop()
+
+
+def _report(spark: SparkSession, lake: Lake) -> ReportResult:
+    decides = latest_decides(read_snapshot(spark, lake, "runs"))
+    keys = decides.select("run_id", "scores_version").collect()
+    if not keys:
+        raise LakeError(f"{lake.uri('runs')}: no succeeded decide run; run `moderation decide` first")
+    unversioned = sorted(r["run_id"] for r in keys if r["scores_version"] is None)
+    if unversioned:
+        raise LakeError(f"{lake.uri('runs')}: decide runs {unversioned} record no scores_version")
+    scores = _scores_at(spark, lake, versions=sorted({r["scores_version"] for r in keys}))
+    violations = read_snapshot(spark, lake, "violations")
+    covered = population(scores, decides).cache()
+    try:
+        rates = _collect(violation_rates(violations, covered, decides), VIOLATION_RATES_SCHEMA)
+        totals = _collect(category_totals(violations, covered, decides), CATEGORY_TOTALS_SCHEMA)
+        by_category = _collect(violations_by_category(violations, decides), VIOLATIONS_BY_CATEGORY_SCHEMA)
+    finally:
+        covered.unpersist()
+    rates_uri = _overwrite(lake, "violation_rates", rates)
+    by_category_uri = _overwrite(lake, "violations_by_category", by_category)
+    log.info("report: %d rate rows -> %s", rates.num_rows, rates_uri)
+    return ReportResult(violation_rates_uri=rates_uri, violations_by_category_uri=by_category_uri,
+                        rates=rates, totals=totals)
+
+
+def _scores_at(spark: SparkSession, lake: Lake, *, versions: list[int]) -> DataFrame:
+    """The scores snapshots at ``versions``, each row tagged with its ``scores_version``."""
+    from pyspark.sql import functions as F
+
+    frames = [
+        read_snapshot(spark, lake, "scores", version=v)
+        .select(*POPULATION_SCORE_COLUMNS)
+        .withColumn("scores_version", F.lit(v).cast("long"))
+        for v in versions
+    ]
+    df = frames[0]
+    for frame in frames[1:]:
+        df = df.unionByName(frame)
+    return df
+
+
+def _collect(df: DataFrame, schema: pa.Schema) -> pa.Table:
+    """A small aggregate as an Arrow table of ``schema``, in a stable row order."""
+    return df.toArrow().select(schema.names).cast(schema).sort_by([(name, "ascending") for name in schema.names])
+
+
+def _overwrite(lake: Lake, name: str, table: pa.Table) -> str:
+    from deltalake import write_deltalake
+
+    uri = lake.uri(f"reports/{name}")
+    write_deltalake(uri, table, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri))
+    return uri

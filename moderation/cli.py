@@ -19,7 +19,8 @@ from moderation.errors import ModerationError
 
 # Plain tracebacks: rich ones print local variables, which may hold secrets.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help=__doc__.splitlines()[0])
+                  help="Catalog policy backfill: score a catalog against content policies (Ray Data),\n"
+                  "decide policy versions from stored scores, report with Spark.")
 
 DEFAULT_LAKE = "demo-lake"
 DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml")

@@ -125,6 +125,9 @@ def selected_count(snapshot: CatalogSnapshot, *, keep_ids: pa.Array | None, limi
     """Items the run selects, counted by its own pass over the snapshot (not from outputs)."""
     import pyarrow.compute as pc
 
+    import ray.data
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = limit is not None
     ds = _read(snapshot, ["item_id"])
     if keep_ids is not None:
         ids = keep_ids
@@ -153,6 +156,9 @@ def score_stream(
     # >0 would silently drop whole blocks; bad rows are quarantined one by one instead.
     ctx.max_errored_blocks = 0
     ctx.enable_progress_bars = False
+    # --limit takes the first N rows; the counting pass and the scoring pass (and a resume)
+    # must agree on which N, so keep block order when a limit is set.
+    ctx.execution_options.preserve_order = limit is not None
     placement = plan_placement(profile, ray.cluster_resources())
     log.info("scoring %s on %s: %d actor(s), %.2f CPU, %.0f GPU each", spec.model_id, placement.device,
              placement.actors, placement.num_cpus, placement.num_gpus)

@@ -57,7 +57,9 @@ NO_LANGUAGE = "unknown"
 # Reading the data files without applying these would not reproduce the snapshot exactly.
 UNSUPPORTED_READER_FEATURES = frozenset({"columnMapping", "deletionVectors"})
 # The scores columns population() needs; the rest (maps of scores, evidence) are never read.
-POPULATION_SCORE_COLUMNS = ["item_id", "item_type", "language", "markets", "model_id", "modality", "run_id", "scored_at"]
+POPULATION_SCORE_COLUMNS = [
+    "item_id", "item_type", "language", "markets", "model_id", "modality", "run_id", "scored_at",
+]
 
 
 def spark_session(master: str | None = "local[*]", *, app_name: str = "moderation-report") -> SparkSession:

@@ -1,0 +1,221 @@
+"""The Spark report on tiny real Delta tables: exact snapshots, exact counts, end to end."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from moderation.errors import LakeError
+from moderation.lake import Lake
+from moderation.reporting import (
+    category_totals,
+    population,
+    read_snapshot,
+    run_report,
+    spark_schema,
+    violation_rates,
+)
+from moderation.schemas import (
+    RUNS_SCHEMA,
+    SCORES_SCHEMA,
+    TABLE_SCHEMAS,
+    VIOLATION_RATES_SCHEMA,
+    VIOLATIONS_PARTITIONS,
+    VIOLATIONS_SCHEMA,
+)
+
+pytestmark = pytest.mark.spark
+
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+HOUR = dt.timedelta(hours=1)
+CELL = ["policy_id", "policy_version", "category", "item_type", "market", "language"]
+
+
+def score(item_id: str, *, model_id: str = "m1", item_type: str = "track", language: str | None = "en",
+          markets: list[str] | None = ("US",), scored_at: dt.datetime = T0, run_id: str = "backfill-1") -> dict:
+    return {
+        "run_id": run_id, "item_id": item_id, "item_type": item_type, "modality": "text", "model_id": model_id,
+        "model_digest": "d" * 64, "content_hash": f"h-{item_id}", "category_scores": {"hate": 0.5},
+        "evidence": None, "language": language, "markets": None if markets is None else list(markets),
+        "explicit": False, "scored_at": scored_at,
+    }
+
+
+def violation(policy_id: str, policy_version: int, item_id: str, category: str, decision: str, *,
+              item_type: str = "track", language: str | None = "en", markets: list[str] | None = ("US",)) -> dict:
+    return {
+        "policy_id": policy_id, "policy_version": policy_version, "policy_status": "active", "item_id": item_id,
+        "item_type": item_type, "language": language, "markets": None if markets is None else list(markets),
+        "market_scope": "*", "category": category, "score": 0.9, "threshold": 0.8, "decision": decision,
+        "action": "remove" if decision == "violation" else "human_review", "severity": "high",
+        "evidence_modalities": ["text"], "model_refs": ["m1@dddddddddddd"], "run_id": "decide-x", "decided_at": T0,
+    }
+
+
+def decide_run(run_id: str, policy_id: str, policy_version: int, *, categories: list[str], model_ids: list[str],
+               scores_version: int, ended_at: dt.datetime, status: str = "succeeded") -> dict:
+    return {
+        "run_id": run_id, "kind": "decide", "status": status, "policy_id": policy_id,
+        "policy_version": policy_version, "model_ids": model_ids, "categories": categories,
+        "scores_version": scores_version, "started_at": ended_at - HOUR, "ended_at": ended_at,
+    }
+
+
+def append(lake: Lake, table: str, rows: list[dict]) -> None:
+    write_deltalake(
+        lake.uri(table),
+        pa.Table.from_pylist(rows, schema=TABLE_SCHEMAS[table]),
+        mode="append",
+        partition_by=VIOLATIONS_PARTITIONS if table == "violations" else None,
+    )
+
+
+def dtypes(schema: pa.Schema) -> list[tuple[str, str]]:
+    return [(f.name, f.dataType.simpleString()) for f in spark_schema(schema).fields]
+
+
+def keys(df) -> set[tuple]:
+    rows = df.select("policy_id", "policy_version", "item_id").collect()
+    return {(r.policy_id, r.policy_version, r.item_id) for r in rows}
+
+
+def test_read_snapshot_partition_columns_and_old_version(spark, tmp_path):
+    lake = Lake(str(tmp_path))
+    # A space in a partition value: the data folder and the log path are both URI-encoded.
+    append(lake, "violations", [violation("kids safety", 1, "a", "hate", "violation"),
+                                violation("catalog-safety", 2, "b", "spam", "review")])
+    append(lake, "violations", [violation("catalog-safety", 2, "c", "hate", "violation")])
+
+    latest = read_snapshot(spark, lake, "violations")
+    assert latest.dtypes == dtypes(VIOLATIONS_SCHEMA)
+    assert keys(latest) == {("kids safety", 1, "a"), ("catalog-safety", 2, "b"), ("catalog-safety", 2, "c")}
+    assert keys(read_snapshot(spark, lake, "violations", version=0)) == {
+        ("kids safety", 1, "a"), ("catalog-safety", 2, "b")
+    }
+    with pytest.raises(LakeError, match="version 5"):
+        read_snapshot(spark, lake, "violations", version=5)
+
+
+def test_read_snapshot_of_missing_table_is_empty_with_schema(spark, tmp_path):
+    df = read_snapshot(spark, Lake(str(tmp_path)), "scores")
+    assert df.dtypes == dtypes(SCORES_SCHEMA)
+    assert df.count() == 0
+
+
+@pytest.fixture(scope="module")
+def small_case(spark):
+    """Policy P v1 (models [m1], scores version 3, categories hate and sexual) over tagged scores."""
+    scores_schema = spark_schema(SCORES_SCHEMA.append(pa.field("scores_version", pa.int64())))
+    scores = [
+        score("a", markets=["US", "GB"]),
+        score("b", language="de", scored_at=T0),
+        score("b", language="en", scored_at=T0 + HOUR, run_id="backfill-2"),  # newest row wins
+        score("c", item_type="episode", language=None, markets=None),
+        score("e", model_id="m2"),  # not one of the decide's models
+    ]
+    tagged = [{**row, "scores_version": 3} for row in scores] + [{**score("f"), "scores_version": 2}]
+    decides = spark.createDataFrame(
+        [decide_run("decide-1", "P", 1, categories=["hate", "sexual"], model_ids=["m1"], scores_version=3,
+                    ended_at=T0)],
+        spark_schema(RUNS_SCHEMA),
+    )
+    violations = spark.createDataFrame(
+        [
+            violation("P", 1, "a", "hate", "violation", markets=["US", "GB"]),
+            violation("P", 1, "b", "hate", "review"),
+            violation("P", 1, "c", "hate", "violation", item_type="episode", language=None, markets=None),
+            violation("P", 2, "b", "hate", "violation"),  # no decide of P v2 is reported
+        ],
+        spark_schema(VIOLATIONS_SCHEMA),
+    )
+    covered = population(spark.createDataFrame(tagged, scores_schema), decides)
+    return violations, covered, decides
+
+
+def test_population_uses_the_decide_snapshot_and_models(small_case):
+    _, covered, _ = small_case
+    rows = {r.item_id: (r.item_type, r.language, r.markets) for r in covered.collect()}
+    assert rows == {
+        "a": ("track", "en", ["US", "GB"]),
+        "b": ("track", "en", ["US"]),
+        "c": ("episode", None, None),
+    }
+
+
+def test_violation_rates_exact_cells(spark, small_case):
+    from pyspark.testing import assertDataFrameEqual
+
+    expected = spark.createDataFrame(
+        [
+            ("P", 1, "hate", "track", "US", "en", 2, 1, 1, 0.5),
+            ("P", 1, "hate", "track", "GB", "en", 1, 1, 0, 1.0),
+            ("P", 1, "hate", "episode", "none", "unknown", 1, 1, 0, 1.0),
+            ("P", 1, "sexual", "track", "US", "en", 2, 0, 0, 0.0),
+            ("P", 1, "sexual", "track", "GB", "en", 1, 0, 0, 0.0),
+            ("P", 1, "sexual", "episode", "none", "unknown", 1, 0, 0, 0.0),
+        ],
+        spark_schema(VIOLATION_RATES_SCHEMA),
+    )
+    assertDataFrameEqual(violation_rates(*small_case), expected)
+    totals = {(r.category, r.items, r.violations, r.reviews) for r in category_totals(*small_case).collect()}
+    assert totals == {("hate", 3, 2, 1), ("sexual", 3, 0, 0)}
+
+
+def test_run_report_end_to_end(spark, tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    append(lake, "scores", [score("a", markets=["US", "GB"]), score("b"), score("c", language=None),
+                            score("e", model_id="m2", item_type="book", markets=[])])  # version 0
+    append(lake, "scores", [score("d"), score("g", model_id="m2")])  # version 1, after P's decide
+    append(lake, "runs", [
+        decide_run("decide-old", "P", 1, categories=["hate"], model_ids=["m1"], scores_version=0, ended_at=T0),
+        decide_run("decide-new", "P", 1, categories=["hate", "sexual"], model_ids=["m1"], scores_version=0,
+                   ended_at=T0 + HOUR),
+        decide_run("decide-failed", "P", 1, categories=["hate", "violence"], model_ids=["m1"], scores_version=1,
+                   ended_at=T0 + 2 * HOUR, status="failed"),
+        decide_run("decide-q", "Q", 1, categories=["spam"], model_ids=["m2"], scores_version=1, ended_at=T0),
+    ])
+    append(lake, "violations", [
+        violation("P", 1, "a", "hate", "violation", markets=["US", "GB"]),
+        violation("P", 1, "b", "hate", "violation"),
+        violation("P", 1, "c", "sexual", "review", language=None),
+        violation("Q", 1, "e", "spam", "violation", item_type="book", markets=[]),
+        violation("P", 2, "b", "hate", "violation"),  # no decide of P v2
+    ])
+
+    result = run_report(lake.root, spark=spark)
+
+    assert result.violation_rates_uri == lake.uri("reports/violation_rates")
+    report = DeltaTable(result.violation_rates_uri).to_pyarrow_table()
+    assert report.schema == VIOLATION_RATES_SCHEMA
+    assert report.sort_by([(c, "ascending") for c in report.column_names]).equals(result.rates)
+    assert DeltaTable.is_deltatable(result.violations_by_category_uri)
+
+    # Independent count: distinct violating items per cell, straight from the violations table.
+    v = DeltaTable(lake.uri("violations")).to_pandas()
+    v = v[(v["decision"] == "violation") & v["policy_id"].str.cat(v["policy_version"].astype(str)).isin(["P1", "Q1"])]
+    v = v.assign(
+        market=[list(m) if m is not None and len(m) else ["none"] for m in v["markets"]],
+        language=v["language"].fillna("unknown"),
+    ).explode("market")
+    expected = v.groupby(CELL)["item_id"].nunique().to_dict()
+    got = {tuple(r[c] for c in CELL): r["violations"] for r in report.to_pylist() if r["violations"]}
+    assert got == expected
+
+    cells = {(r["policy_id"], r["category"], r["market"], r["language"]): r["items"] for r in report.to_pylist()}
+    assert cells[("P", "sexual", "US", "en")] == 2  # a and b; d came after the decide's scores version
+    assert cells[("P", "hate", "US", "unknown")] == 1
+    assert {c for p, c, _, _ in cells if p == "P"} == {"hate", "sexual"}  # the newest succeeded decide's
+    assert cells[("Q", "spam", "none", "en")] == 1  # e, empty markets
+    assert cells[("Q", "spam", "US", "en")] == 1  # g: in the scores version Q's decide read
+    summary = result.summary()
+    assert "sexual" in summary and "66.67" in summary  # P hate: 2 of 3 items
+
+
+def test_run_report_without_a_decide_fails(spark, tmp_path):
+    lake = Lake(str(tmp_path))
+    append(lake, "runs", [{"run_id": "backfill-1", "kind": "backfill", "status": "succeeded"}])
+    with pytest.raises(LakeError, match="no succeeded decide run"):
+        run_report(lake.root, spark=spark)

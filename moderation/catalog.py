@@ -108,7 +108,7 @@ def select_ids(snapshot: CatalogSnapshot, where: str) -> pa.Array:
         raise
     except Exception as e:  # DataFusion reports parse and plan errors as generic exceptions
         raise CatalogError(f"catalog {snapshot.uri}: --where {where!r} is not a valid SQL predicate: {e}") from e
-    return pc.unique(ids.combine_chunks())
+    return pc.unique(ids.combine_chunks()).cast(pa.string())
 
 
 def to_work_rows(batch: pa.Table, modality: str) -> pa.Table:

@@ -81,15 +81,17 @@ def run_demo(*, lake_root: str, items: int, data_dir: Path | None, policies: lis
     report = run_report(lake_root)
     echo(report.summary())
 
-    echo("\nshare of planted items flagged as violations (demo labels; held-out text only):")
-    echo(f"  {'source label':20} {'category':11} {'items':>6} " + " ".join(f"{'v' + str(load_policy(p).policy.version):>7}" for p in policies))
-    rows = {}
-    for path in policies:
-        pol = load_policy(path).policy
-        for label, category, n, f in flagged_share(lake, catalog_uri, pol.policy_id, pol.version):
-            rows.setdefault((label, category, n), []).append(f)
-    for (label, category, n), flags in sorted(rows.items()):
-        echo(f"  {label:20} {category:11} {n:6d} " + " ".join(f"{100.0 * f / n:6.1f}%" for f in flags))
+    versions = [load_policy(p).policy.version for p in policies]
+    shares: dict[tuple[str, int], dict[tuple[str, int], float]] = {}
+    for path, version in zip(policies, versions):
+        for label, category, n, f in flagged_share(lake, catalog_uri, first.policy_id, version):
+            shares.setdefault((label, n), {})[(category, version)] = 100.0 * f / n
+    cols = [(c, v) for c in ("hate", "harassment", "spam") for v in versions]
+    echo("\n% of items flagged as violations, by the label of the text planted in them (held-out text only):")
+    echo(f"  {'source label':18} {'items':>5} " + " ".join(f"{c[:6] + ' v' + str(v):>10}" for c, v in cols))
+    for (label, n), cells in sorted(shares.items(), key=lambda kv: -kv[0][1]):
+        if n >= 20:
+            echo(f"  {label:18} {n:5d} " + " ".join(f"{cells[k]:9.1f}%" for k in cols))
     echo(
         f"\nlake: {lake_root}\n  tables: catalog, scores, quarantine, violations, runs, reports/\n"
         f"  policy {first.policy_id}: versions {', '.join(str(load_policy(p).policy.version) for p in policies)}"

@@ -11,6 +11,7 @@ pyspark is imported inside the functions, so importing this module stays cheap.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -19,36 +20,17 @@ import pyarrow as pa
 
 from moderation.errors import LakeError
 from moderation.lake import Lake, join_uri, storage_options
-from moderation.schemas import TABLE_SCHEMAS, VIOLATION_RATES_SCHEMA
+from moderation.schemas import (
+    CATEGORY_TOTALS_SCHEMA,
+    TABLE_SCHEMAS,
+    VIOLATION_RATES_SCHEMA,
+    VIOLATIONS_BY_CATEGORY_SCHEMA,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
-
-#: Report table: distinct items per policy version x category x decision x action.
-VIOLATIONS_BY_CATEGORY_SCHEMA = pa.schema(
-    [
-        pa.field("policy_id", pa.string()),
-        pa.field("policy_version", pa.int32()),
-        pa.field("category", pa.string()),
-        pa.field("decision", pa.string()),
-        pa.field("action", pa.string()),
-        pa.field("items", pa.int64()),
-    ]
-)
-
-#: Per policy version x category over the whole population (what ``ReportResult.summary`` shows).
-CATEGORY_TOTALS_SCHEMA = pa.schema(
-    [
-        pa.field("policy_id", pa.string()),
-        pa.field("policy_version", pa.int32()),
-        pa.field("category", pa.string()),
-        pa.field("items", pa.int64()),
-        pa.field("violations", pa.int64()),
-        pa.field("reviews", pa.int64()),
-    ]
-)
 
 POLICY_KEYS = ["policy_id", "policy_version"]
 CELL_KEYS = ["item_type", "market", "language"]
@@ -74,16 +56,22 @@ def spark_session(master: str | None = "local[*]", *, app_name: str = "moderatio
     """
     from pyspark.sql import SparkSession
 
+    if master is not None and master.startswith("local"):
+        # A local job needs no network interface but loopback.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.appName(app_name)
     if master is not None:
         builder = builder.master(master)
-    return (
+    session = (
         builder.config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", "2g")
         .getOrCreate()
     )
+    session.sparkContext.setLogLevel("ERROR")
+    return session
 
 
 def spark_schema(schema: pa.Schema):

@@ -80,16 +80,22 @@ class ChunkWriter:
         self.rows_written = {"scores": 0, "quarantine": 0}
 
     def add(self, batch: pa.Table) -> None:
+        """Buffer scored rows; commit a chunk each time ``chunk_pairs`` rows are buffered."""
         self.pending.append(batch)
         self.pending_rows += batch.num_rows
-        if self.pending_rows >= self.chunk_pairs:
-            self.flush()
+        while self.pending_rows >= self.chunk_pairs:
+            buffered = pa.concat_tables(self.pending, promote_options="permissive")
+            self._commit(buffered.slice(0, self.chunk_pairs))
+            rest = buffered.slice(self.chunk_pairs)
+            self.pending, self.pending_rows = [rest], rest.num_rows
 
     def flush(self) -> None:
-        if not self.pending_rows:
-            return
-        batch = pa.concat_tables(self.pending, promote_options="permissive")
+        """Commit whatever is buffered as a final (possibly short) chunk."""
+        if self.pending_rows:
+            self._commit(pa.concat_tables(self.pending, promote_options="permissive"))
         self.pending, self.pending_rows = [], 0
+
+    def _commit(self, batch: pa.Table) -> None:
         scores, quarantine = split_results(batch, run_id=self.run_id, model=self.model, now=utcnow())
         for table, rows in (("quarantine", quarantine), ("scores", scores)):
             if rows.num_rows and self.lake.append_chunk(table, rows, app_id=self.app_id, version=self.next_chunk):

@@ -133,6 +133,30 @@ VIOLATION_RATES_SCHEMA = pa.schema(
     ]
 )
 
+#: Report table: distinct items per policy version x category x decision x action.
+VIOLATIONS_BY_CATEGORY_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string()),
+        pa.field("policy_version", pa.int32()),
+        pa.field("category", pa.string()),
+        pa.field("decision", pa.string()),
+        pa.field("action", pa.string()),
+        pa.field("items", pa.int64()),
+    ]
+)
+
+#: Per policy version x category over the whole population (what ``ReportResult.summary`` shows).
+CATEGORY_TOTALS_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string()),
+        pa.field("policy_version", pa.int32()),
+        pa.field("category", pa.string()),
+        pa.field("items", pa.int64()),
+        pa.field("violations", pa.int64()),
+        pa.field("reviews", pa.int64()),
+    ]
+)
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "scores": SCORES_SCHEMA,
     "quarantine": QUARANTINE_SCHEMA,

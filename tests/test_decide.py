@@ -68,7 +68,7 @@ def test_decide_replaces_a_version_and_versions_differ(tmp_path):
     lake.append_chunk("scores", scores([
         ("a", {"hate": 0.80, "harassment": 0.1, "spam": 0.1}, False, T0),  # v2 violation, v1 review
         ("b", {"hate": 0.95, "harassment": 0.1, "spam": 0.1}, False, T0),
-        ("c", {"hate": 0.1, "harassment": 0.1, "spam": 0.78}, False, T0),  # v2 spam violation, v1 review
+        ("c", {"hate": 0.1, "harassment": 0.1, "spam": 0.96}, False, T0),  # v2 spam violation, v1 review
     ]), app_id="t", version=0)
     r1 = run_decide(lake_root=lake.root, policy_path=POLICY_V1)
     r1b = run_decide(lake_root=lake.root, policy_path=POLICY_V1)

@@ -57,6 +57,7 @@ def run_accounting(lake: Lake, run_id: str) -> tuple[int, int, int]:
     s = lake.read("scores", filter=flt, columns=["item_id", "modality", "model_id"])
     q = lake.read("quarantine", filter=flt, columns=["item_id", "modality"])
     keys = pa.concat_tables([s.select(["item_id", "modality"]), q.select(["item_id", "modality"])], promote_options="permissive")
+    keys = keys.filter(pc.is_valid(keys.column("item_id")))  # id-less rows are quarantined, never keyed
     distinct = keys.group_by(["item_id", "modality"]).aggregate([]).num_rows
     return s.num_rows, q.num_rows, keys.num_rows - distinct
 

@@ -73,20 +73,17 @@ def plan_placement(profile: RunProfile, cluster: dict[str, float]) -> Placement:
     return Placement(device="cpu", actors=actors, num_cpus=num_cpus, num_gpus=0.0)
 
 
-def preprocess_batch(
-    batch: pa.Table, *, spec: ModelSpec, skip_ids: pa.Array | None, keep_ids: pa.Array | None
-) -> pa.Table:
-    """Ray task body: catalog batch -> preprocessed work rows (no model loaded)."""
+def preprocess_batch(batch: pa.Table, *, spec: ModelSpec, skip_ids: pa.Array | None) -> pa.Table:
+    """Ray task body: catalog batch -> preprocessed work rows (no model loaded). Items in
+    ``skip_ids`` (already committed by an earlier attempt of the run) are dropped."""
     import pyarrow.compute as pc
 
     from moderation.classifiers.base import build_classifier
 
-    if keep_ids is not None:
-        batch = batch.filter(pc.is_in(batch.column("item_id"), value_set=keep_ids))
     if skip_ids is not None and len(skip_ids):
         batch = batch.filter(pc.invert(pc.is_in(batch.column("item_id"), value_set=skip_ids)))
     classifier = build_classifier(spec)
-    return classifier.preprocess(to_work_rows(batch, classifier.modality))
+    return classifier.prepare(to_work_rows(batch, classifier.modality))
 
 
 class ScoreActor:
@@ -99,44 +96,41 @@ class ScoreActor:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.classifier = build_classifier(spec)
-        if hasattr(self.classifier, "batch_size"):
-            self.classifier.batch_size = batch_size
+        self.classifier = build_classifier(spec, batch_size=batch_size)
         self.classifier.setup(device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.classifier.process_batch(batch)
 
 
-def _read(snapshot: CatalogSnapshot, columns: list[str]):
+def _selection(snapshot: CatalogSnapshot, columns: list[str], *, keep_ids: pa.Array | None, limit: int | None):
+    """The run's selection as a Ray dataset: the pinned snapshot, the --where ids, the --limit.
+
+    --limit takes the first N selected rows; the counting pass, the scoring pass and any resume
+    must agree on which N, so block order is preserved when a limit is set.
+    """
+    import pyarrow.compute as pc
     import ray.data
 
     from moderation.lake import storage_options
 
     _quiet_ray_data()
+    ray.data.DataContext.get_current().execution_options.preserve_order = limit is not None
     if snapshot.is_delta:
-        return ray.data.read_delta(
+        ds = ray.data.read_delta(
             snapshot.uri, version=snapshot.version, columns=columns, storage_options=storage_options(snapshot.uri)
         )
-    return ray.data.read_parquet(snapshot.uri, columns=columns)
+    else:
+        ds = ray.data.read_parquet(snapshot.uri, columns=columns)
+    if keep_ids is not None:
+        ids = keep_ids
+        ds = ds.map_batches(lambda b: b.filter(pc.is_in(b.column("item_id"), value_set=ids)), batch_format="pyarrow")
+    return ds.limit(limit) if limit is not None else ds
 
 
 def selected_count(snapshot: CatalogSnapshot, *, keep_ids: pa.Array | None, limit: int | None) -> int:
     """Items the run selects, counted by its own pass over the snapshot (not from outputs)."""
-    import pyarrow.compute as pc
-
-    import ray.data
-
-    ray.data.DataContext.get_current().execution_options.preserve_order = limit is not None
-    ds = _read(snapshot, ["item_id"])
-    if keep_ids is not None:
-        ids = keep_ids
-        ds = ds.map_batches(
-            lambda b: b.filter(pc.is_in(b.column("item_id"), value_set=ids)), batch_format="pyarrow"
-        )
-    if limit is not None:
-        ds = ds.limit(limit)
-    return ds.count()
+    return _selection(snapshot, ["item_id"], keep_ids=keep_ids, limit=limit).count()
 
 
 def score_stream(
@@ -156,26 +150,14 @@ def score_stream(
     # >0 would silently drop whole blocks; bad rows are quarantined one by one instead.
     ctx.max_errored_blocks = 0
     ctx.enable_progress_bars = False
-    # --limit takes the first N rows; the counting pass and the scoring pass (and a resume)
-    # must agree on which N, so keep block order when a limit is set.
-    ctx.execution_options.preserve_order = limit is not None
     placement = plan_placement(profile, ray.cluster_resources())
     log.info("scoring %s on %s: %d actor(s), %.2f CPU, %.0f GPU each", spec.model_id, placement.device,
              placement.actors, placement.num_cpus, placement.num_gpus)
 
-    ds = _read(snapshot, snapshot.columns)
-    if limit is not None:
-        # The limit applies to the selection, before already-done items are skipped on resume.
-        if keep_ids is not None:
-            import pyarrow.compute as pc
-
-            ids = keep_ids
-            ds = ds.map_batches(lambda b: b.filter(pc.is_in(b.column("item_id"), value_set=ids)), batch_format="pyarrow")
-            keep_ids = None
-        ds = ds.limit(limit)
+    ds = _selection(snapshot, snapshot.columns, keep_ids=keep_ids, limit=limit)
     ds = ds.map_batches(
         preprocess_batch,
-        fn_kwargs={"spec": spec, "skip_ids": skip_ids, "keep_ids": keep_ids},
+        fn_kwargs={"spec": spec, "skip_ids": skip_ids},
         batch_format="pyarrow",
         batch_size=profile.batch_size * 4,
         num_cpus=0.5,

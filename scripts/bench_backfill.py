@@ -24,6 +24,7 @@ app = typer.Typer(add_completion=False)
 
 def plain_loop(catalog_uri: str, spec, profile) -> int:
     """Score every catalog item in one process: read -> preprocess -> score, batch by batch."""
+    import pyarrow as pa
     import torch
     from deltalake import DeltaTable
 
@@ -33,15 +34,12 @@ def plain_loop(catalog_uri: str, spec, profile) -> int:
     if profile.torch_threads:
         torch.set_num_threads(profile.torch_threads)
     snap = open_catalog(catalog_uri)
-    clf = build_classifier(spec)
-    clf.batch_size = profile.batch_size
+    clf = build_classifier(spec, batch_size=profile.batch_size)
     clf.setup("cpu")
     n = 0
     dataset = DeltaTable(catalog_uri).to_pyarrow_dataset()
     for batch in dataset.to_batches(columns=snap.columns, batch_size=profile.batch_size):
-        import pyarrow as pa
-
-        out = clf.process_batch(clf.preprocess(to_work_rows(pa.Table.from_batches([batch]), "text")))
+        out = clf.process_batch(clf.prepare(to_work_rows(pa.Table.from_batches([batch]), "text")))
         n += out.num_rows
     return n
 

@@ -81,3 +81,9 @@ def test_process_batch_quarantines_only_failing_rows(unloaded):
     assert out.column("category_scores").to_pylist()[0] is not None
     assert out.column("category_scores").to_pylist()[1] is None
     assert "cannot score this" in out.column("qdetail").to_pylist()[1]
+
+
+def test_prepare_quarantines_rows_without_item_id(unloaded):
+    out = unloaded.prepare(_rows(item_id=["a", None, " "], title=["fine", "fine", "fine"]))
+    assert out.column(QREASON).to_pylist() == [None, "missing_item_id", "missing_item_id"]
+    assert out.column("qstage").to_pylist() == [None, "preprocess", "preprocess"]

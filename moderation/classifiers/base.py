@@ -40,15 +40,33 @@ class Classifier(abc.ABC):
 
     modality: ClassVar[Modality]
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 64) -> None:
         if spec.modality != self.modality:
             raise ValueError(f"{type(self).__name__} scores {self.modality}, spec {spec.model_id} is {spec.modality}")
         self.spec = spec
+        self.batch_size = batch_size  # rows per forward pass on the device
         self.device: str | None = None
 
     @abc.abstractmethod
     def preprocess(self, batch: pa.Table) -> pa.Table:
         """CPU-side preparation. Must add CONTENT_HASH, QREASON, QDETAIL, QSTAGE."""
+
+    def prepare(self, batch: pa.Table) -> pa.Table:
+        """``preprocess`` plus the checks every modality shares: a row without an item id
+        cannot be keyed in ``scores``, so it is quarantined (``missing_item_id``)."""
+        import pyarrow.compute as pc
+
+        out = self.preprocess(batch)
+        ids = out.column("item_id")
+        missing = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(ids), ""), True)
+        if not pc.any(missing).as_py():
+            return out
+        reasons = pc.if_else(missing, "missing_item_id", out.column(QREASON))
+        details = pc.if_else(missing, "item_id is null or empty", out.column(QDETAIL))
+        stages = pc.if_else(missing, "preprocess", out.column(QSTAGE))
+        for name, col in ((QREASON, reasons), (QDETAIL, details), (QSTAGE, stages)):
+            out = out.set_column(out.schema.get_field_index(name), name, col)
+        return out
 
     @abc.abstractmethod
     def setup(self, device: str = "cpu") -> None:
@@ -94,10 +112,10 @@ class Classifier(abc.ABC):
         )
 
 
-def build_classifier(spec: ModelSpec) -> Classifier:
-    """The classifier implementation for a registry entry's ``kind``."""
+def build_classifier(spec: ModelSpec, *, batch_size: int = 64) -> Classifier:
+    """The classifier implementation for a registry entry's ``kind`` (nothing loaded yet)."""
     if spec.kind == "minilm_heads":
         from moderation.classifiers.text import MiniLMHeadsClassifier
 
-        return MiniLMHeadsClassifier(spec)
+        return MiniLMHeadsClassifier(spec, batch_size=batch_size)
     raise ValueError(f"model {spec.model_id}: no classifier for kind {spec.kind!r}")

@@ -99,8 +99,7 @@ class MiniLMHeadsClassifier(Classifier):
     modality: ClassVar = "text"
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 64) -> None:
-        super().__init__(spec)
-        self.batch_size = batch_size
+        super().__init__(spec, batch_size=batch_size)
         self.segment_words = int(spec.preprocessing.get("segment_words", 160))
         self.max_segments = int(spec.preprocessing.get("max_segments", 6))
         self.max_chars = int(spec.preprocessing.get("max_field_chars", 100_000))
@@ -142,7 +141,6 @@ class MiniLMHeadsClassifier(Classifier):
 
     # ---- device side ----------------------------------------------------------------
     def setup(self, device: str = "cpu") -> None:
-        from safetensors import safe_open  # noqa: F401 - imported for a clear error if missing
         from safetensors.numpy import load as load_np
 
         heads_ref = self.spec.artifacts["heads"]

@@ -200,3 +200,19 @@ def test_bad_rows_are_quarantined_with_reasons_not_dropped(env, tmp_path):
     q = {r["item_id"]: r["reason"] for r in lake.read("quarantine").to_pylist()}
     assert q == {None: "missing_item_id", "blank": "no_usable_text", "ctrl": "no_usable_text"}
     assert sorted(lake.read("scores").column("item_id").to_pylist()) == ["huge", "ok1"]
+
+
+@pytest.mark.spark
+def test_demo_command_end_to_end(ray_local, spark, data_dir, tmp_path):
+    lake_dir = tmp_path / "demo"
+    r = CliRunner().invoke(app, ["demo", "--lake", str(lake_dir), "--items", "60", "--data-dir", str(data_dir)])
+    assert r.exit_code == 0, r.output
+    assert "selected pairs 60 = scored" in r.output and "[OK]" in r.output
+    assert "policy catalog-safety v1" in r.output and "policy catalog-safety v2" in r.output
+    lake = Lake(str(lake_dir))
+    for table in ("catalog", "scores", "quarantine", "violations", "runs", "reports/violation_rates"):
+        assert lake.exists(table), table
+    # A second demo reuses the catalog and the finished backfill: scores unchanged.
+    before = lake.version("scores")
+    r = CliRunner().invoke(app, ["demo", "--lake", str(lake_dir), "--items", "60", "--data-dir", str(data_dir)])
+    assert r.exit_code == 0 and "already finished" in r.output and lake.version("scores") == before

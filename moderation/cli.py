@@ -125,6 +125,53 @@ def demo(
         _fail(e)
 
 
+models_app = typer.Typer(no_args_is_help=True, help="The model registry (conf/models/).")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List registered models: id, modality, categories, digest, artifacts."""
+    from moderation.config import load_model_registry
+
+    try:
+        registry = load_model_registry()
+    except ModerationError as e:
+        _fail(e)
+    for spec in registry.values():
+        typer.echo(f"{spec.model_id}  modality={spec.modality}  categories={','.join(spec.categories)}  digest={spec.digest}")
+        for name, ref in sorted(spec.artifacts.items()):
+            typer.echo(f"    {name:16} {ref.sha256[:16]}…  {ref.uri}")
+
+
+@models_app.command("verify")
+def models_verify(model_id: Optional[str] = typer.Argument(None, help="one model id (default: all)")) -> None:
+    """Check every artifact's SHA-256 against the registry; exit 1 on any mismatch or missing file."""
+    from moderation.artifacts import read_verified
+    from moderation.config import load_model_registry
+
+    try:
+        registry = load_model_registry()
+    except ModerationError as e:
+        _fail(e)
+    if model_id is not None and model_id not in registry:
+        _fail(ModerationError(f"unknown model {model_id!r}; registered: {sorted(registry)}"))
+    failures = 0
+    for spec in registry.values():
+        if model_id is not None and spec.model_id != model_id:
+            continue
+        for name, ref in sorted(spec.artifacts.items()):
+            try:
+                read_verified(spec.model_id, name, ref)
+                typer.echo(f"OK    {spec.model_id} {name}")
+            except ModerationError as e:
+                failures += 1
+                typer.echo(f"FAIL  {e}")
+    if failures:
+        typer.echo(f"{failures} artifact(s) failed verification", err=True)
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     try:
         app()

@@ -131,8 +131,7 @@ def run_backfill(
     chunks = 0
     try:
         ensure_ray(ray_address)
-        items = selected_count(snapshot, keep_ids=keep_ids, limit=limit)
-        selected = items * len(models)
+        selected = sum(selected_count(snapshot, keep_ids=keep_ids, limit=limit, modality=m.modality) for m in models)
         with tqdm(total=selected, unit="pair", desc=f"backfill {run_id}", disable=not progress) as bar:
             for model in models:
                 done = _done_ids(lake, run_id, model.model_id, model.modality)

@@ -18,7 +18,11 @@ from moderation.lake import storage_options
 from moderation.schemas import CATALOG_SCHEMA, REQUIRED_CATALOG_COLUMNS, TEXT_COLUMNS
 
 #: Columns copied from the catalog into each (item, modality) work row.
-WORK_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit", *TEXT_COLUMNS)
+WORK_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit", *TEXT_COLUMNS, "cover_image", "audio_clip")
+#: The catalog column holding each media modality's URI. An item is selected for a media
+#: modality only when it has one; every item is selected for text (no usable text is a
+#: quarantine reason, not a reason to skip).
+MEDIA_COLUMNS = {"image": "cover_image", "audio": "audio_clip"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,21 @@ class CatalogSnapshot:
     @property
     def columns(self) -> list[str]:
         return [c for c in WORK_COLUMNS if c in self.schema.names]
+
+    def has_modality(self, modality: str) -> bool:
+        """Whether the catalog can hold this modality at all (text: always)."""
+        return modality not in MEDIA_COLUMNS or MEDIA_COLUMNS[modality] in self.schema.names
+
+
+def modality_mask(batch: pa.Table, modality: str) -> pa.ChunkedArray | None:
+    """Rows selected for ``modality``: None means all (text); else a non-empty media URI."""
+    column = MEDIA_COLUMNS.get(modality)
+    if column is None:
+        return None
+    if column not in batch.column_names:
+        return pa.chunked_array([pa.array([False] * batch.num_rows)])
+    uris = batch.column(column)
+    return pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(uris)), 0), False)
 
 
 def _type_ok(actual: pa.DataType, expected: pa.DataType) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from moderation.catalog import CatalogSnapshot, to_work_rows
+from moderation.catalog import MEDIA_COLUMNS, CatalogSnapshot, modality_mask, to_work_rows
 from moderation.config import ModelSpec, RunProfile
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,11 @@ class ScoreActor:
         return self.classifier.process_batch(batch)
 
 
-def _selection(snapshot: CatalogSnapshot, columns: list[str], *, keep_ids: pa.Array | None, limit: int | None):
-    """The run's selection as a Ray dataset: the pinned snapshot, the --where ids, the --limit.
+def _selection(
+    snapshot: CatalogSnapshot, columns: list[str], *, keep_ids: pa.Array | None, limit: int | None, modality: str
+):
+    """The run's selection for one modality as a Ray dataset: the pinned snapshot, the --where
+    ids, the --limit (on items), then the items that have this modality's media.
 
     --limit takes the first N selected rows; the counting pass, the scoring pass and any resume
     must agree on which N, so block order is preserved when a limit is set.
@@ -125,12 +128,23 @@ def _selection(snapshot: CatalogSnapshot, columns: list[str], *, keep_ids: pa.Ar
     if keep_ids is not None:
         ids = keep_ids
         ds = ds.map_batches(lambda b: b.filter(pc.is_in(b.column("item_id"), value_set=ids)), batch_format="pyarrow")
-    return ds.limit(limit) if limit is not None else ds
+    if limit is not None:
+        ds = ds.limit(limit)
+    if modality in MEDIA_COLUMNS:
+
+        def has_media(b: pa.Table) -> pa.Table:
+            return b.filter(modality_mask(b, modality))
+
+        ds = ds.map_batches(has_media, batch_format="pyarrow")
+    return ds
 
 
-def selected_count(snapshot: CatalogSnapshot, *, keep_ids: pa.Array | None, limit: int | None) -> int:
-    """Items the run selects, counted by its own pass over the snapshot (not from outputs)."""
-    return _selection(snapshot, ["item_id"], keep_ids=keep_ids, limit=limit).count()
+def selected_count(snapshot: CatalogSnapshot, *, keep_ids: pa.Array | None, limit: int | None, modality: str) -> int:
+    """(item, modality) pairs the run selects, counted by its own pass over the snapshot."""
+    if not snapshot.has_modality(modality):
+        return 0
+    columns = ["item_id", *([MEDIA_COLUMNS[modality]] if modality in MEDIA_COLUMNS else [])]
+    return _selection(snapshot, columns, keep_ids=keep_ids, limit=limit, modality=modality).count()
 
 
 def score_stream(
@@ -154,12 +168,15 @@ def score_stream(
     log.info("scoring %s on %s: %d actor(s), %.2f CPU, %.0f GPU each", spec.model_id, placement.device,
              placement.actors, placement.num_cpus, placement.num_gpus)
 
-    ds = _selection(snapshot, snapshot.columns, keep_ids=keep_ids, limit=limit)
+    if not snapshot.has_modality(spec.modality):
+        return
+    ds = _selection(snapshot, snapshot.columns, keep_ids=keep_ids, limit=limit, modality=spec.modality)
     ds = ds.map_batches(
         preprocess_batch,
         fn_kwargs={"spec": spec, "skip_ids": skip_ids},
         batch_format="pyarrow",
-        batch_size=profile.batch_size * 4,
+        # Text rows are small; decoded images are 600 KB each, so their blocks stay small.
+        batch_size=profile.batch_size * (4 if spec.modality == "text" else 1),
         num_cpus=0.5,
     )
     ds = ds.map_batches(

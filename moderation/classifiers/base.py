@@ -102,7 +102,11 @@ class Classifier(abc.ABC):
                     except Exception as row_exc:  # noqa: BLE001 - quarantined with its reason
                         reasons[i], stages[i] = "score_error", "score"
                         details[i] = f"{type(row_exc).__name__}: {row_exc}"[:500]
-        out = batch.drop_columns([QREASON, QDETAIL, QSTAGE])
+        # Keep only what the writer needs: model inputs (text segments, decoded pixels) would
+        # otherwise travel back to the driver.
+        from moderation.catalog import WORK_COLUMNS
+
+        out = batch.select([c for c in (*WORK_COLUMNS, "modality", CONTENT_HASH) if c in batch.column_names])
         return (
             out.append_column("category_scores", pa.array([None if s is None else list(s.items()) for s in scores], SCORE_TYPE))
             .append_column("evidence", pa.array([None if e is None else list(e.items()) for e in evidence], EVIDENCE_TYPE))
@@ -118,4 +122,8 @@ def build_classifier(spec: ModelSpec, *, batch_size: int = 64) -> Classifier:
         from moderation.classifiers.text import MiniLMHeadsClassifier
 
         return MiniLMHeadsClassifier(spec, batch_size=batch_size)
+    if spec.kind == "open_nsfw":
+        from moderation.classifiers.image import OpenNsfwClassifier
+
+        return OpenNsfwClassifier(spec, batch_size=batch_size)
     raise ValueError(f"model {spec.model_id}: no classifier for kind {spec.kind!r}")

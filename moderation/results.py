@@ -50,6 +50,7 @@ def split_results(batch: pa.Table, *, run_id: str, model: ModelSpec, now: dt.dat
             "run_id": pa.array([run_id] * n_q, pa.string()),
             "item_id": q_rows.column("item_id"),
             "modality": q_rows.column("modality"),
+            "model_id": pa.array([model.model_id] * n_q, pa.string()),
             "stage": q_rows.column(QSTAGE).cast(pa.string()).fill_null("preprocess"),
             "reason": q_rows.column(QREASON).cast(pa.string()),
             "detail": q_rows.column(QDETAIL).cast(pa.string()),

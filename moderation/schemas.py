@@ -55,6 +55,7 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("item_id", pa.string()),
         pa.field("modality", pa.string(), nullable=False),
+        pa.field("model_id", pa.string()),  # the model whose input could not be prepared or scored
         pa.field("stage", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
         pa.field("detail", pa.string()),

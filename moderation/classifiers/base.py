@@ -40,11 +40,13 @@ class Classifier(abc.ABC):
 
     modality: ClassVar[Modality]
 
-    def __init__(self, spec: ModelSpec, *, batch_size: int = 64) -> None:
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 64, lake_root: str | None = None) -> None:
         if spec.modality != self.modality:
             raise ValueError(f"{type(self).__name__} scores {self.modality}, spec {spec.model_id} is {spec.modality}")
         self.spec = spec
         self.batch_size = batch_size  # rows per forward pass on the device
+        #: The run's lake, for classifiers whose reference data lives there (the hash bank).
+        self.lake_root = lake_root
         self.device: str | None = None
 
     @abc.abstractmethod
@@ -116,8 +118,12 @@ class Classifier(abc.ABC):
         )
 
 
-def build_classifier(spec: ModelSpec, *, batch_size: int = 64) -> Classifier:
+def build_classifier(spec: ModelSpec, *, batch_size: int = 64, lake_root: str | None = None) -> Classifier:
     """The classifier implementation for a registry entry's ``kind`` (nothing loaded yet)."""
+    if spec.kind == "pdq_bank":
+        from moderation.classifiers.pdq import PdqBankClassifier
+
+        return PdqBankClassifier(spec, batch_size=batch_size, lake_root=lake_root)
     if spec.kind == "minilm_heads":
         from moderation.classifiers.text import MiniLMHeadsClassifier
 
@@ -126,4 +132,12 @@ def build_classifier(spec: ModelSpec, *, batch_size: int = 64) -> Classifier:
         from moderation.classifiers.image import OpenNsfwClassifier
 
         return OpenNsfwClassifier(spec, batch_size=batch_size)
+    if spec.kind == "ocr_text":
+        from moderation.classifiers.ocr import OcrTextClassifier
+
+        return OcrTextClassifier(spec, batch_size=batch_size)
+    if spec.kind == "speech_text":
+        from moderation.classifiers.audio import SpeechTextClassifier
+
+        return SpeechTextClassifier(spec, batch_size=batch_size)
     raise ValueError(f"model {spec.model_id}: no classifier for kind {spec.kind!r}")

@@ -12,6 +12,19 @@ if ! command -v java >/dev/null 2>&1; then
   exit 1
 fi
 
+# System packages: Tesseract for text in cover art (OCR model). Installed when we can
+# (root with apt-get); otherwise say how, and only the OCR model is unavailable.
+if ! command -v tesseract >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing tesseract-ocr (Debian) for OCR of cover art"
+    { apt-get install -y -q tesseract-ocr tesseract-ocr-eng >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q tesseract-ocr tesseract-ocr-eng >/dev/null 2>&1; }; } \
+      || echo "setup: could not install tesseract-ocr; OCR of cover art will be unavailable" >&2
+  else
+    echo "setup: tesseract not found; for OCR of cover art run: sudo apt-get install tesseract-ocr tesseract-ocr-eng" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi

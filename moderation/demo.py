@@ -58,12 +58,50 @@ _SPAM_FAKE = [
 ]
 
 
+#: Shared photos that play "known violating images" in the demo's hash bank (they are benign
+#: CC0 photos; no violating imagery is used or generated). Altered copies of them are planted.
+BANKED_IMAGES = ("coffee.png", "chelsea.png")
+
+
 @dataclass(frozen=True)
 class DemoCatalog:
     uri: str
     items: int
     used_shared_data: bool
     planted: dict[str, int]  # source_label -> items
+    bank_images: tuple[str, ...] = ()  # originals to add to the hash bank
+
+
+def render_text_cover(photo: str, text: str, out: Path) -> None:
+    """A 512x512 cover: the photo with ``text`` printed on a light panel, as JPEG."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.open(photo).convert("RGB").resize((512, 512))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=30)
+    lines = textwrap.wrap(text, width=28)[:6]
+    top = 256 - 20 * len(lines)
+    draw.rectangle((16, top - 12, 496, top + 40 * len(lines) + 4), fill=(245, 245, 240))
+    for k, line in enumerate(lines):
+        draw.text((28, top + 40 * k), line, fill=(10, 10, 10), font=font)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out, format="JPEG", quality=90)
+
+
+def altered_copy(photo: str, out: Path, rng: random.Random) -> None:
+    """A re-encoded, resized, slightly cropped copy: what re-uploads of a banked image look like."""
+    from PIL import Image
+
+    img = Image.open(photo).convert("RGB")
+    w, h = img.size
+    dx, dy = int(w * rng.uniform(0.0, 0.03)), int(h * rng.uniform(0.0, 0.03))
+    img = img.crop((dx, dy, w - dx, h - dy))
+    scale = rng.choice([0.5, 0.75, 1.25])
+    img = img.resize((max(32, int(img.width * scale)), max(32, int(img.height * scale))))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out, format="JPEG", quality=rng.choice([60, 75, 90]))
 
 
 def _title(rng: random.Random) -> str:
@@ -91,13 +129,24 @@ def _labelled_pool(data_dir: Path | None, rng: random.Random) -> tuple[list[Labe
     return generated, False
 
 
-def build_demo_table(*, items: int = 2000, data_dir: Path | None = None, seed: int = 7) -> tuple[pa.Table, bool]:
-    """The demo catalog as an Arrow table (DEMO_SCHEMA) and whether shared data was used."""
+def build_demo_table(
+    *, items: int = 2000, data_dir: Path | None = None, seed: int = 7, media_dir: Path | None = None,
+    cover_share: float = 1.0,
+) -> tuple[pa.Table, bool]:
+    """The demo catalog as an Arrow table (DEMO_SCHEMA) and whether shared data was used.
+
+    With ``media_dir``, media are generated there too: covers with planted labelled text
+    rendered onto a shared photo (``planted_field = "cover_image"``), and altered copies of
+    the BANKED_IMAGES (``source_label = "banked_copy"``). ``cover_share`` is the share of
+    items that have cover art at all (scoring every cover on a laptop CPU takes a while).
+    """
     rng = random.Random(seed)
     pool, used_shared = _labelled_pool(data_dir, rng)
     rng.shuffle(pool)
     media = Path(data_dir) / "media" if data_dir else None
-    images = sorted(str(p.resolve()) for p in (media / "images").glob("*")) if media and media.is_dir() else []
+    all_images = sorted(str(p.resolve()) for p in (media / "images").glob("*")) if media and media.is_dir() else []
+    banked = [p for p in all_images if Path(p).name in BANKED_IMAGES]
+    images = [p for p in all_images if Path(p).name not in BANKED_IMAGES] if media_dir else all_images
     clips = sorted(str(p.resolve()) for p in (media / "audio").glob("*.ogg")) if media and media.is_dir() else []
     n_empty = max(1, items // 100)
     n_labelled = min(len(pool), int(items * 0.8)) if used_shared else int(items * 0.3)
@@ -117,7 +166,7 @@ def build_demo_table(*, items: int = 2000, data_dir: Path | None = None, seed: i
             "markets": sorted(rng.sample(MARKETS, rng.randint(1, 4))),
             "creator_id": f"creator_{rng.randint(1, 400):04d}",
             "explicit": item_type == "track" and rng.random() < 0.2,
-            "cover_image": rng.choice(images) if images else None,
+            "cover_image": rng.choice(images) if images and rng.random() < cover_share else None,
             "audio_clip": rng.choice(clips) if clips and item_type != "show" else None,
             "updated_at": base + dt.timedelta(minutes=rng.randint(0, 60 * 24 * 300)),
             "source_dataset": None,
@@ -127,11 +176,21 @@ def build_demo_table(*, items: int = 2000, data_dir: Path | None = None, seed: i
         }
         if i < n_empty:
             row.update(title="  ", description="", body_text=None)
+        elif media_dir is not None and banked and i < n_empty + max(4, items // 200):
+            out = media_dir / "covers" / f"{row['item_id']}.jpg"
+            altered_copy(rng.choice(banked), out, rng)
+            row.update(cover_image=str(out.resolve()), source_dataset="demo_hash_bank", source_label="banked_copy",
+                       planted_field="cover_image", expected_categories=["known_violating"])
         elif i < n_empty + n_labelled:
             src = pool[(i - n_empty) % len(pool)]
             fields = ["title", "description"] + ([] if item_type == "show" else ["body_text"])
             field = rng.choice(fields)
-            if field == "body_text":
+            if media_dir is not None and images and len(src.text) <= 160 and rng.random() < 0.1:
+                field = "cover_image"
+                out = media_dir / "covers" / f"{row['item_id']}.jpg"
+                render_text_cover(rng.choice(images), src.text, out)
+                row["cover_image"] = str(out.resolve())
+            elif field == "body_text":
                 parts = row["body_text"].split(". ")
                 parts.insert(rng.randint(0, len(parts)), src.text)
                 row["body_text"] = ". ".join(parts)
@@ -148,17 +207,23 @@ def build_demo_table(*, items: int = 2000, data_dir: Path | None = None, seed: i
     return pa.Table.from_pylist(rows, schema=DEMO_SCHEMA), used_shared
 
 
-def write_demo_catalog(uri: str, *, items: int = 2000, data_dir: Path | None = None, seed: int = 7) -> DemoCatalog:
+def write_demo_catalog(
+    uri: str, *, items: int = 2000, data_dir: Path | None = None, seed: int = 7, media_dir: Path | None = None,
+    cover_share: float = 1.0,
+) -> DemoCatalog:
     """Write (or overwrite, as a new Delta version) the demo catalog at ``uri``."""
     from deltalake import write_deltalake
 
     from moderation.lake import storage_options
 
-    table, used = build_demo_table(items=items, data_dir=data_dir, seed=seed)
+    table, used = build_demo_table(items=items, data_dir=data_dir, seed=seed, media_dir=media_dir,
+                                   cover_share=cover_share)
     write_deltalake(uri, table, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri))
     labels = table.column("source_label").to_pylist()
     planted: dict[str, int] = {}
     for label in labels:
         if label is not None:
             planted[label] = planted.get(label, 0) + 1
-    return DemoCatalog(uri=uri, items=table.num_rows, used_shared_data=used, planted=planted)
+    bank = tuple(sorted(str((Path(data_dir) / "media" / "images" / n).resolve()) for n in BANKED_IMAGES)) \
+        if media_dir is not None and data_dir is not None and (Path(data_dir) / "media" / "images").is_dir() else ()
+    return DemoCatalog(uri=uri, items=table.num_rows, used_shared_data=used, planted=planted, bank_images=bank)

@@ -33,3 +33,20 @@ def test_demo_is_deterministic(data_dir):
     a, _ = build_demo_table(items=100, data_dir=data_dir, seed=3)
     b, _ = build_demo_table(items=100, data_dir=data_dir, seed=3)
     assert a.equals(b)
+
+
+def test_demo_media_rendered_covers_and_banked_copies(data_dir, tmp_path):
+    from PIL import Image
+
+    table, _ = build_demo_table(items=400, data_dir=data_dir, media_dir=tmp_path, cover_share=0.5)
+    rows = table.to_pylist()
+    rendered = [r for r in rows if r["planted_field"] == "cover_image" and r["source_label"] != "banked_copy"]
+    banked = [r for r in rows if r["source_label"] == "banked_copy"]
+    assert rendered and len(banked) == 4
+    for r in rendered + banked:
+        assert r["cover_image"].startswith(str(tmp_path.resolve()))
+        assert Image.open(r["cover_image"]).format == "JPEG"
+    assert all(r["expected_categories"] == ["known_violating"] for r in banked)
+    # Unaltered banked originals never appear as ordinary covers.
+    assert not any(r["cover_image"] and r["cover_image"].endswith(("coffee.png", "chelsea.png")) for r in rows)
+    assert 0.3 < sum(r["cover_image"] is not None for r in rows) / len(rows) < 0.7

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from moderation.catalog import open_catalog, select_ids
+from moderation.classifiers.base import RunContext
 from moderation.config import config_hash, load_model_registry, load_policy, load_run_profile
 from moderation.errors import LakeError, ModerationError
 from moderation.lake import Lake
@@ -121,12 +122,17 @@ def run_backfill(
     snapshot = open_catalog(catalog_uri, version=existing["catalog_version"] if existing else None)
     keep_ids = select_ids(snapshot, where) if where else None
     started = existing["started_at"] if existing else utcnow()
+    # Reference data in the lake is pinned once for the run (a resume keeps its pin).
+    bank_version = (existing["hash_bank_version"] if existing else lake.version("hash_bank")) \
+        if any(m.kind == "pdq_bank" for m in models) else None
+    context = RunContext(lake_root=lake.root, hash_bank_version=bank_version)
     base = dict(
         run_id=run_id, kind="backfill", catalog_uri=catalog_uri, catalog_version=snapshot.version,
         where_expr=where, item_limit=limit, policy_id=policy.policy_id, policy_version=policy.version,
         policy_hash=loaded.content_hash, model_ids=[m.model_id for m in models],
         model_digests=[m.digest for m in models], modalities=list(modalities),
         config_hash=config_hash(policy, profile, *models), code_version=code_version(), started_at=started,
+        hash_bank_version=bank_version,
     )
     lake.upsert_run(run_row(**base, status="running"))
 
@@ -140,7 +146,7 @@ def run_backfill(
                 bar.update(len(done))
                 writer = ChunkWriter(lake, run_id=run_id, model=model, chunk_pairs=profile.chunk_pairs)
                 for batch in score_stream(snapshot, model, profile, keep_ids=keep_ids, skip_ids=done, limit=limit,
-                                          lake_root=lake.root):
+                                          context=context):
                     writer.add(batch)
                     bar.update(batch.num_rows)
                 writer.flush()

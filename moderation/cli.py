@@ -172,6 +172,37 @@ def models_verify(model_id: Optional[str] = typer.Argument(None, help="one model
         raise typer.Exit(code=1)
 
 
+bank_app = typer.Typer(no_args_is_help=True, help="The hash bank of known violating images (<lake>/hash_bank).")
+app.add_typer(bank_app, name="bank")
+
+
+@bank_app.command("add")
+def bank_add(
+    paths: list[str] = typer.Argument(..., help="image files (or s3:// URIs) to bank"),
+    lake: str = typer.Option(..., help="lake root URI"),
+    category: str = typer.Option(..., help="policy category the images violate, e.g. sexual"),
+    label: str = typer.Option(..., help="label shown as evidence when a cover matches"),
+    source: Optional[str] = typer.Option(None, help="where the images came from (default: each path)"),
+    min_quality: int = typer.Option(50, min=0, max=100, help="reject hashes below this PDQ quality"),
+) -> None:
+    """Hash images with PDQ and add them to the bank (idempotent: known hashes are skipped).
+    Exit 1 if any image was rejected (unreadable, not an image, hash quality too low)."""
+    from moderation.bank import add_to_bank
+    from moderation.lake import Lake
+
+    try:
+        result = add_to_bank(Lake(_abs_uri(lake)), [_abs_uri(p) for p in paths], category=category, label=label,
+                             source=source, min_quality=min_quality)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(f"added {len(result.added)}, already present {len(result.already_present)}, "
+               f"rejected {len(result.rejected)} (bank version {result.version})")
+    for path, reason in result.rejected:
+        typer.echo(f"  rejected {path}: {reason}")
+    if result.rejected:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     try:
         app()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from moderation.catalog import MEDIA_COLUMNS, CatalogSnapshot, modality_mask, to_work_rows
+from moderation.classifiers.base import RunContext
 from moderation.config import ModelSpec, RunProfile
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class Placement:
     num_gpus: float
 
 
-def plan_placement(profile: RunProfile, cluster: dict[str, float]) -> Placement:
+def plan_placement(profile: RunProfile, cluster: dict[str, float], *, uses_gpu: bool = True) -> Placement:
     """Pick GPU or CPU actors from the cluster's resources and the run profile.
 
     On CPU the actors' reservations are capped so at least one CPU stays free for the read
@@ -61,9 +62,9 @@ def plan_placement(profile: RunProfile, cluster: dict[str, float]) -> Placement:
     """
     gpus = int(cluster.get("GPU", 0))
     cpus = float(cluster.get("CPU", 1))
-    if profile.gpu == "always" and gpus == 0:
+    if profile.gpu == "always" and gpus == 0 and uses_gpu:
         raise RuntimeError("run profile says gpu: always but the Ray cluster has no GPU")
-    if gpus and profile.gpu != "never":
+    if gpus and profile.gpu != "never" and uses_gpu:
         actors = max(1, min(profile.actors, gpus))
         num_cpus = min(profile.actor_num_cpus, max(0.1, (cpus - 1) / actors))
         return Placement(device="cuda", actors=actors, num_cpus=num_cpus, num_gpus=1.0)
@@ -73,7 +74,7 @@ def plan_placement(profile: RunProfile, cluster: dict[str, float]) -> Placement:
     return Placement(device="cpu", actors=actors, num_cpus=num_cpus, num_gpus=0.0)
 
 
-def preprocess_batch(batch: pa.Table, *, spec: ModelSpec, skip_ids: pa.Array | None, lake_root: str | None) -> pa.Table:
+def preprocess_batch(batch: pa.Table, *, spec: ModelSpec, skip_ids: pa.Array | None, context: RunContext) -> pa.Table:
     """Ray task body: catalog batch -> preprocessed work rows (no model loaded). Items in
     ``skip_ids`` (already committed by an earlier attempt of the run) are dropped."""
     import pyarrow.compute as pc
@@ -82,21 +83,21 @@ def preprocess_batch(batch: pa.Table, *, spec: ModelSpec, skip_ids: pa.Array | N
 
     if skip_ids is not None and len(skip_ids):
         batch = batch.filter(pc.invert(pc.is_in(batch.column("item_id"), value_set=skip_ids)))
-    classifier = build_classifier(spec, lake_root=lake_root)
+    classifier = build_classifier(spec, context=context)
     return classifier.prepare(to_work_rows(batch, classifier.modality))
 
 
 class ScoreActor:
     """Ray actor body: loads the model once (digest-checked), scores each batch."""
 
-    def __init__(self, spec: ModelSpec, device: str, batch_size: int, torch_threads: int, lake_root: str | None) -> None:
+    def __init__(self, spec: ModelSpec, device: str, batch_size: int, torch_threads: int, context: RunContext) -> None:
         import torch
 
         from moderation.classifiers.base import build_classifier
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.classifier = build_classifier(spec, batch_size=batch_size, lake_root=lake_root)
+        self.classifier = build_classifier(spec, batch_size=batch_size, context=context)
         self.classifier.setup(device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -155,7 +156,7 @@ def score_stream(
     keep_ids: pa.Array | None = None,
     skip_ids: pa.Array | None = None,
     limit: int | None = None,
-    lake_root: str | None = None,
+    context: RunContext = RunContext(),
 ) -> Iterator[pa.Table]:
     """Stream scored work rows (one per selected item for ``spec``'s modality)."""
     import ray
@@ -165,7 +166,9 @@ def score_stream(
     # >0 would silently drop whole blocks; bad rows are quarantined one by one instead.
     ctx.max_errored_blocks = 0
     ctx.enable_progress_bars = False
-    placement = plan_placement(profile, ray.cluster_resources())
+    from moderation.classifiers.base import build_classifier
+
+    placement = plan_placement(profile, ray.cluster_resources(), uses_gpu=build_classifier(spec).uses_gpu)
     log.info("scoring %s on %s: %d actor(s), %.2f CPU, %.0f GPU each", spec.model_id, placement.device,
              placement.actors, placement.num_cpus, placement.num_gpus)
 
@@ -174,7 +177,7 @@ def score_stream(
     ds = _selection(snapshot, snapshot.columns, keep_ids=keep_ids, limit=limit, modality=spec.modality)
     ds = ds.map_batches(
         preprocess_batch,
-        fn_kwargs={"spec": spec, "skip_ids": skip_ids, "lake_root": lake_root},
+        fn_kwargs={"spec": spec, "skip_ids": skip_ids, "context": context},
         batch_format="pyarrow",
         # Text rows are small; decoded images are 600 KB each, so their blocks stay small.
         batch_size=profile.batch_size * (4 if spec.modality == "text" else 1),
@@ -187,7 +190,7 @@ def score_stream(
             "device": placement.device,
             "batch_size": profile.batch_size,
             "torch_threads": profile.torch_threads,
-            "lake_root": lake_root,
+            "context": context,
         },
         batch_format="pyarrow",
         batch_size=profile.batch_size,

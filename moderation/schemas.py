@@ -109,6 +109,7 @@ RUNS_SCHEMA = pa.schema(
         pa.field("violation_rows", pa.int64()),
         pa.field("chunks_committed", pa.int64()),
         pa.field("scores_version", pa.int64()),
+        pa.field("hash_bank_version", pa.int64()),  # hash_bank Delta version matched against
         pa.field("config_hash", pa.string()),
         pa.field("code_version", pa.string()),
         pa.field("started_at", TS),

@@ -28,3 +28,16 @@ def test_models_verify_fails_on_a_tampered_digest(tmp_path, monkeypatch):
     assert "FAIL  model text-minilm-heads-v1: artifact heads" in r.output and "refusing to load" in r.output
     r = CliRunner().invoke(app, ["models", "verify", "no-such-model"])
     assert r.exit_code == 2 and "unknown model 'no-such-model'" in r.output
+
+
+def test_bank_add_cli(tmp_path, data_dir):
+    images = data_dir / "media" / "images"
+    lake = str(tmp_path / "lake")
+    args = ["bank", "add", str(images / "coffee.png"), "--lake", lake, "--category", "known_violating", "--label", "demo"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and "added 1, already present 0, rejected 0" in r.output
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and "added 0, already present 1" in r.output
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    r = CliRunner().invoke(app, [*args[:2], str(tmp_path / "junk.png"), *args[3:]])
+    assert r.exit_code == 1 and "rejected" in r.output and "junk.png" in r.output

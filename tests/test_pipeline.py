@@ -24,3 +24,8 @@ def test_gpu_actors_when_cluster_has_gpus():
     assert plan_placement(RunProfile(gpu="never"), {"CPU": 16.0, "GPU": 2.0}).device == "cpu"
     with pytest.raises(RuntimeError, match="no GPU"):
         plan_placement(RunProfile(gpu="always"), {"CPU": 4.0})
+
+
+def test_model_without_gpu_work_stays_on_cpu():
+    p = plan_placement(RunProfile(actors=2, gpu="always"), {"CPU": 16.0, "GPU": 2.0}, uses_gpu=False)
+    assert (p.device, p.num_gpus) == ("cpu", 0.0)

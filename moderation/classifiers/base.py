@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from dataclasses import dataclass
 from typing import ClassVar
 
 import pyarrow as pa
@@ -35,18 +36,29 @@ SCORE_TYPE = pa.map_(pa.string(), pa.float32())
 EVIDENCE_TYPE = pa.map_(pa.string(), pa.string())
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a classifier may need from its run beyond the registry entry. Picklable."""
+
+    #: The run's lake, for reference data that lives there (the hash bank).
+    lake_root: str | None = None
+    #: The hash_bank Delta version the driver pinned, so every actor matches the same bank.
+    hash_bank_version: int | None = None
+
+
 class Classifier(abc.ABC):
     """Base class of all classifiers (text today; image and audio share the contract)."""
 
     modality: ClassVar[Modality]
+    #: False for classifiers with no model to put on a GPU (e.g. hash matching).
+    uses_gpu: ClassVar[bool] = True
 
-    def __init__(self, spec: ModelSpec, *, batch_size: int = 64, lake_root: str | None = None) -> None:
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
         if spec.modality != self.modality:
             raise ValueError(f"{type(self).__name__} scores {self.modality}, spec {spec.model_id} is {spec.modality}")
         self.spec = spec
         self.batch_size = batch_size  # rows per forward pass on the device
-        #: The run's lake, for classifiers whose reference data lives there (the hash bank).
-        self.lake_root = lake_root
+        self.context = context
         self.device: str | None = None
 
     @abc.abstractmethod
@@ -118,12 +130,12 @@ class Classifier(abc.ABC):
         )
 
 
-def build_classifier(spec: ModelSpec, *, batch_size: int = 64, lake_root: str | None = None) -> Classifier:
+def build_classifier(spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> Classifier:
     """The classifier implementation for a registry entry's ``kind`` (nothing loaded yet)."""
     if spec.kind == "pdq_bank":
         from moderation.classifiers.pdq import PdqBankClassifier
 
-        return PdqBankClassifier(spec, batch_size=batch_size, lake_root=lake_root)
+        return PdqBankClassifier(spec, batch_size=batch_size, context=context)
     if spec.kind == "minilm_heads":
         from moderation.classifiers.text import MiniLMHeadsClassifier
 

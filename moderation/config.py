@@ -139,8 +139,12 @@ class ModelSpec(_Strict):
 
     @cached_property
     def digest(self) -> str:
-        """One digest for the model version: SHA-256 over its artifacts' pinned digests."""
+        """One digest for the model version: SHA-256 over its kind, preprocessing parameters and
+        artifacts' pinned digests (two entries sharing weights but reading inputs differently,
+        like the text heads and OCR-through-text-heads, get different digests)."""
         h = hashlib.sha256()
+        h.update(f"kind:{self.kind}\n".encode())
+        h.update(f"preprocessing:{json.dumps(self.preprocessing, sort_keys=True)}\n".encode())
         for name in sorted(self.artifacts):
             h.update(f"{name}:{self.artifacts[name].sha256}\n".encode())
         return h.hexdigest()

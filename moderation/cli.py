@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   "decide policy versions from stored scores, report with Spark.")
 
 DEFAULT_LAKE = "demo-lake"
-DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml")
+DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml", "catalog-safety/v3.yaml")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -114,7 +114,9 @@ def demo(
     data_dir: Optional[Path] = typer.Option(None, help="labelled data and media (default ../shared/data)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Build a demo catalog at <lake>/catalog, then backfill, decide (v1 and v2) and report."""
+    """Build a demo catalog at <lake>/catalog (with generated media in <lake>/demo-media), bank
+    two stand-in images, backfill with the newest policy version's models, decide every version
+    (v1, v2, v3) from the same scores, and report."""
     from moderation.demo_run import run_demo
 
     _setup_logging(verbose)

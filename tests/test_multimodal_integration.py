@@ -37,25 +37,31 @@ def test_text_and_image_backfill(ray_local, data_dir, tmp_path):
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump({"batch_size": 4, "actor_num_cpus": 1.0, "torch_threads": 2, "chunk_pairs": 5}))
     lake = Lake(str(tmp_path / "lake"))
+    from moderation.bank import add_to_bank
+
+    assert add_to_bank(lake, [images[0]], category="known_violating", label="test-bank").committed
     res = run_backfill(catalog_uri=catalog, lake_root=lake.root, policy_path=POLICY_V3, run_id="mm",
                        profile_path=profile, progress=False)
-    # text: every item; image: the 8 items with a cover URI.
+    image_models = ["image-ocr-text-v1", "image-open-nsfw-v1", "image-pdq-bank-v1"]
+    # text: every item; each image model: the 8 items with a cover URI.
     assert res.modalities == ("image", "text")
-    assert res.status == "succeeded" and res.selected_pairs == n + 8
+    assert res.status == "succeeded" and res.selected_pairs == n + 8 * len(image_models)
     scored, quarantined, dupes = run_accounting(lake, "mm")
-    assert dupes == 0 and scored + quarantined == n + 8
-    q = {(r["item_id"], r["modality"]): r["reason"] for r in lake.read("quarantine").to_pylist()}
-    assert q == {("it06", "image"): "image_empty", ("it07", "image"): "image_undecodable"}
+    assert dupes == 0 and scored + quarantined == res.selected_pairs
+    q = {(r["item_id"], r["model_id"]): r["reason"] for r in lake.read("quarantine").to_pylist()}
+    assert q == {**{("it06", m): "image_empty" for m in image_models},
+                 **{("it07", m): "image_undecodable" for m in image_models}}
     s = lake.read("scores")
-    by_modality = Counter(s.column("modality").to_pylist())
-    assert by_modality["image"] == 6
+    assert Counter(s.column("model_id").to_pylist()) == {"text-minilm-heads-v1": n, **{m: 6 for m in image_models}}
     # it06/it07 lost their image but their text was still scored.
     text_ids = set(s.filter(pc.field("modality") == "text").column("item_id").to_pylist())
     assert {"it06", "it07"} <= text_ids
+    assert lake.get_run("mm")["hash_bank_version"] == 0
 
     d = run_decide(lake_root=lake.root, policy_path=POLICY_V3)
     assert d.items == n
-    v = lake.read("violations")
-    for r in v.to_pylist():
-        if r["category"] == "sexual":
-            assert r["evidence_modalities"] == ["image"]
+    v = lake.read("violations").to_pylist()
+    banked = [r for r in v if r["category"] == "known_violating"]
+    assert [(r["item_id"], r["decision"], r["evidence_modalities"]) for r in banked] == [("it00", "violation", ["image"])]
+    assert any("image-pdq-bank-v1@" in ref for ref in banked[0]["model_refs"])
+    assert all(r["evidence_modalities"] == ["image"] for r in v if r["category"] == "sexual")

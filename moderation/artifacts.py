@@ -10,6 +10,7 @@ URIs:
 from __future__ import annotations
 
 import hashlib
+import struct
 from importlib import resources
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def read_verified(model_id: str, name: str, ref: ArtifactRef) -> bytes:
     Raises:
         ArtifactError: missing file, refused format or digest mismatch, naming model and file.
     """
-    if ref.uri.lower().endswith(REFUSED_SUFFIXES):
+    if ref.format is None and ref.uri.lower().endswith(REFUSED_SUFFIXES):
         raise ArtifactError(f"model {model_id}: artifact {name} ({ref.uri}) is pickle-based; refused")
     if ref.uri.startswith("s3://"):
         data = _fetch_s3(ref.uri)
@@ -67,7 +68,20 @@ def read_verified(model_id: str, name: str, ref: ArtifactRef) -> bytes:
             f"model {model_id}: artifact {name} ({where}) has SHA-256 {digest}, "
             f"registry pins {ref.sha256}; refusing to load"
         )
+    if ref.format == "ctranslate2" and not _is_ctranslate2(data):
+        raise ArtifactError(f"model {model_id}: artifact {name} ({where}) is not a CTranslate2 model file; refused")
     return data
+
+
+def _is_ctranslate2(data: bytes) -> bool:
+    """CTranslate2's header: uint32 binary version, then a length-prefixed ASCII spec name.
+    A pickle starts with 0x80 and a torch.save zip with "PK", neither of which parses so."""
+    try:
+        version, n = struct.unpack_from("<IH", data, 0)
+        name = data[6 : 6 + n]
+    except struct.error:
+        return False
+    return 1 <= version < 256 and 1 < n < 256 and name.endswith(b"\0") and name[:-1].isascii() and name[:-1].isalnum()
 
 
 def sha256_file(path: Path) -> str:

@@ -113,16 +113,23 @@ REFUSED_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib"
 class ArtifactRef(_Strict):
     uri: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: Declares a tensor format whose file name ends like a refused one, so it is not refused:
+    #: CTranslate2's ``model.bin`` is a flat binary (version, spec name, then name, shape, dtype
+    #: and raw bytes of each variable; ctranslate2/specs/model_spec.py ``_serialize``), read by
+    #: C++ and never unpickled. ``read_verified`` checks the bytes carry that header.
+    format: Literal["ctranslate2"] | None = None
 
-    @field_validator("uri")
-    @classmethod
-    def _no_pickle(cls, v: str) -> str:
-        if v.lower().endswith(REFUSED_SUFFIXES):
+    @model_validator(mode="after")
+    def _no_pickle(self) -> ArtifactRef:
+        if self.format == "ctranslate2":
+            if not self.uri.endswith("/model.bin"):
+                raise ValueError(f"artifact {self.uri!r}: format ctranslate2 is a file named model.bin")
+        elif self.uri.lower().endswith(REFUSED_SUFFIXES):
             raise ValueError(
-                f"artifact {v!r} is in a pickle-based format; only safetensors, json, txt "
-                "and onnx artifacts are loaded"
+                f"artifact {self.uri!r} is in a pickle-based format; only safetensors, json, txt, "
+                "onnx and CTranslate2 (format: ctranslate2) artifacts are loaded"
             )
-        return v
+        return self
 
 
 class ModelSpec(_Strict):

@@ -179,8 +179,9 @@ def score_stream(
         preprocess_batch,
         fn_kwargs={"spec": spec, "skip_ids": skip_ids, "context": context},
         batch_format="pyarrow",
-        # Text rows are small; decoded images are 600 KB each, so their blocks stay small.
-        batch_size=profile.batch_size * (4 if spec.modality == "text" else 1),
+        # Text rows are small; a decoded image is 600 KB and an audio row's speech windows up
+        # to ~19 MB, so their blocks stay small.
+        batch_size={"text": profile.batch_size * 4, "image": profile.batch_size}.get(spec.modality, 8),
         num_cpus=0.5,
     )
     ds = ds.map_batches(

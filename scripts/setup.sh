@@ -12,16 +12,17 @@ if ! command -v java >/dev/null 2>&1; then
   exit 1
 fi
 
-# System packages: Tesseract for text in cover art (OCR model). Installed when we can
-# (root with apt-get); otherwise say how, and only the OCR model is unavailable.
-if ! command -v tesseract >/dev/null 2>&1; then
+# System packages (Debian): Tesseract for text in cover art (the OCR model), espeak-ng for
+# synthetic speech in the tests. Installed when we can (root with apt-get); otherwise say how.
+if ! command -v tesseract >/dev/null 2>&1 || ! command -v espeak-ng >/dev/null 2>&1; then
+  pkgs="tesseract-ocr tesseract-ocr-eng espeak-ng"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing tesseract-ocr (Debian) for OCR of cover art"
-    { apt-get install -y -q tesseract-ocr tesseract-ocr-eng >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q tesseract-ocr tesseract-ocr-eng >/dev/null 2>&1; }; } \
-      || echo "setup: could not install tesseract-ocr; OCR of cover art will be unavailable" >&2
+    echo "setup: installing $pkgs (Debian)"
+    { apt-get install -y -q $pkgs >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $pkgs >/dev/null 2>&1; }; } \
+      || echo "setup: could not install $pkgs; OCR of cover art will be unavailable" >&2
   else
-    echo "setup: tesseract not found; for OCR of cover art run: sudo apt-get install tesseract-ocr tesseract-ocr-eng" >&2
+    echo "setup: for OCR of cover art and the speech tests run: sudo apt-get install $pkgs" >&2
   fi
 fi
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +92,16 @@ def render_text_cover(photo: str, text: str, out: Path) -> None:
     img.save(out, format="JPEG", quality=90)
 
 
+_ESPEAK = shutil.which("espeak-ng")
+
+
+def speak(text: str, out: Path) -> None:
+    """Speech for ``text`` as a WAV file, synthesised by espeak-ng (Debian)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([_ESPEAK or "espeak-ng", "-v", "en-us", "-s", "150", "-w", str(out), text],
+                   check=True, capture_output=True, timeout=60)
+
+
 def altered_copy(photo: str, out: Path, rng: random.Random) -> None:
     """A re-encoded, resized, slightly cropped copy: what re-uploads of a banked image look like."""
     from PIL import Image
@@ -131,7 +143,7 @@ def _labelled_pool(data_dir: Path | None, rng: random.Random) -> tuple[list[Labe
 
 def build_demo_table(
     *, items: int = 2000, data_dir: Path | None = None, seed: int = 7, media_dir: Path | None = None,
-    cover_share: float = 1.0,
+    cover_share: float = 1.0, audio_share: float = 1.0,
 ) -> tuple[pa.Table, bool]:
     """The demo catalog as an Arrow table (DEMO_SCHEMA) and whether shared data was used.
 
@@ -167,7 +179,7 @@ def build_demo_table(
             "creator_id": f"creator_{rng.randint(1, 400):04d}",
             "explicit": item_type == "track" and rng.random() < 0.2,
             "cover_image": rng.choice(images) if images and rng.random() < cover_share else None,
-            "audio_clip": rng.choice(clips) if clips and item_type != "show" else None,
+            "audio_clip": rng.choice(clips) if clips and item_type != "show" and rng.random() < audio_share else None,
             "updated_at": base + dt.timedelta(minutes=rng.randint(0, 60 * 24 * 300)),
             "source_dataset": None,
             "source_label": None,
@@ -185,7 +197,12 @@ def build_demo_table(
             src = pool[(i - n_empty) % len(pool)]
             fields = ["title", "description"] + ([] if item_type == "show" else ["body_text"])
             field = rng.choice(fields)
-            if media_dir is not None and images and len(src.text) <= 160 and rng.random() < 0.1:
+            if media_dir is not None and row["audio_clip"] and _ESPEAK and len(src.text) <= 200 and rng.random() < 0.5:
+                field = "audio_clip"
+                out = media_dir / "audio" / f"{row['item_id']}.wav"
+                speak(src.text, out)
+                row["audio_clip"] = str(out.resolve())
+            elif media_dir is not None and images and len(src.text) <= 160 and rng.random() < 0.1:
                 field = "cover_image"
                 out = media_dir / "covers" / f"{row['item_id']}.jpg"
                 render_text_cover(rng.choice(images), src.text, out)
@@ -209,7 +226,7 @@ def build_demo_table(
 
 def write_demo_catalog(
     uri: str, *, items: int = 2000, data_dir: Path | None = None, seed: int = 7, media_dir: Path | None = None,
-    cover_share: float = 1.0,
+    cover_share: float = 1.0, audio_share: float = 1.0,
 ) -> DemoCatalog:
     """Write (or overwrite, as a new Delta version) the demo catalog at ``uri``."""
     from deltalake import write_deltalake
@@ -217,7 +234,7 @@ def write_demo_catalog(
     from moderation.lake import storage_options
 
     table, used = build_demo_table(items=items, data_dir=data_dir, seed=seed, media_dir=media_dir,
-                                   cover_share=cover_share)
+                                   cover_share=cover_share, audio_share=audio_share)
     write_deltalake(uri, table, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri))
     labels = table.column("source_label").to_pylist()
     planted: dict[str, int] = {}

@@ -11,9 +11,11 @@ from moderation.config import load_policy
 from moderation.datasets import default_data_dir
 from moderation.lake import Lake
 
-#: Share of demo items with cover art: every cover goes through three image models (open_nsfw,
-#: OCR + text heads, PDQ), which on a 2-core laptop is what dominates the demo's run time.
-DEMO_COVER_SHARE = 0.15
+#: Shares of demo items with cover art and with audio: every cover goes through three image
+#: models (open_nsfw, OCR + text heads, PDQ) and every clip through speech detection and
+#: Whisper, which on a 2-core laptop dominate the demo's run time.
+DEMO_COVER_SHARE = 0.12
+DEMO_AUDIO_SHARE = 0.03
 
 
 def _catalog_needs_build(uri: str, items: int) -> bool:
@@ -67,7 +69,7 @@ def run_demo(*, lake_root: str, items: int, data_dir: Path | None, policies: lis
     media_dir = Path(lake_root) / "demo-media" if "://" not in lake_root else None
     if _catalog_needs_build(catalog_uri, items):
         demo = write_demo_catalog(catalog_uri, items=items, data_dir=data_dir, media_dir=media_dir,
-                                  cover_share=DEMO_COVER_SHARE)
+                                  cover_share=DEMO_COVER_SHARE, audio_share=DEMO_AUDIO_SHARE)
         src = "labelled text and media from " + str(data_dir) if demo.used_shared_data else "generated text"
         echo(f"demo catalog: {demo.items} items at {catalog_uri} ({src})")
         echo("  planted texts by source label: " + ", ".join(f"{k}={v}" for k, v in sorted(demo.planted.items())))

@@ -33,6 +33,9 @@ def test_text_and_image_backfill(ray_local, data_dir, tmp_path):
         "title": [f"Song number {k}" for k in range(n - 1)] + ["   "],
         "description": ["A calm song about the sea"] * n,
         "cover_image": pa.array(covers, pa.string()),
+        "audio_clip": pa.array([str(data_dir / "media" / "audio" / "198-209-0000.ogg"),
+                                str(data_dir / "media" / "audio" / "Kevin_MacLeod_-_Vibe_Ace.ogg"),
+                                str(tmp_path / "junk.jpg")] + [None] * (n - 3), pa.string()),
     }))
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump({"batch_size": 4, "actor_num_cpus": 1.0, "torch_threads": 2, "chunk_pairs": 5}))
@@ -44,15 +47,19 @@ def test_text_and_image_backfill(ray_local, data_dir, tmp_path):
                        profile_path=profile, progress=False)
     image_models = ["image-ocr-text-v1", "image-open-nsfw-v1", "image-pdq-bank-v1"]
     # text: every item; each image model: the 8 items with a cover URI.
-    assert res.modalities == ("image", "text")
-    assert res.status == "succeeded" and res.selected_pairs == n + 8 * len(image_models)
+    assert res.modalities == ("audio", "image", "text")
+    assert res.status == "succeeded" and res.selected_pairs == n + 8 * len(image_models) + 3
     scored, quarantined, dupes = run_accounting(lake, "mm")
     assert dupes == 0 and scored + quarantined == res.selected_pairs
     q = {(r["item_id"], r["model_id"]): r["reason"] for r in lake.read("quarantine").to_pylist()}
     assert q == {**{("it06", m): "image_empty" for m in image_models},
-                 **{("it07", m): "image_undecodable" for m in image_models}}
+                 **{("it07", m): "image_undecodable" for m in image_models},
+                 ("it02", "audio-speech-text-v1"): "audio_undecodable"}
     s = lake.read("scores")
-    assert Counter(s.column("model_id").to_pylist()) == {"text-minilm-heads-v1": n, **{m: 6 for m in image_models}}
+    assert Counter(s.column("model_id").to_pylist()) == {"text-minilm-heads-v1": n, **{m: 6 for m in image_models},
+                                                         "audio-speech-text-v1": 2}
+    audio = {r["item_id"]: dict(r["evidence"]) for r in s.filter(pc.field("modality") == "audio").to_pylist()}
+    assert audio["it01"]["spam"] == "no_speech" and audio["it00"]["spam"].startswith("window 0.")
     # it06/it07 lost their image but their text was still scored.
     text_ids = set(s.filter(pc.field("modality") == "text").column("item_id").to_pylist())
     assert {"it06", "it07"} <= text_ids

@@ -207,10 +207,15 @@ def test_demo_command_end_to_end(ray_local, spark, data_dir, tmp_path):
     lake_dir = tmp_path / "demo"
     r = CliRunner().invoke(app, ["demo", "--lake", str(lake_dir), "--items", "60", "--data-dir", str(data_dir)])
     assert r.exit_code == 0, r.output
-    assert "selected pairs 60 = scored" in r.output and "[OK]" in r.output
-    assert "policy catalog-safety v1" in r.output and "policy catalog-safety v2" in r.output
+    import re
+
+    m = re.search(r"selected pairs (\d+) = scored (\d+) \+ quarantined (\d+)  \[OK\]", r.output)
+    assert m and int(m[1]) >= 60 and int(m[1]) == int(m[2]) + int(m[3])  # text for all 60, plus media pairs
+    assert "modalities audio, image, text" in r.output
+    for version in (1, 2, 3):
+        assert f"policy catalog-safety v{version}" in r.output
     lake = Lake(str(lake_dir))
-    for table in ("catalog", "scores", "quarantine", "violations", "runs", "reports/violation_rates"):
+    for table in ("catalog", "scores", "quarantine", "violations", "runs", "hash_bank", "reports/violation_rates"):
         assert lake.exists(table), table
     # A second demo reuses the catalog and the finished backfill: scores unchanged.
     before = lake.version("scores")

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from moderation.artifacts import read_verified
-from moderation.classifiers.base import CONTENT_HASH, QDETAIL, QREASON, QSTAGE, Classifier
+from moderation.classifiers.base import Classifier, prepared
 from moderation.classifiers.text import MiniLMHeadsClassifier, normalize_text
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError, ModerationError
@@ -292,14 +292,17 @@ class SpeechTextClassifier(Classifier):
             pcm.append([samples[s:e].tobytes() for s, e in windows])
             starts.append([s for s, _ in windows]), ends.append([e for _, e in windows])
             reasons.append(None), details.append(None), stages.append(None)
-        return (
-            batch.append_column(CONTENT_HASH, pa.array(hashes, pa.string()))
-            .append_column("speech_pcm", pa.array(pcm, pa.list_(pa.binary())))
-            .append_column("window_start", pa.array(starts, pa.list_(pa.int64())))  # sample offsets
-            .append_column("window_end", pa.array(ends, pa.list_(pa.int64())))
-            .append_column(QREASON, pa.array(reasons, pa.string()))
-            .append_column(QDETAIL, pa.array(details, pa.string()))
-            .append_column(QSTAGE, pa.array(stages, pa.string()))
+        return prepared(
+            batch,
+            hashes=hashes,
+            inputs={
+                "speech_pcm": pa.array(pcm, pa.list_(pa.binary())),
+                "window_start": pa.array(starts, pa.list_(pa.int64())),  # sample offsets
+                "window_end": pa.array(ends, pa.list_(pa.int64())),
+            },
+            reasons=reasons,
+            details=details,
+            stages=stages,
         )
 
     # ---- device side ----------------------------------------------------------------

@@ -36,6 +36,20 @@ SCORE_TYPE = pa.map_(pa.string(), pa.float32())
 EVIDENCE_TYPE = pa.map_(pa.string(), pa.string())
 
 
+def prepared(
+    batch: pa.Table, *, hashes: list[str], inputs: dict[str, pa.Array],
+    reasons: list[str | None], details: list[str | None], stages: list[str | None],
+) -> pa.Table:
+    """``batch`` plus what every ``preprocess`` adds: the content hash, the model inputs, and
+    the quarantine columns (null reason = scorable)."""
+    out = batch.append_column(CONTENT_HASH, pa.array(hashes, pa.string()))
+    for name, values in inputs.items():
+        out = out.append_column(name, values)
+    for name, values in ((QREASON, reasons), (QDETAIL, details), (QSTAGE, stages)):
+        out = out.append_column(name, pa.array(values, pa.string()))
+    return out
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a classifier may need from its run beyond the registry entry. Picklable."""

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from moderation.artifacts import read_verified
-from moderation.classifiers.base import CONTENT_HASH, QDETAIL, QREASON, QSTAGE, Classifier
+from moderation.classifiers.base import Classifier, prepared
 from moderation.config import ModelSpec
 from moderation.media import MediaError, read_media
 
@@ -84,12 +84,15 @@ class OpenNsfwClassifier(Classifier):
                 hashes.append(hashlib.sha256((uri or "").encode()).hexdigest())
                 pixels.append(None)
                 reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
-        return (
-            batch.append_column(CONTENT_HASH, pa.array(hashes, pa.string()))
-            .append_column("pixels", pa.array(pixels, pa.binary()))
-            .append_column(QREASON, pa.array(reasons, pa.string()))
-            .append_column(QDETAIL, pa.array(details, pa.string()))
-            .append_column(QSTAGE, pa.array(stages, pa.string()))
+        return prepared(
+            batch,
+            hashes=hashes,
+            inputs={
+                "pixels": pa.array(pixels, pa.binary()),
+            },
+            reasons=reasons,
+            details=details,
+            stages=stages,
         )
 
     # ---- device side ----------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from moderation.classifiers.base import CONTENT_HASH, QDETAIL, QREASON, QSTAGE, Classifier
+from moderation.classifiers.base import Classifier, prepared
 from moderation.classifiers.image import decode_image
 from moderation.classifiers.text import MiniLMHeadsClassifier, normalize_text, text_segments
 from moderation.config import ModelSpec
@@ -178,14 +178,17 @@ class OcrTextClassifier(Classifier):
             # by the words it holds, so the evidence is the OCR text itself.
             names.append([f"ocr:{s[:EVIDENCE_CHARS]}" for _, s in segs])
             reasons.append(None), details.append(None), stages.append(None)
-        return (
-            batch.append_column(CONTENT_HASH, pa.array(hashes, pa.string()))
-            .append_column("ocr_text", pa.array(texts, pa.string()))  # "" when no text was found
-            .append_column("segments", pa.array(segments, pa.list_(pa.string())))
-            .append_column("segment_names", pa.array(names, pa.list_(pa.string())))
-            .append_column(QREASON, pa.array(reasons, pa.string()))
-            .append_column(QDETAIL, pa.array(details, pa.string()))
-            .append_column(QSTAGE, pa.array(stages, pa.string()))
+        return prepared(
+            batch,
+            hashes=hashes,
+            inputs={
+                "ocr_text": pa.array(texts, pa.string()),  # "" when no text was found
+                "segments": pa.array(segments, pa.list_(pa.string())),
+                "segment_names": pa.array(names, pa.list_(pa.string())),
+            },
+            reasons=reasons,
+            details=details,
+            stages=stages,
         )
 
     # ---- device side ----------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from moderation.classifiers.base import CONTENT_HASH, QDETAIL, QREASON, QSTAGE, Classifier, RunContext
+from moderation.classifiers.base import Classifier, RunContext, prepared
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError
 from moderation.media import MediaError, read_media
@@ -107,13 +107,16 @@ class PdqBankClassifier(Classifier):
                 hashes.append(hashlib.sha256((uri or "").encode()).hexdigest())
                 pdqs.append(None), qualities.append(None)
                 reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
-        return (
-            batch.append_column(CONTENT_HASH, pa.array(hashes, pa.string()))
-            .append_column("pdq_hash", pa.array(pdqs, pa.string()))
-            .append_column("pdq_quality", pa.array(qualities, pa.int32()))
-            .append_column(QREASON, pa.array(reasons, pa.string()))
-            .append_column(QDETAIL, pa.array(details, pa.string()))
-            .append_column(QSTAGE, pa.array(stages, pa.string()))
+        return prepared(
+            batch,
+            hashes=hashes,
+            inputs={
+                "pdq_hash": pa.array(pdqs, pa.string()),
+                "pdq_quality": pa.array(qualities, pa.int32()),
+            },
+            reasons=reasons,
+            details=details,
+            stages=stages,
         )
 
     # ---- scoring side ---------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from moderation.artifacts import read_verified
-from moderation.classifiers.base import CONTENT_HASH, QDETAIL, QREASON, QSTAGE, Classifier
+from moderation.classifiers.base import Classifier, prepared
 from moderation.config import ModelSpec
 from moderation.schemas import TEXT_COLUMNS
 
@@ -130,13 +130,16 @@ class MiniLMHeadsClassifier(Classifier):
                 reasons.append(None)
                 details.append(None)
                 stages.append(None)
-        return (
-            batch.append_column(CONTENT_HASH, pa.array(hashes, pa.string()))
-            .append_column("segments", pa.array(segments, pa.list_(pa.string())))
-            .append_column("segment_names", pa.array(names, pa.list_(pa.string())))
-            .append_column(QREASON, pa.array(reasons, pa.string()))
-            .append_column(QDETAIL, pa.array(details, pa.string()))
-            .append_column(QSTAGE, pa.array(stages, pa.string()))
+        return prepared(
+            batch,
+            hashes=hashes,
+            inputs={
+                "segments": pa.array(segments, pa.list_(pa.string())),
+                "segment_names": pa.array(names, pa.list_(pa.string())),
+            },
+            reasons=reasons,
+            details=details,
+            stages=stages,
         )
 
     # ---- device side ----------------------------------------------------------------

@@ -26,19 +26,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 app = typer.Typer(add_completion=False)
 
 
-def plain_loop(catalog_uri: str, spec, profile) -> tuple[int, float, float]:
+def plain_loop(catalog_uri: str, spec, profile, lake_root: str) -> tuple[int, float, float]:
     """Score every selected (item, modality) pair in one process. Returns (pairs, prep s, score s)."""
     import pyarrow as pa
     import torch
     from deltalake import DeltaTable
 
     from moderation.catalog import modality_mask, open_catalog, to_work_rows
-    from moderation.classifiers.base import build_classifier
+    from moderation.classifiers.base import RunContext, build_classifier
 
     if profile.torch_threads:
         torch.set_num_threads(profile.torch_threads)
     snap = open_catalog(catalog_uri)
-    clf = build_classifier(spec, batch_size=profile.batch_size)
+    clf = build_classifier(spec, batch_size=profile.batch_size, context=RunContext(lake_root=lake_root))
     t0 = time.perf_counter()
     clf.setup("cpu")
     score_s = time.perf_counter() - t0
@@ -97,12 +97,13 @@ def main(
         for model_id in load_policy(policy, registry).policy.models:
             spec = registry[model_id]
             t0 = time.perf_counter()
-            n_loop, prep_s, score_s = plain_loop(catalog, spec, profile)
+            lake_root = f"{tmp}/lake-{model_id}"  # the hash bank there is empty: nothing matches
+            n_loop, prep_s, score_s = plain_loop(catalog, spec, profile, lake_root)
             loop_s = time.perf_counter() - t0
 
             one = single_model_policy(policy, model_id, registry, Path(tmp) / f"{model_id}.yaml")
             t0 = time.perf_counter()
-            result = run_backfill(catalog_uri=catalog, lake_root=f"{tmp}/lake-{model_id}", policy_path=one,
+            result = run_backfill(catalog_uri=catalog, lake_root=lake_root, policy_path=one,
                                   profile_path=profile_path, progress=False)
             pipe_s = time.perf_counter() - t0
             assert n_loop == result.selected_pairs, (model_id, n_loop, result.selected_pairs)

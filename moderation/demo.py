@@ -102,6 +102,25 @@ def speak(text: str, out: Path) -> None:
                    check=True, capture_output=True, timeout=60)
 
 
+def mix_over_music(speech_wav: Path, music: str, out: Path, *, music_gain: float = 0.3) -> None:
+    """``speech_wav`` spoken over the start of ``music`` (looped if shorter), 16 kHz mono WAV:
+    the way lyrics or a voice-over sit on a track."""
+    import wave
+
+    import numpy as np
+    from faster_whisper import decode_audio  # PyAV: any container, resampled to 16 kHz mono
+
+    speech = decode_audio(str(speech_wav))
+    bed = decode_audio(music)
+    bed = np.tile(bed, int(np.ceil(len(speech) / max(1, len(bed))))) if len(bed) < len(speech) else bed
+    mix = np.clip(speech + music_gain * bed[: len(speech)], -1.0, 1.0)
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes((mix * 32767).astype("<i2").tobytes())
+
+
 def altered_copy(photo: str, out: Path, rng: random.Random) -> None:
     """A re-encoded, resized, slightly cropped copy: what re-uploads of a banked image look like."""
     from PIL import Image
@@ -201,6 +220,9 @@ def build_demo_table(
                 field = "audio_clip"
                 out = media_dir / "audio" / f"{row['item_id']}.wav"
                 speak(src.text, out)
+                music = [c for c in clips if not Path(c).name[0].isdigit()]  # not the read-speech clips
+                if music and rng.random() < 0.5:
+                    mix_over_music(out, rng.choice(music), out)
                 row["audio_clip"] = str(out.resolve())
             elif media_dir is not None and images and len(src.text) <= 160 and rng.random() < 0.1:
                 field = "cover_image"

@@ -50,3 +50,24 @@ def test_demo_media_rendered_covers_and_banked_copies(data_dir, tmp_path):
     # Unaltered banked originals never appear as ordinary covers.
     assert not any(r["cover_image"] and r["cover_image"].endswith(("coffee.png", "chelsea.png")) for r in rows)
     assert 0.3 < sum(r["cover_image"] is not None for r in rows) / len(rows) < 0.7
+
+
+def test_speech_mixed_over_music_is_still_heard(data_dir, tmp_path):
+    import pyarrow as pa
+
+    from moderation.catalog import to_work_rows
+    from moderation.classifiers.base import build_classifier
+    from moderation.config import load_model_registry
+    from moderation.demo import mix_over_music, speak
+
+    wav = tmp_path / "spam.wav"
+    speak("subscribe to my channel and win free gift cards, click the link now", wav)
+    mixed = tmp_path / "mixed.wav"
+    mix_over_music(wav, str(data_dir / "media" / "audio" / "Kevin_MacLeod_-_Vibe_Ace.ogg"), mixed)
+    clf = build_classifier(load_model_registry()["audio-speech-text-v1"])
+    clf.setup("cpu")
+    rows = to_work_rows(pa.table({"item_id": ["m"], "item_type": ["track"], "audio_clip": [str(mixed)]}), "audio")
+    out = clf.process_batch(clf.prepare(rows))
+    assert out.column("qreason").to_pylist() == [None]
+    scores, evidence = dict(out.column("category_scores")[0].as_py()), dict(out.column("evidence")[0].as_py())
+    assert scores["spam"] > 0.5 and evidence["spam"].startswith("window ")

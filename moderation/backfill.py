@@ -139,7 +139,9 @@ def run_backfill(
     chunks = 0
     try:
         ensure_ray(ray_address)
-        selected = sum(selected_count(snapshot, keep_ids=keep_ids, limit=limit, modality=m.modality) for m in models)
+        # One counting pass per modality: models of the same modality select the same items.
+        per_modality = {m: selected_count(snapshot, keep_ids=keep_ids, limit=limit, modality=m) for m in modalities}
+        selected = sum(per_modality[m.modality] for m in models)
         with tqdm(total=selected, unit="pair", desc=f"backfill {run_id}", disable=not progress) as bar:
             for model in models:
                 done = _done_ids(lake, run_id, model.model_id)

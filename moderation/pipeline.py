@@ -90,7 +90,9 @@ def preprocess_batch(batch: pa.Table, *, spec: ModelSpec, skip_ids: pa.Array | N
 class ScoreActor:
     """Ray actor body: loads the model once (digest-checked), scores each batch."""
 
-    def __init__(self, spec: ModelSpec, device: str, batch_size: int, torch_threads: int, context: RunContext) -> None:
+    def __init__(
+        self, spec: ModelSpec, device: str, batch_size: int, torch_threads: int, context: RunContext, half: bool
+    ) -> None:
         import torch
 
         from moderation.classifiers.base import build_classifier
@@ -99,6 +101,8 @@ class ScoreActor:
             torch.set_num_threads(torch_threads)
         self.classifier = build_classifier(spec, batch_size=batch_size, context=context)
         self.classifier.setup(device)
+        if half and device.startswith("cuda"):
+            self.classifier.to_half()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.classifier.process_batch(batch)
@@ -192,6 +196,7 @@ def score_stream(
             "batch_size": profile.batch_size,
             "torch_threads": profile.torch_threads,
             "context": context,
+            "half": profile.half_precision,
         },
         batch_format="pyarrow",
         batch_size=profile.batch_size,

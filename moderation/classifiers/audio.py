@@ -372,6 +372,9 @@ class SpeechTextClassifier(Classifier):
             texts += [normalize_text(" ".join(t)) for t in heard]
         return [t if _WORD.search(t) else "" for t in texts]
 
+    def to_half(self) -> None:
+        self._text.to_half()
+
     def score(self, batch: pa.Table) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
         categories = self.spec.categories
         n = batch.num_rows

@@ -100,6 +100,11 @@ class Classifier(abc.ABC):
     def setup(self, device: str = "cpu") -> None:
         """Verify artifacts and load weights onto ``device``. Called once per actor."""
 
+    def to_half(self) -> None:
+        """Switch the loaded model to float16 (GPU actors, when the run profile allows it).
+        Default: nothing to convert. The tolerance this may cost is tested per model
+        (tests/test_half_precision.py)."""
+
     @abc.abstractmethod
     def score(self, batch: pa.Table) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
         """Score rows that passed preprocessing: per-row category scores and evidence."""

@@ -103,6 +103,11 @@ class OpenNsfwClassifier(Classifier):
         self._module = load_graph_module(data).to(device)
         self.device = device
 
+    def to_half(self) -> None:
+        if self._module is None:
+            raise RuntimeError("setup() was not called")
+        self._module.half()  # nsfw_probability casts its input to the module's dtype
+
     def score(self, batch: pa.Table) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
         from moderation.classifiers.open_nsfw import nsfw_probability
 

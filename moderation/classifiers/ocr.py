@@ -196,6 +196,9 @@ class OcrTextClassifier(Classifier):
         self._text.setup(device)
         self.device = device
 
+    def to_half(self) -> None:
+        self._text.to_half()
+
     def score(self, batch: pa.Table) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
         categories = self.spec.categories
         n = batch.num_rows

@@ -160,6 +160,11 @@ class MiniLMHeadsClassifier(Classifier):
         self._encoder = MiniLMEncoder(self.spec, device=device)
         self.device = device
 
+    def to_half(self) -> None:
+        if self._encoder is None:
+            raise RuntimeError("setup() was not called")
+        self._encoder.model.half()  # pooled embeddings come back as float32; heads stay float32
+
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Per-category probabilities for each text, shape (len(texts), n_categories)."""
         if self._encoder is None:

@@ -1,0 +1,82 @@
+"""float16 on GPU actors must not move decisions: scores in fp16 vs fp32 on held-out text and
+the shared images, compared at every threshold the shipped policies use.
+
+CPU torch runs float16 too (slowly), so the tolerance is checked here on every run; the `gpu`
+variant repeats it on CUDA kernels where a GPU exists.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from moderation.classifiers.base import build_classifier
+from moderation.config import default_conf_dir, load_model_registry, load_policy
+from moderation.datasets import read_hatexplain, read_youtube_spam
+
+TOLERANCE = 0.01  # max absolute change of any probability
+REGISTRY = load_model_registry()
+
+
+def _thresholds(category: str) -> set[float]:
+    out = set()
+    for path in sorted((default_conf_dir() / "policies").rglob("*.yaml")):
+        rule = load_policy(path, REGISTRY).policy.categories.get(category)
+        if rule:
+            out |= {rule.threshold} | ({rule.review_threshold} if rule.review_threshold else set())
+    return out
+
+
+def _flips(p32: np.ndarray, p16: np.ndarray, thresholds: set[float]) -> int:
+    return sum(int(((p32 >= t) != (p16 >= t)).sum()) for t in thresholds)
+
+
+def _text_probs(device: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    clf = build_classifier(REGISTRY["text-minilm-heads-v1"], batch_size=64)
+    clf.setup(device)
+    p32 = clf.predict_proba(texts)
+    clf.to_half()
+    return p32, clf.predict_proba(texts)
+
+
+def _image_probs(device: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
+    from moderation.classifiers.open_nsfw import nsfw_probability, preprocess_image
+
+    clf = build_classifier(REGISTRY["image-open-nsfw-v1"])
+    clf.setup(device)
+    batch = np.stack([preprocess_image(Image.open(p)) for p in sorted((data_dir / "media" / "images").iterdir())])
+    p32 = nsfw_probability(clf._module, batch, device=device)
+    clf.to_half()
+    return p32, nsfw_probability(clf._module, batch, device=device)
+
+
+@pytest.fixture(scope="module")
+def texts(data_dir) -> list[str]:
+    posts = [r.text for r in read_hatexplain(data_dir, "test")[:240]]
+    return posts + [r.text for r in read_youtube_spam(data_dir) if r.split == "test"][:80]
+
+
+def _check_text(p32, p16):
+    assert np.abs(p16 - p32).max() < TOLERANCE
+    for j, category in enumerate(REGISTRY["text-minilm-heads-v1"].categories):
+        assert _flips(p32[:, j], p16[:, j], _thresholds(category)) == 0, category
+
+
+def test_text_heads_in_float16(texts):
+    _check_text(*_text_probs("cpu", texts))
+
+
+def test_open_nsfw_in_float16(data_dir):
+    p32, p16 = _image_probs("cpu", data_dir)
+    assert np.abs(p16 - p32).max() < TOLERANCE
+    assert _flips(p32, p16, _thresholds("sexual")) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU node: pytest -m gpu)")
+def test_float16_on_cuda(texts, data_dir):
+    _check_text(*_text_probs("cuda", texts))
+    p32, p16 = _image_probs("cuda", data_dir)
+    assert np.abs(p16 - p32).max() < TOLERANCE and _flips(p32, p16, _thresholds("sexual")) == 0

@@ -178,8 +178,8 @@ def add_to_bank(
     Raises:
         ModerationError: invalid category, label or min_quality.
     """
-    from moderation.classifiers.image import decode_image
-    from moderation.media import MediaError, read_media
+    from moderation.classifiers.image import load_cover
+    from moderation.media import MediaError
     from moderation.runinfo import new_run_id
 
     if not _CATEGORY.match(category):
@@ -194,8 +194,7 @@ def add_to_bank(
     rejected: list[tuple[str, str]] = []
     for path in paths:
         try:
-            data = read_media(path, max_bytes=MAX_BYTES, kind="image")
-            img = decode_image(data, uri=path, max_pixels=MAX_PIXELS)
+            _, img = load_cover(path, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
         except MediaError as e:
             rejected.append((path, f"{e.reason}: {e.detail}"))
             continue

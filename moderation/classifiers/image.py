@@ -56,6 +56,14 @@ def decode_image(data: bytes, *, uri: str, max_pixels: int):
         raise MediaError("image_truncated", f"{uri}: {e}") from e
 
 
+def load_cover(uri: str | None, *, max_bytes: int, max_pixels: int):
+    """(bytes, RGB Pillow image) of the cover art at ``uri``, or MediaError with its reason."""
+    if not uri:
+        raise MediaError("image_missing", "cover_image is null or empty")
+    data = read_media(uri, max_bytes=max_bytes, kind="image")
+    return data, decode_image(data, uri=uri, max_pixels=max_pixels)
+
+
 class OpenNsfwClassifier(Classifier):
     modality: ClassVar = "image"
 
@@ -73,10 +81,8 @@ class OpenNsfwClassifier(Classifier):
         hashes, pixels, reasons, details, stages = [], [], [], [], []
         for uri in uris:
             try:
-                if not uri:
-                    raise MediaError("image_missing", "cover_image is null or empty")
-                data = read_media(uri, max_bytes=self.max_bytes, kind="image")
-                arr = preprocess_image(decode_image(data, uri=uri, max_pixels=self.max_pixels))
+                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+                arr = preprocess_image(img)
                 hashes.append(hashlib.sha256(data).hexdigest())
                 pixels.append(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
                 reasons.append(None), details.append(None), stages.append(None)

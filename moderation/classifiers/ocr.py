@@ -25,11 +25,11 @@ from typing import ClassVar
 import pyarrow as pa
 
 from moderation.classifiers.base import Classifier, prepared
-from moderation.classifiers.image import decode_image
+from moderation.classifiers.image import load_cover
 from moderation.classifiers.text import MiniLMHeadsClassifier, normalize_text, text_segments
 from moderation.config import ModelSpec
 from moderation.errors import ConfigError, ModerationError
-from moderation.media import MediaError, read_media
+from moderation.media import MediaError
 
 #: The text heads are trained on English, so OCR reads English only.
 OCR_LANGUAGE = "eng"
@@ -154,10 +154,7 @@ class OcrTextClassifier(Classifier):
         for uri in uris:
             data = None
             try:
-                if not uri:
-                    raise MediaError("image_missing", "cover_image is null or empty")
-                data = read_media(uri, max_bytes=self.max_bytes, kind="image")
-                img = decode_image(data, uri=uri, max_pixels=self.max_pixels)
+                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
                 raw = ocr_image(
                     img, binary=binary, uri=uri, psm=self.ocr_psm, timeout_s=self.ocr_timeout_s,
                     min_side=self.ocr_min_side, max_side=self.ocr_max_side, min_conf=self.ocr_min_conf,

@@ -37,7 +37,7 @@ import pyarrow as pa
 from moderation.classifiers.base import Classifier, RunContext, prepared
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError
-from moderation.media import MediaError, read_media
+from moderation.media import MediaError
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +91,13 @@ class PdqBankClassifier(Classifier):
     def preprocess(self, batch: pa.Table) -> pa.Table:
         """Adds ``pdq_hash`` (hex) and ``pdq_quality`` besides the columns every modality adds."""
         from moderation.bank import pdq_hash
-        from moderation.classifiers.image import decode_image
+        from moderation.classifiers.image import load_cover
 
         hashes, pdqs, qualities, reasons, details, stages = [], [], [], [], [], []
         for uri in batch.column("cover_image").to_pylist():
             try:
-                if not uri:
-                    raise MediaError("image_missing", "cover_image is null or empty")
-                data = read_media(uri, max_bytes=self.max_bytes, kind="image")
-                hex_, quality = pdq_hash(decode_image(data, uri=uri, max_pixels=self.max_pixels))
+                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+                hex_, quality = pdq_hash(img)
                 hashes.append(hashlib.sha256(data).hexdigest())
                 pdqs.append(hex_), qualities.append(quality)
                 reasons.append(None), details.append(None), stages.append(None)

@@ -68,20 +68,24 @@ def read_verified(model_id: str, name: str, ref: ArtifactRef) -> bytes:
             f"model {model_id}: artifact {name} ({where}) has SHA-256 {digest}, "
             f"registry pins {ref.sha256}; refusing to load"
         )
-    if ref.format == "ctranslate2" and not _is_ctranslate2(data):
+    if ref.format == "ctranslate2" and ctranslate2_spec(data) is None:
         raise ArtifactError(f"model {model_id}: artifact {name} ({where}) is not a CTranslate2 model file; refused")
     return data
 
 
-def _is_ctranslate2(data: bytes) -> bool:
-    """CTranslate2's header: uint32 binary version, then a length-prefixed ASCII spec name.
-    A pickle starts with 0x80 and a torch.save zip with "PK", neither of which parses so."""
+def ctranslate2_spec(data: bytes) -> str | None:
+    """The spec name in a CTranslate2 ``model.bin`` header (e.g. ``WhisperSpec``), or None
+    when ``data`` does not start like one. The format (ctranslate2/specs/model_spec.py
+    ``_serialize``): uint32 binary version, a length-prefixed NUL-terminated ASCII spec name,
+    then per variable its name, shape, dtype and raw bytes; nothing in it is executed. A pickle
+    starts with 0x80 and a torch.save zip with "PK", neither of which parses so."""
     try:
         version, n = struct.unpack_from("<IH", data, 0)
-        name = data[6 : 6 + n]
     except struct.error:
-        return False
-    return 1 <= version < 256 and 1 < n < 256 and name.endswith(b"\0") and name[:-1].isascii() and name[:-1].isalnum()
+        return None
+    name = data[6 : 6 + n]
+    ok = 1 <= version < 256 and 1 < n < 256 and name.endswith(b"\0") and name[:-1].isascii() and name[:-1].isalnum()
+    return name[:-1].decode("ascii") if ok else None
 
 
 def sha256_file(path: Path) -> str:

@@ -24,7 +24,6 @@ from moderation.classifiers.audio import (
     VAD_FRAME,
     SileroVad,
     SpeechTextClassifier,
-    _check_ctranslate2_header,
     decode_audio,
     pack_windows,
     speech_spans,
@@ -115,11 +114,12 @@ def test_pack_windows_merges_spans_and_splits_long_ones():
 
 
 def test_ctranslate2_header_check_refuses_pickle_and_zip():
-    with pytest.raises(ArtifactError, match="not a CTranslate2 Whisper model"):
-        _check_ctranslate2_header("m", b"\x80\x04\x95" + b"\0" * 64)  # pickle protocol 4
-    with pytest.raises(ArtifactError):
-        _check_ctranslate2_header("m", b"PK\x03\x04" + b"\0" * 64)  # torch.save zip
-    _check_ctranslate2_header("m", struct.pack("<IH", 6, 12) + b"WhisperSpec\0")
+    from moderation.artifacts import ctranslate2_spec
+
+    assert ctranslate2_spec(b"\x80\x04\x95" + b"\0" * 64) is None  # pickle protocol 4
+    assert ctranslate2_spec(b"PK\x03\x04" + b"\0" * 64) is None  # torch.save zip
+    assert ctranslate2_spec(b"") is None
+    assert ctranslate2_spec(struct.pack("<IH", 6, 12) + b"WhisperSpec\0") == "WhisperSpec"
 
 
 def test_decode_reads_only_max_audio_s(audio_dir):

@@ -32,13 +32,12 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import struct
 from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
-from moderation.artifacts import read_verified
+from moderation.artifacts import ctranslate2_spec, read_verified
 from moderation.classifiers.base import Classifier, prepared
 from moderation.classifiers.text import MiniLMHeadsClassifier, normalize_text
 from moderation.config import ModelSpec
@@ -318,7 +317,8 @@ class SpeechTextClassifier(Classifier):
         # CTranslate2 loads from memory: the bytes whose digests were checked are the bytes
         # loaded, with no window for a file on disk to change in between.
         files = {fname: read_verified(model_id, name, self.spec.artifacts[name]) for name, fname in WHISPER_FILES.items()}
-        _check_ctranslate2_header(model_id, files["model.bin"])
+        if ctranslate2_spec(files["model.bin"]) != "WhisperSpec":  # read_verified checked the format
+            raise ArtifactError(f"model {model_id}: artifact whisper_model is not a CTranslate2 Whisper model")
         on_gpu = device.startswith("cuda")
         if on_gpu and ctranslate2.get_cuda_device_count() == 0:
             raise ModerationError(
@@ -406,22 +406,3 @@ class SpeechTextClassifier(Classifier):
             for j, i in enumerate(rows):
                 scores[i], evidence[i] = s[j], e[j]
         return scores, evidence
-
-
-def _check_ctranslate2_header(model_id: str, data: bytes) -> None:
-    """Refuse a ``model.bin`` that is not CTranslate2's flat binary format for Whisper.
-
-    The format (ctranslate2/specs/model_spec.py ``_serialize``): uint32 binary version, a
-    length-prefixed spec name, the spec revision, then per variable its name, shape, dtype and
-    raw bytes; nothing in it is executed. A pickle or zip (torch.save) starts otherwise.
-    """
-    try:
-        version, name_len = struct.unpack_from("<IH", data, 0)
-        name = data[6 : 6 + name_len].rstrip(b"\0").decode("ascii")
-    except (struct.error, UnicodeDecodeError):
-        version, name = 0, ""
-    if not 1 <= version < 256 or name != "WhisperSpec":
-        raise ArtifactError(
-            f"model {model_id}: artifact whisper_model is not a CTranslate2 Whisper model "
-            f"(binary version {version}, spec {name!r})"
-        )

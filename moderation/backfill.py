@@ -19,6 +19,7 @@ from moderation.catalog import open_catalog, select_ids
 from moderation.classifiers.base import RunContext
 from moderation.config import config_hash, load_model_registry, load_policy, load_run_profile
 from moderation.errors import LakeError, ModerationError
+from moderation.faults import fault_point
 from moderation.lake import Lake
 from moderation.results import ChunkWriter, utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
@@ -72,6 +73,17 @@ def _done_ids(lake: Lake, run_id: str, model_id: str) -> pa.Array:
     return pc.unique(ids.drop_null())
 
 
+def default_media_roots(catalog_uri: str) -> list[str]:
+    """The catalog's own folder and the data directory's ``media`` (when it exists)."""
+    from moderation.datasets import default_data_dir
+
+    roots = [catalog_uri.rstrip("/").rsplit("/", 1)[0] if "/" in catalog_uri.rstrip("/") else "."]
+    media = default_data_dir() / "media"
+    if media.is_dir():
+        roots.append(str(media.resolve()))
+    return roots
+
+
 def run_backfill(
     *,
     catalog_uri: str,
@@ -83,17 +95,29 @@ def run_backfill(
     ray_address: str | None = None,
     profile_path: str | Path | None = None,
     models_dir: Path | None = None,
+    column_map: dict[str, str] | None = None,
+    media_roots: list[str] | None = None,
     progress: bool = True,
 ) -> BackfillResult:
     """Score the catalog for the policy's models. See module docstring for resume semantics.
 
+    Args:
+        column_map: catalog field -> catalog column, on top of the run profile's
+            ``catalog_columns``.
+        media_roots: extra roots media URIs may lie under, on top of the profile's.
+
     Raises:
-        ModerationError: bad policy, catalog or run id reuse, before anything is written.
+        ModerationError: bad policy, catalog, column mapping, environment, run id reuse, or
+            another live process working on the same run id: before anything is written.
     """
     from tqdm import tqdm
 
-    from moderation.pipeline import ensure_ray, score_stream, selected_count
+    from moderation.lease import RunLease
+    from moderation.pipeline import ensure_ray, score_stream
+    from moderation.security import check_environment
+    from moderation.selection import plan_selection
 
+    check_environment()
     registry = load_model_registry(models_dir)
     loaded = load_policy(policy_path, registry)
     policy = loaded.policy
@@ -102,6 +126,8 @@ def run_backfill(
     modalities = tuple(sorted({m.modality for m in models}))
     lake = Lake(lake_root)
     run_id = run_id or new_run_id("backfill")
+    columns = {**profile.catalog_columns, **(column_map or {})}
+    roots = [*profile.media_roots, *(media_roots or [])] or default_media_roots(catalog_uri)
 
     existing = lake.get_run(run_id)
     if existing is not None:
@@ -118,61 +144,83 @@ def run_backfill(
                 quarantined_pairs=existing["quarantined_pairs"], chunks_committed=0,
                 modalities=tuple(existing["modalities"]), already_done=True,
             )
+        # A resume reads exactly what the run started with.
         where, limit = existing["where_expr"], existing["item_limit"]
-    snapshot = open_catalog(catalog_uri, version=existing["catalog_version"] if existing else None)
+        columns = dict(c.split("=", 1) for c in existing.get("catalog_columns") or [])
+        roots = list(existing.get("media_roots") or roots)
+    snapshot = open_catalog(catalog_uri, version=existing["catalog_version"] if existing else None, column_map=columns)
     keep_ids = select_ids(snapshot, where) if where else None
-    started = existing["started_at"] if existing else utcnow()
-    # Reference data in the lake is pinned once for the run (a resume keeps its pin).
-    bank_version = (existing["hash_bank_version"] if existing else lake.version("hash_bank")) \
-        if any(m.kind == "pdq_bank" for m in models) else None
-    context = RunContext(lake_root=lake.root, hash_bank_version=bank_version)
-    base = dict(
-        run_id=run_id, kind="backfill", catalog_uri=catalog_uri, catalog_version=snapshot.version,
-        where_expr=where, item_limit=limit, policy_id=policy.policy_id, policy_version=policy.version,
-        policy_hash=loaded.content_hash, model_ids=[m.model_id for m in models],
-        model_digests=[m.digest for m in models], modalities=list(modalities),
-        config_hash=config_hash(policy, profile, *models), code_version=code_version(), started_at=started,
-        hash_bank_version=bank_version,
-    )
-    lake.upsert_run(run_row(**base, status="running"))
 
-    chunks = 0
-    try:
-        ensure_ray(ray_address)
-        # One counting pass per modality: models of the same modality select the same items.
-        per_modality = {m: selected_count(snapshot, keep_ids=keep_ids, limit=limit, modality=m) for m in modalities}
-        selected = sum(per_modality[m.modality] for m in models)
-        with tqdm(total=selected, unit="pair", desc=f"backfill {run_id}", disable=not progress) as bar:
-            for model in models:
-                done = _done_ids(lake, run_id, model.model_id)
-                bar.update(len(done))
-                writer = ChunkWriter(lake, run_id=run_id, model=model, chunk_pairs=profile.chunk_pairs)
-                for batch in score_stream(snapshot, model, profile, keep_ids=keep_ids, skip_ids=done, limit=limit,
-                                          context=context):
-                    writer.add(batch)
-                    bar.update(batch.num_rows)
-                writer.flush()
-                chunks += writer.chunks_committed
-        scored, quarantined, dupes = run_accounting(lake, run_id)
-        ok = dupes == 0 and scored + quarantined == selected
-        error = None if ok else (
-            f"accounting mismatch: selected {selected} pairs, scores {scored} + quarantine {quarantined}, "
-            f"duplicated {dupes}"
+    with RunLease(lake.root, run_id, ttl_s=profile.lease_ttl_s) as lease:
+        selection = plan_selection(snapshot, list(modalities), keep_ids=keep_ids, limit=limit)
+        fault_point("after_selection")
+        started = existing["started_at"] if existing else utcnow()
+        # Reference data in the lake is pinned once for the run (a resume keeps its pin).
+        bank_version = (existing["hash_bank_version"] if existing else lake.version("hash_bank")) \
+            if any(m.kind == "pdq_bank" for m in models) else None
+        context = RunContext(lake_root=lake.root, hash_bank_version=bank_version, media_roots=tuple(roots))
+        base = dict(
+            run_id=run_id, kind="backfill", catalog_uri=catalog_uri, catalog_version=snapshot.version,
+            where_expr=where, item_limit=limit, policy_id=policy.policy_id, policy_version=policy.version,
+            policy_hash=loaded.content_hash, model_ids=[m.model_id for m in models],
+            model_digests=[m.digest for m in models], modalities=list(modalities),
+            config_hash=config_hash(policy, profile, *models), code_version=code_version(), started_at=started,
+            hash_bank_version=bank_version, catalog_columns=[f"{k}={v}" for k, v in sorted(columns.items())],
+            media_roots=roots,
         )
-        status = "succeeded" if ok else "failed"
-        lake.upsert_run(run_row(
-            **base, status=status, selected_pairs=selected, scored_pairs=scored, quarantined_pairs=quarantined,
-            chunks_committed=chunks, ended_at=utcnow(), error=error,
-        ))
-        if not ok:
-            raise LakeError(f"run {run_id}: {error}")
-    except ModerationError:
-        raise
-    except BaseException as e:
-        lake.upsert_run(run_row(**base, status="failed", chunks_committed=chunks, ended_at=utcnow(),
-                                error=f"{type(e).__name__}: {e}"[:2000]))
-        raise
+        lake.upsert_run(run_row(**base, status="running"))
+
+        chunks = 0
+        selected = sum(selection.selected(m.modality) for m in models)
+        try:
+            ensure_ray(ray_address)
+            with tqdm(total=selected, unit="pair", desc=f"backfill {run_id}", disable=not progress) as bar:
+                for model in models:
+                    # The writer reads the chunks committed so far before the done ids, so
+                    # anything committed after this point by another process fences it off.
+                    writer = ChunkWriter(lake, run_id=run_id, model=model, chunk_pairs=profile.chunk_pairs)
+                    writer.commit_prelude(selection.prelude.get(model.modality, []), modality=model.modality)
+                    done = _done_ids(lake, run_id, model.model_id)
+                    bar.update(len(done) + sum(r.item_id is None for r in selection.prelude.get(model.modality, [])))
+                    for batch in score_stream(snapshot, model, profile, selection=selection, skip_ids=done,
+                                              context=context):
+                        fault_point("after_batch")
+                        lease.check()
+                        writer.add(batch)
+                        bar.update(batch.num_rows)
+                    lease.check()
+                    writer.flush()
+                    chunks += writer.chunks_committed
+            scored, quarantined, dupes = run_accounting(lake, run_id)
+            ok = dupes == 0 and scored + quarantined == selected
+            error = None if ok else (
+                f"accounting mismatch: selected {selected} pairs, scores {scored} + quarantine {quarantined}, "
+                f"duplicated {dupes}"
+            )
+            status = "succeeded" if ok else "failed"
+            lake.upsert_run(run_row(
+                **base, status=status, selected_pairs=selected, scored_pairs=scored, quarantined_pairs=quarantined,
+                chunks_committed=chunks, ended_at=utcnow(), error=error,
+            ))
+            if not ok:
+                raise LakeError(f"run {run_id}: {error}")
+        except LakeError:
+            raise
+        except BaseException as e:
+            _record_failure(lake, base, chunks, e)
+            raise
     return BackfillResult(
         run_id=run_id, status=status, catalog_version=snapshot.version, selected_pairs=selected,
         scored_pairs=scored, quarantined_pairs=quarantined, chunks_committed=chunks, modalities=modalities,
     )
+
+
+def _record_failure(lake: Lake, base: dict, chunks: int, error: BaseException) -> None:
+    """Mark the run failed (best effort: the store itself may be what failed)."""
+    from moderation.security import redact
+
+    try:
+        lake.upsert_run(run_row(**base, status="failed", chunks_committed=chunks, ended_at=utcnow(),
+                                error=redact(f"{type(error).__name__}: {error}")[:2000]))
+    except Exception as e:  # noqa: BLE001 - the original error is what the user must see
+        log.error("could not record the failure of run %s: %s", base["run_id"], type(e).__name__)

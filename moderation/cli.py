@@ -27,8 +27,10 @@ DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml", "catalog-sa
 
 
 def _setup_logging(verbose: bool) -> None:
+    """WARNING by default, INFO with --verbose; $MODERATION_LOG_LEVEL (e.g. DEBUG) overrides both."""
+    level = os.environ.get("MODERATION_LOG_LEVEL", "").upper() or (logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Nothing may reach a model hub at run time.
@@ -55,6 +57,10 @@ def backfill(
     limit: Optional[int] = typer.Option(None, min=1, help="score at most N items"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default $RAY_ADDRESS or a local Ray)"),
     profile: Optional[Path] = typer.Option(None, help="run profile (default conf/jobs/local.yaml)"),
+    map_: list[str] = typer.Option([], "--map", help="FIELD=COLUMN: read catalog field FIELD from the catalog's "
+                                   "column COLUMN (repeatable; adds to the profile's catalog_columns)"),
+    media_root: list[str] = typer.Option([], help="folder or s3:// prefix media URIs may lie under (repeatable; "
+                                         "default: the profile's media_roots, else the catalog's folder)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score the catalog with the policy's models into <lake>/scores and <lake>/quarantine."""
@@ -62,9 +68,16 @@ def backfill(
 
     _setup_logging(verbose)
     try:
+        column_map = {}
+        for item in map_:
+            field, sep, column = item.partition("=")
+            if not sep or not field or not column:
+                raise ModerationError(f"--map {item!r}: expected FIELD=COLUMN, e.g. --map item_id=track_uri")
+            column_map[field.strip()] = column.strip()
         result = run_backfill(
             catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
-            where=where, limit=limit, ray_address=ray_address, profile_path=profile,
+            where=where, limit=limit, ray_address=ray_address, profile_path=profile, column_map=column_map,
+            media_roots=[_abs_uri(r) for r in media_root],
         )
     except ModerationError as e:
         _fail(e)

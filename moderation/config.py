@@ -183,6 +183,14 @@ class RunProfile(_Strict):
     #: On GPU actors, run models in float16 (tested to move scores by < 0.01 and to flip no
     #: decision at the shipped thresholds on the held-out sets; tests/test_half_precision.py).
     half_precision: bool = True
+    #: Catalog field -> the catalog's own column name, for catalogs that name their columns
+    #: differently (``--map FIELD=COLUMN`` on the command line adds to / overrides these).
+    catalog_columns: dict[str, str] = Field(default_factory=dict)
+    #: Media URIs are read only under these local folders or ``s3://`` prefixes (``--media-root``
+    #: adds more). Empty: the catalog's own folder and the data directory's ``media``.
+    media_roots: list[str] = Field(default_factory=list)
+    #: Seconds after its last heartbeat that a run's lease counts as abandoned (see lease.py).
+    lease_ttl_s: float = Field(default=600.0, gt=0)
 
 
 # --------------------------------------------------------------------------------------

@@ -16,11 +16,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from moderation.errors import LakeError
+from moderation.faults import fault_point
 from moderation.schemas import RUNS_SCHEMA, TABLE_SCHEMAS, VIOLATIONS_PARTITIONS
 
 log = logging.getLogger(__name__)
 
 TableName = Literal["scores", "quarantine", "violations", "runs"]
+#: Commit attempts per chunk (reload + check + commit) before the error is raised.
+COMMIT_ATTEMPTS = 8
+ANY = object()
+
+
+class ChunkFenced(LakeError):
+    """Another process committed chunks of the same run and model: this one must stop."""
+
+
+class _TableCreated(Exception):
+    """The table appeared while this writer tried to create it: retry as an append."""
 
 
 def storage_options(uri: str) -> dict[str, str] | None:
@@ -37,6 +49,28 @@ def storage_options(uri: str) -> dict[str, str] | None:
     if "AWS_REGION" not in os.environ and "AWS_DEFAULT_REGION" not in os.environ:
         opts["AWS_REGION"] = "us-east-1"
     return opts
+
+
+def arrow_filesystem(uri: str):
+    """(pyarrow FileSystem, path) for reading ``uri`` with pyarrow; (None, uri) for local paths.
+
+    S3 takes the endpoint from the standard AWS environment (``AWS_ENDPOINT_URL[_S3]``) and
+    credentials from the AWS credential chain; nothing is passed explicitly.
+    """
+    if not uri.startswith("s3://"):
+        return None, uri
+    from urllib.parse import urlparse
+
+    import pyarrow.fs as pafs
+
+    opts = storage_options(uri) or {}
+    kwargs: dict[str, str] = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    endpoint = opts.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme or "https"
+    return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
 
 
 def join_uri(root: str, *parts: str) -> str:
@@ -96,29 +130,82 @@ class Lake:
         dt = self.open(table)
         return None if dt is None else dt.transaction_version(app_id)
 
-    def append_chunk(self, table: TableName, rows: pa.Table, *, app_id: str, version: int) -> bool:
+    def append_chunk(
+        self, table: TableName, rows: pa.Table, *, app_id: str, version: int, expect_previous: int | None | object = ANY
+    ) -> bool:
         """Append ``rows`` in one commit tagged (app_id, version), unless already committed.
+
+        Two phases: the data file is written into the table folder, then one Delta commit adds
+        it with the app transaction. A process killed between them leaves an unreferenced
+        file, which no reader sees. The app transaction version is checked before every
+        commit attempt (delta-rs records but does not skip duplicates); a CommitFailedError
+        (another writer committed the same app id, or the store failed) is handled by
+        reloading and checking again, with bounded exponential backoff.
+
+        Args:
+            expect_previous: when given, the app transaction version the caller expects the
+                table to hold now (its own last chunk). Anything else means another process
+                has committed chunks of this app since: ``ChunkFenced`` is raised and nothing
+                is committed, so two workers of one run never both commit.
 
         Returns True when this call committed, False when the table already held it.
         """
         from deltalake import CommitProperties, Transaction, write_deltalake
+        from deltalake.exceptions import CommitFailedError
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-        committed = self.transaction_version(table, app_id)
-        if committed is not None and committed >= version:
-            log.info("skip %s chunk %s/%d: already committed", table, app_id, version)
-            return False
         data = conform(rows, TABLE_SCHEMAS[table])
-        write_deltalake(
-            self.uri(table),
-            data,
-            mode="append",
-            partition_by=VIOLATIONS_PARTITIONS if table == "violations" else None,
-            storage_options=self.options,
-            commit_properties=CommitProperties(
-                app_transactions=[Transaction(app_id=app_id, version=version)]
-            ),
+        props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=version)])
+        add = None
+        retrying = Retrying(
+            retry=retry_if_exception_type((CommitFailedError, _TableCreated, OSError)),
+            stop=stop_after_attempt(COMMIT_ATTEMPTS), wait=wait_exponential_jitter(initial=0.2, max=5.0),
+            reraise=True,
         )
-        return True
+        for attempt in retrying:
+            with attempt:
+                dt = self.open(table)
+                if dt is None:
+                    try:
+                        write_deltalake(self.uri(table), data, mode="append", storage_options=self.options,
+                                        commit_properties=props)
+                    except Exception as e:  # noqa: BLE001 - another writer may have created it
+                        if self.exists(table):
+                            raise _TableCreated() from e
+                        raise
+                    return True
+                committed = dt.transaction_version(app_id)
+                if committed is not None and committed >= version:
+                    log.info("skip %s chunk %s/%d: already committed", table, app_id, version)
+                    return False
+                if expect_previous is not ANY and committed != expect_previous:
+                    raise ChunkFenced(
+                        f"{self.uri(table)}: app {app_id} is at chunk {committed}, this process expected "
+                        f"{expect_previous}: another process is committing this run; stopping without committing"
+                    )
+                if add is None:
+                    add = self._write_data_file(table, data)
+                fault_point("before_commit")
+                dt.create_write_transaction([add], mode="append", schema=TABLE_SCHEMAS[table], commit_properties=props)
+                fault_point("after_commit")
+                return True
+        raise AssertionError("unreachable")
+
+    def _write_data_file(self, table: str, data: pa.Table):
+        """Write ``data`` as one new Parquet file in the table folder; its Delta add action."""
+        import json
+        import time
+        import uuid
+
+        import pyarrow.parquet as pq
+        from deltalake.transaction import AddAction
+
+        name = f"part-00000-{uuid.uuid4()}-c000.zstd.parquet"
+        fs, path = arrow_filesystem(join_uri(self.uri(table), name))
+        pq.write_table(data, path, filesystem=fs, compression="zstd")
+        size = fs.get_file_info(path).size if fs is not None else os.stat(path).st_size
+        return AddAction(path=name, size=size, partition_values={}, modification_time=int(time.time() * 1000),
+                         data_change=True, stats=json.dumps({"numRecords": data.num_rows}))
 
     def replace_violations(self, rows: pa.Table, *, policy_id: str, policy_version: int, run_id: str) -> None:
         """Replace one policy version's violations in a single atomic commit."""
@@ -152,17 +239,33 @@ class Lake:
         return runs.to_pylist()[0]
 
     def upsert_run(self, row: dict) -> None:
-        """Insert or update the one ``runs`` row of a run (merge on run_id)."""
+        """Insert or update the one ``runs`` row of a run (merge on run_id).
+
+        Runs of other jobs merge into the same table concurrently; a conflicting commit is
+        retried on the reloaded table (bounded, with backoff). Columns this table predates are
+        added (schema evolution is additive only)."""
         from deltalake import write_deltalake
+        from deltalake.exceptions import CommitFailedError
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
         data = pa.Table.from_pylist([row], schema=RUNS_SCHEMA)
-        dt = self.open("runs")
-        if dt is None:
-            write_deltalake(self.uri("runs"), data, mode="append", storage_options=self.options)
-            return
-        (
-            dt.merge(data, predicate="t.run_id = s.run_id", source_alias="s", target_alias="t")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute()
-        )
+        for attempt in Retrying(retry=retry_if_exception_type((CommitFailedError, _TableCreated)),
+                                stop=stop_after_attempt(COMMIT_ATTEMPTS), reraise=True,
+                                wait=wait_exponential_jitter(initial=0.2, max=5.0)):
+            with attempt:
+                dt = self.open("runs")
+                if dt is None:
+                    try:
+                        write_deltalake(self.uri("runs"), data, mode="append", storage_options=self.options)
+                    except Exception as e:  # noqa: BLE001 - another run may have created it
+                        if self.exists("runs"):
+                            raise _TableCreated() from e
+                        raise
+                    return
+                (
+                    dt.merge(data, predicate="t.run_id = s.run_id", source_alias="s", target_alias="t",
+                             merge_schema=True)
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .execute()
+                )

@@ -3,6 +3,11 @@ input into quarantine reason codes instead of crashes.
 
 URIs: a local path, ``file://`` path, or ``s3://bucket/key`` (boto3, standard AWS credential
 chain). Sizes are checked before the bytes are read.
+
+A run reads media only under its configured roots (``media_roots`` in the run profile, or
+``--media-root``; by default the catalog's own folder and the data directory's media). A URI
+outside them (``../`` traversal, a symlink out, ``file:///etc/…``, another bucket, another
+scheme) is refused before anything is opened: ``{kind}_outside_roots``.
 """
 
 from __future__ import annotations
@@ -20,16 +25,51 @@ class MediaError(Exception):
         self.detail = detail
 
 
-def read_media(uri: str, *, max_bytes: int, kind: str) -> bytes:
-    """The bytes behind ``uri``.
+def check_root(uri: str, roots: tuple[str, ...] | None, *, kind: str) -> str:
+    """The local path or ``s3://`` URI to open, if ``uri`` lies under one of ``roots``.
+
+    ``roots=None`` means no restriction (a user's own files, e.g. ``moderation bank add``).
 
     Raises:
-        MediaError: ``{kind}_missing`` (no such file/object), ``{kind}_empty`` (zero bytes),
-            ``{kind}_too_large`` (over ``max_bytes``), ``{kind}_unreadable`` (I/O error).
+        MediaError: ``{kind}_outside_roots``.
     """
-    if uri.startswith("s3://"):
+    scheme = urlparse(uri).scheme if "://" in uri else ""
+    if scheme not in ("", "file", "s3"):
+        raise MediaError(f"{kind}_outside_roots", f"{uri[:200]}: URI scheme {scheme!r} is not allowed")
+    if scheme == "s3":
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        if any(part in ("..", ".") for part in key.split("/")):
+            raise MediaError(f"{kind}_outside_roots", f"{uri[:200]}: '.' or '..' segments are not allowed")
+        if roots is not None and not any(r.startswith("s3://") and uri.startswith(r.rstrip("/") + "/") for r in roots):
+            raise MediaError(f"{kind}_outside_roots", f"{uri[:200]}: not under the media roots {list(roots)}")
+        return uri
+    path = unquote(urlparse(uri).path) if scheme == "file" else uri
+    if "\x00" in path:
+        raise MediaError(f"{kind}_outside_roots", f"{uri[:200]!r}: NUL byte in path")
+    if roots is None:
+        return path
+    real = os.path.realpath(path)  # resolves '..' and symlinks
+    for root in roots:
+        if root.startswith("s3://"):
+            continue
+        base = os.path.realpath(unquote(urlparse(root).path) if root.startswith("file://") else root)
+        if os.path.commonpath([real, base]) == base:
+            return real
+    raise MediaError(f"{kind}_outside_roots", f"{uri[:200]}: resolves to {real[:200]}, not under the media roots "
+                     f"{list(roots)}")
+
+
+def read_media(uri: str, *, max_bytes: int, kind: str, roots: tuple[str, ...] | None = None) -> bytes:
+    """The bytes behind ``uri``, which must lie under ``roots`` (None: anywhere).
+
+    Raises:
+        MediaError: ``{kind}_outside_roots`` (see ``check_root``), ``{kind}_missing`` (no such
+            file/object), ``{kind}_empty`` (zero bytes), ``{kind}_too_large`` (over
+            ``max_bytes``), ``{kind}_unreadable`` (I/O error).
+    """
+    path = check_root(uri, roots, kind=kind)
+    if path.startswith("s3://"):
         return _read_s3(uri, max_bytes=max_bytes, kind=kind)
-    path = unquote(urlparse(uri).path) if uri.startswith("file://") else uri
     try:
         size = os.stat(path).st_size
     except FileNotFoundError as e:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from moderation.catalog import MEDIA_COLUMNS, CatalogSnapshot, modality_mask, to_work_rows
+from moderation.catalog import CatalogSnapshot, to_work_rows
 from moderation.classifiers.base import RunContext
 from moderation.config import ModelSpec, RunProfile
+from moderation.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +75,21 @@ def plan_placement(profile: RunProfile, cluster: dict[str, float], *, uses_gpu: 
     return Placement(device="cpu", actors=actors, num_cpus=num_cpus, num_gpus=0.0)
 
 
-def preprocess_batch(batch: pa.Table, *, spec: ModelSpec, skip_ids: pa.Array | None, context: RunContext) -> pa.Table:
-    """Ray task body: catalog batch -> preprocessed work rows (no model loaded). Items in
-    ``skip_ids`` (already committed by an earlier attempt of the run) are dropped."""
-    import pyarrow.compute as pc
+def read_files(batch: dict, *, snapshot: CatalogSnapshot, selection: Selection, modality: str,
+               skip_ids: pa.Array | None, batch_rows: int) -> Iterator[pa.Table]:
+    """Ray read task body: data files of the snapshot (by index) -> the catalog rows the run
+    streams for ``modality`` (see ``Selection.filter``), in bounded batches."""
+    for index in batch["index"]:
+        for table in snapshot.read(snapshot.files[int(index)], snapshot.columns, batch_rows=batch_rows):
+            table = selection.filter(table, modality, skip_ids)
+            if table.num_rows:
+                yield table
 
+
+def preprocess_batch(batch: pa.Table, *, spec: ModelSpec, context: RunContext) -> pa.Table:
+    """Ray task body: catalog rows -> preprocessed work rows (no model loaded)."""
     from moderation.classifiers.base import build_classifier
 
-    if skip_ids is not None and len(skip_ids):
-        batch = batch.filter(pc.invert(pc.is_in(batch.column("item_id"), value_set=skip_ids)))
     classifier = build_classifier(spec, context=context)
     return classifier.prepare(to_work_rows(batch, classifier.modality))
 
@@ -96,7 +103,9 @@ class ScoreActor:
         import torch
 
         from moderation.classifiers.base import build_classifier
+        from moderation.security import check_environment
 
+        check_environment()  # a worker's environment can differ from the driver's
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.classifier = build_classifier(spec, batch_size=batch_size, context=context)
@@ -108,61 +117,17 @@ class ScoreActor:
         return self.classifier.process_batch(batch)
 
 
-def _selection(
-    snapshot: CatalogSnapshot, columns: list[str], *, keep_ids: pa.Array | None, limit: int | None, modality: str
-):
-    """The run's selection for one modality as a Ray dataset: the pinned snapshot, the --where
-    ids, the --limit (on items), then the items that have this modality's media.
-
-    --limit takes the first N selected rows; the counting pass, the scoring pass and any resume
-    must agree on which N, so block order is preserved when a limit is set.
-    """
-    import pyarrow.compute as pc
-    import ray.data
-
-    from moderation.lake import storage_options
-
-    _quiet_ray_data()
-    ray.data.DataContext.get_current().execution_options.preserve_order = limit is not None
-    if snapshot.is_delta:
-        ds = ray.data.read_delta(
-            snapshot.uri, version=snapshot.version, columns=columns, storage_options=storage_options(snapshot.uri)
-        )
-    else:
-        ds = ray.data.read_parquet(snapshot.uri, columns=columns)
-    if keep_ids is not None:
-        ids = keep_ids
-        ds = ds.map_batches(lambda b: b.filter(pc.is_in(b.column("item_id"), value_set=ids)), batch_format="pyarrow")
-    if limit is not None:
-        ds = ds.limit(limit)
-    if modality in MEDIA_COLUMNS:
-
-        def has_media(b: pa.Table) -> pa.Table:
-            return b.filter(modality_mask(b, modality))
-
-        ds = ds.map_batches(has_media, batch_format="pyarrow")
-    return ds
-
-
-def selected_count(snapshot: CatalogSnapshot, *, keep_ids: pa.Array | None, limit: int | None, modality: str) -> int:
-    """(item, modality) pairs the run selects, counted by its own pass over the snapshot."""
-    if not snapshot.has_modality(modality):
-        return 0
-    columns = ["item_id", *([MEDIA_COLUMNS[modality]] if modality in MEDIA_COLUMNS else [])]
-    return _selection(snapshot, columns, keep_ids=keep_ids, limit=limit, modality=modality).count()
-
-
 def score_stream(
     snapshot: CatalogSnapshot,
     spec: ModelSpec,
     profile: RunProfile,
     *,
-    keep_ids: pa.Array | None = None,
+    selection: Selection,
     skip_ids: pa.Array | None = None,
-    limit: int | None = None,
     context: RunContext = RunContext(),
 ) -> Iterator[pa.Table]:
-    """Stream scored work rows (one per selected item for ``spec``'s modality)."""
+    """Stream scored work rows: one per pair ``selection`` streams for ``spec``'s modality,
+    less the items in ``skip_ids``."""
     import ray
     import ray.data
 
@@ -176,16 +141,27 @@ def score_stream(
     log.info("scoring %s on %s: %d actor(s), %.2f CPU, %.0f GPU each", spec.model_id, placement.device,
              placement.actors, placement.num_cpus, placement.num_gpus)
 
-    if not snapshot.has_modality(spec.modality):
+    if not snapshot.has_modality(spec.modality) or not snapshot.files:
         return
-    ds = _selection(snapshot, snapshot.columns, keep_ids=keep_ids, limit=limit, modality=spec.modality)
+    _quiet_ray_data()
+    # Text rows are small; a decoded image is 600 KB and an audio row's speech windows up
+    # to ~19 MB, so their blocks stay small.
+    rows = {"text": profile.batch_size * 4, "image": profile.batch_size}.get(spec.modality, 8)
+    ds = ray.data.from_items([{"index": i} for i in range(len(snapshot.files))],
+                             override_num_blocks=min(len(snapshot.files), 1000))
+    ds = ds.map_batches(
+        read_files,
+        fn_kwargs={"snapshot": snapshot, "selection": selection, "modality": spec.modality, "skip_ids": skip_ids,
+                   "batch_rows": max(rows, 256)},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=0.5,
+    )
     ds = ds.map_batches(
         preprocess_batch,
-        fn_kwargs={"spec": spec, "skip_ids": skip_ids, "context": context},
+        fn_kwargs={"spec": spec, "context": context},
         batch_format="pyarrow",
-        # Text rows are small; a decoded image is 600 KB and an audio row's speech windows up
-        # to ~19 MB, so their blocks stay small.
-        batch_size={"text": profile.batch_size * 4, "image": profile.batch_size}.get(spec.modality, 8),
+        batch_size=rows,
         num_cpus=0.5,
     )
     ds = ds.map_batches(

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from moderation.classifiers.base import CONTENT_HASH, QDETAIL, QREASON, QSTAGE
 from moderation.config import ModelSpec
+from moderation.faults import fault_point
 from moderation.lake import Lake
 from moderation.schemas import QUARANTINE_SCHEMA, SCORES_SCHEMA
 
@@ -73,8 +74,10 @@ class ChunkWriter:
         self.model = model
         self.chunk_pairs = chunk_pairs
         self.app_id = f"moderation/backfill/{run_id}/{model.model_id}"
-        last = [lake.transaction_version(t, self.app_id) for t in ("scores", "quarantine")]
-        self.next_chunk = max([v for v in last if v is not None], default=-1) + 1
+        # The app transaction version each table holds now; a commit expects exactly this (its
+        # own last chunk), so chunks committed by another process fence this writer off.
+        self.last = {t: lake.transaction_version(t, self.app_id) for t in ("scores", "quarantine")}
+        self.next_chunk = max([v for v in self.last.values() if v is not None], default=-1) + 1
         self.chunks_committed = 0
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
@@ -99,8 +102,33 @@ class ChunkWriter:
     def _commit(self, batch: pa.Table) -> None:
         scores, quarantine = split_results(batch, run_id=self.run_id, model=self.model, now=utcnow())
         for table, rows in (("quarantine", quarantine), ("scores", scores)):
-            if rows.num_rows and self.lake.append_chunk(table, rows, app_id=self.app_id, version=self.next_chunk):
+            if rows.num_rows and self.lake.append_chunk(
+                table, rows, app_id=self.app_id, version=self.next_chunk, expect_previous=self.last[table]
+            ):
                 self.rows_written[table] += rows.num_rows
+            if rows.num_rows:
+                self.last[table] = self.next_chunk
         log.info("committed chunk %d: %d scores, %d quarantine", self.next_chunk, scores.num_rows, quarantine.num_rows)
         self.next_chunk += 1
         self.chunks_committed += 1
+        fault_point("between_chunks")
+
+    def commit_prelude(self, rows: list, *, modality: str) -> int:
+        """Commit the driver's quarantine rows for this model (rows without a usable or unique
+        item id; see selection.py) once per run: app ``<app_id>/prelude``, version 0."""
+        if not rows:
+            return 0
+        n = len(rows)
+        table = pa.table({
+            "run_id": pa.array([self.run_id] * n, pa.string()),
+            "item_id": pa.array([r.item_id for r in rows], pa.string()),
+            "modality": pa.array([modality] * n, pa.string()),
+            "model_id": pa.array([self.model.model_id] * n, pa.string()),
+            "stage": pa.array(["catalog"] * n, pa.string()),
+            "reason": pa.array([r.reason for r in rows], pa.string()),
+            "detail": pa.array([r.detail for r in rows], pa.string()),
+            "quarantined_at": pa.array([utcnow()] * n, QUARANTINE_SCHEMA.field("quarantined_at").type),
+        })
+        if self.lake.append_chunk("quarantine", table, app_id=f"{self.app_id}/prelude", version=0):
+            self.rows_written["quarantine"] += n
+        return n

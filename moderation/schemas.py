@@ -110,6 +110,8 @@ RUNS_SCHEMA = pa.schema(
         pa.field("chunks_committed", pa.int64()),
         pa.field("scores_version", pa.int64()),
         pa.field("hash_bank_version", pa.int64()),  # hash_bank Delta version matched against
+        pa.field("catalog_columns", STR_LIST),  # column mapping used, as "field=column"
+        pa.field("media_roots", STR_LIST),  # the roots media URIs were confined to
         pa.field("config_hash", pa.string()),
         pa.field("code_version", pa.string()),
         pa.field("started_at", TS),

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from moderation.catalog import WORK_COLUMNS, open_catalog, select_ids, to_work_rows
+from moderation.catalog import INVALID_UTF8, WORK_COLUMNS, open_catalog, select_ids, to_work_rows
 from moderation.errors import CatalogError
 
 
@@ -26,7 +26,7 @@ def test_open_catalog_pins_version_and_reads_columns(tmp_path):
     [
         ({"item_type": ["track"], "title": ["x"]}, r"missing required column\(s\) \['item_id'\]"),
         ({"item_id": ["a"], "item_type": ["track"]}, "none of the text columns"),
-        ({"item_id": [1], "item_type": ["track"], "title": ["x"]}, "column 'item_id' has type int64"),
+        ({"item_id": [1.5], "item_type": ["track"], "title": ["x"]}, "column 'item_id' has type double"),
         ({"item_id": ["a"], "item_type": ["track"], "title": ["x"], "markets": ["US"]}, "column 'markets'"),
     ],
 )
@@ -54,6 +54,7 @@ def test_where_selects_slice_and_rejects_bad_sql(tmp_path):
 
 def test_work_rows_fill_optional_columns():
     rows = to_work_rows(pa.table({"item_id": ["a"], "item_type": ["track"], "title": ["hi"]}), "text")
-    assert rows.column_names == [*WORK_COLUMNS, "modality"]
+    assert rows.column_names == [*WORK_COLUMNS, "modality", INVALID_UTF8]
+    assert rows.column(INVALID_UTF8).to_pylist() == [[]]
     assert rows.column("markets").to_pylist() == [None]
     assert rows.column("modality").to_pylist() == ["text"]

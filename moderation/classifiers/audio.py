@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from moderation.artifacts import ctranslate2_spec, read_verified
-from moderation.classifiers.base import Classifier, prepared
+from moderation.classifiers.base import Classifier, RunContext, prepared
 from moderation.classifiers.text import MiniLMHeadsClassifier, normalize_text
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError, ModerationError
@@ -242,8 +242,8 @@ class SpeechTextClassifier(Classifier):
 
     modality: ClassVar = "audio"
 
-    def __init__(self, spec: ModelSpec, *, batch_size: int = 64) -> None:
-        super().__init__(spec, batch_size=batch_size)
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
+        super().__init__(spec, batch_size=batch_size, context=context)
         pre = spec.preprocessing
         self.window_s = float(pre.get("window_s", MAX_WINDOW_S))
         if not 0 < self.window_s <= MAX_WINDOW_S:
@@ -276,7 +276,7 @@ class SpeechTextClassifier(Classifier):
             try:
                 if not uri:
                     raise MediaError("audio_missing", "audio_clip is null or empty")
-                data = read_media(uri, max_bytes=self.max_bytes, kind="audio")
+                data = read_media(uri, max_bytes=self.max_bytes, kind="audio", roots=self.context.media_roots)
                 samples = decode_audio(data, uri=uri, max_audio_s=self.max_audio_s, max_claimed_s=self.max_claimed_s)
             except MediaError as e:
                 hashes.append(hashlib.sha256(data if data is not None else (uri or "").encode()).hexdigest())

@@ -58,6 +58,8 @@ class RunContext:
     lake_root: str | None = None
     #: The hash_bank Delta version the driver pinned, so every actor matches the same bank.
     hash_bank_version: int | None = None
+    #: Media URIs are read only under these roots (None: no restriction; see media.check_root).
+    media_roots: tuple[str, ...] | None = None
 
 
 class Classifier(abc.ABC):
@@ -81,19 +83,33 @@ class Classifier(abc.ABC):
 
     def prepare(self, batch: pa.Table) -> pa.Table:
         """``preprocess`` plus the checks every modality shares: a row without an item id
-        cannot be keyed in ``scores``, so it is quarantined (``missing_item_id``)."""
+        cannot be keyed in ``scores`` (``missing_item_id``), and input fields whose bytes were
+        not valid UTF-8 (``to_work_rows`` nulls them) cannot be scored (``invalid_utf8``)."""
         import pyarrow.compute as pc
 
+        from moderation.catalog import INVALID_UTF8
+
         out = self.preprocess(batch)
+        checks = []
+        if INVALID_UTF8 in out.column_names:
+            invalid = out.column(INVALID_UTF8)
+            lengths = pc.fill_null(pc.list_value_length(invalid), 0)
+            if pc.any(pc.greater(lengths, 0)).as_py():
+                fields = [", ".join(v or []) for v in invalid.to_pylist()]
+                checks.append((pc.greater(lengths, 0), "invalid_utf8",
+                               pa.array([f"field(s) {f} not valid UTF-8" for f in fields], pa.string())))
+            out = out.drop_columns([INVALID_UTF8])
         ids = out.column("item_id")
-        missing = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(ids), ""), True)
-        if not pc.any(missing).as_py():
-            return out
-        reasons = pc.if_else(missing, "missing_item_id", out.column(QREASON))
-        details = pc.if_else(missing, "item_id is null or empty", out.column(QDETAIL))
-        stages = pc.if_else(missing, "preprocess", out.column(QSTAGE))
-        for name, col in ((QREASON, reasons), (QDETAIL, details), (QSTAGE, stages)):
-            out = out.set_column(out.schema.get_field_index(name), name, col)
+        checks.append((pc.fill_null(pc.equal(pc.utf8_trim_whitespace(ids), ""), True), "missing_item_id",
+                       "item_id is null or empty"))
+        for mask, reason, detail in checks:
+            if not pc.any(mask).as_py():
+                continue
+            reasons = pc.if_else(mask, reason, out.column(QREASON))
+            details = pc.if_else(mask, detail, out.column(QDETAIL))
+            stages = pc.if_else(mask, "preprocess", out.column(QSTAGE))
+            for name, col in ((QREASON, reasons), (QDETAIL, details), (QSTAGE, stages)):
+                out = out.set_column(out.schema.get_field_index(name), name, col)
         return out
 
     @abc.abstractmethod
@@ -158,17 +174,17 @@ def build_classifier(spec: ModelSpec, *, batch_size: int = 64, context: RunConte
     if spec.kind == "minilm_heads":
         from moderation.classifiers.text import MiniLMHeadsClassifier
 
-        return MiniLMHeadsClassifier(spec, batch_size=batch_size)
+        return MiniLMHeadsClassifier(spec, batch_size=batch_size, context=context)
     if spec.kind == "open_nsfw":
         from moderation.classifiers.image import OpenNsfwClassifier
 
-        return OpenNsfwClassifier(spec, batch_size=batch_size)
+        return OpenNsfwClassifier(spec, batch_size=batch_size, context=context)
     if spec.kind == "ocr_text":
         from moderation.classifiers.ocr import OcrTextClassifier
 
-        return OcrTextClassifier(spec, batch_size=batch_size)
+        return OcrTextClassifier(spec, batch_size=batch_size, context=context)
     if spec.kind == "speech_text":
         from moderation.classifiers.audio import SpeechTextClassifier
 
-        return SpeechTextClassifier(spec, batch_size=batch_size)
+        return SpeechTextClassifier(spec, batch_size=batch_size, context=context)
     raise ValueError(f"model {spec.model_id}: no classifier for kind {spec.kind!r}")

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from moderation.artifacts import read_verified
-from moderation.classifiers.base import Classifier, prepared
+from moderation.classifiers.base import Classifier, RunContext, prepared
 from moderation.config import ModelSpec
 from moderation.media import MediaError, read_media
 
@@ -56,19 +56,20 @@ def decode_image(data: bytes, *, uri: str, max_pixels: int):
         raise MediaError("image_truncated", f"{uri}: {e}") from e
 
 
-def load_cover(uri: str | None, *, max_bytes: int, max_pixels: int):
-    """(bytes, RGB Pillow image) of the cover art at ``uri``, or MediaError with its reason."""
+def load_cover(uri: str | None, *, max_bytes: int, max_pixels: int, roots: tuple[str, ...] | None = None):
+    """(bytes, RGB Pillow image) of the cover art at ``uri`` (under ``roots``), or MediaError
+    with its reason."""
     if not uri:
         raise MediaError("image_missing", "cover_image is null or empty")
-    data = read_media(uri, max_bytes=max_bytes, kind="image")
+    data = read_media(uri, max_bytes=max_bytes, kind="image", roots=roots)
     return data, decode_image(data, uri=uri, max_pixels=max_pixels)
 
 
 class OpenNsfwClassifier(Classifier):
     modality: ClassVar = "image"
 
-    def __init__(self, spec: ModelSpec, *, batch_size: int = 64) -> None:
-        super().__init__(spec, batch_size=batch_size)
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
+        super().__init__(spec, batch_size=batch_size, context=context)
         self.max_bytes = int(spec.preprocessing.get("max_bytes", 20_000_000))
         self.max_pixels = int(spec.preprocessing.get("max_pixels", 50_000_000))
         self._module = None
@@ -81,7 +82,8 @@ class OpenNsfwClassifier(Classifier):
         hashes, pixels, reasons, details, stages = [], [], [], [], []
         for uri in uris:
             try:
-                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
+                                       roots=self.context.media_roots)
                 arr = preprocess_image(img)
                 hashes.append(hashlib.sha256(data).hexdigest())
                 pixels.append(np.ascontiguousarray(arr, dtype=np.float32).tobytes())

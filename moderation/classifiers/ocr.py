@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from moderation.classifiers.base import Classifier, prepared
+from moderation.classifiers.base import Classifier, RunContext, prepared
 from moderation.classifiers.image import load_cover
 from moderation.classifiers.text import MiniLMHeadsClassifier, normalize_text, text_segments
 from moderation.config import ModelSpec
@@ -127,8 +127,8 @@ class OcrTextClassifier(Classifier):
 
     modality: ClassVar = "image"
 
-    def __init__(self, spec: ModelSpec, *, batch_size: int = 64) -> None:
-        super().__init__(spec, batch_size=batch_size)
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
+        super().__init__(spec, batch_size=batch_size, context=context)
         pre = spec.preprocessing
         self.max_bytes = int(pre.get("max_bytes", 20_000_000))
         self.max_pixels = int(pre.get("max_pixels", 50_000_000))
@@ -154,7 +154,8 @@ class OcrTextClassifier(Classifier):
         for uri in uris:
             data = None
             try:
-                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
+                                       roots=self.context.media_roots)
                 raw = ocr_image(
                     img, binary=binary, uri=uri, psm=self.ocr_psm, timeout_s=self.ocr_timeout_s,
                     min_side=self.ocr_min_side, max_side=self.ocr_max_side, min_conf=self.ocr_min_conf,

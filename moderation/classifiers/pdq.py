@@ -96,7 +96,8 @@ class PdqBankClassifier(Classifier):
         hashes, pdqs, qualities, reasons, details, stages = [], [], [], [], [], []
         for uri in batch.column("cover_image").to_pylist():
             try:
-                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
+                                       roots=self.context.media_roots)
                 hex_, quality = pdq_hash(img)
                 hashes.append(hashlib.sha256(data).hexdigest())
                 pdqs.append(hex_), qualities.append(quality)

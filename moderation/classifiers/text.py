@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from moderation.artifacts import read_verified
-from moderation.classifiers.base import Classifier, prepared
+from moderation.classifiers.base import Classifier, RunContext, prepared
 from moderation.config import ModelSpec
 from moderation.schemas import TEXT_COLUMNS
 
@@ -98,8 +98,8 @@ class MiniLMEncoder:
 class MiniLMHeadsClassifier(Classifier):
     modality: ClassVar = "text"
 
-    def __init__(self, spec: ModelSpec, *, batch_size: int = 64) -> None:
-        super().__init__(spec, batch_size=batch_size)
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
+        super().__init__(spec, batch_size=batch_size, context=context)
         self.segment_words = int(spec.preprocessing.get("segment_words", 160))
         self.max_segments = int(spec.preprocessing.get("max_segments", 6))
         self.max_chars = int(spec.preprocessing.get("max_field_chars", 100_000))

@@ -41,8 +41,10 @@ INVALID_UTF8 = "invalid_utf8_fields"
 
 #: Delta reader features this reader honours. Anything else a table declares is refused.
 SUPPORTED_READER_FEATURES = frozenset({"columnMapping", "timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"})
-#: Integer item/creator ids (common in real catalogs) are read as their decimal strings.
-_INT_AS_STRING = ("item_id", "creator_id")
+
+def _as_string_ok(t: pa.DataType) -> bool:
+    """Types a string field accepts and reads as their canonical string (integer ids, dates)."""
+    return pat.is_integer(t) or pat.is_date(t)
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class CatalogSnapshot:
                 cols[f] = col if col.type.equals(typ) else col.cast(typ)
             else:
                 cols[f] = pa.nulls(n, typ)
-            if f in _INT_AS_STRING and pat.is_integer(typ):
+            if pat.is_string(CATALOG_SCHEMA.field(f).type) and _as_string_ok(typ):
                 cols[f] = pc.cast(cols[f], pa.string())
         return pa.table(cols)
 
@@ -135,7 +137,7 @@ def modality_mask(batch: pa.Table, modality: str) -> pa.ChunkedArray | None:
 
 def _type_ok(name: str, actual: pa.DataType, expected: pa.DataType) -> bool:
     if pat.is_string(expected):
-        if name in _INT_AS_STRING and pat.is_integer(actual):
+        if _as_string_ok(actual):
             return True
         return pat.is_string(actual) or pat.is_large_string(actual) or pat.is_string_view(actual)
     if pat.is_list(expected):

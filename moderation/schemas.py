@@ -11,8 +11,8 @@ import pyarrow as pa
 TS = pa.timestamp("us", tz="UTC")
 STR_LIST = pa.list_(pa.string())
 
-#: The catalog fields the pipeline reads. ``markets`` and ``explicit`` and the media columns
-#: are optional in a user catalog; item_id, item_type and at least one text field are not.
+#: The catalog fields the pipeline reads. Only item_id and at least one text field are
+#: required; the others (item_type included) are null where a catalog lacks them.
 CATALOG_SCHEMA = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
@@ -29,7 +29,7 @@ CATALOG_SCHEMA = pa.schema(
         pa.field("updated_at", TS),
     ]
 )
-REQUIRED_CATALOG_COLUMNS = ("item_id", "item_type")
+REQUIRED_CATALOG_COLUMNS = ("item_id",)
 TEXT_COLUMNS = ("title", "description", "body_text")
 
 SCORES_SCHEMA = pa.schema(

@@ -1,0 +1,137 @@
+"""Chunk commits under contention, on a real local Delta table: the app transaction is
+checked before every attempt, a lost acknowledgement is not committed twice, another writer
+of the same run fences this one off, and the run lease admits one worker at a time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from deltalake import DeltaTable
+
+from moderation.lake import ChunkFenced, Lake
+from moderation.lease import LeaseHeld, RunLease
+from moderation.results import utcnow
+from moderation.schemas import QUARANTINE_SCHEMA
+
+
+def _rows(ids: list[str], run_id: str = "r") -> pa.Table:
+    n = len(ids)
+    return pa.table({
+        "run_id": [run_id] * n, "item_id": ids, "modality": ["text"] * n, "model_id": ["m"] * n,
+        "stage": ["preprocess"] * n, "reason": ["no_usable_text"] * n, "detail": [None] * n,
+        "quarantined_at": pa.array([utcnow()] * n, QUARANTINE_SCHEMA.field("quarantined_at").type),
+    })
+
+
+def test_replayed_chunk_is_skipped_and_lost_ack_changes_nothing(tmp_path):
+    lake = Lake(str(tmp_path))
+    assert lake.append_chunk("quarantine", _rows(["a"]), app_id="app", version=0)
+    assert lake.append_chunk("quarantine", _rows(["b"]), app_id="app", version=1)
+    v = lake.version("quarantine")
+    # The same chunk again (its commit landed, the writer never learnt): nothing is written.
+    assert not lake.append_chunk("quarantine", _rows(["b"]), app_id="app", version=1)
+    assert lake.version("quarantine") == v
+    assert sorted(lake.read("quarantine").column("item_id").to_pylist()) == ["a", "b"]
+
+
+def test_commit_conflict_is_reloaded_and_checked_again(tmp_path):
+    """Two handles commit the same chunk from the same snapshot: delta-rs rejects the second
+    (CommitFailedError, concurrent transaction); append_chunk reloads, sees the chunk, skips."""
+    from deltalake import CommitProperties, Transaction
+
+    lake = Lake(str(tmp_path))
+    lake.append_chunk("quarantine", _rows(["a"]), app_id="app", version=0)
+    stale = DeltaTable(lake.uri("quarantine"))
+    # Another writer commits chunk 1 after our snapshot was taken.
+    assert lake.append_chunk("quarantine", _rows(["b"]), app_id="app", version=1)
+    add = lake._write_data_file("quarantine", _rows(["b"]).cast(QUARANTINE_SCHEMA))
+    from deltalake.exceptions import CommitFailedError
+
+    with pytest.raises(CommitFailedError):
+        stale.create_write_transaction([add], mode="append", schema=QUARANTINE_SCHEMA,
+                                       commit_properties=CommitProperties(app_transactions=[Transaction("app", 1)]))
+    assert sorted(lake.read("quarantine").column("item_id").to_pylist()) == ["a", "b"]
+
+
+def test_other_worker_of_the_run_fences_this_one_off(tmp_path):
+    lake = Lake(str(tmp_path))
+    lake.append_chunk("quarantine", _rows(["a"]), app_id="app", version=0)
+    # This writer last saw chunk 0; meanwhile another process of the run committed chunk 1.
+    lake.append_chunk("quarantine", _rows(["b"]), app_id="app", version=1)
+    with pytest.raises(ChunkFenced, match="another process is committing this run"):
+        lake.append_chunk("quarantine", _rows(["b", "c"]), app_id="app", version=2, expect_previous=0)
+    assert lake.read("quarantine").num_rows == 2
+
+
+def test_concurrent_writers_of_different_runs_all_land(tmp_path):
+    """Eight threads append chunks of their own runs at once: every chunk lands exactly once."""
+    lake = Lake(str(tmp_path))
+    lake.append_chunk("quarantine", _rows(["seed"], run_id="seed"), app_id="seed", version=0)
+    errors = []
+
+    def writer(w: int) -> None:
+        try:
+            for c in range(3):
+                lake.append_chunk("quarantine", _rows([f"w{w}-c{c}"], run_id=f"w{w}"), app_id=f"w{w}", version=c,
+                                  expect_previous=None if c == 0 else c - 1)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    ids = lake.read("quarantine", filter=pc.field("run_id") != "seed").column("item_id").to_pylist()
+    assert sorted(ids) == sorted(f"w{w}-c{c}" for w in range(8) for c in range(3))
+
+
+def test_lease_admits_one_worker_and_is_taken_over_from_a_dead_one(tmp_path):
+    first = RunLease(str(tmp_path), "run-1")
+    first.acquire()
+    with pytest.raises(LeaseHeld, match=r"held by pid \d+ on host"):
+        RunLease(str(tmp_path), "run-1").acquire()
+    RunLease(str(tmp_path), "run-2").acquire()  # other runs are independent
+    first.release()
+    second = RunLease(str(tmp_path), "run-1")
+    second.acquire()
+    second.release()
+    # A holder killed with SIGKILL leaves its lease; a dead pid on this host is stale at once.
+    code = ("import os, signal; from moderation.lease import RunLease; "
+            f"RunLease({str(tmp_path)!r}, 'run-3').acquire(); os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert proc.returncode == -9 and os.path.exists(tmp_path / "_leases" / "run-3.json")
+    taker = RunLease(str(tmp_path), "run-3")
+    taker.acquire()
+    assert taker.me.owner in (tmp_path / "_leases" / "run-3.json").read_text()
+    taker.release()
+
+
+def test_lease_expires_after_ttl_and_heartbeat_keeps_it(tmp_path):
+    holder = RunLease(str(tmp_path), "r", ttl_s=2.0)
+    holder.acquire()
+    time.sleep(3.0)  # heartbeats every 1 s keep it fresh
+    with pytest.raises(LeaseHeld):
+        RunLease(str(tmp_path), "r", ttl_s=2.0).acquire()
+    holder._stop.set()  # a hung holder: heartbeats stop, the lease ages out
+    holder._thread.join()
+    time.sleep(2.5)
+    taker = RunLease(str(tmp_path), "r", ttl_s=2.0)
+    taker.acquire()
+    # The paused holder wakes up: its next heartbeat finds the lease taken and fences it off.
+    holder._stop.clear()
+    holder._thread = threading.Thread(target=holder._beat, daemon=True)
+    holder._thread.start()
+    time.sleep(1.5)
+    with pytest.raises(LeaseHeld, match="taken over"):
+        holder.check()
+    holder.release()  # must not delete the new holder's lease
+    assert taker.me.owner in (tmp_path / "_leases" / "r.json").read_text()
+    taker.release()
+    assert not (tmp_path / "_leases" / "r.json").exists()

@@ -208,29 +208,36 @@ class Lake:
                          data_change=True, stats=json.dumps({"numRecords": data.num_rows}))
 
     def replace_violations(self, rows: pa.Table, *, policy_id: str, policy_version: int, run_id: str) -> None:
-        """Replace one policy version's violations in a single atomic commit."""
+        """Replace one policy version's violations in a single atomic commit.
+
+        Readers see the old rows or the new ones, never a mix. A decide of another version
+        committing at the same moment is a conflict delta-rs reports; the replace is retried on
+        the reloaded table (bounded, with backoff)."""
         from deltalake import CommitProperties, write_deltalake
+        from deltalake.exceptions import CommitFailedError
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
         data = conform(rows, TABLE_SCHEMAS["violations"])
-        if not self.exists("violations"):
-            write_deltalake(
-                self.uri("violations"),
-                data,
-                mode="append",
-                partition_by=VIOLATIONS_PARTITIONS,
-                storage_options=self.options,
-                commit_properties=CommitProperties(custom_metadata={"moderation.run_id": run_id}),
-            )
-            return
+        props = CommitProperties(custom_metadata={"moderation.run_id": run_id})
         pid = policy_id.replace("'", "''")
-        write_deltalake(
-            self.uri("violations"),
-            data,
-            mode="overwrite",
-            predicate=f"policy_id = '{pid}' AND policy_version = {int(policy_version)}",
-            storage_options=self.options,
-            commit_properties=CommitProperties(custom_metadata={"moderation.run_id": run_id}),
-        )
+        for attempt in Retrying(retry=retry_if_exception_type((CommitFailedError, _TableCreated)),
+                                stop=stop_after_attempt(COMMIT_ATTEMPTS), reraise=True,
+                                wait=wait_exponential_jitter(initial=0.2, max=5.0)):
+            with attempt:
+                if not self.exists("violations"):
+                    try:
+                        write_deltalake(self.uri("violations"), data, mode="append", partition_by=VIOLATIONS_PARTITIONS,
+                                        storage_options=self.options, commit_properties=props)
+                    except Exception as e:  # noqa: BLE001 - another decide may have created it
+                        if self.exists("violations"):
+                            raise _TableCreated() from e
+                        raise
+                    return
+                write_deltalake(
+                    self.uri("violations"), data, mode="overwrite",
+                    predicate=f"policy_id = '{pid}' AND policy_version = {int(policy_version)}",
+                    storage_options=self.options, commit_properties=props,
+                )
 
     def get_run(self, run_id: str) -> dict | None:
         runs = self.read("runs", filter=pc.field("run_id") == run_id)

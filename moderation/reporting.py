@@ -124,11 +124,13 @@ def read_snapshot(spark: SparkSession, lake: Lake, table: str, *, version: int |
     struct = spark_schema(logical)
     partitions = list(dt.metadata().partition_columns)
     groups = _files_by_partition(dt, uri=uri, partitions=partitions)
-    if groups:
+    if groups and uri.startswith("s3://") and not _has_s3a(spark):
+        df = _read_through_arrow(spark, groups, logical=logical, partitions=partitions)
+    elif groups:
         data_schema = spark_schema(pa.schema([f for f in logical if f.name not in partitions]))
         frames = [
             spark.read.schema(data_schema)
-            .parquet(*files)
+            .parquet(*("s3a://" + f[len("s3://"):] if f.startswith("s3://") else f for f in files))
             .withColumns({name: F.lit(value).cast(struct[name].dataType) for name, value in zip(partitions, values)})
             for values, files in groups.items()
         ]
@@ -143,6 +145,39 @@ def read_snapshot(spark: SparkSession, lake: Lake, table: str, *, version: int |
             if field.name not in logical.names:
                 df = df.withColumn(field.name, F.lit(None).cast(field.dataType))
     return df
+
+
+def _has_s3a(spark: SparkSession) -> bool:
+    """Whether this Spark can read ``s3a://`` itself (hadoop-aws on the classpath)."""
+    try:
+        spark.sparkContext._jvm.java.lang.Class.forName("org.apache.hadoop.fs.s3a.S3AFileSystem")
+        return True
+    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
+        return False
+
+
+def _read_through_arrow(spark: SparkSession, groups: dict[tuple, list[str]], *, logical: pa.Schema,
+                        partitions: list[str]) -> DataFrame:
+    """The same snapshot files read by pyarrow (S3 through the AWS credential chain) and handed
+    to Spark as Arrow, for a Spark without the S3A connector (hadoop-aws cannot be fetched
+    here). Exact, but the rows pass through the driver: on a cluster, put hadoop-aws on the
+    classpath and Spark reads the file list itself."""
+    import pyarrow.parquet as pq
+
+    from moderation.lake import arrow_filesystem
+
+    data_schema = pa.schema([f for f in logical if f.name not in partitions])
+    parts = []
+    for values, files in groups.items():
+        for path in files:
+            fs, p = arrow_filesystem(path)
+            t = pq.read_table(p, filesystem=fs, schema=data_schema)
+            for name, value in zip(partitions, values):
+                t = t.append_column(logical.field(name), pa.array([value] * t.num_rows, pa.string()).cast(
+                    logical.field(name).type))
+            parts.append(t.select(logical.names))
+    table = pa.concat_tables(parts) if parts else logical.empty_table()
+    return spark.createDataFrame(table, schema=spark_schema(logical))
 
 
 def _check_readable(dt, *, uri: str) -> None:

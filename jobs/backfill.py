@@ -16,6 +16,9 @@ from moderation.errors import ModerationError
 
 
 def main(argv: list[str] | None = None) -> int:
+    from moderation.redact import install
+
+    install()  # before deltalake is imported: secrets never reach logs or printed errors
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--catalog", required=True)
     p.add_argument("--lake", required=True)

@@ -25,6 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the report; print its summary. Returns the exit status (1 on a user error)."""
+    from moderation.redact import install
+
+    install()  # before deltalake is imported: secrets never reach logs or printed errors
     args = parse_args(argv)
     try:
         # Executors resolve relative paths against their own working directory.

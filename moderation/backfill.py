@@ -54,15 +54,30 @@ class BackfillResult:
 
 
 def run_accounting(lake: Lake, run_id: str) -> tuple[int, int, int]:
-    """(scores rows, quarantine rows, duplicated (item, modality, model) keys) of ``run_id``."""
-    flt = pc.field("run_id") == run_id
-    key = ["item_id", "modality", "model_id"]
-    s = lake.read("scores", filter=flt, columns=key)
-    q = lake.read("quarantine", filter=flt, columns=key)
-    keys = pa.concat_tables([s, q], promote_options="permissive")
-    keys = keys.filter(pc.is_valid(keys.column("item_id")))  # id-less rows are quarantined, never keyed
-    distinct = keys.group_by(key).aggregate([]).num_rows
-    return s.num_rows, q.num_rows, keys.num_rows - distinct
+    """(scores rows, quarantine rows, duplicated (item, modality, model) keys) of ``run_id``.
+
+    Counted by DataFusion inside delta-rs, so the driver never holds the run's keys."""
+    from deltalake import QueryBuilder
+
+    rid = run_id.replace("'", "''")
+    qb = QueryBuilder()
+    parts, counts = [], {}
+    for table in ("scores", "quarantine"):
+        dt = lake.open(table)
+        if dt is None:
+            counts[table] = 0
+            continue
+        qb.register(table, dt)
+        counts[table] = pa.table(qb.execute(f"SELECT count(*) AS n FROM {table} WHERE run_id = '{rid}'").read_all()
+                                 ).column("n")[0].as_py()
+        # Id-less rows are quarantined, never keyed.
+        parts.append(f"SELECT item_id, modality, model_id FROM {table} WHERE run_id = '{rid}' AND item_id IS NOT NULL")
+    dupes = 0
+    if parts:
+        sql = (f"SELECT coalesce(sum(n - 1), 0) AS d FROM (SELECT count(*) AS n FROM ({' UNION ALL '.join(parts)}) "
+               f"GROUP BY item_id, modality, model_id HAVING count(*) > 1)")
+        dupes = pa.table(qb.execute(sql).read_all()).column("d")[0].as_py() or 0
+    return counts["scores"], counts["quarantine"], int(dupes)
 
 
 def _done_ids(lake: Lake, run_id: str, model_id: str) -> pa.Array:
@@ -217,10 +232,10 @@ def run_backfill(
 
 def _record_failure(lake: Lake, base: dict, chunks: int, error: BaseException) -> None:
     """Mark the run failed (best effort: the store itself may be what failed)."""
-    from moderation.security import redact
+    from moderation.redact import mask
 
     try:
         lake.upsert_run(run_row(**base, status="failed", chunks_committed=chunks, ended_at=utcnow(),
-                                error=redact(f"{type(error).__name__}: {error}")[:2000]))
+                                error=mask(f"{type(error).__name__}: {error}")[:2000]))
     except Exception as e:  # noqa: BLE001 - the original error is what the user must see
         log.error("could not record the failure of run %s: %s", base["run_id"], type(e).__name__)

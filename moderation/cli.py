@@ -219,6 +219,9 @@ def bank_add(
 
 
 def main() -> None:
+    from moderation.redact import install
+
+    install()  # before deltalake is imported: secrets never reach logs or printed errors
     try:
         app()
     except KeyboardInterrupt:

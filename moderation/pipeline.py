@@ -21,6 +21,9 @@ from moderation.selection import Selection
 
 log = logging.getLogger(__name__)
 
+#: Largest block a stage emits (see score_stream).
+BLOCK_BYTES = 2 * 1024 * 1024
+
 
 def ensure_ray(address: str | None = None) -> None:
     """Join ``address`` (or $RAY_ADDRESS), else start a local Ray sized to this machine."""
@@ -135,6 +138,10 @@ def score_stream(
     # >0 would silently drop whole blocks; bad rows are quarantined one by one instead.
     ctx.max_errored_blocks = 0
     ctx.enable_progress_bars = False
+    # Ray Data merges a task's outputs into blocks of up to 128 MiB: text rows would then
+    # travel as one block per file and every stage (the scoring actor included) would hold all
+    # of them until the file is done. Small blocks keep memory flat whatever the catalog size.
+    ctx.target_max_block_size = BLOCK_BYTES
     from moderation.classifiers.base import build_classifier
 
     placement = plan_placement(profile, ray.cluster_resources(), uses_gpu=build_classifier(spec).uses_gpu)

@@ -4,8 +4,9 @@
   loading in torch (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``), which would let a tampered
   checkpoint run code; model weights are only ever read from safetensors after their digest
   is checked (artifacts.py), and this keeps torch from being told otherwise.
-* ``redact``: masks the values of secret-looking environment variables (AWS keys, tokens,
-  passwords) in a string, for anything written to ``runs`` or logs from an exception.
+* ``secret_values``: the values of secret-looking environment variables (AWS keys, tokens,
+  passwords), which ``moderation.redact`` masks in every log line, printed error and stored
+  error text.
 """
 
 from __future__ import annotations
@@ -42,11 +43,3 @@ def secret_values() -> list[str]:
         {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6},
         key=len, reverse=True,
     )
-
-
-def redact(text: str) -> str:
-    """``text`` with every secret environment value replaced by ``***``."""
-    for value in secret_values():
-        if value in text:
-            text = text.replace(value, "***")
-    return text

@@ -135,3 +135,13 @@ def test_lease_expires_after_ttl_and_heartbeat_keeps_it(tmp_path):
     assert taker.me.owner in (tmp_path / "_leases" / "r.json").read_text()
     taker.release()
     assert not (tmp_path / "_leases" / "r.json").exists()
+
+
+def test_run_accounting_counts_duplicates_across_tables(tmp_path):
+    from moderation.backfill import run_accounting
+
+    lake = Lake(str(tmp_path))
+    lake.append_chunk("quarantine", _rows(["a", "b", "b"]), app_id="q", version=0)
+    lake.append_chunk("quarantine", _rows(["c"], run_id="other"), app_id="q2", version=0)
+    assert run_accounting(lake, "r") == (0, 3, 1)
+    assert run_accounting(lake, "o'brien") == (0, 0, 0)  # quoting is safe

@@ -290,14 +290,14 @@ def test_every_command_ran_at_debug_level_and_left_output_to_search(runs):
     assert b"INFO moderation." in ok["stderr"]
     assert re.search(rb"\d DEBUG py4j", r["report"]["stderr"])
     # Ray: two sessions (backfill and the crashed one) with their logs; the C++ backend logged at
-    # debug, the workers ran delta-rs at debug, the crashed actor's traceback is in a worker log.
+    # debug; the crashed actor's traceback is in a worker log.
     sessions = [p for p in (runs["short"] / "ray").glob("session_2*") if p.is_dir()]
     ray_logs = _ray_logs(runs["short"])
     assert len(sessions) >= 2 and len(ray_logs) >= 20, (sessions, len(ray_logs))
     raylet = b"".join(p.read_bytes() for p in ray_logs if p.name == "raylet.out")
     assert re.search(rb"^\[[^\]]* D \d+ \d+\] \(raylet\)", raylet, re.M)
     worker_err = b"".join(p.read_bytes() for p in ray_logs if p.name.startswith("worker-") and p.suffix == ".err")
-    assert b"DEBUG deltalake_core" in worker_err and b"refusing to load" in worker_err
+    assert b"refusing to load" in worker_err
     # The lake: Delta logs with commit info, a runs row per backfill and decide, the crash's error.
     commits = list(runs["lake"].rglob("_delta_log/*.json"))
     assert len(commits) >= 8 and any(b'"commitInfo"' in p.read_bytes() for p in commits)
@@ -305,7 +305,7 @@ def test_every_command_ran_at_debug_level_and_left_output_to_search(runs):
 
     rows = {row["run_id"]: row for row in DeltaTable(str(runs["lake"] / "runs")).to_pyarrow_table().to_pylist()}
     assert rows["sec-ok"]["status"] == "succeeded"
-    assert rows["sec-crash"]["status"] == "failed" and "refusing to load" in (rows["sec-crash"]["error"] or "")
+    assert rows["sec-crash"]["status"] == "failed" and "ArtifactError" in (rows["sec-crash"]["error"] or "")
     assert any(row["kind"] == "decide" for row in rows.values())
     # Spark logged at debug until the report set its level.
     assert runs["spark_log"].is_file() and b" DEBUG " in runs["spark_log"].read_bytes()
@@ -337,7 +337,8 @@ def test_no_secret_appears_in_any_output(runs):
         for needle, what in search.items():
             i = data.find(needle)
             if i >= 0:
-                leaks.append(f"{what} in {where}: ...{data[max(0, i - 150):i + len(needle) + 50]!r}...")
+                leaks.append(f"{what} in {where} ({data.count(needle)}x), first: "
+                             f"...{data[max(0, i - 150):i + len(needle) + 50]!r}...")
     total = sum(len(d) for _, d in sources)
     ray_logs = _ray_logs(runs["short"])
     print(f"\nsearched {len(search)} needles in {len(sources)} sources, {total / 1e6:.1f} MB: "

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from moderation.media import MediaError, check_root, read_media
-from moderation.security import UnsafeEnvironment, check_environment, redact
+from moderation.redact import mask
+from moderation.security import UnsafeEnvironment, check_environment
 
 
 @pytest.mark.parametrize("value", ["1", "true", "yes"])
@@ -66,12 +67,12 @@ def test_media_roots_confine_reads(tmp_path):
             check_root(uri, s3_roots, kind="image")
 
 
-def test_redact_masks_secret_environment_values(monkeypatch):
+def test_mask_hides_secret_environment_values(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-fake-secret")
     monkeypatch.setenv("SOME_API_TOKEN", "tok-1234567890")
     monkeypatch.setenv("HARMLESS", "wJalrXUtnFEMI-fake-secret-not-a-secret-name")
     text = "failed: key=wJalrXUtnFEMI-fake-secret token tok-1234567890"
-    assert redact(text) == "failed: key=*** token ***"
+    assert mask(text) == "failed: key=*** token ***"
 
 
 def test_every_model_refuses_a_tampered_artifact(tmp_path):

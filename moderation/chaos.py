@@ -179,13 +179,16 @@ def compare_violations(reference: Lake, chaos: Lake, policy: str | Path) -> bool
 def chaos_backfill(
     *, catalog: str, workdir: Path, policy: str | Path, profile: str | Path | None = None, kills: int = 10,
     faults: list[str] | None = None, seed: int = 0, extra_args: list[str] | None = None,
+    lakes_root: str | None = None,
 ) -> ChaosReport:
     """Reference run, then a run killed ``kills`` times at random moments (and once at each of
-    ``faults``, named fault points), resumed after each kill, then compared."""
+    ``faults``, named fault points), resumed after each kill, then compared. The two lakes
+    live under ``lakes_root`` (a folder or ``s3://`` prefix; default ``workdir``)."""
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "attempts.log"
-    ref_lake, chaos_lake = Lake(str(workdir / "reference-lake")), Lake(str(workdir / "chaos-lake"))
+    base = lakes_root.rstrip("/") if lakes_root else str(workdir)
+    ref_lake, chaos_lake = Lake(f"{base}/reference-lake"), Lake(f"{base}/chaos-lake")
     report = ChaosReport()
 
     ref = run_attempt(backfill_command(catalog, ref_lake.root, policy, "reference", profile, extra_args), log_path=log)

@@ -39,8 +39,10 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _fail(err: ModerationError) -> None:
+    """One line on stderr; exit 2 (bad input, nothing written) or the error's own code (3: the
+    store failed mid-run, resumable)."""
     typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=getattr(err, "exit_code", 2))
 
 
 def _abs_uri(uri: str) -> str:
@@ -226,6 +228,12 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as e:  # a store that cannot be reached outside a run (opening the lake, ...)
+        import re
+
+        text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))[:500]
+        print(f"error: storage failed: {text}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,10 @@ class ArtifactError(ModerationError):
 
 class LakeError(ModerationError):
     """An output table is missing or inconsistent with what a command needs."""
+
+
+class StorageError(ModerationError):
+    """The lake's or catalog's store failed mid-run (unreachable, timed out). Committed chunks
+    are kept; running the same command again resumes the run."""
+
+    exit_code = 3

@@ -35,12 +35,20 @@ class _TableCreated(Exception):
     """The table appeared while this writer tried to create it: retry as an append."""
 
 
+#: object_store retry/timeouts for S3 (overridable through $MODERATION_S3_<NAME>, e.g.
+#: MODERATION_S3_RETRY_TIMEOUT=120s). A run that still fails is resumed with the same command.
+S3_RETRY_OPTIONS = {"max_retries": "3", "retry_timeout": "30s", "timeout": "30s", "connect_timeout": "5s"}
+
+
 def storage_options(uri: str) -> dict[str, str] | None:
     """Options for delta-rs. Credentials are never put here: delta-rs and boto3 read them
     from the standard AWS environment and credential chain themselves."""
     if not uri.startswith("s3://"):
         return None
-    opts: dict[str, str] = {}
+    # Commits are conditional PUTs (If-None-Match: *), which S3 and S3-compatible stores such as
+    # SeaweedFS enforce atomically: no locking provider, no unsafe rename. Retries are bounded:
+    # with the object_store defaults a hung store stalls every call for 3 minutes.
+    opts: dict[str, str] = {"conditional_put": "etag", **S3_RETRY_OPTIONS}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         opts["AWS_ENDPOINT_URL"] = endpoint
@@ -48,6 +56,10 @@ def storage_options(uri: str) -> dict[str, str] | None:
             opts["AWS_ALLOW_HTTP"] = "true"
     if "AWS_REGION" not in os.environ and "AWS_DEFAULT_REGION" not in os.environ:
         opts["AWS_REGION"] = "us-east-1"
+    for name in S3_RETRY_OPTIONS:
+        override = os.environ.get(f"MODERATION_S3_{name.upper()}")
+        if override:
+            opts[name] = override
     return opts
 
 

@@ -191,11 +191,15 @@ class _LocalStore:
 class _S3Store:
     def __init__(self, uri: str) -> None:
         import boto3
+        from botocore.config import Config
 
         from moderation.lake import storage_options
 
         self.bucket, _, self.key = uri[len("s3://"):].partition("/")
-        self.client = boto3.client("s3", endpoint_url=(storage_options(uri) or {}).get("AWS_ENDPOINT_URL"))
+        self.client = boto3.client(
+            "s3", endpoint_url=(storage_options(uri) or {}).get("AWS_ENDPOINT_URL"),
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+        )
 
     def _code(self, e) -> str:
         return e.response.get("Error", {}).get("Code", "")

@@ -173,8 +173,9 @@ def _read_through_arrow(spark: SparkSession, groups: dict[tuple, list[str]], *, 
             fs, p = arrow_filesystem(path)
             t = pq.read_table(p, filesystem=fs, schema=data_schema)
             for name, value in zip(partitions, values):
-                t = t.append_column(logical.field(name), pa.array([value] * t.num_rows, pa.string()).cast(
-                    logical.field(name).type))
+                typ = logical.field(name).type
+                column = pa.nulls(t.num_rows, typ) if value is None else pa.array([value] * t.num_rows).cast(typ)
+                t = t.append_column(logical.field(name), column)
             parts.append(t.select(logical.names))
     table = pa.concat_tables(parts) if parts else logical.empty_table()
     return spark.createDataFrame(table, schema=spark_schema(logical))

@@ -42,9 +42,9 @@ def test_append_merge_read_round_trip(s3):
     uri = f"s3://{s3.bucket}/round_trip"
     assert not DeltaTable.is_deltatable(uri, storage_options=DELTA_S3_OPTIONS)
     write_deltalake(uri, pa.table({"id": [1, 2], "v": ["a", "b"], "p": ["x", "y"]}), partition_by=["p"],
-                    storage_options=DELTA_S3_OPTIONS)  # fmt: skip
+                    storage_options=DELTA_S3_OPTIONS)
     write_deltalake(uri, pa.table({"id": [3], "v": ["c"], "p": ["x"]}), mode="append", storage_options=DELTA_S3_OPTIONS,
-                    commit_properties=CommitProperties(app_transactions=[Transaction("job-1", 7)]))  # fmt: skip
+                    commit_properties=CommitProperties(app_transactions=[Transaction("job-1", 7)]))
     dt = DeltaTable(uri, storage_options=DELTA_S3_OPTIONS)
     assert DeltaTable.is_deltatable(uri, storage_options=DELTA_S3_OPTIONS)
     assert dt.transaction_version("job-1") == 7 and dt.transaction_version("other") is None
@@ -52,10 +52,10 @@ def test_append_merge_read_round_trip(s3):
     metrics = (
         dt.merge(pa.table({"id": [2, 4], "v": ["B", "d"], "p": ["y", "y"]}), "t.id = s.id", source_alias="s", target_alias="t")
         .when_matched_update_all().when_not_matched_insert_all().execute()
-    )  # fmt: skip
+    )
     assert (metrics["num_target_rows_updated"], metrics["num_target_rows_inserted"]) == (1, 1)
     write_deltalake(uri, pa.table({"id": [9], "v": ["z"], "p": ["x"]}), mode="overwrite", predicate="p = 'x'",
-                    storage_options=DELTA_S3_OPTIONS)  # fmt: skip
+                    storage_options=DELTA_S3_OPTIONS)
 
     dt = DeltaTable(uri, storage_options=DELTA_S3_OPTIONS)
     assert dt.version() == 3

@@ -188,7 +188,7 @@ def run_backfill(
         chunks = 0
         selected = sum(selection.selected(m.modality) for m in models)
         try:
-            ensure_ray(ray_address)
+            ensure_ray(ray_address, object_store_mb=profile.object_store_mb)
             with tqdm(total=selected, unit="pair", desc=f"backfill {run_id}", disable=not progress) as bar:
                 for model in models:
                     # The writer reads the chunks committed so far before the done ids, so

@@ -191,6 +191,10 @@ class RunProfile(_Strict):
     media_roots: list[str] = Field(default_factory=list)
     #: Seconds after its last heartbeat that a run's lease counts as abandoned (see lease.py).
     lease_ttl_s: float = Field(default=600.0, gt=0)
+    #: Object store memory (MiB) Ray Data may fill with blocks in flight, and the size of the
+    #: object store of a local Ray this job starts: what keeps peak memory flat as the catalog
+    #: grows (Ray's default store is 30% of RAM, and its pages stay resident once touched).
+    object_store_mb: int = Field(default=512, ge=64)
 
 
 # --------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 BLOCK_BYTES = 2 * 1024 * 1024
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Join ``address`` (or $RAY_ADDRESS), else start a local Ray sized to this machine."""
+def ensure_ray(address: str | None = None, *, object_store_mb: int | None = None) -> None:
+    """Join ``address`` (or $RAY_ADDRESS), else start a local Ray sized to this machine, with
+    an object store of ``object_store_mb`` MiB (default: Ray's, 30% of RAM)."""
     import ray
 
     if ray.is_initialized():
@@ -35,7 +36,8 @@ def ensure_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING,
+                 object_store_memory=object_store_mb * 2**20 if object_store_mb else None)
 
 
 def _quiet_ray_data() -> None:
@@ -109,6 +111,8 @@ class ScoreActor:
         from moderation.security import check_environment
 
         check_environment()  # a worker's environment can differ from the driver's
+        _bound_malloc()
+        self.batches = 0
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.classifier = build_classifier(spec, batch_size=batch_size, context=context)
@@ -117,7 +121,41 @@ class ScoreActor:
             self.classifier.to_half()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.classifier.process_batch(batch)
+        out = self.classifier.process_batch(batch)
+        self.batches += 1
+        if self.batches % TRIM_EVERY == 0:
+            _trim_malloc()
+        return out
+
+
+#: Scored batches between two malloc_trim calls in a scoring actor.
+TRIM_EVERY = 32
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _bound_malloc() -> None:
+    """Cap glibc's malloc arenas at 2 in a long-lived scoring actor. With one arena per thread
+    (torch's and tokenizers' pools) freed memory stays scattered over many arenas and the
+    actor's RSS creeps up with every batch; measured by scripts/bench_memory.py."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def _trim_malloc() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``); a no-op elsewhere."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def score_stream(
@@ -142,6 +180,10 @@ def score_stream(
     # travel as one block per file and every stage (the scoring actor included) would hold all
     # of them until the file is done. Small blocks keep memory flat whatever the catalog size.
     ctx.target_max_block_size = BLOCK_BYTES
+    # Bound the blocks in flight (backpressure): without it Ray Data may fill the whole store.
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+        object_store_memory=profile.object_store_mb * 2**20 // 2
+    )
     from moderation.classifiers.base import build_classifier
 
     placement = plan_placement(profile, ray.cluster_resources(), uses_gpu=build_classifier(spec).uses_gpu)

@@ -124,3 +124,35 @@ def test_parquet_folder_catalog(tmp_path):
     snap = open_catalog(str(folder))
     assert not snap.is_delta and snap.version is None and len(snap.files) == 2
     assert sorted(r["item_id"] for r in _rows(snap, ["item_id"])) == ["a", "b"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_backfill_through_the_column_mapping_and_a_refused_table(delta_dir, tmp_path):
+    """The command a user runs, end to end (its own local Ray): the Spark-written,
+    column-mapped, partitioned table is scored through --map; the deletion-vector table is
+    refused with one line and nothing is written."""
+    import subprocess
+    import sys
+
+    from moderation.lake import Lake
+    from tests.conftest import POLICY_V1
+
+    lake = tmp_path / "lake"
+    base = [sys.executable, "-m", "moderation.cli", "backfill", "--lake", str(lake), "--policy", str(POLICY_V1)]
+    ok = subprocess.run(base + ["--catalog", str(delta_dir / "table_with_column_mapping"), "--run-id", "cm",
+                                "--map", "item_id=Super Name", "--map", "title=Super Name",
+                                "--map", "item_type=Company Very Short"],
+                        capture_output=True, text=True, timeout=280)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    scores = Lake(str(lake)).read("scores").to_pylist()
+    assert sorted(r["item_id"] for r in scores) == sorted(
+        r["item_id"] for r in _reference(str(delta_dir / "table_with_column_mapping"), '"Super Name" AS item_id'))
+    assert {r["item_type"] for r in scores} == {"BMS", "BME"}
+    assert Lake(str(lake)).get_run("cm")["catalog_columns"] == [
+        "item_id=Super Name", "item_type=Company Very Short", "title=Super Name"]
+    refused = subprocess.run(base + ["--catalog", str(delta_dir / "table-with-dv-small"), "--run-id", "dv",
+                                     "--map", "item_id=value", "--map", "title=value"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "deletionVectors" in refused.stderr
+    assert Lake(str(lake)).get_run("dv") is None

@@ -35,6 +35,17 @@ class _TableCreated(Exception):
     """The table appeared while this writer tried to create it: retry as an append."""
 
 
+def _commit_retrying(*extra: type[BaseException]):
+    """Bounded, jittered retries for one commit: a CommitFailedError (another writer won the
+    version), a table created concurrently, and ``extra`` error types."""
+    from deltalake.exceptions import CommitFailedError
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+    return Retrying(retry=retry_if_exception_type((CommitFailedError, _TableCreated, *extra)),
+                    stop=stop_after_attempt(COMMIT_ATTEMPTS), wait=wait_exponential_jitter(initial=0.2, max=5.0),
+                    reraise=True)
+
+
 #: object_store retry/timeouts for S3 (overridable through $MODERATION_S3_<NAME>, e.g.
 #: MODERATION_S3_RETRY_TIMEOUT=120s). A run that still fails is resumed with the same command.
 S3_RETRY_OPTIONS = {"max_retries": "3", "retry_timeout": "30s", "timeout": "30s", "connect_timeout": "5s"}
@@ -163,18 +174,12 @@ class Lake:
         Returns True when this call committed, False when the table already held it.
         """
         from deltalake import CommitProperties, Transaction, write_deltalake
-        from deltalake.exceptions import CommitFailedError
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
         data = conform(rows, TABLE_SCHEMAS[table])
         props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=version)])
         add = None
-        retrying = Retrying(
-            retry=retry_if_exception_type((CommitFailedError, _TableCreated, OSError)),
-            stop=stop_after_attempt(COMMIT_ATTEMPTS), wait=wait_exponential_jitter(initial=0.2, max=5.0),
-            reraise=True,
-        )
-        for attempt in retrying:
+        # OSError too: a commit can fail on the wire after it landed; the check above it tells.
+        for attempt in _commit_retrying(OSError):
             with attempt:
                 dt = self.open(table)
                 if dt is None:
@@ -226,15 +231,11 @@ class Lake:
         committing at the same moment is a conflict delta-rs reports; the replace is retried on
         the reloaded table (bounded, with backoff)."""
         from deltalake import CommitProperties, write_deltalake
-        from deltalake.exceptions import CommitFailedError
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
         data = conform(rows, TABLE_SCHEMAS["violations"])
         props = CommitProperties(custom_metadata={"moderation.run_id": run_id})
         pid = policy_id.replace("'", "''")
-        for attempt in Retrying(retry=retry_if_exception_type((CommitFailedError, _TableCreated)),
-                                stop=stop_after_attempt(COMMIT_ATTEMPTS), reraise=True,
-                                wait=wait_exponential_jitter(initial=0.2, max=5.0)):
+        for attempt in _commit_retrying():
             with attempt:
                 if not self.exists("violations"):
                     try:
@@ -264,13 +265,9 @@ class Lake:
         retried on the reloaded table (bounded, with backoff). Columns this table predates are
         added (schema evolution is additive only)."""
         from deltalake import write_deltalake
-        from deltalake.exceptions import CommitFailedError
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
         data = pa.Table.from_pylist([row], schema=RUNS_SCHEMA)
-        for attempt in Retrying(retry=retry_if_exception_type((CommitFailedError, _TableCreated)),
-                                stop=stop_after_attempt(COMMIT_ATTEMPTS), reraise=True,
-                                wait=wait_exponential_jitter(initial=0.2, max=5.0)):
+        for attempt in _commit_retrying():
             with attempt:
                 dt = self.open("runs")
                 if dt is None:

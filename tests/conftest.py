@@ -40,7 +40,7 @@ def ray_local():
     import ray
 
     # 2 logical CPUs like the CI machine; the pipeline must leave one free for reads.
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

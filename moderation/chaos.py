@@ -33,6 +33,7 @@ class Attempt:
     returncode: int
     seconds: float
     killed: bool
+    started: float = 0.0  # wall clock (epoch seconds) at process start
 
 
 @dataclass
@@ -104,6 +105,7 @@ def run_attempt(cmd: list[str], *, kill_after: float | None = None, faults: str 
     if faults:
         env["MODERATION_FAULTS"] = faults
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    started = time.time()
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     killed = False
@@ -125,7 +127,8 @@ def run_attempt(cmd: list[str], *, kill_after: float | None = None, faults: str 
             out.close()
     killed = killed or proc.returncode == -signal.SIGKILL
     label = faults or (f"kill@{kill_after:.1f}s" if kill_after is not None else "none")
-    return Attempt(fault=label, returncode=proc.returncode, seconds=time.monotonic() - t0, killed=killed)
+    return Attempt(fault=label, returncode=proc.returncode, seconds=time.monotonic() - t0, killed=killed,
+                   started=started)
 
 
 def compare_runs(reference: Lake, ref_run: str, chaos: Lake, chaos_run: str, report: ChaosReport) -> None:
@@ -195,8 +198,11 @@ def chaos_backfill(
     if ref.returncode != 0:
         raise RuntimeError(f"the reference run failed (exit {ref.returncode}); see {log}")
     duration = ref.seconds
-    ref_pairs = sum(ref_lake.read(t, filter=pc.field("run_id") == "reference", columns=["item_id"]).num_rows
-                    for t in ("scores", "quarantine"))
+    flt = pc.field("run_id") == "reference"
+    ref_pairs = sum(ref_lake.read(t, filter=flt, columns=["item_id"]).num_rows for t in ("scores", "quarantine"))
+    # Start-up (Python, catalog scan, Ray, model load) lasts until the first scored rows commit.
+    first = pc.min(ref_lake.read("scores", filter=flt, columns=["scored_at"]).column("scored_at")).as_py()
+    startup = min(duration, max(0.0, first.timestamp() - ref.started)) if first else 0.0
     cmd = backfill_command(catalog, chaos_lake.root, policy, "chaos", profile, extra_args)
     def finished() -> bool:
         run = chaos_lake.get_run("chaos")
@@ -214,8 +220,8 @@ def chaos_backfill(
         done = sum(chaos_lake.read(t, filter=pc.field("run_id") == "chaos", columns=["item_id"]).num_rows
                    for t in ("scores", "quarantine"))
         remaining = 1.0 - min(1.0, done / max(1, ref_pairs))
-        report.attempts.append(run_attempt(cmd, kill_after=rng.uniform(0.5, max(1.0, duration * max(remaining, 0.2))),
-                                           log_path=log))
+        window = startup + remaining * (duration - startup)  # what a resume has left to do
+        report.attempts.append(run_attempt(cmd, kill_after=rng.uniform(0.5, max(1.0, window)), log_path=log))
     report.attempts.append(run_attempt(cmd, log_path=log))
     compare_runs(ref_lake, "reference", chaos_lake, "chaos", report)
     report.violations_equal = compare_violations(ref_lake, chaos_lake, policy)

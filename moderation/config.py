@@ -195,6 +195,9 @@ class RunProfile(_Strict):
     #: object store of a local Ray this job starts: what keeps peak memory flat as the catalog
     #: grows (Ray's default store is 30% of RAM, and its pages stay resident once touched).
     object_store_mb: int = Field(default=512, ge=64)
+    #: Largest block (KiB) a pipeline stage emits; scored rows reach the driver, and chunks are
+    #: committed, a block at a time (2048: ~2,000 text items).
+    block_kib: int = Field(default=2048, ge=16)
 
 
 # --------------------------------------------------------------------------------------

@@ -21,8 +21,6 @@ from moderation.selection import Selection
 
 log = logging.getLogger(__name__)
 
-#: Largest block a stage emits (see score_stream).
-BLOCK_BYTES = 2 * 1024 * 1024
 
 
 def ensure_ray(address: str | None = None, *, object_store_mb: int | None = None) -> None:
@@ -179,7 +177,7 @@ def score_stream(
     # Ray Data merges a task's outputs into blocks of up to 128 MiB: text rows would then
     # travel as one block per file and every stage (the scoring actor included) would hold all
     # of them until the file is done. Small blocks keep memory flat whatever the catalog size.
-    ctx.target_max_block_size = BLOCK_BYTES
+    ctx.target_max_block_size = profile.block_kib * 1024
     # Bound the blocks in flight (backpressure): without it Ray Data may fill the whole store.
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
         object_store_memory=profile.object_store_mb * 2**20 // 2

@@ -44,7 +44,10 @@ def main(
         catalog = write_demo_catalog(str(tmp / "catalog"), items=items, data_dir=default_data_dir(), media_dir=None)
         profile = tmp / "profile.yaml"
         profile.write_text(yaml.safe_dump({"batch_size": 16, "actors": 1, "actor_num_cpus": 1.0, "torch_threads": 2,
-                                           "chunk_pairs": chunk_pairs}))
+                                           "chunk_pairs": chunk_pairs,
+                                           # small blocks: scored rows reach the driver in many
+                                           # batches, so kills land between many commits
+                                           "block_kib": 64}))
         faults = [f"{p}:{2 if p in ('after_batch', 'before_commit', 'between_chunks') else 1}" for p in POINTS] \
             if all_points else []
         report = chaos_backfill(catalog=catalog.uri, workdir=tmp, policy=policy, profile=profile, kills=kills,

@@ -21,7 +21,7 @@ def test_killed_backfill_resumes_to_exactly_the_uninterrupted_result(tmp_path, d
     catalog = write_demo_catalog(str(tmp_path / "catalog"), items=60, data_dir=data_dir)
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump({"batch_size": 8, "actors": 1, "actor_num_cpus": 1.0, "torch_threads": 2,
-                                       "chunk_pairs": 8}))
+                                       "chunk_pairs": 8, "block_kib": 32}))
     faults = ["after_selection:1", "after_batch:1", "before_commit:2", "after_commit:2", "between_chunks:2"]
     report = chaos_backfill(catalog=catalog.uri, workdir=tmp_path / "chaos", policy=POLICY_V1, profile=profile,
                             kills=1, faults=faults, seed=3)

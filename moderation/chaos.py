@@ -182,11 +182,12 @@ def compare_violations(reference: Lake, chaos: Lake, policy: str | Path) -> bool
 def chaos_backfill(
     *, catalog: str, workdir: Path, policy: str | Path, profile: str | Path | None = None, kills: int = 10,
     faults: list[str] | None = None, seed: int = 0, extra_args: list[str] | None = None,
-    lakes_root: str | None = None,
+    lakes_root: str | None = None, reference: tuple[Lake, str] | None = None,
 ) -> ChaosReport:
     """Reference run, then a run killed ``kills`` times at random moments (and once at each of
     ``faults``, named fault points), resumed after each kill, then compared. The two lakes
-    live under ``lakes_root`` (a folder or ``s3://`` prefix; default ``workdir``)."""
+    live under ``lakes_root`` (a folder or ``s3://`` prefix; default ``workdir``). ``reference``
+    (lake, run id) names an existing uninterrupted run to compare with instead of running one."""
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "attempts.log"
@@ -194,11 +195,18 @@ def chaos_backfill(
     ref_lake, chaos_lake = Lake(f"{base}/reference-lake"), Lake(f"{base}/chaos-lake")
     report = ChaosReport()
 
-    ref = run_attempt(backfill_command(catalog, ref_lake.root, policy, "reference", profile, extra_args), log_path=log)
-    if ref.returncode != 0:
-        raise RuntimeError(f"the reference run failed (exit {ref.returncode}); see {log}")
+    ref_run = "reference"
+    if reference is not None:  # an uninterrupted run of the same catalog and policy already exists
+        ref_lake, ref_run = reference
+        row = ref_lake.get_run(ref_run)
+        ref = Attempt(fault="none", returncode=0, killed=False, started=row["started_at"].timestamp(),
+                      seconds=(row["ended_at"] - row["started_at"]).total_seconds())
+    else:
+        ref = run_attempt(backfill_command(catalog, ref_lake.root, policy, ref_run, profile, extra_args), log_path=log)
+        if ref.returncode != 0:
+            raise RuntimeError(f"the reference run failed (exit {ref.returncode}); see {log}")
     duration = ref.seconds
-    flt = pc.field("run_id") == "reference"
+    flt = pc.field("run_id") == ref_run
     ref_pairs = sum(ref_lake.read(t, filter=flt, columns=["item_id"]).num_rows for t in ("scores", "quarantine"))
     # Start-up (Python, catalog scan, Ray, model load) lasts until the first scored rows commit.
     first = pc.min(ref_lake.read("scores", filter=flt, columns=["scored_at"]).column("scored_at")).as_py()
@@ -223,6 +231,6 @@ def chaos_backfill(
         window = startup + remaining * (duration - startup)  # what a resume has left to do
         report.attempts.append(run_attempt(cmd, kill_after=rng.uniform(0.5, max(1.0, window)), log_path=log))
     report.attempts.append(run_attempt(cmd, log_path=log))
-    compare_runs(ref_lake, "reference", chaos_lake, "chaos", report)
+    compare_runs(ref_lake, ref_run, chaos_lake, "chaos", report)
     report.violations_equal = compare_violations(ref_lake, chaos_lake, policy)
     return report

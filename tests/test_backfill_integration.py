@@ -178,7 +178,7 @@ def test_cli_rejects_bad_input_before_writing(env, tmp_path):
     bad_catalog = tmp_path / "bad_catalog"
     write_deltalake(str(bad_catalog), pa.table({"id": ["a"], "title": ["x"]}))
     r = runner.invoke(app, ["backfill", "--catalog", str(bad_catalog), "--lake", str(lake_dir), "--policy", str(POLICY_V1)])
-    assert r.exit_code == 2 and "missing required column(s) ['item_id', 'item_type']" in r.output
+    assert r.exit_code == 2 and "missing required column(s) ['item_id']" in r.output and "--map" in r.output
     assert not lake_dir.exists()
 
 

@@ -1,7 +1,7 @@
-"""Kill a real backfill process (SIGKILL, driver and its local Ray) at each named fault point
-and once at a random moment, resume it with the same command each time, and compare with an
+"""Kill a real backfill process (SIGKILL, driver and its local Ray) at each named fault point,
+resume it with the same command each time, and compare with an
 uninterrupted run: nothing lost, nothing duplicated, same scores and violations, one runs row.
-The full-size version is scripts/chaos_backfill.py."""
+The full-size version (with random kills too) is scripts/chaos_backfill.py."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_killed_backfill_resumes_to_exactly_the_uninterrupted_result(tmp_path, d
                                        "chunk_pairs": 8, "block_kib": 32}))
     faults = ["after_selection:1", "after_batch:1", "before_commit:2", "after_commit:2", "between_chunks:2"]
     report = chaos_backfill(catalog=catalog.uri, workdir=tmp_path / "chaos", policy=POLICY_V1, profile=profile,
-                            kills=1, faults=faults, seed=3)
+                            kills=0, faults=faults, seed=3)
     print(report.summary())
     killed = [a.fault for a in report.attempts if a.killed]
     assert killed[: len(faults)] == faults, report.summary()  # each fault point really struck

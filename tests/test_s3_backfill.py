@@ -71,7 +71,7 @@ def test_backfill_decide_report_on_s3(s3, spark):
 def test_killed_backfill_resumes_on_s3(s3, tmp_path):
     report = chaos_backfill(catalog=s3["catalog"], workdir=tmp_path, policy=POLICY_V1, profile=s3["profile"],
                             kills=0, faults=["before_commit:2", "after_commit:2"],
-                            lakes_root=f"s3://{s3['server'].bucket}/chaos")
+                            lakes_root=f"s3://{s3['server'].bucket}/chaos", reference=(s3["lake"], "s3-full"))
     assert [a.fault for a in report.attempts if a.killed] == ["before_commit:2", "after_commit:2"], report.summary()
     assert report.ok and report.lost == report.duplicated == 0 and report.reference_pairs == ITEMS, report.summary()
 

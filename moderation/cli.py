@@ -224,16 +224,36 @@ def main() -> None:
     from moderation.redact import install
 
     install()  # before deltalake is imported: secrets never reach logs or printed errors
+    code = 0
     try:
         app()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
     except OSError as e:  # a store that cannot be reached outside a run (opening the lake, ...)
         import re
 
         text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))[:500]
         print(f"error: storage failed: {text}", file=sys.stderr)
-        sys.exit(3)
+        code = 3
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Exit without the interpreter's teardown: delta-rs' native threads can abort a normal
+    exit ("terminate called without an active exception", status 134; delta-io/delta-rs#2184),
+    which would turn a finished command into a crash. A local Ray this process started is shut
+    down first, and every stream flushed."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from moderation.catalog import open_catalog, select_ids
 from moderation.classifiers.base import RunContext
 from moderation.config import config_hash, load_model_registry, load_policy, load_run_profile
-from moderation.errors import LakeError, ModerationError, StorageError
+from moderation.errors import LakeError, ModerationError, StorageError, one_line
 from moderation.faults import fault_point
 from moderation.lake import Lake
 from moderation.results import ChunkWriter, utcnow
@@ -224,7 +224,7 @@ def run_backfill(
         except OSError as e:  # delta-rs and pyarrow report an unreachable store as OSError
             _record_failure(lake, base, chunks, e)
             raise StorageError(
-                f"run {run_id}: storage failed: {_plain(e)}. Chunks committed so far are kept; run the same "
+                f"run {run_id}: storage failed: {one_line(e)}. Chunks committed so far are kept; run the same "
                 f"command again (same --run-id) to resume"
             ) from e
         except BaseException as e:
@@ -234,13 +234,6 @@ def run_backfill(
         run_id=run_id, status=status, catalog_version=snapshot.version, selected_pairs=selected,
         scored_pairs=scored, quarantined_pairs=quarantined, chunks_committed=chunks, modalities=modalities,
     )
-
-
-def _plain(error: BaseException) -> str:
-    """One line of an exception's text without the ANSI colours delta-rs puts in it."""
-    import re
-
-    return re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(error).split()))[:500]
 
 
 def _record_failure(lake: Lake, base: dict, chunks: int, error: BaseException) -> None:

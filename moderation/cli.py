@@ -232,10 +232,9 @@ def main() -> None:
     except KeyboardInterrupt:
         code = 130
     except OSError as e:  # a store that cannot be reached outside a run (opening the lake, ...)
-        import re
+        from moderation.errors import one_line
 
-        text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))[:500]
-        print(f"error: storage failed: {text}", file=sys.stderr)
+        print(f"error: storage failed: {one_line(e)}", file=sys.stderr)
         code = 3
     _exit(code)
 

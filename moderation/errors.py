@@ -33,3 +33,10 @@ class StorageError(ModerationError):
     are kept; running the same command again resumes the run."""
 
     exit_code = 3
+
+
+def one_line(error: BaseException, limit: int = 500) -> str:
+    """An exception's text on one line, without the ANSI colours delta-rs puts in it."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(error).split()))[:limit]

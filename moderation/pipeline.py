@@ -7,6 +7,7 @@ once. The driver consumes the scored batches as they stream out (see backfill.py
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -130,6 +131,7 @@ class ScoreActor:
 TRIM_EVERY = 32
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
     import ctypes
     import ctypes.util

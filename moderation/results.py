@@ -46,20 +46,31 @@ def split_results(batch: pa.Table, *, run_id: str, model: ModelSpec, now: dt.dat
         },
         schema=SCORES_SCHEMA,
     )
-    quarantine = pa.table(
+    quarantine = quarantine_table(
+        run_id=run_id, model_id=model.model_id, item_ids=q_rows.column("item_id"), modalities=q_rows.column("modality"),
+        stages=q_rows.column(QSTAGE).cast(pa.string()).fill_null("preprocess"),
+        reasons=q_rows.column(QREASON).cast(pa.string()), details=q_rows.column(QDETAIL).cast(pa.string()), now=now,
+    )
+    return scores, quarantine
+
+
+def quarantine_table(*, run_id: str, model_id: str, item_ids, modalities, stages, reasons, details,
+                     now: dt.datetime) -> pa.Table:
+    """``quarantine`` rows from per-row columns (arrays or lists) of equal length."""
+    n = len(item_ids)
+    return pa.table(
         {
-            "run_id": pa.array([run_id] * n_q, pa.string()),
-            "item_id": q_rows.column("item_id"),
-            "modality": q_rows.column("modality"),
-            "model_id": pa.array([model.model_id] * n_q, pa.string()),
-            "stage": q_rows.column(QSTAGE).cast(pa.string()).fill_null("preprocess"),
-            "reason": q_rows.column(QREASON).cast(pa.string()),
-            "detail": q_rows.column(QDETAIL).cast(pa.string()),
-            "quarantined_at": pa.array([now] * n_q, QUARANTINE_SCHEMA.field("quarantined_at").type),
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "item_id": pa.array(item_ids, pa.string()) if isinstance(item_ids, list) else item_ids,
+            "modality": pa.array(modalities, pa.string()) if isinstance(modalities, list) else modalities,
+            "model_id": pa.array([model_id] * n, pa.string()),
+            "stage": pa.array(stages, pa.string()) if isinstance(stages, list) else stages,
+            "reason": pa.array(reasons, pa.string()) if isinstance(reasons, list) else reasons,
+            "detail": pa.array(details, pa.string()) if isinstance(details, list) else details,
+            "quarantined_at": pa.array([now] * n, QUARANTINE_SCHEMA.field("quarantined_at").type),
         },
         schema=QUARANTINE_SCHEMA,
     )
-    return scores, quarantine
 
 
 class ChunkWriter:
@@ -119,16 +130,11 @@ class ChunkWriter:
         if not rows:
             return 0
         n = len(rows)
-        table = pa.table({
-            "run_id": pa.array([self.run_id] * n, pa.string()),
-            "item_id": pa.array([r.item_id for r in rows], pa.string()),
-            "modality": pa.array([modality] * n, pa.string()),
-            "model_id": pa.array([self.model.model_id] * n, pa.string()),
-            "stage": pa.array(["catalog"] * n, pa.string()),
-            "reason": pa.array([r.reason for r in rows], pa.string()),
-            "detail": pa.array([r.detail for r in rows], pa.string()),
-            "quarantined_at": pa.array([utcnow()] * n, QUARANTINE_SCHEMA.field("quarantined_at").type),
-        })
+        table = quarantine_table(
+            run_id=self.run_id, model_id=self.model.model_id, item_ids=[r.item_id for r in rows],
+            modalities=[modality] * n, stages=["catalog"] * n, reasons=[r.reason for r in rows],
+            details=[r.detail for r in rows], now=utcnow(),
+        )
         if self.lake.append_chunk("quarantine", table, app_id=f"{self.app_id}/prelude", version=0):
             self.rows_written["quarantine"] += n
         return n

@@ -71,9 +71,9 @@ class Selection:
         return batch
 
 
-def _usable_id_mask(ids: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Non-null, non-blank, valid UTF-8."""
-    fixed, bad = utf8_sanitize(ids)
+def _usable_id_mask(ids: pa.ChunkedArray, sanitized: tuple | None = None) -> pa.ChunkedArray:
+    """Non-null, non-blank, valid UTF-8 (``sanitized``: ``utf8_sanitize(ids)`` when already done)."""
+    fixed, bad = sanitized or utf8_sanitize(ids)
     mask = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(fixed)), 0), False)
     if bad:
         flags = np.ones(len(ids), dtype=bool)
@@ -128,7 +128,7 @@ def plan_selection(
             rows += t.num_rows
             ids = t.column("item_id")
             fixed, bad = utf8_sanitize(ids)
-            usable = np.asarray(_usable_id_mask(ids).to_numpy(zero_copy_only=False), dtype=bool)
+            usable = np.asarray(_usable_id_mask(ids, (fixed, bad)).to_numpy(zero_copy_only=False), dtype=bool)
             bad_set = set(bad)
             flags = {m: has(t, m) for m in live}
             raw = ids.cast(pa.binary()).to_pylist() if bad else None

@@ -225,7 +225,7 @@ def run_size(items: int, args: argparse.Namespace, workdir: Path) -> RunResult |
           f"tree PSS peak {peaks.tree_pss / MiB:.0f} MiB", flush=True)
     if not saw_raylet:
         print(f"[{items} items] WARNING: no raylet among the driver's descendants: the driver joined a Ray it did "
-              "not start (e.g. /tmp/ray/ray_current_cluster from `ray start`), so the tree figure misses Ray's "
+              "not start (e.g. one left running by `ray start`), so the tree figure misses Ray's "
               "processes.", file=sys.stderr)
     return RunResult(items=items, pairs=pairs, wall_s=wall, job_s=job_seconds(lake, run_id), peaks=peaks,
                      saw_raylet=saw_raylet)

@@ -21,7 +21,7 @@ from moderation.schemas import RUNS_SCHEMA, TABLE_SCHEMAS, VIOLATIONS_PARTITIONS
 
 log = logging.getLogger(__name__)
 
-TableName = Literal["scores", "quarantine", "violations", "runs"]
+TableName = Literal["scores", "quarantine", "violations", "runs", "removals", "diffs", "diff_samples", "enforcement"]
 #: Commit attempts per chunk (reload + check + commit) before the error is raised.
 COMMIT_ATTEMPTS = 8
 ANY = object()
@@ -96,12 +96,28 @@ def arrow_filesystem(uri: str):
     return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
 
 
+def _evolve(dt, schema: pa.Schema) -> None:
+    """Add the columns of ``schema`` a table written by an older version lacks (schema
+    evolution is additive only; older rows read them as null)."""
+    from deltalake import Field
+
+    have = set(dt.schema().to_arrow().names)
+    missing = [f for f in schema if f.name not in have]
+    if missing:
+        log.info("adding columns %s to %s", [f.name for f in missing], dt.table_uri)
+        dt.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing])
+
+
 def join_uri(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Select and cast ``table`` to exactly ``schema`` (column order, types, nullability)."""
+    """Select and cast ``table`` to exactly ``schema`` (column order, types, nullability).
+    Nullable columns the rows lack are null."""
+    for f in schema:
+        if f.name not in table.column_names and f.nullable:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise LakeError(f"internal: rows for a table lack columns {missing}")
@@ -200,6 +216,7 @@ class Lake:
                         f"{self.uri(table)}: app {app_id} is at chunk {committed}, this process expected "
                         f"{expect_previous}: another process is committing this run; stopping without committing"
                     )
+                _evolve(dt, TABLE_SCHEMAS[table])
                 if add is None:
                     add = self._write_data_file(table, data)
                 fault_point("before_commit")

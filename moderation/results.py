@@ -50,14 +50,17 @@ def split_results(batch: pa.Table, *, run_id: str, model: ModelSpec, now: dt.dat
         run_id=run_id, model_id=model.model_id, item_ids=q_rows.column("item_id"), modalities=q_rows.column("modality"),
         stages=q_rows.column(QSTAGE).cast(pa.string()).fill_null("preprocess"),
         reasons=q_rows.column(QREASON).cast(pa.string()), details=q_rows.column(QDETAIL).cast(pa.string()), now=now,
+        content_hashes=q_rows.column(CONTENT_HASH) if CONTENT_HASH in q_rows.column_names else None,
     )
     return scores, quarantine
 
 
 def quarantine_table(*, run_id: str, model_id: str, item_ids, modalities, stages, reasons, details,
-                     now: dt.datetime) -> pa.Table:
+                     now: dt.datetime, content_hashes=None) -> pa.Table:
     """``quarantine`` rows from per-row columns (arrays or lists) of equal length."""
     n = len(item_ids)
+    if content_hashes is None:
+        content_hashes = [None] * n
     return pa.table(
         {
             "run_id": pa.array([run_id] * n, pa.string()),
@@ -68,6 +71,8 @@ def quarantine_table(*, run_id: str, model_id: str, item_ids, modalities, stages
             "reason": pa.array(reasons, pa.string()) if isinstance(reasons, list) else reasons,
             "detail": pa.array(details, pa.string()) if isinstance(details, list) else details,
             "quarantined_at": pa.array([now] * n, QUARANTINE_SCHEMA.field("quarantined_at").type),
+            "content_hash": pa.array(content_hashes, pa.string()) if isinstance(content_hashes, list)
+            else content_hashes.cast(pa.string()),
         },
         schema=QUARANTINE_SCHEMA,
     )

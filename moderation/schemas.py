@@ -60,6 +60,9 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("reason", pa.string(), nullable=False),
         pa.field("detail", pa.string()),
         pa.field("quarantined_at", TS, nullable=False),
+        # What was quarantined (as in ``scores``), so a re-scan does not retry unchanged input;
+        # null for rows with no usable item id. Added with issue 5 (older rows: null).
+        pa.field("content_hash", pa.string()),
     ]
 )
 
@@ -90,7 +93,7 @@ VIOLATIONS_PARTITIONS = ["policy_id", "policy_version"]
 RUNS_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),  # backfill | decide
+        pa.field("kind", pa.string(), nullable=False),  # backfill | rescan | decide | diff | promote | enforce
         pa.field("status", pa.string(), nullable=False),  # running | succeeded | failed
         pa.field("catalog_uri", pa.string()),
         pa.field("catalog_version", pa.int64()),
@@ -117,6 +120,18 @@ RUNS_SCHEMA = pa.schema(
         pa.field("started_at", TS),
         pa.field("ended_at", TS),
         pa.field("error", pa.string()),
+        # Added with issue 5 (policy lifecycle); null in older rows.
+        pa.field("policy_path", pa.string()),  # the policy file as given (its hash: policy_hash)
+        pa.field("change_source", pa.string()),  # rescan: cdf | anti_join
+        pa.field("baseline_run_id", pa.string()),  # rescan: the last successful full run it compared with
+        pa.field("baseline_versions", STR_LIST),  # rescan: "table=version" of the lake tables it compared with
+        pa.field("unchanged_pairs", pa.int64()),  # rescan: pairs skipped as unchanged
+        pa.field("removed_pairs", pa.int64()),  # rescan: pairs recorded in removals
+        pa.field("retired_rows", pa.int64()),  # decide: rows of the previous decide dropped as removed
+        pa.field("from_version", pa.int32()),  # diff: the version compared from; promote: the previous live one
+        pa.field("diff_rows", pa.int64()),  # diff: rows written to diffs
+        pa.field("enforcement_rows", pa.int64()),  # enforce: rows the export holds for the policy
+        pa.field("forced", pa.bool_()),  # promote/backfill: a refused step was overridden with --force
     ]
 )
 
@@ -161,11 +176,118 @@ CATEGORY_TOTALS_SCHEMA = pa.schema(
     ]
 )
 
+#: One row per (item, modality) pair a re-scan found gone from the catalog (the item deleted, or
+#: its cover / audio URI removed). ``decide`` ignores scores of a pair older than its removal,
+#: so the pair's violations are retired in the next decide.
+REMOVALS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # item_deleted | media_removed
+        pa.field("catalog_uri", pa.string(), nullable=False),
+        pa.field("catalog_version", pa.int64()),  # the catalog version where the pair is gone
+        pa.field("removed_at", TS, nullable=False),
+    ]
+)
+
+#: ``moderation diff``: one row per item x category x market scope whose outcome differs
+#: between two decided versions of one policy. Rows of one (policy, from, to) are replaced
+#: together.
+DIFFS_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string(), nullable=False),
+        pa.field("from_version", pa.int32(), nullable=False),
+        pa.field("to_version", pa.int32(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("market_scope", pa.string(), nullable=False),
+        # newly_violating | cleared | action_changed | newly_review | review_cleared
+        pa.field("change", pa.string(), nullable=False),
+        pa.field("from_decision", pa.string()),  # violation | review | null (not flagged)
+        pa.field("to_decision", pa.string()),
+        pa.field("from_action", pa.string()),
+        pa.field("to_action", pa.string()),
+        pa.field("from_score", pa.float32()),
+        pa.field("to_score", pa.float32()),
+        pa.field("item_type", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("markets", STR_LIST),
+        pa.field("from_run_id", pa.string()),  # the decide runs compared
+        pa.field("to_run_id", pa.string()),
+        pa.field("run_id", pa.string(), nullable=False),  # the diff run
+        pa.field("diffed_at", TS, nullable=False),
+    ]
+)
+
+#: ``moderation diff``: a stratified sample of changed rows (by category x change) for human
+#: review before the new version is enforced.
+DIFF_SAMPLES_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string(), nullable=False),
+        pa.field("from_version", pa.int32(), nullable=False),
+        pa.field("to_version", pa.int32(), nullable=False),
+        pa.field("stratum", pa.string(), nullable=False),  # "<category>/<change>"
+        pa.field("stratum_size", pa.int64(), nullable=False),  # changed rows in the stratum
+        pa.field("sample_rank", pa.int32(), nullable=False),  # 0.. within the stratum
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("market_scope", pa.string(), nullable=False),
+        pa.field("change", pa.string(), nullable=False),
+        pa.field("from_score", pa.float32()),
+        pa.field("to_score", pa.float32()),
+        pa.field("item_type", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("sampled_at", TS, nullable=False),
+    ]
+)
+
+#: ``moderation enforce``: the actions the live version of each policy takes, one row per
+#: item x category x market, for downstream systems (change data feed enabled: consumers read
+#: what changed since their last version).
+ENFORCEMENT_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string(), nullable=False),
+        pa.field("policy_version", pa.int32(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("market", pa.string(), nullable=False),  # a market code, or "*" (item lists none)
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("severity", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("threshold", pa.float32(), nullable=False),
+        pa.field("decide_run_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),  # the export run
+        pa.field("exported_at", TS, nullable=False),
+    ]
+)
+
+#: Report table: diff rows counted per policy x from x to x category x item type x market x
+#: language x change (``market``: the scope's market, or each of the item's markets for "*").
+DIFF_SUMMARY_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string()),
+        pa.field("from_version", pa.int32()),
+        pa.field("to_version", pa.int32()),
+        pa.field("category", pa.string()),
+        pa.field("item_type", pa.string()),
+        pa.field("market", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("change", pa.string()),
+        pa.field("items", pa.int64()),
+    ]
+)
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "scores": SCORES_SCHEMA,
     "quarantine": QUARANTINE_SCHEMA,
     "violations": VIOLATIONS_SCHEMA,
     "runs": RUNS_SCHEMA,
+    "removals": REMOVALS_SCHEMA,
+    "diffs": DIFFS_SCHEMA,
+    "diff_samples": DIFF_SAMPLES_SCHEMA,
+    "enforcement": ENFORCEMENT_SCHEMA,
 }
 
 

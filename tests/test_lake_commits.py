@@ -27,6 +27,7 @@ def _rows(ids: list[str], run_id: str = "r") -> pa.Table:
         "run_id": [run_id] * n, "item_id": ids, "modality": ["text"] * n, "model_id": ["m"] * n,
         "stage": ["preprocess"] * n, "reason": ["no_usable_text"] * n, "detail": [None] * n,
         "quarantined_at": pa.array([utcnow()] * n, QUARANTINE_SCHEMA.field("quarantined_at").type),
+        "content_hash": [f"h-{i}" for i in ids],
     })
 
 
@@ -145,3 +146,16 @@ def test_run_accounting_counts_duplicates_across_tables(tmp_path):
     lake.append_chunk("quarantine", _rows(["c"], run_id="other"), app_id="q2", version=0)
     assert run_accounting(lake, "r") == (0, 3, 1)
     assert run_accounting(lake, "o'brien") == (0, 0, 0)  # quoting is safe
+
+
+def test_table_written_before_a_new_column_gains_it(tmp_path):
+    """Schema evolution is additive: a quarantine table from before ``content_hash`` existed
+    gets the column on the next chunk; its older rows read null."""
+    from deltalake import write_deltalake
+
+    old = _rows(["a"]).drop_columns(["content_hash"])
+    write_deltalake(str(tmp_path / "quarantine"), old.cast(pa.schema([QUARANTINE_SCHEMA.field(n) for n in old.column_names])))
+    lake = Lake(str(tmp_path))
+    assert lake.append_chunk("quarantine", _rows(["b"]), app_id="app", version=0)
+    got = {r["item_id"]: r["content_hash"] for r in lake.read("quarantine").to_pylist()}
+    assert got == {"a": None, "b": "h-b"}

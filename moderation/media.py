@@ -23,6 +23,9 @@ class MediaError(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        #: The bytes, when they were read before the item proved unusable (it cannot be
+        #: decoded): its content hash is theirs, as for a usable item.
+        self.data: bytes | None = None
 
 
 def check_root(uri: str, roots: tuple[str, ...] | None, *, kind: str) -> str:

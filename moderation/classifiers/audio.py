@@ -29,7 +29,6 @@ Quarantine reasons (the audio modality only; the item's text and image are still
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 from typing import ClassVar
@@ -38,7 +37,12 @@ import numpy as np
 import pyarrow as pa
 
 from moderation.artifacts import ctranslate2_spec, read_verified
-from moderation.classifiers.base import Classifier, RunContext, prepared
+from moderation.classifiers.base import (
+    Classifier,
+    RunContext,
+    media_content_hash,
+    prepared,
+)
 from moderation.classifiers.text import MiniLMHeadsClassifier, normalize_text
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError, ModerationError
@@ -279,13 +283,13 @@ class SpeechTextClassifier(Classifier):
                 data = read_media(uri, max_bytes=self.max_bytes, kind="audio", roots=self.context.media_roots)
                 samples = decode_audio(data, uri=uri, max_audio_s=self.max_audio_s, max_claimed_s=self.max_claimed_s)
             except MediaError as e:
-                hashes.append(hashlib.sha256(data if data is not None else (uri or "").encode()).hexdigest())
+                hashes.append(media_content_hash(data, uri))
                 pcm.append([]), starts.append([]), ends.append([])
                 reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
                 continue
             spans = speech_spans(self._vad.probabilities(samples), threshold=self.vad_threshold, n_samples=samples.size)
             windows = pack_windows(spans, window=window)
-            hashes.append(hashlib.sha256(data).hexdigest())
+            hashes.append(media_content_hash(data, uri))
             # Only speech travels to the actor, as 16-bit PCM (what FFmpeg's resampler gives;
             # half of float32): at most max_audio_s x 32 kB/s per row, 19 MB for 600 s.
             pcm.append([samples[s:e].tobytes() for s, e in windows])

@@ -16,6 +16,7 @@ that still fail are quarantined: nothing is dropped and no block is lost.
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import ClassVar
@@ -31,6 +32,9 @@ QREASON = "qreason"  # null when the row can be scored, else a quarantine reason
 QDETAIL = "qdetail"
 QSTAGE = "qstage"
 CONTENT_HASH = "content_hash"
+
+#: The catalog field holding each media modality's URI.
+MEDIA_FIELDS = {"image": "cover_image", "audio": "audio_clip"}
 
 SCORE_TYPE = pa.map_(pa.string(), pa.float32())
 EVIDENCE_TYPE = pa.map_(pa.string(), pa.string())
@@ -48,6 +52,14 @@ def prepared(
     for name, values in ((QREASON, reasons), (QDETAIL, details), (QSTAGE, stages)):
         out = out.append_column(name, pa.array(values, pa.string()))
     return out
+
+
+def media_content_hash(data: bytes | None, uri: str | None) -> str:
+    """The content hash of a media pair: SHA-256 of its bytes when they could be read (within
+    the size limit and the media roots, decodable or not), else of its URI. A re-scan compares
+    it with the stored one to skip unchanged pairs (rescan.py computes it the same way, through
+    ``Classifier.content_hashes``)."""
+    return hashlib.sha256(data if data is not None else (uri or "").encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,26 @@ class Classifier(abc.ABC):
     @abc.abstractmethod
     def preprocess(self, batch: pa.Table) -> pa.Table:
         """CPU-side preparation. Must add CONTENT_HASH, QREASON, QDETAIL, QSTAGE."""
+
+    def hash_key(self) -> tuple:
+        """Classifiers with equal keys compute equal content hashes for a row."""
+        return (self.modality, getattr(self, "max_bytes", None))
+
+    def content_hashes(self, batch: pa.Table) -> list[str]:
+        """The CONTENT_HASH ``preprocess`` gives each work row, computed without preparing the
+        input (media: the bytes are read and hashed, not decoded)."""
+        from moderation.media import MediaError, read_media
+
+        out = []
+        for uri in batch.column(MEDIA_FIELDS[self.modality]).to_pylist():
+            data = None
+            if uri:
+                try:
+                    data = read_media(uri, max_bytes=self.max_bytes, kind=self.modality, roots=self.context.media_roots)
+                except MediaError:
+                    pass
+            out.append(media_content_hash(data, uri))
+        return out
 
     def prepare(self, batch: pa.Table) -> pa.Table:
         """``preprocess`` plus the checks every modality shares: a row without an item id

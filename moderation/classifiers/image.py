@@ -13,7 +13,6 @@ for the image modality only (the item's other modalities are still scored):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 from typing import ClassVar
@@ -22,7 +21,12 @@ import numpy as np
 import pyarrow as pa
 
 from moderation.artifacts import read_verified
-from moderation.classifiers.base import Classifier, RunContext, prepared
+from moderation.classifiers.base import (
+    Classifier,
+    RunContext,
+    media_content_hash,
+    prepared,
+)
 from moderation.config import ModelSpec
 from moderation.media import MediaError, read_media
 
@@ -62,7 +66,11 @@ def load_cover(uri: str | None, *, max_bytes: int, max_pixels: int, roots: tuple
     if not uri:
         raise MediaError("image_missing", "cover_image is null or empty")
     data = read_media(uri, max_bytes=max_bytes, kind="image", roots=roots)
-    return data, decode_image(data, uri=uri, max_pixels=max_pixels)
+    try:
+        return data, decode_image(data, uri=uri, max_pixels=max_pixels)
+    except MediaError as e:
+        e.data = data
+        raise
 
 
 class OpenNsfwClassifier(Classifier):
@@ -85,11 +93,11 @@ class OpenNsfwClassifier(Classifier):
                 data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
                                        roots=self.context.media_roots)
                 arr = preprocess_image(img)
-                hashes.append(hashlib.sha256(data).hexdigest())
+                hashes.append(media_content_hash(data, uri))
                 pixels.append(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
                 reasons.append(None), details.append(None), stages.append(None)
             except MediaError as e:
-                hashes.append(hashlib.sha256((uri or "").encode()).hexdigest())
+                hashes.append(media_content_hash(e.data, uri))
                 pixels.append(None)
                 reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
         return prepared(

@@ -15,7 +15,6 @@ deployment error, raised as ``ModerationError`` rather than quarantining every i
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import shutil
@@ -24,9 +23,18 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from moderation.classifiers.base import Classifier, RunContext, prepared
+from moderation.classifiers.base import (
+    Classifier,
+    RunContext,
+    media_content_hash,
+    prepared,
+)
 from moderation.classifiers.image import load_cover
-from moderation.classifiers.text import MiniLMHeadsClassifier, normalize_text, text_segments
+from moderation.classifiers.text import (
+    MiniLMHeadsClassifier,
+    normalize_text,
+    text_segments,
+)
 from moderation.config import ModelSpec
 from moderation.errors import ConfigError, ModerationError
 from moderation.media import MediaError
@@ -161,7 +169,7 @@ class OcrTextClassifier(Classifier):
                     min_side=self.ocr_min_side, max_side=self.ocr_max_side, min_conf=self.ocr_min_conf,
                 )
             except MediaError as e:
-                hashes.append(hashlib.sha256(data if data is not None else (uri or "").encode()).hexdigest())
+                hashes.append(media_content_hash(data if data is not None else e.data, uri))
                 texts.append(None), segments.append([]), names.append([])
                 reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
                 continue
@@ -169,7 +177,7 @@ class OcrTextClassifier(Classifier):
             segs = text_segments(
                 {"body_text": text}, segment_words=self._text.segment_words, max_segments=self._text.max_segments
             )
-            hashes.append(hashlib.sha256(data).hexdigest())
+            hashes.append(media_content_hash(data, uri))
             texts.append(text)
             segments.append([s for _, s in segs])
             # The text heads report the winning segment's name as evidence: name each segment

@@ -25,7 +25,6 @@ Categories: a registry category scores matches against bank rows of the same cat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -34,7 +33,12 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from moderation.classifiers.base import Classifier, RunContext, prepared
+from moderation.classifiers.base import (
+    Classifier,
+    RunContext,
+    media_content_hash,
+    prepared,
+)
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError
 from moderation.media import MediaError
@@ -99,11 +103,11 @@ class PdqBankClassifier(Classifier):
                 data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
                                        roots=self.context.media_roots)
                 hex_, quality = pdq_hash(img)
-                hashes.append(hashlib.sha256(data).hexdigest())
+                hashes.append(media_content_hash(data, uri))
                 pdqs.append(hex_), qualities.append(quality)
                 reasons.append(None), details.append(None), stages.append(None)
             except MediaError as e:
-                hashes.append(hashlib.sha256((uri or "").encode()).hexdigest())
+                hashes.append(media_content_hash(e.data, uri))
                 pdqs.append(None), qualities.append(None)
                 reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
         return prepared(

@@ -95,6 +95,11 @@ class MiniLMEncoder:
         return out
 
 
+def text_content_hash(fields: dict[str, str]) -> str:
+    """The content hash of a text pair: SHA-256 over the normalized text fields."""
+    return hashlib.sha256("\x1f".join(fields[c] for c in TEXT_COLUMNS).encode("utf-8")).hexdigest()
+
+
 class MiniLMHeadsClassifier(Classifier):
     modality: ClassVar = "text"
 
@@ -108,13 +113,23 @@ class MiniLMHeadsClassifier(Classifier):
         self._bias: np.ndarray | None = None
 
     # ---- CPU side -------------------------------------------------------------------
+    def _fields(self, raw: dict[str, str | None]) -> dict[str, str]:
+        return {c: normalize_text(v[: self.max_chars] if v else v) for c, v in raw.items()}
+
+    def hash_key(self) -> tuple:
+        return (self.modality, self.max_chars)
+
+    def content_hashes(self, batch: pa.Table) -> list[str]:
+        cols = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows for c in TEXT_COLUMNS}
+        return [text_content_hash(self._fields({c: cols[c][i] for c in TEXT_COLUMNS})) for i in range(batch.num_rows)]
+
     def preprocess(self, batch: pa.Table) -> pa.Table:
         cols = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows for c in TEXT_COLUMNS}
         hashes, segments, names, reasons, details, stages = [], [], [], [], [], []
         for i in range(batch.num_rows):
             raw = {c: cols[c][i] for c in TEXT_COLUMNS}
-            fields = {c: normalize_text(v[: self.max_chars] if v else v) for c, v in raw.items()}
-            h = hashlib.sha256("\x1f".join(fields[c] for c in TEXT_COLUMNS).encode("utf-8")).hexdigest()
+            fields = self._fields(raw)
+            h = text_content_hash(fields)
             segs = text_segments(fields, segment_words=self.segment_words, max_segments=self.max_segments)
             hashes.append(h)
             segments.append([s for _, s in segs])

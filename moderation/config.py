@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -24,7 +25,12 @@ Modality = Literal["text", "image", "audio"]
 MODALITIES: tuple[Modality, ...] = ("text", "image", "audio")
 Action = Literal["remove", "restrict", "age_restrict", "demote", "label"]
 Severity = Literal["low", "medium", "high", "critical"]
-PolicyStatus = Literal["draft", "shadow", "live"]
+#: A version's status: its file declares the initial one; promotions (``moderation policy
+#: promote``, recorded in ``runs``) move it on (see moderation/lifecycle.py).
+PolicyStatus = Literal["draft", "shadow", "live", "retired"]
+POLICY_STATUSES: tuple[PolicyStatus, ...] = ("draft", "shadow", "live", "retired")
+#: ``violations.market_scope`` of a row decided by a category's global rule.
+ALL_MARKETS = "*"
 GpuMode = Literal["auto", "never", "always"]
 
 #: The folder holding conf/ when the project runs from its repository (editable install).
@@ -65,6 +71,26 @@ class CategoryRule(_Strict):
         return self
 
 
+class MarketOverride(_Strict):
+    """A category's rule in one market. Fields left out inherit the category's global rule;
+    ``review_threshold: null`` given explicitly removes the review band in that market;
+    ``exempt: true`` means the category is not enforced in that market at all."""
+
+    threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    review_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    action: Action | None = None
+    severity: Severity | None = None
+    exempt: bool = False
+
+    @model_validator(mode="after")
+    def _exempt_alone(self) -> MarketOverride:
+        if self.exempt and self.model_fields_set - {"exempt"}:
+            raise ValueError(
+                f"an exempt market takes no other fields (got {sorted(self.model_fields_set - {'exempt'})})"
+            )
+        return self
+
+
 class Exemptions(_Strict):
     """Items exempt from categories: e.g. explicit-tagged tracks are not flagged for
     offensive language, which their explicit tag already discloses."""
@@ -82,6 +108,8 @@ class Policy(_Strict):
     models: tuple[str, ...] = Field(min_length=1)
     categories: dict[str, CategoryRule] = Field(min_length=1)
     exemptions: Exemptions = Exemptions()
+    #: Per-market variants: market code (ISO 3166-1 alpha-2, e.g. DE) -> category -> override.
+    markets: dict[str, dict[str, MarketOverride]] = Field(default_factory=dict)
 
     @field_validator("categories")
     @classmethod
@@ -90,6 +118,33 @@ class Policy(_Strict):
             if not name.replace("_", "").isalnum() or not name.islower():
                 raise ValueError(f"category name {name!r} must be lower-case letters, digits, _")
         return v
+
+    def rule_for(self, category: str, market: str | None = None) -> CategoryRule | None:
+        """The rule deciding ``category`` in ``market`` (None or "*": the global rule).
+
+        Returns:
+            The category's rule merged with the market's override (fields the override leaves
+            out are the global rule's), or None when the category is exempt in that market.
+
+        Raises:
+            KeyError: ``category`` is not one of the policy's categories.
+            pydantic.ValidationError: the merged rule is inconsistent (``load_policy`` checks
+                every override on load, so this only happens for a policy built in code).
+        """
+        rule = self.categories[category]
+        override = self.markets.get(market or ALL_MARKETS, {}).get(category)
+        if override is None:
+            return rule
+        if override.exempt:
+            return None
+        given = override.model_dump(include=override.model_fields_set - {"exempt"})
+        if not given:
+            return rule
+        return CategoryRule.model_validate({**rule.model_dump(), **given})
+
+    def market_overrides(self, category: str) -> dict[str, CategoryRule | None]:
+        """Markets with an override for ``category`` -> their merged rule (None: exempt)."""
+        return {m: self.rule_for(category, m) for m, cats in sorted(self.markets.items()) if category in cats}
 
 
 class LoadedPolicy(BaseModel):
@@ -256,6 +311,15 @@ def load_policy(path: Path | str, registry: dict[str, ModelSpec] | None = None) 
     """
     path = Path(path)
     data, raw = _read_yaml(path)
+    markets = data.get("markets")
+    if isinstance(markets, dict):
+        for key in markets:
+            if not isinstance(key, str):
+                # YAML 1.1 reads an unquoted NO (Norway) as false.
+                raise ConfigError(
+                    f"{path}: field 'markets.{key}': market codes are strings; quote it "
+                    f"(e.g. 'NO': YAML reads an unquoted NO as false), got {key!r}"
+                )
     try:
         policy = Policy.model_validate(data)
     except ValidationError as e:
@@ -275,6 +339,29 @@ def load_policy(path: Path | str, registry: dict[str, ModelSpec] | None = None) 
                 f"{path}: field 'exemptions.explicit.{i}': unknown category {cat!r}; "
                 f"valid: {sorted(policy.categories)}"
             )
+    for market, overrides in policy.markets.items():
+        if not re.fullmatch(r"[A-Z]{2}", market):
+            raise ConfigError(
+                f"{path}: field 'markets.{market}': market codes are two upper-case letters "
+                f"(ISO 3166-1 alpha-2, e.g. DE, US), got {market!r}"
+            )
+        for cat in overrides:
+            if cat not in policy.categories:
+                raise ConfigError(
+                    f"{path}: field 'markets.{market}.{cat}': unknown category {cat!r}; "
+                    f"valid: {sorted(policy.categories)}"
+                )
+            try:
+                policy.rule_for(cat, market)
+            except ValidationError as e:
+                given = overrides[cat].model_fields_set
+                name = next((f for f in ("threshold", "review_threshold") if f in given), None)
+                field = f"markets.{market}.{cat}" + (f".{name}" if name else "")
+                details = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+                raise ConfigError(
+                    f"{path}: field '{field}': {details} in market {market} (fields the override "
+                    f"leaves out come from 'categories.{cat}')"
+                ) from e
     for name, rule in policy.categories.items():
         if name not in emitted:
             raise ConfigError(

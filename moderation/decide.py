@@ -4,83 +4,230 @@ For each item and policy category, the item's score is the maximum over the late
 the modalities the category counts (``categories.<c>.modalities``) from the policy's models.
 A score at or above the threshold is a ``violation`` (the rule's action); one in the review
 band is a ``review`` (action ``human_review``). Explicit-tagged items are exempt from the
-categories in ``exemptions.explicit``. The version's rows in ``violations`` are replaced in
-one atomic commit, so a second decide of the same version never duplicates them.
+categories in ``exemptions.explicit``.
+
+Markets: one pass decides every market variant. The category's global rule gives the row with
+``market_scope`` ``"*"``, standing for the item's markets that have no override for that
+category (emitted when the item lists at least one such market, or none at all). Each market M
+with an override that the item lists gives its own row, ``market_scope`` M, decided by the
+override merged over the global rule (no row when the category is exempt there).
+
+Removals: a scores row is retired when ``removals`` holds a row for its (item, modality) removed
+at or after it was scored; retired rows do not count, so the pair's violations disappear in the
+next decide (``retired_rows`` counts the previous decide's rows that went that way).
+
+The version's rows in ``violations`` are replaced in one atomic commit, so a second decide of the
+same version never duplicates them. Everything is vectorized (pandas / Arrow): no Python loop
+runs per item.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moderation.config import LoadedPolicy, ModelSpec, load_model_registry, load_policy
+from moderation.config import ALL_MARKETS, CategoryRule, LoadedPolicy, ModelSpec, load_model_registry, load_policy
 from moderation.errors import LakeError
 from moderation.lake import Lake
+from moderation.lifecycle import check_immutable, effective_status
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
 from moderation.schemas import VIOLATIONS_SCHEMA
 
 SCORE_COLUMNS = ["item_id", "item_type", "modality", "model_id", "model_digest", "category_scores",
                  "language", "markets", "explicit", "scored_at", "run_id"]
+#: Prefix of the per-category score columns of :func:`latest_scores`' frame.
+SCORE_PREFIX = "score:"
+_ITEM_COLUMNS = ["item_type", "language", "markets", "explicit"]
 
 
-def latest_scores(scores: pa.Table) -> pd.DataFrame:
-    """The newest row per (item, modality, model): re-scored items count once."""
-    df = scores.to_pandas(maps_as_pydicts="strict")
-    if df.empty:
-        return df
-    df = df.sort_values(["scored_at", "run_id"], ascending=False, kind="stable")
-    return df.drop_duplicates(["item_id", "modality", "model_id"], keep="first")
+def score_column(category: str) -> str:
+    return SCORE_PREFIX + category
+
+
+def latest_scores(scores: pa.Table, removals: pa.Table | None = None) -> pd.DataFrame:
+    """The newest row per (item, modality, model): re-scored items count once.
+
+    Args:
+        scores: ``scores`` rows (at least ``SCORE_COLUMNS``).
+        removals: ``removals`` rows (item_id, modality, removed_at), or None.
+
+    Returns:
+        One row per (item_id, modality, model_id), newest first, with the scores' columns except
+        the maps, one float64 column ``score:<category>`` per category found in the
+        ``category_scores`` maps (null where a row has no score for it), and ``retired``: the
+        pair was removed at or after the row was scored.
+    """
+    maps = scores.column("category_scores")
+    keys = maps.combine_chunks().keys if scores.num_rows else pa.array([], pa.string())
+    categories = sorted(c for c in pc.unique(keys).to_pylist() if c is not None)
+    base = scores.drop_columns([c for c in ("category_scores", "evidence") if c in scores.column_names])
+    for category in categories:
+        values = pc.map_lookup(maps, pa.scalar(category, pa.string()), "first")
+        # float64: a float32 score compares with the policy's thresholds as it always did.
+        base = base.append_column(score_column(category), values.cast(pa.float64()))
+    df = base.to_pandas()
+    if not df.empty:
+        df = df.sort_values(["scored_at", "run_id"], ascending=False, kind="stable")
+        df = df.drop_duplicates(["item_id", "modality", "model_id"], keep="first")
+    df["retired"] = False
+    if removals is not None and removals.num_rows and not df.empty:
+        last = (removals.select(["item_id", "modality", "removed_at"])
+                .group_by(["item_id", "modality"]).aggregate([("removed_at", "max")]).to_pandas())
+        removed_at = df[["item_id", "modality"]].merge(last, on=["item_id", "modality"], how="left")["removed_at_max"]
+        scored_at = df["scored_at"].reset_index(drop=True)
+        df["retired"] = (removed_at.notna() & (removed_at >= scored_at)).to_numpy()
+    return df
+
+
+def _sets(item_ids: pd.Series, values: pd.Series) -> pd.Series:
+    """item_id -> sorted list of the distinct ``values`` of its rows, computed with bit masks
+    (the vocabularies are small: modalities, model refs) so no Python runs per item."""
+    frame = pd.DataFrame({"item_id": item_ids.to_numpy(), "v": values.to_numpy()}).drop_duplicates()
+    vocab = sorted(frame["v"].unique())
+    if len(vocab) > 62:
+        return frame.sort_values(["item_id", "v"]).groupby("item_id")["v"].agg(list)
+    bits = frame["v"].map({v: 1 << i for i, v in enumerate(vocab)}).astype("int64")
+    masks = bits.groupby(frame["item_id"].to_numpy()).sum()
+    lookup = {int(m): [v for i, v in enumerate(vocab) if int(m) >> i & 1] for m in masks.unique()}
+    return masks.map(lookup)
+
+
+def _decide_variant(hits: pd.DataFrame, col: str, rule: CategoryRule, *, category: str, scope: str) -> pd.DataFrame:
+    """One (category, market scope) variant: a row per item of ``hits`` (its rows at or above
+    the rule's review floor)."""
+    floor = rule.review_threshold if rule.review_threshold is not None else rule.threshold
+    score = hits.groupby("item_id", sort=True)[col].max()
+    refs = hits["model_id"] + "@" + hits["model_digest"].str.slice(0, 12)
+    out = pd.DataFrame({"item_id": score.index.to_numpy(), "score": score.to_numpy()})
+    violation = (out["score"] >= rule.threshold).to_numpy()
+    out["market_scope"] = scope
+    out["category"] = category
+    out["threshold"] = np.where(violation, rule.threshold, floor)
+    out["decision"] = np.where(violation, "violation", "review")
+    out["action"] = np.where(violation, rule.action, "human_review")
+    out["severity"] = rule.severity
+    out["evidence_modalities"] = out["item_id"].map(_sets(hits["item_id"], hits["modality"])).to_numpy()
+    out["model_refs"] = out["item_id"].map(_sets(hits["item_id"], refs)).to_numpy()
+    return out
 
 
 def apply_policy(
-    latest: pd.DataFrame, loaded: LoadedPolicy, models: dict[str, ModelSpec], *, run_id: str, now: dt.datetime
+    latest: pd.DataFrame, loaded: LoadedPolicy, models: dict[str, ModelSpec], *, run_id: str, now: dt.datetime,
+    status: str | None = None,
 ) -> pa.Table:
-    """Violations rows of one policy version over the latest scores (pure)."""
+    """Violations rows of one policy version over the latest scores (pure).
+
+    Args:
+        latest: the output of :func:`latest_scores`; its retired rows do not count.
+        status: ``policy_status`` of the rows (default: the status the file declares).
+    """
     policy = loaded.policy
-    rows: list[dict] = []
-    if latest.empty:
+    live = latest[~latest["retired"]] if "retired" in latest else latest
+    if live.empty:
         return VIOLATIONS_SCHEMA.empty_table()
+    # Item attributes from the item's newest row.
+    items = (live.sort_values("scored_at", ascending=False, kind="stable")
+             .drop_duplicates("item_id").set_index("item_id")[_ITEM_COLUMNS])
+    explicit = items["explicit"].eq(True)
+    pairs = items["markets"].explode().dropna()
+    pairs = pd.DataFrame({"item_id": pairs.index.to_numpy(), "market": pairs.to_numpy()}).drop_duplicates()
+    no_markets = items.index.difference(pd.Index(pairs["item_id"].unique()))
+
+    parts: list[pd.DataFrame] = []
     for category, rule in policy.categories.items():
+        col = score_column(category)
         usable = [m for m in policy.models if category in models[m].categories and models[m].modality in rule.modalities]
-        part = latest[latest["model_id"].isin(usable)]
-        if part.empty:
+        if col not in live or not usable:
             continue
-        part = part.assign(score=[s.get(category) if s else None for s in part["category_scores"]]).dropna(subset=["score"])
-        floor = rule.review_threshold if rule.review_threshold is not None else rule.threshold
-        hits = part[part["score"] >= floor]
-        for item_id, group in hits.groupby("item_id", sort=True):
-            first = group.iloc[0]
-            if category in policy.exemptions.explicit and bool(first["explicit"]):
-                continue
-            score = float(group["score"].max())
-            violation = score >= rule.threshold
-            rows.append({
-                "policy_id": policy.policy_id,
-                "policy_version": policy.version,
-                "policy_status": policy.status,
-                "item_id": item_id,
-                "item_type": first["item_type"],
-                "language": first["language"],
-                "markets": list(first["markets"]) if first["markets"] is not None else None,
-                "market_scope": "*",
-                "category": category,
-                "score": score,
-                "threshold": rule.threshold if violation else floor,
-                "decision": "violation" if violation else "review",
-                "action": rule.action if violation else "human_review",
-                "severity": rule.severity,
-                "evidence_modalities": sorted(set(group.loc[group["score"] >= floor, "modality"])),
-                "model_refs": sorted({f"{m}@{d[:12]}" for m, d in zip(group["model_id"], group["model_digest"])}),
-                "run_id": run_id,
-                "decided_at": now,
-            })
-    return pa.Table.from_pylist(rows, schema=VIOLATIONS_SCHEMA)
+        part = live.loc[live["model_id"].isin(usable) & live[col].notna(),
+                        ["item_id", "modality", "model_id", "model_digest", col]]
+        if category in policy.exemptions.explicit:
+            part = part[~part["item_id"].map(explicit).fillna(False).to_numpy(dtype=bool)]
+        overrides = policy.market_overrides(category)
+        variants: list[tuple[str, CategoryRule | None, pd.Index | None]] = []
+        if overrides:
+            free = pairs.loc[~pairs["market"].isin(list(overrides)), "item_id"].unique()
+            variants.append((ALL_MARKETS, rule, no_markets.union(pd.Index(free))))
+            for market, merged in overrides.items():
+                variants.append((market, merged, pd.Index(pairs.loc[pairs["market"] == market, "item_id"].unique())))
+        else:
+            variants.append((ALL_MARKETS, rule, None))
+        for scope, merged, eligible in variants:
+            if merged is None:
+                continue  # exempt in this market
+            floor = merged.review_threshold if merged.review_threshold is not None else merged.threshold
+            sel = part[col] >= floor
+            if eligible is not None:
+                sel &= part["item_id"].isin(eligible)
+            hits = part[sel]
+            if not hits.empty:
+                parts.append(_decide_variant(hits, col, merged, category=category, scope=scope))
+    if not parts:
+        return VIOLATIONS_SCHEMA.empty_table()
+    rows = pd.concat(parts, ignore_index=True)
+    attrs = items.loc[rows["item_id"], ["item_type", "language", "markets"]]
+    rows["item_type"] = attrs["item_type"].to_numpy()
+    rows["language"] = attrs["language"].to_numpy()
+    rows["markets"] = attrs["markets"].to_numpy()
+    rows["policy_id"] = policy.policy_id
+    rows["policy_version"] = policy.version
+    rows["policy_status"] = status or policy.status
+    rows["run_id"] = run_id
+    rows["decided_at"] = now
+    rows["score"] = rows["score"].astype("float32")
+    rows["threshold"] = rows["threshold"].astype("float32")
+    return pa.Table.from_pandas(rows[VIOLATIONS_SCHEMA.names], schema=VIOLATIONS_SCHEMA, preserve_index=False)
+
+
+def coverage_warnings(scores: pa.Table, latest: pd.DataFrame, loaded: LoadedPolicy, models: dict[str, ModelSpec],
+                      *, scores_uri: str) -> list[str]:
+    """What the stored scores lack for the policy's models: a model with no scores at all, none
+    at its current registry digest, or latest scores from an older digest."""
+    rescan = "run `moderation rescan` with this policy to score what it needs"
+    digests = pd.DataFrame({"model_id": scores.column("model_id").to_numpy(zero_copy_only=False),
+                            "model_digest": scores.column("model_digest").to_numpy(zero_copy_only=False)})
+    digests = digests.drop_duplicates()
+    live = latest[~latest["retired"]] if "retired" in latest else latest
+    out = []
+    for model_id in loaded.policy.models:
+        digest = models[model_id].digest
+        have = sorted(digests.loc[digests["model_id"] == model_id, "model_digest"])
+        if not have:
+            out.append(f"model {model_id}: no scores in {scores_uri}; the categories it scores are decided "
+                       f"without it; {rescan}")
+        elif digest not in have:
+            out.append(f"model {model_id}: no scores at its registry digest {digest[:12]}… (scores hold "
+                       f"{', '.join(d[:12] + '…' for d in have)}); {rescan}")
+        else:
+            rows = live[live["model_id"] == model_id]
+            stale = int((rows["model_digest"] != digest).sum())
+            if stale:
+                out.append(f"model {model_id}: {stale} of {len(rows)} latest scores are from an older digest "
+                           f"than the registry's {digest[:12]}…; {rescan}")
+    return out
+
+
+def retired_row_count(previous: pa.Table, current: pa.Table, latest: pd.DataFrame) -> int:
+    """Rows of the version's previous decide gone now for an item that has a removed pair."""
+    if previous.num_rows == 0 or "retired" not in latest or not latest["retired"].any():
+        return 0
+    keys = ["item_id", "category", "market_scope"]
+    prev = previous.select(keys).to_pandas()
+    now = current.select(keys).to_pandas().drop_duplicates()
+    removed_items = latest.loc[latest["retired"], "item_id"].unique()
+    gone = prev.merge(now, on=keys, how="left", indicator=True)["_merge"].eq("left_only").to_numpy()
+    return int((gone & prev["item_id"].isin(removed_items).to_numpy()).sum())
+
+
+def _count(column: pa.ChunkedArray, value: str) -> int:
+    return int(pc.sum(pc.equal(column, value)).as_py() or 0)
 
 
 @dataclass(frozen=True)
@@ -92,46 +239,69 @@ class DecideResult:
     violations: int
     reviews: int
     scores_version: int
+    policy_status: str = ""
+    retired_rows: int = 0
+    warnings: tuple[str, ...] = field(default_factory=tuple)
 
     def summary(self) -> str:
-        return (
-            f"decide {self.run_id}: policy {self.policy_id} v{self.policy_version} over {self.items} scored items "
-            f"(scores version {self.scores_version}): {self.violations} violation rows, {self.reviews} review rows"
-        )
+        lines = [
+            f"decide {self.run_id}: policy {self.policy_id} v{self.policy_version} ({self.policy_status}) over "
+            f"{self.items} scored items (scores version {self.scores_version}): {self.violations} violation rows, "
+            f"{self.reviews} review rows, {self.retired_rows} rows of the previous decide retired by removals"
+        ]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
 
 
 def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = None,
                models_dir: Path | None = None) -> DecideResult:
-    """Decide one policy version from stored scores and replace its violations."""
+    """Decide one policy version from stored scores and replace its violations.
+
+    Reads only the model registry entries (their digests), never a model artifact.
+
+    Raises:
+        ConfigError: the policy file is invalid.
+        ModerationError: the file differs from what a run already used (versions are immutable).
+        LakeError: the lake has no scores.
+    """
     registry = load_model_registry(models_dir)
     loaded = load_policy(policy_path, registry)
     policy = loaded.policy
     lake = Lake(lake_root)
+    check_immutable(lake, loaded)
     dt_scores = lake.open("scores")
     if dt_scores is None:
         raise LakeError(f"{lake.uri('scores')}: no scores yet; run `moderation backfill` first")
     scores_version = dt_scores.version()
     run_id = run_id or new_run_id("decide")
     started = utcnow()
+    status = effective_status(lake, policy.policy_id, policy.version, policy.status)
     scores = dt_scores.to_pyarrow_dataset().to_table(
         filter=pc.field("model_id").isin(list(policy.models)), columns=SCORE_COLUMNS
     )
-    latest = latest_scores(scores)
-    violations = apply_policy(latest, loaded, registry, run_id=run_id, now=utcnow())
+    removals = lake.read("removals", columns=["item_id", "modality", "removed_at"])
+    latest = latest_scores(scores, removals)
+    violations = apply_policy(latest, loaded, registry, run_id=run_id, now=utcnow(), status=status)
+    this_version = (pc.field("policy_id") == policy.policy_id) & (pc.field("policy_version") == policy.version)
+    previous = lake.read("violations", filter=this_version, columns=["item_id", "category", "market_scope"])
+    retired = retired_row_count(previous, violations, latest)
+    warnings = coverage_warnings(scores, latest, loaded, registry, scores_uri=lake.uri("scores"))
     lake.replace_violations(violations, policy_id=policy.policy_id, policy_version=policy.version, run_id=run_id)
-    decisions = violations.column("decision").to_pylist()
+    decisions = violations.column("decision")
+    live = latest[~latest["retired"]]
     result = DecideResult(
         run_id=run_id, policy_id=policy.policy_id, policy_version=policy.version,
-        items=int(latest["item_id"].nunique()) if not latest.empty else 0,
-        violations=decisions.count("violation"), reviews=decisions.count("review"), scores_version=scores_version,
+        items=int(live["item_id"].nunique()), violations=_count(decisions, "violation"),
+        reviews=_count(decisions, "review"), scores_version=scores_version, policy_status=status,
+        retired_rows=retired, warnings=tuple(warnings),
     )
     models = [registry[m] for m in policy.models]
     lake.upsert_run(run_row(
         run_id=run_id, kind="decide", status="succeeded", policy_id=policy.policy_id,
-        policy_version=policy.version, policy_hash=loaded.content_hash,
+        policy_version=policy.version, policy_hash=loaded.content_hash, policy_path=str(policy_path),
         model_ids=[m.model_id for m in models], model_digests=[m.digest for m in models],
         modalities=sorted({m.modality for m in models}), categories=sorted(policy.categories),
-        scores_version=scores_version, violation_rows=violations.num_rows, code_version=code_version(),
-        started_at=started, ended_at=utcnow(),
+        scores_version=scores_version, violation_rows=violations.num_rows, retired_rows=retired,
+        code_version=code_version(), started_at=started, ended_at=utcnow(),
     ))
     return result

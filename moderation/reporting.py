@@ -1,9 +1,10 @@
 """The Spark report: violation counts and rates per policy version over the items it covered.
 
 Three layers: :func:`read_snapshot` turns one exact Delta snapshot into a Spark DataFrame;
-:func:`latest_decides`, :func:`population`, :func:`violation_rates`, :func:`category_totals`
-and :func:`violations_by_category` are pure DataFrame -> DataFrame functions; :func:`run_report`
-wires them and writes the small aggregates back to the lake with delta-rs.
+:func:`latest_decides`, :func:`live_scores`, :func:`population`, :func:`violation_rates`,
+:func:`category_totals`, :func:`violations_by_category`, :func:`diff_summary` and
+:func:`diff_totals` are pure DataFrame -> DataFrame functions; :func:`run_report` wires them and
+writes the small aggregates back to the lake with delta-rs.
 
 pyspark is imported inside the functions, so importing this module stays cheap.
 """
@@ -22,6 +23,7 @@ from moderation.errors import LakeError
 from moderation.lake import Lake, join_uri, storage_options
 from moderation.schemas import (
     CATEGORY_TOTALS_SCHEMA,
+    DIFF_SUMMARY_SCHEMA,
     TABLE_SCHEMAS,
     VIOLATION_RATES_SCHEMA,
     VIOLATIONS_BY_CATEGORY_SCHEMA,
@@ -42,6 +44,17 @@ UNSUPPORTED_READER_FEATURES = frozenset({"columnMapping", "deletionVectors"})
 POPULATION_SCORE_COLUMNS = [
     "item_id", "item_type", "language", "markets", "model_id", "modality", "run_id", "scored_at",
 ]
+DIFF_KEYS = ["policy_id", "from_version", "to_version"]
+#: Distinct changed items per diff x change, for ``ReportResult.summary`` (not written).
+DIFF_TOTALS_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string()),
+        pa.field("from_version", pa.int32()),
+        pa.field("to_version", pa.int32()),
+        pa.field("change", pa.string()),
+        pa.field("items", pa.int64()),
+    ]
+)
 
 
 def spark_session(master: str | None = "local[*]", *, app_name: str = "moderation-report") -> SparkSession:
@@ -228,21 +241,51 @@ def latest_decides(runs_df: DataFrame) -> DataFrame:
     )
 
 
-def population(scores_df: DataFrame, decides_df: DataFrame) -> DataFrame:
+def live_scores(scores_df: DataFrame, removals_df: DataFrame) -> DataFrame:
+    """``scores`` rows without those a re-scan retired: a ``removals`` row of the same (item_id,
+    modality) with ``removed_at`` at or after the row's ``scored_at`` retires it (a pair scored
+    again after its removal is live again).
+
+    Args:
+        scores_df: rows with at least item_id, modality and scored_at.
+        removals_df: ``removals`` rows (item_id, modality, removed_at).
+
+    Returns:
+        The rows of ``scores_df`` no removal retires, with its columns.
+    """
+    from pyspark.sql import functions as F
+
+    removed = removals_df.select(
+        F.col("item_id").alias("_removed_item"), F.col("modality").alias("_removed_modality"), "removed_at"
+    )
+    retired = (
+        (F.col("item_id") == F.col("_removed_item"))
+        & (F.col("modality") == F.col("_removed_modality"))
+        & (F.col("scored_at") <= F.col("removed_at"))
+    )
+    return scores_df.join(removed, on=retired, how="left_anti")
+
+
+def population(scores_df: DataFrame, decides_df: DataFrame, removals_df: DataFrame | None = None) -> DataFrame:
     """The items each decide run covered: every item with a score from one of its models in the
-    ``scores`` snapshot it read.
+    ``scores`` snapshot it read, less the (item, modality) pairs removed from the catalog.
 
     Args:
         scores_df: ``scores`` rows tagged with a ``scores_version`` column, the Delta version they
             were read at; holding every version a decide row names (see :func:`run_report`).
         decides_df: decide ``runs`` rows (policy_id, policy_version, model_ids, scores_version).
+        removals_df: ``removals`` rows, or None (no removals table): scores rows they retire
+            (see :func:`live_scores`) do not count.
 
     Returns:
         Distinct (policy_id, policy_version, item_id) with item_type, language and markets
-        taken from the item's newest scores row (by scored_at, then run_id, modality, model_id).
+        taken from the item's newest live scores row (by scored_at, then run_id, modality,
+        model_id).
     """
     from pyspark.sql import functions as F
 
+    if removals_df is not None:
+        scores_df = live_scores(scores_df, removals_df)
     decide_models = decides_df.select(
         *POLICY_KEYS, "scores_version", F.explode("model_ids").alias("model_id")
     ).distinct()
@@ -374,6 +417,59 @@ def violations_by_category(violations_df: DataFrame, decides_df: DataFrame) -> D
     return _typed(counts, VIOLATIONS_BY_CATEGORY_SCHEMA)
 
 
+def _diff_markets() -> Column:
+    """A diff row's markets: its scope's market, else the item's markets, else ``"none"``."""
+    from pyspark.sql import functions as F
+
+    return (
+        F.when(F.col("market_scope") != "*", F.array(F.col("market_scope")))
+        .when(F.size("markets") > 0, F.col("markets"))
+        .otherwise(F.array(F.lit(NO_MARKET)))
+    )
+
+
+def diff_summary(diffs_df: DataFrame) -> DataFrame:
+    """Changed items per diff x category x item type x market x language x change.
+
+    A row scoped to one market (``market_scope`` not ``*``) counts in that market; a ``*`` row
+    counts in each of the item's markets (none listed: ``"none"``); a null language counts as
+    ``"unknown"``.
+
+    Args:
+        diffs_df: ``diffs`` rows (every diff the table holds: the latest run of each
+            (policy_id, from_version, to_version)).
+
+    Returns:
+        Columns of ``DIFF_SUMMARY_SCHEMA``: items = distinct items with that change in the cell.
+    """
+    from pyspark.sql import functions as F
+
+    cells = diffs_df.select(
+        *DIFF_KEYS,
+        "category",
+        "item_type",
+        F.explode(_diff_markets()).alias("market"),
+        F.coalesce(F.col("language"), F.lit(NO_LANGUAGE)).alias("language"),
+        "change",
+        "item_id",
+    )
+    counts = cells.groupBy(*DIFF_KEYS, "category", *CELL_KEYS, "change").agg(_distinct_items().alias("items"))
+    return _typed(counts, DIFF_SUMMARY_SCHEMA)
+
+
+def diff_totals(diffs_df: DataFrame) -> DataFrame:
+    """Distinct changed items per diff x change (over all categories and markets).
+
+    Args:
+        diffs_df: ``diffs`` rows.
+
+    Returns:
+        Columns of ``DIFF_TOTALS_SCHEMA``.
+    """
+    totals = diffs_df.groupBy(*DIFF_KEYS, "change").agg(_distinct_items().alias("items"))
+    return _typed(totals, DIFF_TOTALS_SCHEMA)
+
+
 @dataclass(frozen=True)
 class ReportResult:
     """What :func:`run_report` wrote, and the numbers behind its summary."""
@@ -382,6 +478,8 @@ class ReportResult:
     violations_by_category_uri: str
     rates: pa.Table  # VIOLATION_RATES_SCHEMA
     totals: pa.Table  # CATEGORY_TOTALS_SCHEMA
+    diff_summary_uri: str | None = None  # None: the lake has no diffs table
+    diff_totals: pa.Table | None = None  # DIFF_TOTALS_SCHEMA
 
     def summary(self) -> str:
         """A text table: one line per policy version x category, over all item types, markets
@@ -398,16 +496,32 @@ class ReportResult:
         widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
         text = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
                 for row in [header, *lines]]
-        return "\n".join([f"report: {self.violation_rates_uri}", *text])
+        return "\n".join([f"report: {self.violation_rates_uri}", *text, *self._diff_lines()])
+
+    def _diff_lines(self) -> list[str]:
+        """One line per diff: distinct changed items per change."""
+        if self.diff_summary_uri is None or self.diff_totals is None:
+            return []
+        per_diff: dict[tuple, list[str]] = {}
+        for r in self.diff_totals.to_pylist():
+            key = (r["policy_id"], r["from_version"], r["to_version"])
+            per_diff.setdefault(key, []).append(f"{r['change']} {r['items']}")
+        lines = ["", f"diff summary: {self.diff_summary_uri}"]
+        if not per_diff:
+            lines.append("  no diffs")
+        lines += [f"  {p} v{f} -> v{t} (items): {', '.join(changes)}" for (p, f, t), changes in sorted(per_diff.items())]
+        return lines
 
 
 def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkSession | None = None) -> ReportResult:
     """Compute the violation reports of the newest succeeded decide of every policy version and
     write them under ``<lake>/reports/``.
 
-    Each decide is measured against the ``scores`` snapshot it read (its ``scores_version``).
-    The report tables are small aggregates: they are collected and overwritten in one Delta
-    commit each (``reports/violation_rates``, ``reports/violations_by_category``).
+    Each decide is measured against the ``scores`` snapshot it read (its ``scores_version``),
+    less the (item, modality) pairs the ``removals`` table retires (when it exists). The report
+    tables are small aggregates: they are collected and overwritten in one Delta commit each
+    (``reports/violation_rates``, ``reports/violations_by_category``, and
+    ``reports/diff_summary`` when the lake has a ``diffs`` table).
 
     Args:
         lake_root: the lake root URI.
@@ -416,7 +530,8 @@ def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkS
             :func:`spark_session` and stopped on return unless one was already active.
 
     Returns:
-        The report table URIs, the rates, and per-category totals for ``summary()``.
+        The report table URIs, the rates, per-category totals and per-diff totals for
+        ``summary()``.
 
     Raises:
         LakeError: the lake has no succeeded decide run, a decide run names no scores version,
@@ -443,7 +558,8 @@ def _report(spark: SparkSession, lake: Lake) -> ReportResult:
         raise LakeError(f"{lake.uri('runs')}: decide runs {unversioned} record no scores_version")
     scores = _scores_at(spark, lake, versions=sorted({r["scores_version"] for r in keys}))
     violations = read_snapshot(spark, lake, "violations")
-    covered = population(scores, decides).cache()
+    removals = read_snapshot(spark, lake, "removals") if lake.exists("removals") else None
+    covered = population(scores, decides, removals).cache()
     try:
         rates = _collect(violation_rates(violations, covered, decides), VIOLATION_RATES_SCHEMA)
         totals = _collect(category_totals(violations, covered, decides), CATEGORY_TOTALS_SCHEMA)
@@ -453,8 +569,15 @@ def _report(spark: SparkSession, lake: Lake) -> ReportResult:
     rates_uri = _overwrite(lake, "violation_rates", rates)
     by_category_uri = _overwrite(lake, "violations_by_category", by_category)
     log.info("report: %d rate rows -> %s", rates.num_rows, rates_uri)
+    diff_summary_uri = diff_totals_table = None
+    if lake.exists("diffs"):
+        diffs = read_snapshot(spark, lake, "diffs")
+        summary = _collect(diff_summary(diffs), DIFF_SUMMARY_SCHEMA)
+        diff_totals_table = _collect(diff_totals(diffs), DIFF_TOTALS_SCHEMA)
+        diff_summary_uri = _overwrite(lake, "diff_summary", summary)
+        log.info("report: %d diff summary rows -> %s", summary.num_rows, diff_summary_uri)
     return ReportResult(violation_rates_uri=rates_uri, violations_by_category_uri=by_category_uri,
-                        rates=rates, totals=totals)
+                        rates=rates, totals=totals, diff_summary_uri=diff_summary_uri, diff_totals=diff_totals_table)
 
 
 def _scores_at(spark: SparkSession, lake: Lake, *, versions: list[int]) -> DataFrame:

@@ -219,3 +219,78 @@ def test_run_report_without_a_decide_fails(spark, tmp_path):
     append(lake, "runs", [{"run_id": "backfill-1", "kind": "backfill", "status": "succeeded"}])
     with pytest.raises(LakeError, match="no succeeded decide run"):
         run_report(lake.root, spark=spark)
+
+
+def diff(item_id: str, category: str, change: str, *, policy_id: str = "P", from_version: int = 1,
+         to_version: int = 2, scope: str = "*", item_type: str = "track", language: str | None = "en",
+         markets: list[str] | None = ("US",)) -> dict:
+    return {
+        "policy_id": policy_id, "from_version": from_version, "to_version": to_version, "item_id": item_id,
+        "category": category, "market_scope": scope, "change": change, "from_decision": None,
+        "to_decision": "violation", "from_action": None, "to_action": "remove", "from_score": None,
+        "to_score": 0.9, "item_type": item_type, "language": language,
+        "markets": None if markets is None else list(markets), "from_run_id": "decide-1", "to_run_id": "decide-2",
+        "run_id": "diff-1", "diffed_at": T0,
+    }
+
+
+DIFF_ROWS = [
+    diff("a", "hate", "newly_violating", markets=["US", "GB"]),
+    diff("b", "hate", "newly_violating"),
+    diff("b", "hate", "newly_violating", scope="US"),  # b counts once in US
+    diff("c", "hate", "newly_violating", scope="DE", markets=["US", "DE"]),  # its scope's market only
+    diff("d", "spam", "cleared", item_type="episode", language=None, markets=None),
+    diff("e", "spam", "cleared", markets=[]),
+    diff("a", "hate", "action_changed", from_version=2, to_version=3),
+]
+
+
+def test_diff_summary_cells(spark):
+    from pyspark.testing import assertDataFrameEqual
+
+    from moderation.reporting import diff_summary
+    from moderation.schemas import DIFF_SUMMARY_SCHEMA, DIFFS_SCHEMA
+
+    expected = spark.createDataFrame(
+        [
+            ("P", 1, 2, "hate", "track", "US", "en", "newly_violating", 2),
+            ("P", 1, 2, "hate", "track", "GB", "en", "newly_violating", 1),
+            ("P", 1, 2, "hate", "track", "DE", "en", "newly_violating", 1),
+            ("P", 1, 2, "spam", "episode", "none", "unknown", "cleared", 1),
+            ("P", 1, 2, "spam", "track", "none", "en", "cleared", 1),
+            ("P", 2, 3, "hate", "track", "US", "en", "action_changed", 1),
+        ],
+        spark_schema(DIFF_SUMMARY_SCHEMA),
+    )
+    assertDataFrameEqual(diff_summary(spark.createDataFrame(DIFF_ROWS, spark_schema(DIFFS_SCHEMA))), expected)
+
+
+def test_run_report_drops_removed_pairs_and_summarises_diffs(spark, tmp_path):
+    from moderation.schemas import DIFF_SUMMARY_SCHEMA
+
+    lake = Lake(str(tmp_path / "lake"))
+    append(lake, "scores", [score("a"), score("b"), score("c"), score("d", scored_at=T0 + 2 * HOUR)])
+    append(lake, "runs", [decide_run("decide-1", "P", 1, categories=["hate"], model_ids=["m1"], scores_version=0,
+                                     ended_at=T0 + 3 * HOUR)])
+    append(lake, "violations", [violation("P", 1, "a", "hate", "violation"),
+                                violation("P", 1, "b", "hate", "violation")])
+    removal = {"run_id": "rescan-1", "modality": "text", "reason": "item_deleted", "catalog_uri": "/c",
+               "catalog_version": 4}
+    append(lake, "removals", [
+        {**removal, "item_id": "b", "removed_at": T0 + HOUR},  # b's score predates its removal: retired
+        {**removal, "item_id": "c", "removed_at": T0 - HOUR},  # c was scored after it came back: counts
+        {**removal, "item_id": "d", "removed_at": T0 + HOUR},  # d likewise
+    ])
+    append(lake, "diffs", DIFF_ROWS)
+
+    result = run_report(lake.root, spark=spark)
+
+    assert [(r["category"], r["items"], r["violations"]) for r in result.totals.to_pylist()] == [("hate", 3, 1)]
+    summary = DeltaTable(lake.uri("reports/diff_summary")).to_pyarrow_table()
+    assert result.diff_summary_uri == lake.uri("reports/diff_summary")
+    assert summary.schema == DIFF_SUMMARY_SCHEMA and summary.num_rows == 6
+    cells = {(r["to_version"], r["category"], r["market"], r["change"]): r["items"] for r in summary.to_pylist()}
+    assert cells[(2, "hate", "US", "newly_violating")] == 2 and cells[(3, "hate", "US", "action_changed")] == 1
+    text = result.summary()
+    assert "P v1 -> v2 (items): cleared 2, newly_violating 3" in text
+    assert "P v2 -> v3 (items): action_changed 1" in text

@@ -17,7 +17,12 @@ import pyarrow.compute as pc
 
 from moderation.catalog import open_catalog, select_ids
 from moderation.classifiers.base import RunContext
-from moderation.config import config_hash, load_model_registry, load_policy, load_run_profile
+from moderation.config import (
+    config_hash,
+    load_model_registry,
+    load_policy,
+    load_run_profile,
+)
 from moderation.errors import LakeError, ModerationError, StorageError, one_line
 from moderation.faults import fault_point
 from moderation.lake import Lake
@@ -38,15 +43,35 @@ class BackfillResult:
     chunks_committed: int
     modalities: tuple[str, ...]
     already_done: bool = False
+    kind: str = "backfill"
+    #: Re-scans: pairs skipped as unchanged, pairs recorded as removed, how changes were found.
+    unchanged_pairs: int | None = None
+    removed_pairs: int | None = None
+    change_source: str | None = None
+    baseline_run_id: str | None = None
+    #: A re-scan that found nothing to score or remove (and wrote nothing).
+    nothing_changed: bool = False
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
+        if self.nothing_changed:
+            return (f"rescan: nothing changed since run {self.baseline_run_id or '(none)'} (catalog version "
+                    f"{self.catalog_version}, {self.unchanged_pairs} pairs unchanged, found by "
+                    f"{self.change_source}); nothing written")
         head = f"run {self.run_id}: {self.status}" + (" (already finished; nothing written)" if self.already_done else "")
-        return (
-            f"{head}\n  catalog version {self.catalog_version}, modalities {', '.join(self.modalities)}\n"
+        lines = [
+            head,
+            f"  catalog version {self.catalog_version}, modalities {', '.join(self.modalities)}",
             f"  selected pairs {self.selected_pairs} = scored {self.scored_pairs} + quarantined "
-            f"{self.quarantined_pairs}  [{'OK' if self.balanced else 'MISMATCH'}]\n"
-            f"  chunks committed this invocation: {self.chunks_committed}"
-        )
+            f"{self.quarantined_pairs}  [{'OK' if self.balanced else 'MISMATCH'}]",
+        ]
+        if self.kind == "rescan":
+            lines.append(f"  unchanged pairs {self.unchanged_pairs} (skipped), removed pairs {self.removed_pairs} "
+                         f"(retired at the next decide); changes found by {self.change_source}"
+                         + (f" since run {self.baseline_run_id}" if self.baseline_run_id else ""))
+        lines.append(f"  chunks committed this invocation: {self.chunks_committed}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
 
     @property
     def balanced(self) -> bool:
@@ -107,6 +132,7 @@ def run_backfill(
     run_id: str | None = None,
     where: str | None = None,
     limit: int | None = None,
+    catalog_version: int | None = None,
     ray_address: str | None = None,
     profile_path: str | Path | None = None,
     models_dir: Path | None = None,
@@ -117,6 +143,8 @@ def run_backfill(
     """Score the catalog for the policy's models. See module docstring for resume semantics.
 
     Args:
+        catalog_version: the catalog's Delta version to read (time travel; default the latest),
+            e.g. to reproduce a past run from its ``runs`` row.
         column_map: catalog field -> catalog column, on top of the run profile's
             ``catalog_columns``.
         media_roots: extra roots media URIs may lie under, on top of the profile's.
@@ -125,10 +153,45 @@ def run_backfill(
         ModerationError: bad policy, catalog, column mapping, environment, run id reuse, or
             another live process working on the same run id: before anything is written.
     """
+    return run_scoring(
+        kind="backfill", catalog_uri=catalog_uri, lake_root=lake_root, policy_path=policy_path, run_id=run_id,
+        where=where, limit=limit, catalog_version=catalog_version, ray_address=ray_address,
+        profile_path=profile_path, models_dir=models_dir, column_map=column_map, media_roots=media_roots,
+        progress=progress,
+    )
+
+
+def run_scoring(
+    *,
+    kind: str,
+    catalog_uri: str,
+    lake_root: str,
+    policy_path: str | Path,
+    run_id: str | None = None,
+    where: str | None = None,
+    limit: int | None = None,
+    catalog_version: int | None = None,
+    ray_address: str | None = None,
+    profile_path: str | Path | None = None,
+    models_dir: Path | None = None,
+    column_map: dict[str, str] | None = None,
+    media_roots: list[str] | None = None,
+    progress: bool = True,
+    change_source: str = "auto",
+) -> BackfillResult:
+    """A backfill (every selected pair) or a re-scan (only changed pairs; rescan.py): select,
+    then score model by model in idempotent chunks, then check the accounting."""
     from tqdm import tqdm
 
     from moderation.lease import RunLease
+    from moderation.lifecycle import check_immutable
     from moderation.pipeline import ensure_ray, score_stream
+    from moderation.rescan import (
+        decode_versions,
+        encode_versions,
+        pinned_versions,
+        plan_rescan,
+    )
     from moderation.security import check_environment
     from moderation.selection import plan_selection
 
@@ -140,13 +203,14 @@ def run_backfill(
     models = [registry[m] for m in policy.models]
     modalities = tuple(sorted({m.modality for m in models}))
     lake = Lake(lake_root)
-    run_id = run_id or new_run_id("backfill")
+    check_immutable(lake, loaded)
+    run_id = run_id or new_run_id(kind)
     columns = {**profile.catalog_columns, **(column_map or {})}
     roots = [*profile.media_roots, *(media_roots or [])] or default_media_roots(catalog_uri)
 
     existing = lake.get_run(run_id)
     if existing is not None:
-        if existing["kind"] != "backfill" or existing["catalog_uri"] != catalog_uri or existing["policy_hash"] != loaded.content_hash:
+        if existing["kind"] != kind or existing["catalog_uri"] != catalog_uri or existing["policy_hash"] != loaded.content_hash:
             raise ModerationError(
                 f"run id {run_id!r} already exists in {lake.uri('runs')} for another job "
                 f"(kind {existing['kind']}, catalog {existing['catalog_uri']}, policy "
@@ -157,52 +221,85 @@ def run_backfill(
                 run_id=run_id, status="succeeded", catalog_version=existing["catalog_version"],
                 selected_pairs=existing["selected_pairs"], scored_pairs=existing["scored_pairs"],
                 quarantined_pairs=existing["quarantined_pairs"], chunks_committed=0,
-                modalities=tuple(existing["modalities"]), already_done=True,
+                modalities=tuple(existing["modalities"]), already_done=True, kind=kind,
+                unchanged_pairs=existing.get("unchanged_pairs"), removed_pairs=existing.get("removed_pairs"),
+                change_source=existing.get("change_source"), baseline_run_id=existing.get("baseline_run_id"),
             )
         # A resume reads exactly what the run started with.
         where, limit = existing["where_expr"], existing["item_limit"]
         columns = dict(c.split("=", 1) for c in existing.get("catalog_columns") or [])
         roots = list(existing.get("media_roots") or roots)
-    snapshot = open_catalog(catalog_uri, version=existing["catalog_version"] if existing else None, column_map=columns)
-    keep_ids = select_ids(snapshot, where) if where else None
+    snapshot = open_catalog(catalog_uri, version=existing["catalog_version"] if existing else catalog_version,
+                            column_map=columns)
+    # Reference data in the lake is pinned once for the run (a resume keeps its pin).
+    bank_version = (existing["hash_bank_version"] if existing else lake.version("hash_bank")) \
+        if any(m.kind == "pdq_bank" for m in models) else None
+    context = RunContext(lake_root=lake.root, hash_bank_version=bank_version, media_roots=tuple(roots))
+
+    extra: dict = {}
+    plan = None
+    if kind == "rescan":
+        versions = decode_versions(existing.get("baseline_versions")) if existing else pinned_versions(lake)
+        plan = plan_rescan(snapshot, models, lake, context=context, versions=versions, exclude_run=run_id,
+                           change_source=(existing.get("change_source") if existing else None) or change_source)
+        selections = plan.selections
+        extra = dict(change_source=plan.change_source, baseline_run_id=plan.baseline_run_id,
+                     baseline_versions=encode_versions(versions), unchanged_pairs=plan.unchanged_pairs,
+                     removed_pairs=plan.removed_pairs)
+        for note in plan.notes:
+            log.warning("rescan: %s", note)
+        if existing is None and plan.selected(models) == 0 and plan.removed_pairs == 0:
+            return BackfillResult(
+                run_id=run_id, status="nothing_changed", catalog_version=snapshot.version, selected_pairs=0,
+                scored_pairs=0, quarantined_pairs=0, chunks_committed=0, modalities=modalities, kind=kind,
+                unchanged_pairs=plan.unchanged_pairs, removed_pairs=0, change_source=plan.change_source,
+                baseline_run_id=plan.baseline_run_id, nothing_changed=True, notes=tuple(plan.notes),
+            )
+    else:
+        keep_ids = select_ids(snapshot, where) if where else None
+        selection = plan_selection(snapshot, list(modalities), keep_ids=keep_ids, limit=limit)
+        selections = {m.model_id: selection for m in models}
+    fault_point("after_selection")
 
     with RunLease(lake.root, run_id, ttl_s=profile.lease_ttl_s) as lease:
-        selection = plan_selection(snapshot, list(modalities), keep_ids=keep_ids, limit=limit)
-        fault_point("after_selection")
         started = existing["started_at"] if existing else utcnow()
-        # Reference data in the lake is pinned once for the run (a resume keeps its pin).
-        bank_version = (existing["hash_bank_version"] if existing else lake.version("hash_bank")) \
-            if any(m.kind == "pdq_bank" for m in models) else None
-        context = RunContext(lake_root=lake.root, hash_bank_version=bank_version, media_roots=tuple(roots))
         base = dict(
-            run_id=run_id, kind="backfill", catalog_uri=catalog_uri, catalog_version=snapshot.version,
+            run_id=run_id, kind=kind, catalog_uri=catalog_uri, catalog_version=snapshot.version,
             where_expr=where, item_limit=limit, policy_id=policy.policy_id, policy_version=policy.version,
-            policy_hash=loaded.content_hash, model_ids=[m.model_id for m in models],
+            policy_hash=loaded.content_hash, policy_path=str(policy_path), model_ids=[m.model_id for m in models],
             model_digests=[m.digest for m in models], modalities=list(modalities),
             config_hash=config_hash(policy, profile, *models), code_version=code_version(), started_at=started,
             hash_bank_version=bank_version, catalog_columns=[f"{k}={v}" for k, v in sorted(columns.items())],
-            media_roots=roots,
+            media_roots=roots, **extra,
         )
         lake.upsert_run(run_row(**base, status="running"))
 
         chunks = 0
-        selected = sum(selection.selected(m.modality) for m in models)
+        selected = sum(selections[m.model_id].selected(m.modality) for m in models)
         try:
-            ensure_ray(ray_address, object_store_mb=profile.object_store_mb)
-            with tqdm(total=selected, unit="pair", desc=f"backfill {run_id}", disable=not progress) as bar:
+            if plan is not None and plan.removed_pairs:
+                removals = plan.removals.set_column(0, "run_id", pa.array([run_id] * plan.removed_pairs, pa.string()))
+                lake.append_chunk("removals", removals, app_id=f"moderation/rescan/{run_id}/removals", version=0)
+            if any(selections[m.model_id].stream_pairs.get(m.modality, 0) for m in models):
+                ensure_ray(ray_address, object_store_mb=profile.object_store_mb)
+            with tqdm(total=selected, unit="pair", desc=f"{kind} {run_id}", disable=not progress) as bar:
                 for model in models:
+                    selection = selections[model.model_id]
+                    if not selection.selected(model.modality):
+                        continue
                     # The writer reads the chunks committed so far before the done ids, so
                     # anything committed after this point by another process fences it off.
                     writer = ChunkWriter(lake, run_id=run_id, model=model, chunk_pairs=profile.chunk_pairs)
                     writer.commit_prelude(selection.prelude.get(model.modality, []), modality=model.modality)
                     done = _done_ids(lake, run_id, model.model_id)
                     bar.update(len(done) + sum(r.item_id is None for r in selection.prelude.get(model.modality, [])))
-                    for batch in score_stream(snapshot, model, profile, selection=selection, skip_ids=done,
-                                              context=context):
-                        fault_point("after_batch")
-                        lease.check()
-                        writer.add(batch)
-                        bar.update(batch.num_rows)
+                    if selection.stream_pairs.get(model.modality, 0):
+                        for batch in score_stream(snapshot, model, profile, selection=selection, skip_ids=done,
+                                                  context=context):
+                            fault_point("after_batch")
+                            lease.check()
+                            writer.add(batch)
+                            bar.update(batch.num_rows)
                     lease.check()
                     writer.flush()
                     chunks += writer.chunks_committed
@@ -233,6 +330,9 @@ def run_backfill(
     return BackfillResult(
         run_id=run_id, status=status, catalog_version=snapshot.version, selected_pairs=selected,
         scored_pairs=scored, quarantined_pairs=quarantined, chunks_committed=chunks, modalities=modalities,
+        kind=kind, unchanged_pairs=extra.get("unchanged_pairs"), removed_pairs=extra.get("removed_pairs"),
+        change_source=extra.get("change_source"), baseline_run_id=extra.get("baseline_run_id"),
+        notes=tuple(plan.notes) if plan else (),
     )
 
 

@@ -49,6 +49,22 @@ def _abs_uri(uri: str) -> str:
     return uri if "://" in uri else str(Path(uri).resolve())
 
 
+def _column_map(items: list[str]) -> dict[str, str]:
+    column_map = {}
+    for item in items:
+        field, sep, column = item.partition("=")
+        if not sep or not field or not column:
+            raise ModerationError(f"--map {item!r}: expected FIELD=COLUMN, e.g. --map item_id=track_uri")
+        column_map[field.strip()] = column.strip()
+    return column_map
+
+
+_MAP_HELP = ("FIELD=COLUMN: read catalog field FIELD from the catalog's column COLUMN (repeatable; adds to the "
+             "profile's catalog_columns)")
+_ROOT_HELP = ("folder or s3:// prefix media URIs may lie under (repeatable; default: the profile's media_roots, "
+              "else the catalog's folder)")
+
+
 @app.command()
 def backfill(
     catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: path or s3://"),
@@ -57,12 +73,12 @@ def backfill(
     run_id: Optional[str] = typer.Option(None, help="run id; re-using a finished one writes nothing, an unfinished one resumes"),
     where: Optional[str] = typer.Option(None, help="SQL predicate selecting a catalog slice, e.g. \"item_type = 'track'\""),
     limit: Optional[int] = typer.Option(None, min=1, help="score at most N items"),
+    catalog_version: Optional[int] = typer.Option(None, min=0, help="read this Delta version of the catalog "
+                                                   "(time travel; default the latest), e.g. to reproduce a past run"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default $RAY_ADDRESS or a local Ray)"),
     profile: Optional[Path] = typer.Option(None, help="run profile (default conf/jobs/local.yaml)"),
-    map_: list[str] = typer.Option([], "--map", help="FIELD=COLUMN: read catalog field FIELD from the catalog's "
-                                   "column COLUMN (repeatable; adds to the profile's catalog_columns)"),
-    media_root: list[str] = typer.Option([], help="folder or s3:// prefix media URIs may lie under (repeatable; "
-                                         "default: the profile's media_roots, else the catalog's folder)"),
+    map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
+    media_root: list[str] = typer.Option([], help=_ROOT_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score the catalog with the policy's models into <lake>/scores and <lake>/quarantine."""
@@ -70,16 +86,41 @@ def backfill(
 
     _setup_logging(verbose)
     try:
-        column_map = {}
-        for item in map_:
-            field, sep, column = item.partition("=")
-            if not sep or not field or not column:
-                raise ModerationError(f"--map {item!r}: expected FIELD=COLUMN, e.g. --map item_id=track_uri")
-            column_map[field.strip()] = column.strip()
         result = run_backfill(
             catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
-            where=where, limit=limit, ray_address=ray_address, profile_path=profile, column_map=column_map,
-            media_roots=[_abs_uri(r) for r in media_root],
+            where=where, limit=limit, catalog_version=catalog_version, ray_address=ray_address,
+            profile_path=profile, column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root],
+        )
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary())
+
+
+@app.command()
+def rescan(
+    catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: path or s3://"),
+    lake: str = typer.Option(..., help="lake root URI: path or s3://"),
+    policy: Path = typer.Option(..., help="policy version file"),
+    run_id: Optional[str] = typer.Option(None, help="run id; re-using an unfinished one resumes it"),
+    change_source: str = typer.Option("auto", help="auto (the catalog's change data feed when usable, else "
+                                      "content hashes), cdf, or anti_join"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default $RAY_ADDRESS or a local Ray)"),
+    profile: Optional[Path] = typer.Option(None, help="run profile (default conf/jobs/local.yaml)"),
+    map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
+    media_root: list[str] = typer.Option([], help=_ROOT_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Score only what changed since the last successful run: new items, changed content,
+    changed model versions. Items gone from the catalog are recorded in <lake>/removals and
+    their violations retired at the next decide. Writes nothing when nothing changed."""
+    from moderation.rescan import run_rescan
+
+    _setup_logging(verbose)
+    try:
+        result = run_rescan(
+            catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
+            change_source=change_source, ray_address=ray_address, profile_path=profile,
+            column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root],
         )
     except ModerationError as e:
         _fail(e)

@@ -1,0 +1,442 @@
+"""Incremental re-scans: score only what changed since the last successful run.
+
+A (item, modality, model) pair is selected when, compared with the lake's *baseline* (the
+newest ``scores`` or ``quarantine`` row of the pair, not retired by a ``removals`` row):
+
+* it is new (no baseline row, or the pair was removed and has come back),
+* its content hash changed (text: the normalized text fields; media: the bytes), or
+* its model version changed (the registry digest differs from the one that scored it).
+
+Which catalog rows are looked at:
+
+* ``cdf``: when the catalog is a Delta table with the change data feed enabled and a successful
+  full run (backfill or re-scan, no ``--where``/``--limit``) of the same catalog with the same
+  model versions exists, only the item ids the feed lists between that run's catalog version and
+  now are read and hashed; every other item is known to be as that run left it.
+* ``anti_join``: otherwise every row is read and hashed and compared with the baseline.
+
+Pairs present in the baseline but gone from the catalog (the item deleted, or its cover/audio
+URI removed) are written to ``removals``; ``decide`` then ignores their scores, so their
+violations are retired in the next decide. A re-scan that finds nothing to score or remove
+writes nothing at all.
+
+The baseline tables' versions, the change source and the baseline run are recorded in the
+run's ``runs`` row, so a killed re-scan resumes with exactly the same selection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from moderation.catalog import (
+    CatalogSnapshot,
+    modality_mask,
+    to_work_rows,
+    utf8_sanitize,
+)
+from moderation.classifiers.base import RunContext, build_classifier
+from moderation.config import ModelSpec
+from moderation.errors import ModerationError
+from moderation.lake import Lake, storage_options
+from moderation.schemas import REMOVALS_SCHEMA
+from moderation.selection import SCAN_ROWS, PreludeRow, Selection, _usable_id_mask
+
+log = logging.getLogger(__name__)
+
+#: The lake tables a re-scan compares with (their versions are pinned in ``runs``).
+BASELINE_TABLES = ("scores", "quarantine", "removals")
+ChangeSource = str  # "auto" | "cdf" | "anti_join"
+
+
+@dataclass
+class RescanPlan:
+    """What a re-scan scores (one Selection per model) and removes."""
+
+    selections: dict[str, Selection]
+    removals: pa.Table  # REMOVALS_SCHEMA rows without run_id / removed_at filled in
+    change_source: str
+    baseline_run_id: str | None
+    baseline_versions: dict[str, int | None]
+    unchanged_pairs: int = 0
+    rows_read: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def selected(self, models: list[ModelSpec]) -> int:
+        return sum(self.selections[m.model_id].selected(m.modality) for m in models)
+
+    @property
+    def removed_pairs(self) -> int:
+        return self.removals.num_rows
+
+
+def pinned_versions(lake: Lake) -> dict[str, int | None]:
+    return {t: lake.version(t) for t in BASELINE_TABLES}
+
+
+def encode_versions(versions: dict[str, int | None]) -> list[str]:
+    return [f"{t}={'' if v is None else v}" for t, v in sorted(versions.items())]
+
+
+def decode_versions(values: list[str] | None) -> dict[str, int | None]:
+    out: dict[str, int | None] = {t: None for t in BASELINE_TABLES}
+    for item in values or []:
+        name, _, v = item.partition("=")
+        out[name] = int(v) if v else None
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Baseline: the lake's last word on each pair
+# --------------------------------------------------------------------------------------
+
+
+def _run_digests(lake: Lake) -> dict[tuple[str, str], str]:
+    """(run_id, model_id) -> model digest, from ``runs`` (quarantine rows carry no digest)."""
+    runs = lake.read("runs", columns=["run_id", "model_ids", "model_digests"]).to_pylist()
+    return {(r["run_id"], m): d for r in runs for m, d in zip(r["model_ids"] or [], r["model_digests"] or [])}
+
+
+def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[ModelSpec],
+                  ids: pa.Array | None = None) -> pd.DataFrame:
+    """The newest event per (item_id, modality, model_id) among ``scores`` and ``quarantine`` at
+    the pinned versions: columns digest, state (content hash, or ``catalog:<reason>`` for a pair
+    the driver quarantined), present (False when a later ``removals`` row retired it)."""
+    model_ids = [m.model_id for m in models]
+    cols = ["item_id", "modality", "model_id", "digest", "state", "event_at"]
+
+    def flt(extra=None):
+        f = pc.field("model_id").isin(model_ids)
+        if ids is not None:
+            f = f & pc.field("item_id").isin(ids)
+        return f
+
+    parts = []
+    if versions.get("scores") is not None:
+        s = lake.read("scores", version=versions["scores"], filter=flt(),
+                      columns=["item_id", "modality", "model_id", "model_digest", "content_hash", "scored_at"])
+        parts.append(pd.DataFrame({
+            "item_id": s.column("item_id").to_numpy(zero_copy_only=False),
+            "modality": s.column("modality").to_numpy(zero_copy_only=False),
+            "model_id": s.column("model_id").to_numpy(zero_copy_only=False),
+            "digest": s.column("model_digest").to_numpy(zero_copy_only=False),
+            "state": s.column("content_hash").to_numpy(zero_copy_only=False),
+            "event_at": s.column("scored_at").to_pandas(),
+        }))
+    if versions.get("quarantine") is not None:
+        q = lake.read("quarantine", version=versions["quarantine"], filter=flt() & pc.field("item_id").is_valid())
+        qd = q.to_pandas()
+        if "content_hash" not in qd.columns:
+            qd["content_hash"] = None
+        digests = _run_digests(lake)
+        state = np.where(qd["stage"] == "catalog", "catalog:" + qd["reason"].astype(str), qd["content_hash"])
+        parts.append(pd.DataFrame({
+            "item_id": qd["item_id"], "modality": qd["modality"], "model_id": qd["model_id"],
+            "digest": [digests.get((r, m)) for r, m in zip(qd["run_id"], qd["model_id"])],
+            "state": state, "event_at": qd["quarantined_at"],
+        }))
+    if not parts:
+        return pd.DataFrame(columns=[*cols, "present"])
+    events = pd.concat([p for p in parts if not p.empty] or parts[:1], ignore_index=True)
+    events = events.sort_values("event_at", kind="stable").drop_duplicates(["item_id", "modality", "model_id"],
+                                                                           keep="last")
+    events["present"] = True
+    if versions.get("removals") is not None and not events.empty:
+        rflt = pc.field("item_id").isin(ids) if ids is not None else None
+        r = lake.read("removals", version=versions["removals"], filter=rflt,
+                      columns=["item_id", "modality", "removed_at"]).to_pandas()
+        if not r.empty:
+            last = r.groupby(["item_id", "modality"], as_index=False)["removed_at"].max()
+            events = events.merge(last, on=["item_id", "modality"], how="left")
+            events["present"] = events["removed_at"].isna() | (events["event_at"] > events["removed_at"])
+            events = events.drop(columns=["removed_at"])
+    return events.reset_index(drop=True)
+
+
+def baseline_run(lake: Lake, catalog_uri: str, models: list[ModelSpec], *, exclude: str | None = None) -> dict | None:
+    """The newest succeeded full run (backfill or rescan, no --where / --limit) of this catalog
+    that scored every one of ``models`` at its current digest."""
+    runs = lake.read("runs", filter=(pc.field("catalog_uri") == catalog_uri) & (pc.field("status") == "succeeded"))
+    best = None
+    for r in runs.to_pylist():
+        if r["kind"] not in ("backfill", "rescan") or r["where_expr"] or r["item_limit"] or r["run_id"] == exclude:
+            continue
+        have = dict(zip(r["model_ids"] or [], r["model_digests"] or []))
+        if any(have.get(m.model_id) != m.digest for m in models) or r["catalog_version"] is None:
+            continue
+        if best is None or (r["ended_at"], r["run_id"]) > (best["ended_at"], best["run_id"]):
+            best = r
+    return best
+
+
+# --------------------------------------------------------------------------------------
+# Change data feed
+# --------------------------------------------------------------------------------------
+
+
+def cdf_item_ids(snapshot: CatalogSnapshot, since_version: int) -> tuple[pa.Array | None, str]:
+    """Item ids the catalog's change data feed lists after ``since_version`` up to the
+    snapshot's version, or (None, why not) when the feed cannot be used."""
+    from deltalake import DeltaTable
+
+    if not snapshot.is_delta or snapshot.version is None:
+        return None, "the catalog is not a Delta table"
+    dt_ = DeltaTable(snapshot.uri, version=snapshot.version, storage_options=storage_options(snapshot.uri))
+    if (dt_.metadata().configuration or {}).get("delta.enableChangeDataFeed", "false").lower() != "true":
+        return None, "the catalog does not have delta.enableChangeDataFeed = true"
+    if since_version > snapshot.version:
+        return None, f"the baseline run read version {since_version}, newer than the catalog's {snapshot.version}"
+    if since_version == snapshot.version:
+        return pa.array([], pa.string()), ""
+    id_col = snapshot.source["item_id"]
+    try:
+        reader = dt_.load_cdf(starting_version=since_version + 1, ending_version=snapshot.version,
+                              columns=[id_col, "_change_type"])
+        changes = pa.table(reader.read_all())
+    except Exception as e:  # noqa: BLE001 - versions vacuumed, feed enabled later, column mapping, ...
+        return None, f"the change data feed from version {since_version + 1} cannot be read ({e})"
+    ids = changes.column(id_col)
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = ids.cast(pa.string())
+    return pc.unique(ids.combine_chunks().cast(pa.string()).drop_null()), ""
+
+
+# --------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------
+
+
+def _any_id_in(snapshot: CatalogSnapshot, f, ids: pa.Array) -> bool:
+    """Whether data file ``f`` holds any of ``ids`` (reads its id column only)."""
+    return any(pc.any(pc.is_in(t.column("item_id"), value_set=ids)).as_py()
+               for t in snapshot.read(f, ["item_id"], batch_rows=SCAN_ROWS))
+
+
+def plan_rescan(
+    snapshot: CatalogSnapshot,
+    models: list[ModelSpec],
+    lake: Lake,
+    *,
+    context: RunContext,
+    versions: dict[str, int | None],
+    change_source: ChangeSource = "auto",
+    exclude_run: str | None = None,
+) -> RescanPlan:
+    """Compare the catalog snapshot with the lake's baseline at ``versions``.
+
+    Raises:
+        ModerationError: ``change_source='cdf'`` was asked for but cannot be used.
+    """
+    base_run = baseline_run(lake, snapshot.uri, models, exclude=exclude_run)
+    candidates: pa.Array | None = None
+    source, notes = "anti_join", []
+    if change_source in ("auto", "cdf"):
+        if base_run is None:
+            why = "no successful full run of this catalog with these model versions to compare with"
+        else:
+            candidates, why = cdf_item_ids(snapshot, base_run["catalog_version"])
+        if candidates is not None:
+            source = "cdf"
+        elif change_source == "cdf":
+            raise ModerationError(f"catalog {snapshot.uri}: --change-source cdf cannot be used: {why}")
+        else:
+            notes.append(f"change data feed not used: {why}; comparing every row's content hash")
+    baseline_files = None
+    if base_run is not None and snapshot.is_delta:
+        from moderation.catalog import open_catalog
+
+        try:
+            old = open_catalog(snapshot.uri, version=base_run["catalog_version"], column_map=dict(snapshot.source))
+            baseline_files = {f.path for f in old.files}
+        except ModerationError as e:  # its log may have been cleaned up: every file counts as new
+            notes.append(f"catalog version {base_run['catalog_version']} of the baseline run is unreadable: {e}")
+
+    classifiers = {m.model_id: build_classifier(m, context=context) for m in models}
+    groups: dict[tuple, list[ModelSpec]] = defaultdict(list)  # models sharing content hashes
+    for m in models:
+        groups[classifiers[m.model_id].hash_key()].append(m)
+    modalities = sorted({m.modality for m in models if snapshot.has_modality(m.modality)})
+
+    current: dict[tuple, list[pd.DataFrame]] = defaultdict(list)
+    present_ids: list[pa.Array] = []
+    missing: dict[str, list[PreludeRow]] = defaultdict(list)
+    invalid: dict[bytes, set[str]] = {}
+    rows_read = 0
+    for f in snapshot.files:
+        new_file = baseline_files is None or f.path not in baseline_files
+        name = os.path.basename(f.path)
+        if candidates is not None and not new_file and not _any_id_in(snapshot, f, candidates):
+            continue  # data files are immutable: rows of a file the baseline read changed only if listed
+        for t in snapshot.read(f, snapshot.columns, batch_rows=SCAN_ROWS):
+            if candidates is not None:
+                keep = pc.fill_null(pc.is_in(t.column("item_id"), value_set=candidates), False)
+                if new_file:  # rows without a usable id are not in the feed's id list
+                    keep = pc.or_(keep, pc.invert(_usable_id_mask(t.column("item_id"))))
+                t = t.filter(keep)
+            if not t.num_rows:
+                continue
+            rows_read += t.num_rows
+            ids = t.column("item_id")
+            fixed, bad = utf8_sanitize(ids)
+            usable = np.asarray(_usable_id_mask(ids, (fixed, bad)).to_numpy(zero_copy_only=False), dtype=bool)
+            flags = {}
+            for m in modalities:
+                mask = modality_mask(t, m)
+                flags[m] = np.ones(t.num_rows, bool) if mask is None else np.asarray(
+                    mask.to_numpy(zero_copy_only=False), dtype=bool)
+            bad_set = set(bad)
+            raw = ids.cast(pa.binary()).to_pylist() if bad else None
+            for i in np.flatnonzero(~usable):
+                for m in modalities:
+                    if not flags[m][i]:
+                        continue
+                    if i in bad_set:
+                        invalid.setdefault(raw[i], set()).add(m)
+                    elif new_file:
+                        missing[m].append(PreludeRow(None, "missing_item_id",
+                                                     f"a row of data file {name} has a null or blank item_id"))
+            u = t.filter(pa.array(usable))
+            present_ids.append(u.column("item_id").combine_chunks())
+            for m in modalities:
+                rows = u.filter(pa.array(flags[m][usable]))
+                if not rows.num_rows:
+                    continue
+                work = to_work_rows(rows, m)
+                for key, members in groups.items():
+                    if members[0].modality != m:
+                        continue
+                    hashes = classifiers[members[0].model_id].content_hashes(work)
+                    current[key].append(pd.DataFrame({
+                        "item_id": work.column("item_id").to_numpy(zero_copy_only=False), "hash": hashes}))
+
+    all_ids = pa.concat_arrays(present_ids) if present_ids else pa.array([], pa.string())
+    counts = pc.value_counts(all_ids) if len(all_ids) else None
+    dup_rows: dict[str, int] = {}
+    if counts is not None:
+        many = pc.greater(counts.field("counts"), 1)
+        dup_rows = dict(zip(counts.field("values").filter(many).to_pylist(), counts.field("counts").filter(many).to_pylist()))
+    dup_ids = set(dup_rows)
+    excluded = pa.array([d.encode("utf-8") for d in sorted(dup_ids)] + sorted(invalid), pa.binary())
+    cur_ids = set(all_ids.to_pylist()) if len(all_ids) else set()
+
+    base = load_baseline(lake, versions, models)
+    if candidates is not None:
+        # Pairs the feed does not list are as the baseline run left them: unchanged.
+        outside = ~base["item_id"].isin(candidates.to_pylist())
+        unchanged_outside = int((outside & base["present"]).sum())
+        base = base[~outside]
+    else:
+        unchanged_outside = 0
+    selections: dict[str, Selection] = {}
+    unchanged = unchanged_outside
+    for key, members in groups.items():
+        frames = current.get(key)
+        cur = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["item_id", "hash"])
+        dups_here = cur[cur["item_id"].isin(dup_ids)]
+        cur = cur[~cur["item_id"].isin(dup_ids)]
+        for m in members:
+            b = base[base["model_id"] == m.model_id][["item_id", "digest", "state", "present"]]
+            merged = cur.merge(b, on="item_id", how="left")
+            present = merged["present"].eq(True)
+            changed = ~present | (merged["digest"] != m.digest) | (merged["state"] != merged["hash"])
+            keep = merged.loc[changed, "item_id"]
+            unchanged += int((~changed).sum())
+            prelude = list(missing.get(m.modality, []))
+            state_of = dict(zip(b["item_id"], zip(b["state"], b["digest"], b["present"])))
+
+            def seen(item: str, reason: str, _m=m, _s=state_of) -> bool:
+                st = _s.get(item)
+                return st is not None and bool(st[2]) and st[0] == f"catalog:{reason}" and st[1] == _m.digest
+
+            for item in sorted(set(dups_here["item_id"])):
+                if not seen(item, "duplicate_item_id"):
+                    prelude.append(PreludeRow(item, "duplicate_item_id",
+                                              f"item_id appears on {dup_rows[item]} rows of the catalog snapshot; "
+                                              f"none of them is scored"))
+                else:
+                    unchanged += 1
+            for raw_id, mods in sorted(invalid.items()):
+                if m.modality not in mods:
+                    continue
+                shown = raw_id.decode("utf-8", "backslashreplace")
+                if not seen(shown, "invalid_item_id"):
+                    prelude.append(PreludeRow(shown, "invalid_item_id",
+                                              f"item_id is not valid UTF-8: {shown[:80]!r}"))
+                else:
+                    unchanged += 1
+            selections[m.model_id] = Selection(
+                keep_ids=pa.array(keep.tolist(), pa.string()), excluded=excluded,
+                stream_pairs={m.modality: int(changed.sum())}, prelude={m.modality: prelude}, rows_scanned=rows_read,
+            )
+    for m in models:  # a modality the catalog cannot hold: nothing to score
+        selections.setdefault(m.model_id, Selection(keep_ids=pa.array([], pa.string()), excluded=excluded))
+
+    # Pairs the baseline has that the catalog no longer has.
+    gone_rows: list[dict] = []
+    if not base.empty:
+        live = base[base["present"]][["item_id", "modality"]].drop_duplicates()
+        now_pairs = set()
+        for key, frames in current.items():
+            modality = key[0]
+            for fr in frames:
+                now_pairs.update((i, modality) for i in fr["item_id"])
+        for item in invalid:
+            now_pairs.update((item.decode("utf-8", "backslashreplace"), mo) for mo in invalid[item])
+        for item, modality in live.itertuples(index=False):
+            if (item, modality) in now_pairs:
+                continue
+            gone_rows.append({"item_id": item, "modality": modality,
+                              "reason": "media_removed" if item in cur_ids else "item_deleted"})
+    removals = pa.Table.from_pylist(
+        [{**r, "run_id": "", "catalog_uri": snapshot.uri, "catalog_version": snapshot.version,
+          "removed_at": dt.datetime.now(dt.timezone.utc)} for r in sorted(gone_rows, key=lambda r: (r["item_id"], r["modality"]))],
+        schema=REMOVALS_SCHEMA,
+    )
+    return RescanPlan(
+        selections=selections, removals=removals, change_source=source,
+        baseline_run_id=base_run["run_id"] if base_run else None, baseline_versions=dict(versions),
+        unchanged_pairs=unchanged, rows_read=rows_read, notes=notes,
+    )
+
+
+def run_rescan(
+    *,
+    catalog_uri: str,
+    lake_root: str,
+    policy_path,
+    run_id: str | None = None,
+    change_source: ChangeSource = "auto",
+    ray_address: str | None = None,
+    profile_path=None,
+    models_dir=None,
+    column_map: dict[str, str] | None = None,
+    media_roots: list[str] | None = None,
+    progress: bool = True,
+):
+    """Score only the pairs that changed since the last successful run (see the module
+    docstring); record removed pairs. Same resume and exactly-once guarantees as a backfill.
+
+    Args:
+        change_source: ``auto`` (the change data feed when usable, else the content-hash
+            anti-join), ``cdf`` (fail if the feed cannot be used) or ``anti_join``.
+
+    Returns:
+        A ``BackfillResult`` with ``kind='rescan'`` (``nothing_changed`` when nothing was written).
+    """
+    from moderation.backfill import run_scoring
+
+    if change_source not in ("auto", "cdf", "anti_join"):
+        raise ModerationError(f"--change-source {change_source!r}: expected auto, cdf or anti_join")
+    return run_scoring(
+        kind="rescan", catalog_uri=catalog_uri, lake_root=lake_root, policy_path=policy_path, run_id=run_id,
+        ray_address=ray_address, profile_path=profile_path, models_dir=models_dir, column_map=column_map,
+        media_roots=media_roots, progress=progress, change_source=change_source,
+    )

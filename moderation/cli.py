@@ -146,6 +146,31 @@ def decide(
 
 
 @app.command()
+def diff(
+    lake: str = typer.Option(..., help="lake root URI"),
+    policy: str = typer.Option(..., help="policy id, e.g. catalog-safety"),
+    from_version: int = typer.Option(..., "--from", help="the version compared from (usually the live one)"),
+    to_version: int = typer.Option(..., "--to", help="the version compared to (the candidate)"),
+    sample_per_stratum: int = typer.Option(20, min=0, help="review-sample rows per category x change"),
+    seed: int = typer.Option(0, help="review-sample seed"),
+    run_id: Optional[str] = typer.Option(None),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Compare two decided versions of a policy (no model): write <lake>/diffs (newly violating,
+    cleared, action changed, per item, category and market) and a stratified review sample to
+    <lake>/diff_samples, and print a summary by category, item type, market and language."""
+    from moderation.diff import run_diff
+
+    _setup_logging(verbose)
+    try:
+        result = run_diff(lake_root=_abs_uri(lake), policy_id=policy, from_version=from_version,
+                          to_version=to_version, run_id=run_id, sample_per_stratum=sample_per_stratum, seed=seed)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary())
+
+
+@app.command()
 def report(
     lake: str = typer.Option(..., help="lake root URI"),
     master: str = typer.Option("local[*]", help="Spark master"),
@@ -258,6 +283,50 @@ def bank_add(
     for path, reason in result.rejected:
         typer.echo(f"  rejected {path}: {reason}")
     if result.rejected:
+        raise typer.Exit(code=1)
+
+
+runs_app = typer.Typer(no_args_is_help=True, help="Past runs (<lake>/runs): what each read and wrote, and how to reproduce it.")
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("list")
+def runs_list(
+    lake: str = typer.Option(..., help="lake root URI"),
+    kind: Optional[str] = typer.Option(None, help="backfill, rescan, decide, diff, promote or enforce"),
+    policy: Optional[str] = typer.Option(None, help="policy id"),
+    status: Optional[str] = typer.Option(None, help="running, succeeded or failed"),
+    limit: int = typer.Option(20, min=1, help="newest N runs"),
+) -> None:
+    """List runs, newest first."""
+    from moderation.lake import Lake
+    from moderation.runs import format_runs, list_runs
+
+    try:
+        table = list_runs(Lake(_abs_uri(lake)), kind=kind, policy_id=policy, status=status, limit=limit)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(format_runs(table))
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: str = typer.Argument(..., help="run id"),
+    lake: str = typer.Option(..., help="lake root URI"),
+    check: bool = typer.Option(True, help="check that the run is still reproducible (catalog version readable "
+                               "by time travel, policy file with the recorded hash, model digests)"),
+) -> None:
+    """Everything a run recorded, whether it can still be reproduced, and the command that does.
+    Exit 1 when a check fails."""
+    from moderation.lake import Lake
+    from moderation.runs import show_run
+
+    try:
+        report = show_run(Lake(_abs_uri(lake)), run_id, check=check)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(report.format(), nl=False)
+    if check and not report.reproducible:
         raise typer.Exit(code=1)
 
 

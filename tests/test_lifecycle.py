@@ -1,0 +1,170 @@
+"""Policy lifecycle: effective status from promote runs, promotion checks, restamped violations,
+and immutability of used versions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from moderation.decide import run_decide
+from moderation.enforcement import run_enforce
+from moderation.errors import ModerationError
+from moderation.lake import Lake
+from moderation.lifecycle import TARGET_COLUMN, effective_status, live_version, run_promote
+from moderation.results import utcnow
+from moderation.runinfo import run_row
+from tests.conftest import POLICY_V1
+from tests.test_markets import LOW, score_row, scores_table
+
+PID = "catalog-safety"
+
+
+@pytest.fixture()
+def policies(tmp_path) -> Path:
+    """A copy of the shipped catalog-safety versions (v1 live, v2 shadow, v3 draft, v4 draft)."""
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICY_V1.parent, folder)
+    return folder
+
+
+@pytest.fixture()
+def lake(tmp_path) -> Lake:
+    lake = Lake(str(tmp_path / "lake"))
+    lake.append_chunk("scores", scores_table([
+        score_row("a", {**LOW, "hate": 0.85}, markets=["US", "DE"]),  # v1 review, v2/v4 violation
+        score_row("b", {**LOW, "hate": 0.95}, markets=["US"]),  # violation everywhere
+    ]), app_id="t", version=0)
+    return lake
+
+
+def promote_row(lake: Lake, version: int, to: str, n: int) -> None:
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=n)
+    lake.upsert_run(run_row(run_id=f"promote-{n}", kind="promote", status="succeeded", policy_id=PID,
+                            policy_version=version, started_at=when, ended_at=when, **{TARGET_COLUMN: to}))
+
+
+def diff_row(lake: Lake, from_version: int, to_version: int, run_id: str = "diff-1") -> None:
+    """What moderation/diff.py records for a succeeded diff."""
+    now = utcnow()
+    lake.upsert_run(run_row(run_id=run_id, kind="diff", status="succeeded", policy_id=PID, policy_version=to_version,
+                            from_version=from_version, diff_rows=1, started_at=now, ended_at=now))
+
+
+def statuses(lake: Lake) -> dict[int, set[str]]:
+    v = lake.read("violations")
+    out: dict[int, set[str]] = {}
+    for version, status in zip(v.column("policy_version").to_pylist(), v.column("policy_status").to_pylist()):
+        out.setdefault(version, set()).add(status)
+    return out
+
+
+def test_effective_status_follows_promote_runs(lake):
+    declared = {1: "live", 2: "shadow", 3: "draft", 4: "draft"}
+    assert {v: effective_status(lake, PID, v, s) for v, s in declared.items()} == declared  # no promotions yet
+    assert live_version(lake, PID, declared) == 1
+    promote_row(lake, 2, "live", 1)
+    promote_row(lake, 3, "shadow", 2)
+    assert {v: effective_status(lake, PID, v, s) for v, s in declared.items()} == {
+        1: "retired", 2: "live", 3: "shadow", 4: "draft"}
+    promote_row(lake, 3, "live", 3)
+    assert {v: effective_status(lake, PID, v, s) for v, s in declared.items()} == {
+        1: "retired", 2: "retired", 3: "live", 4: "draft"}
+    assert live_version(lake, PID, declared) == 3
+    assert effective_status(lake, "other-policy", 1, "shadow") == "shadow"  # other policies untouched
+    lake.upsert_run(run_row(run_id="promote-9", kind="promote", status="running", policy_id=PID, policy_version=4,
+                            **{TARGET_COLUMN: "live"}))
+    assert effective_status(lake, PID, 4, "draft") == "draft"  # unfinished promotions do not count
+
+
+def test_promote_to_live_needs_a_decide_and_a_diff_with_the_live_version(lake, policies):
+    v1, v2 = policies / "v1.yaml", policies / "v2.yaml"
+    with pytest.raises(ModerationError, match=r"no succeeded decide of this file .* `moderation decide --lake"):
+        run_promote(lake_root=lake.root, policy_path=v2)
+    run_decide(lake_root=lake.root, policy_path=v2)
+    with pytest.raises(ModerationError, match="v1 is live but was never decided"):
+        run_promote(lake_root=lake.root, policy_path=v2)
+    run_decide(lake_root=lake.root, policy_path=v1)
+    with pytest.raises(ModerationError) as e:
+        run_promote(lake_root=lake.root, policy_path=v2)
+    assert f"`moderation diff --lake {lake.root} --policy {PID} --from 1 --to 2`" in str(e.value)
+    diff_row(lake, 1, 2)
+    run_decide(lake_root=lake.root, policy_path=v2)  # a decide after the diff makes it stale
+    with pytest.raises(ModerationError, match="predates the latest decide"):
+        run_promote(lake_root=lake.root, policy_path=v2)
+    assert statuses(lake) == {1: {"live"}, 2: {"shadow"}}
+    promotes = lambda: lake.read("runs").filter(pc.field("kind") == "promote").num_rows  # noqa: E731
+    assert promotes() == 0  # refusals write nothing
+
+    diff_row(lake, 1, 2, run_id="diff-2")
+    result = run_promote(lake_root=lake.root, policy_path=v2)
+    assert (result.to, result.from_version, result.forced, result.noop) == ("live", 1, False, False)
+    assert "v2 is now live (replacing v1, now retired)" in result.summary()
+    run = lake.get_run(result.run_id)
+    assert (run["kind"], run["status"], run["policy_version"], run["from_version"], run["forced"]) == (
+        "promote", "succeeded", 2, 1, False)
+    assert run[TARGET_COLUMN] == "live" and run["policy_path"] == str(v2) and run["policy_hash"]
+    assert statuses(lake) == {1: {"retired"}, 2: {"live"}}
+    assert result.restamped_rows == lake.read("violations").num_rows
+    # The next decides stamp the effective status too.
+    assert run_decide(lake_root=lake.root, policy_path=v1).policy_status == "retired"
+    assert statuses(lake) == {1: {"retired"}, 2: {"live"}}
+
+    before = (lake.version("runs"), lake.version("violations"))
+    again = run_promote(lake_root=lake.root, policy_path=v2)
+    assert again.noop and "already live; nothing written" in again.summary()
+    assert (lake.version("runs"), lake.version("violations")) == before and promotes() == 1
+
+
+def test_force_skips_the_checks_and_is_recorded(lake, policies):
+    run_decide(lake_root=lake.root, policy_path=policies / "v1.yaml")
+    with pytest.raises(ModerationError):
+        run_promote(lake_root=lake.root, policy_path=policies / "v4.yaml")
+    result = run_promote(lake_root=lake.root, policy_path=policies / "v4.yaml", force=True)
+    assert result.forced and "FORCED" in result.summary()
+    run = lake.get_run(result.run_id)
+    assert run["forced"] is True and run["from_version"] == 1
+    assert statuses(lake) == {1: {"retired"}}  # v4 has no rows yet
+    assert run_decide(lake_root=lake.root, policy_path=policies / "v4.yaml").policy_status == "live"
+    assert statuses(lake) == {1: {"retired"}, 4: {"live"}}
+
+
+def test_promote_to_shadow(lake, policies):
+    v1, v4 = policies / "v1.yaml", policies / "v4.yaml"
+    run_decide(lake_root=lake.root, policy_path=v4)
+    assert statuses(lake) == {4: {"draft"}}
+    result = run_promote(lake_root=lake.root, policy_path=v4, to="shadow")
+    assert result.to == "shadow" and result.from_version is None and not result.forced
+    assert statuses(lake) == {4: {"shadow"}}
+    assert run_promote(lake_root=lake.root, policy_path=v4, to="shadow").noop
+    with pytest.raises(ModerationError, match="is live: promote another version to live"):
+        run_promote(lake_root=lake.root, policy_path=v1, to="shadow")
+    with pytest.raises(ModerationError, match="--to 'retired'"):
+        run_promote(lake_root=lake.root, policy_path=v4, to="retired")  # type: ignore[arg-type]
+
+
+def test_a_used_version_is_immutable(lake, policies):
+    path = policies / "v2.yaml"
+    first = run_decide(lake_root=lake.root, policy_path=path)
+    original = path.read_text()
+    path.write_text(original.replace("threshold: 0.80", "threshold: 0.85", 1))
+    with pytest.raises(ModerationError) as e:
+        run_decide(lake_root=lake.root, policy_path=path)
+    msg = str(e.value)
+    assert str(path) in msg and first.run_id in msg and "immutable once used" in msg and "version: 5" in msg
+    run = lake.get_run(first.run_id)
+    assert run["policy_hash"][:12] in msg
+    for call in (run_promote, run_enforce):
+        with pytest.raises(ModerationError, match="immutable once used"):
+            call(lake_root=lake.root, policy_path=path, **({"force": True} if call is run_promote else {}))
+    assert lake.read("runs").num_rows == 1  # nothing recorded by the refusals
+    path.write_text(original)  # restored: the same content is the same version again
+    assert run_decide(lake_root=lake.root, policy_path=path).policy_version == 2
+    # Another lake never used it: the edited file is fine there (immutability is per lake's runs).
+    path.write_text(original.replace("threshold: 0.80", "threshold: 0.85", 1))
+    other = Lake(str(Path(lake.root).parent / "other"))
+    other.append_chunk("scores", scores_table([score_row("x", LOW)]), app_id="t", version=0)
+    assert run_decide(lake_root=other.root, policy_path=path).items == 1

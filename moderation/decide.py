@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from moderation.config import ALL_MARKETS, CategoryRule, LoadedPolicy, ModelSpec, load_model_registry, load_policy
 from moderation.errors import LakeError
 from moderation.lake import Lake
-from moderation.lifecycle import check_immutable, effective_status
+from moderation.lifecycle import check_immutable, effective_status, restamp_status
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
 from moderation.schemas import VIOLATIONS_SCHEMA
@@ -244,11 +244,11 @@ class DecideResult:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     def summary(self) -> str:
-        lines = [
+        lines = [(
             f"decide {self.run_id}: policy {self.policy_id} v{self.policy_version} ({self.policy_status}) over "
             f"{self.items} scored items (scores version {self.scores_version}): {self.violations} violation rows, "
             f"{self.reviews} review rows, {self.retired_rows} rows of the previous decide retired by removals"
-        ]
+        )]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -287,6 +287,12 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
     retired = retired_row_count(previous, violations, latest)
     warnings = coverage_warnings(scores, latest, loaded, registry, scores_uri=lake.uri("scores"))
     lake.replace_violations(violations, policy_id=policy.policy_id, policy_version=policy.version, run_id=run_id)
+    # A promotion recorded while this decide ran: stamp the status it made effective (the
+    # promote's own restamp may have run before this replace).
+    now_status = effective_status(lake, policy.policy_id, policy.version, policy.status)
+    if now_status != status:
+        restamp_status(lake, policy.policy_id, {policy.version: now_status}, run_id=run_id)
+        status = now_status
     decisions = violations.column("decision")
     live = latest[~latest["retired"]]
     result = DecideResult(

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from moderation.config import ALL_MARKETS, Policy, load_model_registry, load_policy
 from moderation.errors import LakeError, ModerationError
 from moderation.lake import Lake, _commit_retrying, _TableCreated
-from moderation.lifecycle import _q, check_immutable, effective_status, latest_run, policy_runs
+from moderation.lifecycle import check_immutable, effective_status, latest_run, policy_runs, sql_literal
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
 from moderation.schemas import ENFORCEMENT_SCHEMA
@@ -161,7 +161,7 @@ def _merge(lake: Lake, source: pa.Table, *, policy_id: str, app: str, violations
                 target.merge(source, predicate=key, source_alias="s", target_alias="t", commit_properties=props)
                 .when_matched_update({c: f"s.{c}" for c in ENFORCEMENT_SCHEMA.names}, predicate=changed)
                 .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(predicate=f"t.policy_id = {_q(policy_id)}")
+                .when_not_matched_by_source_delete(predicate=f"t.policy_id = {sql_literal(policy_id)}")
                 .execute()
             )
             if not any(metrics.get(f"num_target_rows_{k}", 0) for k in ("inserted", "updated", "deleted")):

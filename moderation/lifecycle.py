@@ -47,7 +47,7 @@ PROMOTE_TARGETS: tuple[PromoteTarget, ...] = ("live", "shadow")
 TARGET_COLUMN = "promoted_to" if "promoted_to" in RUNS_SCHEMA.names else "change_source"
 
 
-def _q(value: str) -> str:
+def sql_literal(value: str) -> str:
     """A SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
 
@@ -191,7 +191,8 @@ class PromoteResult:
         run_id: the promote run (None when nothing was done).
         to: the status the version was promoted to.
         from_version: the version live before (None: none was).
-        noop: the version already had that status; nothing was written.
+        noop: the version already had that status; no run was recorded (``restamped_rows``:
+            stale ``policy_status`` values repaired, normally 0: nothing written).
         forced: the decide / diff checks were skipped with ``--force``.
         restamped_rows: violations rows whose ``policy_status`` was rewritten.
     """
@@ -207,8 +208,9 @@ class PromoteResult:
 
     def summary(self) -> str:
         if self.noop:
-            return (f"promote: {self.policy_id} v{self.policy_version} is already {self.to}; "
-                    "nothing written")
+            done = (f"{self.restamped_rows} stale violations rows restamped" if self.restamped_rows
+                    else "nothing written")
+            return f"promote: {self.policy_id} v{self.policy_version} is already {self.to}; {done}"
         head = f"promote {self.run_id}: {self.policy_id} v{self.policy_version} is now {self.to}"
         if self.to == "live":
             head += (f" (replacing v{self.from_version}, now retired)" if self.from_version is not None
@@ -265,7 +267,7 @@ def restamp_status(lake: Lake, policy_id: str, stamps: dict[int, str], *, run_id
     if not stamps or not lake.exists("violations"):
         return 0
     versions = sorted(int(v) for v in stamps)
-    predicate = f"policy_id = {_q(policy_id)} AND policy_version IN ({', '.join(map(str, versions))})"
+    predicate = f"policy_id = {sql_literal(policy_id)} AND policy_version IN ({', '.join(map(str, versions))})"
     props = CommitProperties(custom_metadata={"moderation.run_id": run_id})
     for attempt in _commit_retrying():
         with attempt:
@@ -283,6 +285,15 @@ def restamp_status(lake: Lake, policy_id: str, stamps: dict[int, str], *, run_id
     raise AssertionError("unreachable")
 
 
+def stale_stamps(lake: Lake, policy_id: str, version: int, status: str) -> int:
+    """Rows of one version in ``violations`` whose ``policy_status`` is not ``status``."""
+    if not lake.exists("violations"):
+        return 0
+    rows = lake.read("violations", columns=["policy_status"],
+                     filter=(pc.field("policy_id") == policy_id) & (pc.field("policy_version") == version))
+    return int(pc.sum(pc.not_equal(pc.fill_null(rows.column("policy_status"), ""), status)).as_py() or 0)
+
+
 def run_promote(*, lake_root: str, policy_path: str | Path, to: PromoteTarget = "live", force: bool = False,
                 run_id: str | None = None, models_dir: Path | None = None) -> PromoteResult:
     """Promote a policy version to live (or shadow) and record it in ``runs``.
@@ -290,9 +301,11 @@ def run_promote(*, lake_root: str, policy_path: str | Path, to: PromoteTarget = 
     To live, unless ``force``: the version must have a succeeded decide of this exact file, and
     when another version is live, a succeeded diff from the live version to this one that ended
     after both versions' latest decides. The promote run (kind ``promote``; ``from_version``: the
-    version live before; ``forced``) is written, then ``violations.policy_status`` of this version
-    (``live`` / ``shadow``) and of the previously live one (``retired``) is rewritten. The run is
-    marked succeeded last, so a promote that dies midway is simply run again.
+    version live before; ``forced``) is recorded first: it is what makes the new status effective.
+    Then ``violations.policy_status`` of this version (``live`` / ``shadow``) and of the
+    previously live one (``retired``) is rewritten. A decide racing with the promotion stamps its
+    rows again after its own commit when the status changed meanwhile (see ``run_decide``), and a
+    promote that died before restamping is repaired by running it again (a no-op otherwise).
 
     Raises:
         ConfigError: the policy file is invalid.
@@ -311,10 +324,12 @@ def run_promote(*, lake_root: str, policy_path: str | Path, to: PromoteTarget = 
     promotions = _promotions(runs)
     current = _status_from(promotions, policy.version, policy.status)
     live = live_version(lake, policy.policy_id, declared_statuses(loaded))
-    noop = PromoteResult(run_id=None, policy_id=policy.policy_id, policy_version=policy.version, to=to,
-                         from_version=live, noop=True, forced=force, restamped_rows=0)
     if (to == "live" and live == policy.version) or (to == "shadow" and current == "shadow"):
-        return noop
+        stale = stale_stamps(lake, policy.policy_id, policy.version, to)
+        if stale:  # a promote that died between recording its run and restamping
+            restamp_status(lake, policy.policy_id, {policy.version: to}, run_id=run_id or new_run_id("promote"))
+        return PromoteResult(run_id=None, policy_id=policy.policy_id, policy_version=policy.version, to=to,
+                             from_version=live, noop=True, forced=bool(force), restamped_rows=stale)
     if to == "shadow" and live == policy.version:
         raise ModerationError(
             f"{policy.policy_id} v{policy.version} is live: promote another version to live to replace it "
@@ -335,12 +350,11 @@ def run_promote(*, lake_root: str, policy_path: str | Path, to: PromoteTarget = 
         from_version=live if to == "live" else None, forced=bool(force), code_version=code_version(),
         started_at=started, **{TARGET_COLUMN: to},
     )
-    lake.upsert_run(run_row(status="running", **row))
+    lake.upsert_run(run_row(status="succeeded", ended_at=utcnow(), **row))
     stamps = {policy.version: to}
     if to == "live" and live is not None and live != policy.version:
         stamps[live] = "retired"
     restamped = restamp_status(lake, policy.policy_id, stamps, run_id=run_id)
-    lake.upsert_run(run_row(status="succeeded", ended_at=utcnow(), **row))
     log.info("promote %s: %s v%d -> %s (was live: %s)", run_id, policy.policy_id, policy.version, to, live)
     return PromoteResult(run_id=run_id, policy_id=policy.policy_id, policy_version=policy.version, to=to,
                          from_version=live if to == "live" else None, noop=False, forced=bool(force),

@@ -168,3 +168,28 @@ def test_a_used_version_is_immutable(lake, policies):
     other = Lake(str(Path(lake.root).parent / "other"))
     other.append_chunk("scores", scores_table([score_row("x", LOW)]), app_id="t", version=0)
     assert run_decide(lake_root=other.root, policy_path=path).items == 1
+
+
+def test_stamps_stay_right_when_a_promote_dies_or_races_a_decide(lake, policies, monkeypatch):
+    import moderation.decide as decide_module
+    from moderation.lifecycle import restamp_status
+
+    v2 = policies / "v2.yaml"
+    run_decide(lake_root=lake.root, policy_path=v2)
+    run_promote(lake_root=lake.root, policy_path=v2, force=True)
+    # A promote that died after recording its run, before restamping: running it again repairs.
+    restamp_status(lake, PID, {2: "shadow"}, run_id="test")
+    repaired = run_promote(lake_root=lake.root, policy_path=v2, force=True)
+    assert repaired.noop and repaired.restamped_rows == 2 and "2 stale violations rows restamped" in repaired.summary()
+    assert statuses(lake) == {2: {"live"}}
+    # A decide that read the status before a promotion was recorded stamps the new one after its commit.
+    real = decide_module.effective_status
+    calls = []
+
+    def stale_first(*args):
+        calls.append(args)
+        return "shadow" if len(calls) == 1 else real(*args)
+
+    monkeypatch.setattr(decide_module, "effective_status", stale_first)
+    result = run_decide(lake_root=lake.root, policy_path=v2)
+    assert len(calls) == 2 and result.policy_status == "live" and statuses(lake) == {2: {"live"}}

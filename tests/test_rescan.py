@@ -193,3 +193,34 @@ def test_a_changed_model_version_rescores_its_pairs(env, tmp_path):
     assert result.status == "succeeded" and result.selected_pairs == n_items
     digests = Counter(lake.read("scores", filter=pc.field("run_id") == "new-model").column("model_digest").to_pylist())
     assert set(digests) == {new_digest}
+
+
+def test_killed_rescan_resumes_with_the_same_selection(env):
+    """SIGKILL a re-scan after its first scores chunk landed; the same command resumes it: the
+    same pairs (pinned baseline versions), nothing duplicated, removals recorded once."""
+    import subprocess
+    import sys
+
+    lake = env["lake"]
+    dt = DeltaTable(env["catalog"])
+    ids = sorted(dt.to_pyarrow_table(columns=["item_id"]).column("item_id").to_pylist())
+    edited, deleted = ids[:40], ids[-2:]
+    dt.update(predicate="item_id IN (" + ", ".join(f"'{i}'" for i in edited) + ")",
+              updates={"description": "concat(description, ' Now with bonus tracks.')"})
+    DeltaTable(env["catalog"]).delete(predicate="item_id IN (" + ", ".join(f"'{i}'" for i in deleted) + ")")
+    cmd = [sys.executable, "-m", "moderation.cli", "rescan", "--catalog", env["catalog"], "--lake", lake.root,
+           "--policy", str(POLICY_V1), "--profile", str(env["profile"]), "--run-id", "killed"]
+    # after_commit:1 is the removals commit, :2 the first scores chunk (16 pairs).
+    killed = subprocess.run(cmd, env={**os.environ, "MODERATION_FAULTS": "after_commit:2"}, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    partial = lake.read("scores", filter=pc.field("run_id") == "killed").num_rows
+    assert 0 < partial < len(edited)
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run = lake.get_run("killed")
+    assert run["status"] == "succeeded" and run["selected_pairs"] == len(edited)
+    scored, quarantined, dupes = run_accounting(lake, "killed")
+    assert scored + quarantined == len(edited) and dupes == 0
+    removals = lake.read("removals", filter=pc.field("run_id") == "killed")
+    assert sorted(removals.column("item_id").to_pylist()) == deleted

@@ -76,6 +76,10 @@ VIOLATIONS_SCHEMA = pa.schema(
         pa.field("language", pa.string()),
         pa.field("markets", STR_LIST),
         pa.field("market_scope", pa.string(), nullable=False),
+        # The markets the row applies to: [market_scope] for a market row; for "*", the item's
+        # markets that have no override of their own for the category (null: the item lists
+        # none). Added with issue 5; reports and the enforcement export count by it.
+        pa.field("scope_markets", STR_LIST),
         pa.field("category", pa.string(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
         pa.field("threshold", pa.float32(), nullable=False),
@@ -132,6 +136,7 @@ RUNS_SCHEMA = pa.schema(
         pa.field("diff_rows", pa.int64()),  # diff: rows written to diffs
         pa.field("enforcement_rows", pa.int64()),  # enforce: rows the export holds for the policy
         pa.field("forced", pa.bool_()),  # promote/backfill: a refused step was overridden with --force
+        pa.field("promoted_to", pa.string()),  # promote: live | shadow
     ]
 )
 

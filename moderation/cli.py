@@ -171,6 +171,26 @@ def diff(
 
 
 @app.command()
+def enforce(
+    lake: str = typer.Option(..., help="lake root URI"),
+    policy: Path = typer.Option(..., help="the live policy version file"),
+    run_id: Optional[str] = typer.Option(None),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Export the actions the live version takes to <lake>/enforcement (one row per item,
+    category and market; change data feed on). Refused for draft and shadow versions.
+    Idempotent per version: exporting the same decide again writes nothing."""
+    from moderation.enforcement import run_enforce
+
+    _setup_logging(verbose)
+    try:
+        result = run_enforce(lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary())
+
+
+@app.command()
 def report(
     lake: str = typer.Option(..., help="lake root URI"),
     master: str = typer.Option("local[*]", help="Spark master"),
@@ -284,6 +304,54 @@ def bank_add(
         typer.echo(f"  rejected {path}: {reason}")
     if result.rejected:
         raise typer.Exit(code=1)
+
+
+policy_app = typer.Typer(no_args_is_help=True, help="Policy versions: lifecycle (draft, shadow, live, retired).")
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("promote")
+def policy_promote(
+    lake: str = typer.Option(..., help="lake root URI"),
+    policy: Path = typer.Option(..., help="the policy version file to promote"),
+    to: str = typer.Option("live", help="live or shadow"),
+    force: bool = typer.Option(False, "--force", help="promote although the version was not decided or not "
+                               "compared (moderation diff) with the live one; recorded in runs"),
+    run_id: Optional[str] = typer.Option(None),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Make a policy version live (the previous live one is retired) or shadow; recorded in
+    <lake>/runs. Going live needs a decide of the version and a diff from the live version."""
+    from moderation.lifecycle import run_promote
+
+    _setup_logging(verbose)
+    if to not in ("live", "shadow"):
+        _fail(ModerationError(f"--to {to!r}: expected live or shadow"))
+    try:
+        result = run_promote(lake_root=_abs_uri(lake), policy_path=policy, to=to, force=force, run_id=run_id)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary())
+
+
+@policy_app.command("status")
+def policy_status(
+    lake: str = typer.Option(..., help="lake root URI"),
+    policy: Path = typer.Option(..., help="any version file of the policy (its sibling files are read too)"),
+) -> None:
+    """Each version's declared and effective status (from promotions recorded in <lake>/runs)."""
+    from moderation.config import load_policy
+    from moderation.lake import Lake
+    from moderation.lifecycle import declared_statuses, effective_status
+
+    try:
+        loaded = load_policy(policy)
+        lake_ = Lake(_abs_uri(lake))
+        for version, declared in sorted(declared_statuses(loaded).items()):
+            status = effective_status(lake_, loaded.policy.policy_id, version, declared)
+            typer.echo(f"{loaded.policy.policy_id} v{version}: {status}" + (f" (file says {declared})" if status != declared else ""))
+    except ModerationError as e:
+        _fail(e)
 
 
 runs_app = typer.Typer(no_args_is_help=True, help="Past runs (<lake>/runs): what each read and wrote, and how to reproduce it.")

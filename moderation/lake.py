@@ -108,6 +108,13 @@ def _evolve(dt, schema: pa.Schema) -> None:
         dt.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing])
 
 
+def _no_views(table: pa.Table) -> pa.Table:
+    """``table`` with string_view / binary_view columns cast to string / binary."""
+    fields = [pa.field(f.name, pa.string() if pa.types.is_string_view(f.type) else
+                       pa.binary() if pa.types.is_binary_view(f.type) else f.type, f.nullable) for f in table.schema]
+    return table.cast(pa.schema(fields)) if fields != list(table.schema) else table
+
+
 def join_uri(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
@@ -163,7 +170,15 @@ class Lake:
                 raise LakeError(f"table {self.uri(table)} does not exist")
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty
-        return dt.to_pyarrow_dataset().to_table(filter=filter, columns=columns)
+        dataset = dt.to_pyarrow_dataset()
+        try:
+            return dataset.to_table(filter=filter, columns=columns)
+        except pa.ArrowNotImplementedError:
+            # delta-rs 1.6 MERGE/UPDATE write string columns as string_view (delta-rs#4579),
+            # which pyarrow cannot compare with a string literal: filter after reading.
+            table = _no_views(dataset.to_table())
+            table = table.filter(filter) if filter is not None else table
+            return table.select(columns) if columns else table
 
     def transaction_version(self, table: str, app_id: str) -> int | None:
         dt = self.open(table)

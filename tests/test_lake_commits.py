@@ -159,3 +159,17 @@ def test_table_written_before_a_new_column_gains_it(tmp_path):
     assert lake.append_chunk("quarantine", _rows(["b"]), app_id="app", version=0)
     got = {r["item_id"]: r["content_hash"] for r in lake.read("quarantine").to_pylist()}
     assert got == {"a": None, "b": "h-b"}
+
+
+def test_filtered_read_of_a_merged_table(tmp_path):
+    """delta-rs MERGE writes string_view columns (delta-rs#4579) that pyarrow cannot compare
+    with a string literal; Lake.read still filters them."""
+    from deltalake import DeltaTable, write_deltalake
+
+    uri = str(tmp_path / "enforcement")
+    write_deltalake(uri, pa.table({"item_id": ["a", "b"], "x": ["1", "2"]}))
+    (DeltaTable(uri).merge(pa.table({"item_id": ["a", "c"], "x": ["9", "3"]}), "t.item_id = s.item_id",
+                           source_alias="s", target_alias="t")
+     .when_matched_update_all().when_not_matched_insert_all().execute())
+    got = Lake(str(tmp_path)).read("enforcement", filter=pc.field("item_id").isin(["a", "c"]), columns=["x"])
+    assert sorted(got.column("x").to_pylist()) == ["3", "9"]

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from moderation.backfill import run_accounting, run_backfill
 from moderation.classifiers.base import RunContext
 from moderation.cli import app
+from moderation.config import PROJECT_ROOT as ROOT
 from moderation.config import default_conf_dir, load_model_registry, load_policy
 from moderation.decide import run_decide
 from moderation.demo import build_demo_table
@@ -78,6 +79,14 @@ def test_unchanged_catalog_rescan_writes_nothing(env):
                                    "--policy", str(POLICY_V1), "--profile", str(env["profile"])])
     assert out.exit_code == 0, out.output
     assert "nothing changed since run base" in out.output and "nothing written" in out.output
+    # The cluster entrypoint (ray job submit) does the same.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("job", ROOT / "jobs" / "backfill.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.main(["--rescan", "--catalog", env["catalog"], "--lake", lake.root, "--policy", str(POLICY_V1),
+                     "--profile", str(env["profile"])]) == 0
     assert _lake_state(lake) == before
 
 

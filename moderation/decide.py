@@ -10,7 +10,9 @@ Markets: one pass decides every market variant. The category's global rule gives
 ``market_scope`` ``"*"``, standing for the item's markets that have no override for that
 category (emitted when the item lists at least one such market, or none at all). Each market M
 with an override that the item lists gives its own row, ``market_scope`` M, decided by the
-override merged over the global rule (no row when the category is exempt there).
+override merged over the global rule (no row when the category is exempt there). Every row names
+the markets it applies to in ``scope_markets``: ``[M]`` for a market row; for ``"*"``, the item's
+markets without an override for the category, in the item's order (null: the item lists none).
 
 Removals: a scores row is retired when ``removals`` holds a row for its (item, modality) removed
 at or after it was scored; retired rows do not count, so the pair's violations disappear in the
@@ -38,7 +40,7 @@ from moderation.lake import Lake
 from moderation.lifecycle import check_immutable, effective_status, restamp_status
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
-from moderation.schemas import VIOLATIONS_SCHEMA
+from moderation.schemas import STR_LIST, VIOLATIONS_SCHEMA
 
 SCORE_COLUMNS = ["item_id", "item_type", "modality", "model_id", "model_digest", "category_scores",
                  "language", "markets", "explicit", "scored_at", "run_id"]
@@ -99,6 +101,24 @@ def _sets(item_ids: pd.Series, values: pd.Series) -> pd.Series:
     return masks.map(lookup)
 
 
+def _market_lists(items: pd.Index, pairs: pd.DataFrame) -> pa.ListArray:
+    """Per item of ``items`` (in order), the distinct markets ``pairs`` (item_id, market; no
+    duplicates) gives it, in their order there; null for an item with none. Built from offsets,
+    with no Python per item."""
+    codes = items.get_indexer(pairs["item_id"])
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=len(items))
+    offsets = np.zeros(len(items) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    values = pa.array(pairs["market"].to_numpy()[order], pa.string())
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(counts == 0))
+
+
+def _single_lists(market: str, n: int) -> pa.ListArray:
+    """``n`` lists ``[market]``."""
+    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), pa.array([market] * n, pa.string()))
+
+
 def _decide_variant(hits: pd.DataFrame, col: str, rule: CategoryRule, *, category: str, scope: str) -> pd.DataFrame:
     """One (category, market scope) variant: a row per item of ``hits`` (its rows at or above
     the rule's review floor)."""
@@ -140,7 +160,11 @@ def apply_policy(
     pairs = pd.DataFrame({"item_id": pairs.index.to_numpy(), "market": pairs.to_numpy()}).drop_duplicates()
     no_markets = items.index.difference(pd.Index(pairs["item_id"].unique()))
 
+    # scope_markets of a "*" row with no override for its category: all the item's markets.
+    all_markets = _market_lists(items.index, pairs)
+
     parts: list[pd.DataFrame] = []
+    scopes: list[pa.Array] = []  # scope_markets of each part, aligned with its rows
     for category, rule in policy.categories.items():
         col = score_column(category)
         usable = [m for m in policy.models if category in models[m].categories and models[m].modality in rule.modalities]
@@ -151,10 +175,14 @@ def apply_policy(
         if category in policy.exemptions.explicit:
             part = part[~part["item_id"].map(explicit).fillna(False).to_numpy(dtype=bool)]
         overrides = policy.market_overrides(category)
+        star_markets = all_markets
         variants: list[tuple[str, CategoryRule | None, pd.Index | None]] = []
         if overrides:
-            free = pairs.loc[~pairs["market"].isin(list(overrides)), "item_id"].unique()
-            variants.append((ALL_MARKETS, rule, no_markets.union(pd.Index(free))))
+            free_pairs = pairs[~pairs["market"].isin(list(overrides))]
+            star_markets = _market_lists(items.index, free_pairs)
+            # A "*" row only where it applies somewhere: an item whose every market has an
+            # override gets none (its scope_markets would be empty).
+            variants.append((ALL_MARKETS, rule, no_markets.union(pd.Index(free_pairs["item_id"].unique()))))
             for market, merged in overrides.items():
                 variants.append((market, merged, pd.Index(pairs.loc[pairs["market"] == market, "item_id"].unique())))
         else:
@@ -168,7 +196,10 @@ def apply_policy(
                 sel &= part["item_id"].isin(eligible)
             hits = part[sel]
             if not hits.empty:
-                parts.append(_decide_variant(hits, col, merged, category=category, scope=scope))
+                out = _decide_variant(hits, col, merged, category=category, scope=scope)
+                parts.append(out)
+                scopes.append(star_markets.take(pa.array(items.index.get_indexer(out["item_id"])))
+                              if scope == ALL_MARKETS else _single_lists(scope, len(out)))
     if not parts:
         return VIOLATIONS_SCHEMA.empty_table()
     rows = pd.concat(parts, ignore_index=True)
@@ -183,7 +214,11 @@ def apply_policy(
     rows["decided_at"] = now
     rows["score"] = rows["score"].astype("float32")
     rows["threshold"] = rows["threshold"].astype("float32")
-    return pa.Table.from_pandas(rows[VIOLATIONS_SCHEMA.names], schema=VIOLATIONS_SCHEMA, preserve_index=False)
+    names = [n for n in VIOLATIONS_SCHEMA.names if n != "scope_markets"]
+    table = pa.Table.from_pandas(rows[names], schema=pa.schema([VIOLATIONS_SCHEMA.field(n) for n in names]),
+                                 preserve_index=False)
+    table = table.append_column(VIOLATIONS_SCHEMA.field("scope_markets"), pa.chunked_array(scopes, STR_LIST))
+    return table.select(VIOLATIONS_SCHEMA.names)
 
 
 def coverage_warnings(scores: pa.Table, latest: pd.DataFrame, loaded: LoadedPolicy, models: dict[str, ModelSpec],

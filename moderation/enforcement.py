@@ -1,10 +1,12 @@
 """Enforcement export: the actions the live version of each policy takes, for downstream systems.
 
 ``<lake>/enforcement`` holds one row per (policy_id, item_id, category, market) that the live
-version of the policy flags as a violation (reviews are not exported). A ``violations`` row with
-``market_scope`` M becomes the row for market M; a ``"*"`` row becomes one row per market the
-item lists that has no override for the category in the policy (``"*"`` when the item lists no
-market).
+version of the policy flags as a violation (reviews are not exported). A ``violations`` row
+becomes one row per market of its ``scope_markets`` (a row with ``market_scope`` M: market M; a
+``"*"`` row: the item's markets that have no override for the category), or one row with market
+``"*"`` when that is null (the item lists no market). Rows decided before ``scope_markets``
+existed (null there while the item lists markets) get their markets from the policy's overrides,
+as decide gives them now.
 
 The export is a Delta MERGE keyed (policy_id, item_id, category, market): changed rows are
 updated, new ones inserted, and rows of the policy that the live version no longer flags are
@@ -37,7 +39,7 @@ from moderation.lake import Lake, _commit_retrying, _TableCreated
 from moderation.lifecycle import check_immutable, effective_status, latest_run, policy_runs, sql_literal
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
-from moderation.schemas import ENFORCEMENT_SCHEMA
+from moderation.schemas import ENFORCEMENT_SCHEMA, STR_LIST
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ KEYS = ("policy_id", "item_id", "category", "market")
 COMPARED = ("policy_version", "action", "severity", "threshold", "score", "decide_run_id")
 TABLE_CONFIGURATION = {"delta.enableChangeDataFeed": "true"}
 _VIOLATION_COLUMNS = ["policy_id", "policy_version", "item_id", "category", "market_scope", "markets",
-                      "action", "severity", "score", "threshold", "run_id"]
+                      "scope_markets", "action", "severity", "score", "threshold", "run_id"]
 
 
 def app_id(policy_id: str, version: int) -> str:
@@ -60,24 +62,39 @@ def enforcement_rows(violations: pa.Table, policy: Policy, *, run_id: str, now) 
 
     Args:
         violations: ``violations`` rows of the version with decision ``violation`` (at least the
-            columns in ``_VIOLATION_COLUMNS``).
+            columns in ``_VIOLATION_COLUMNS``; ``scope_markets`` may be missing: rows decided
+            before it existed).
+        policy: the version; its overrides are read only for rows without ``scope_markets``.
     """
+    if "scope_markets" not in violations.column_names:
+        violations = violations.append_column("scope_markets", pa.nulls(violations.num_rows, STR_LIST))
     df = violations.select(_VIOLATION_COLUMNS).to_pandas()
     if df.empty:
         return ENFORCEMENT_SCHEMA.empty_table()
+    listed = df["markets"].map(len, na_action="ignore").fillna(0).gt(0)
+    legacy = (df["scope_markets"].isna() & listed).to_numpy()
+    out = df[~legacy].explode("scope_markets")
+    out = out.assign(market=out["scope_markets"].fillna(ALL_MARKETS))
+    out = pd.concat([out, _legacy_markets(df[legacy], policy)], ignore_index=True).drop_duplicates(list(KEYS))
+    out = out.rename(columns={"run_id": "decide_run_id"}).assign(run_id=run_id, exported_at=now)
+    out = out.sort_values(["item_id", "category", "market"], kind="stable")
+    return pa.Table.from_pandas(out[ENFORCEMENT_SCHEMA.names], schema=ENFORCEMENT_SCHEMA, preserve_index=False)
+
+
+def _legacy_markets(df: pd.DataFrame, policy: Policy) -> pd.DataFrame:
+    """Rows decided before ``scope_markets`` existed (their item lists markets), with ``market``:
+    ``market_scope`` for a market row; for a ``"*"`` row, each of the item's markets with no
+    override for the category in ``policy``."""
     scoped = df[df["market_scope"] != ALL_MARKETS].assign(market=lambda d: d["market_scope"])
     star = df[df["market_scope"] == ALL_MARKETS].explode("markets")
-    star = star.assign(market=star["markets"].fillna(ALL_MARKETS))
+    star = star[star["markets"].notna()].assign(market=lambda d: d["markets"])
     overridden = pd.DataFrame(
         [(c, m) for c in policy.categories for m in policy.market_overrides(c)], columns=["category", "market"]
     )
     if not overridden.empty and not star.empty:
         hit = star[["category", "market"]].merge(overridden.assign(_o=True), on=["category", "market"], how="left")
         star = star[hit["_o"].isna().to_numpy()]
-    out = pd.concat([scoped, star], ignore_index=True).drop_duplicates(list(KEYS))
-    out = out.rename(columns={"run_id": "decide_run_id"}).assign(run_id=run_id, exported_at=now)
-    out = out.sort_values(["item_id", "category", "market"], kind="stable")
-    return pa.Table.from_pandas(out[ENFORCEMENT_SCHEMA.names], schema=ENFORCEMENT_SCHEMA, preserve_index=False)
+    return pd.concat([scoped, star], ignore_index=True)
 
 
 @dataclass(frozen=True)
@@ -209,10 +226,12 @@ def run_enforce(*, lake_root: str, policy_path: str | Path, run_id: str | None =
     violations_version = dt_violations.version()
     run_id = run_id or new_run_id("enforce")
     started = utcnow()
-    # Partition columns pushed down; decision filtered in memory (see _policy_rows).
+    # Partition columns pushed down; decision filtered in memory (see _policy_rows). A table
+    # written before scope_markets existed lacks it (enforcement_rows copes).
+    have = set(dt_violations.schema().to_arrow().names)
     flagged = dt_violations.to_pyarrow_dataset().to_table(
         filter=(pc.field("policy_id") == policy.policy_id) & (pc.field("policy_version") == policy.version),
-        columns=[*_VIOLATION_COLUMNS, "decision"],
+        columns=[c for c in [*_VIOLATION_COLUMNS, "decision"] if c in have],
     ).filter(pc.field("decision") == "violation")
     source = enforcement_rows(flagged, policy, run_id=run_id, now=utcnow())
     app = app_id(policy.policy_id, policy.version)

@@ -261,7 +261,8 @@ class Lake:
 
         Readers see the old rows or the new ones, never a mix. A decide of another version
         committing at the same moment is a conflict delta-rs reports; the replace is retried on
-        the reloaded table (bounded, with backoff)."""
+        the reloaded table (bounded, with backoff). A table written before a column of the
+        schema existed gains it first (older partitions read it as null)."""
         from deltalake import CommitProperties, write_deltalake
 
         data = conform(rows, TABLE_SCHEMAS["violations"])
@@ -278,6 +279,7 @@ class Lake:
                             raise _TableCreated() from e
                         raise
                     return
+                _evolve(self.open("violations"), TABLE_SCHEMAS["violations"])
                 write_deltalake(
                     self.uri("violations"), data, mode="overwrite",
                     predicate=f"policy_id = '{pid}' AND policy_version = {int(policy_version)}",

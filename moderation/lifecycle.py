@@ -33,7 +33,7 @@ import yaml
 
 from moderation.config import LoadedPolicy, load_model_registry, load_policy
 from moderation.errors import ModerationError
-from moderation.lake import Lake, _commit_retrying, conform
+from moderation.lake import Lake, _commit_retrying, _evolve, conform
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
 from moderation.schemas import RUNS_SCHEMA, VIOLATIONS_SCHEMA
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 
 PromoteTarget = Literal["live", "shadow"]
 PROMOTE_TARGETS: tuple[PromoteTarget, ...] = ("live", "shadow")
-#: The runs column recording the status a promote run moved its version to. ``promoted_to`` once
-#: the runs schema has it; until then ``change_source`` (unused by promote runs otherwise).
-TARGET_COLUMN = "promoted_to" if "promoted_to" in RUNS_SCHEMA.names else "change_source"
 
 
 def sql_literal(value: str) -> str:
@@ -67,12 +64,14 @@ def policy_runs(lake: Lake, policy_id: str) -> pd.DataFrame:
 
 
 def _promotions(runs: pd.DataFrame) -> pd.DataFrame:
-    """Succeeded promote runs, oldest first, with their target status in ``target``."""
+    """Succeeded promote runs, oldest first, with their target status (``promoted_to``) in
+    ``target``."""
     if runs.empty:
         return runs.assign(target=pd.Series(dtype=object))
     done = runs[(runs["kind"] == "promote") & (runs["status"] == "succeeded")]
-    target = done["promoted_to"] if "promoted_to" in done else pd.Series(None, index=done.index, dtype=object)
-    return done.assign(target=target.fillna(done["change_source"]))
+    # Promote runs recorded before runs had promoted_to kept their target in change_source
+    # (which no promote run uses otherwise): still read there, so those lakes keep their statuses.
+    return done.assign(target=done["promoted_to"].fillna(done["change_source"]))
 
 
 def _status_from(promotions: pd.DataFrame, version: int, declared: str) -> str:
@@ -272,6 +271,7 @@ def restamp_status(lake: Lake, policy_id: str, stamps: dict[int, str], *, run_id
     for attempt in _commit_retrying():
         with attempt:
             table = lake.open("violations")
+            _evolve(table, VIOLATIONS_SCHEMA)  # rows are written with every column of the schema
             rows = table.to_pyarrow_dataset().to_table(
                 filter=(pc.field("policy_id") == policy_id) & pc.field("policy_version").isin(versions))
             if rows.num_rows == 0:
@@ -348,7 +348,7 @@ def run_promote(*, lake_root: str, policy_path: str | Path, to: PromoteTarget = 
         policy_hash=loaded.content_hash, policy_path=str(policy_path),
         model_ids=[m.model_id for m in models], model_digests=[m.digest for m in models],
         from_version=live if to == "live" else None, forced=bool(force), code_version=code_version(),
-        started_at=started, **{TARGET_COLUMN: to},
+        started_at=started, promoted_to=to,
     )
     lake.upsert_run(run_row(status="succeeded", ended_at=utcnow(), **row))
     stamps = {policy.version: to}

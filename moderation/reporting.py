@@ -301,22 +301,48 @@ def population(scores_df: DataFrame, decides_df: DataFrame, removals_df: DataFra
     )
 
 
+def _item_markets() -> Column:
+    """A population item's markets: its ``markets``, else ``[NO_MARKET]``."""
+    from pyspark.sql import functions as F
+
+    return F.when(F.size("markets") > 0, F.col("markets")).otherwise(F.array(F.lit(NO_MARKET)))
+
+
+def _row_markets() -> Column:
+    """The markets a ``violations`` row applies to: its ``scope_markets``; for a row decided
+    before that column existed (null there), its scope's market, or for a ``"*"`` row the item's
+    markets (``[NO_MARKET]`` when it lists none), as reports counted such rows then."""
+    from pyspark.sql import functions as F
+
+    return (
+        F.when(F.col("scope_markets").isNotNull(), F.col("scope_markets"))
+        .when(F.col("market_scope") != "*", F.array(F.col("market_scope")))
+        .otherwise(_item_markets())
+    )
+
+
 def _flagged(violations_df: DataFrame, population_df: DataFrame, decides_df: DataFrame) -> DataFrame:
-    """Population items x their policy version's categories, with per-item decision flags."""
+    """Population items x their policy version's categories x the item's markets (``market``;
+    ``NO_MARKET`` when it lists none), with the item's decision flags in that market: a
+    ``violations`` row counts in exactly the markets it applies to (:func:`_row_markets`)."""
     from pyspark.sql import functions as F
 
     categories = decides_df.select(*POLICY_KEYS, F.explode("categories").alias("category")).distinct()
     flags = (
         violations_df.join(decides_df.select(*POLICY_KEYS), on=POLICY_KEYS, how="left_semi")
-        .groupBy(*POLICY_KEYS, "item_id", "category")
+        .select(*POLICY_KEYS, "item_id", "category", F.explode(_row_markets()).alias("market"), "decision")
+        .groupBy(*POLICY_KEYS, "item_id", "category", "market")
         .agg(
             F.max((F.col("decision") == "violation").cast("int")).alias("_violation"),
             F.max((F.col("decision") == "review").cast("int")).alias("_review"),
         )
     )
+    cells = population_df.select(
+        *POLICY_KEYS, "item_id", "item_type", "language", F.explode(_item_markets()).alias("market")
+    ).distinct()
     return (
-        population_df.join(categories, on=POLICY_KEYS, how="inner")
-        .join(flags, on=[*POLICY_KEYS, "item_id", "category"], how="left")
+        cells.join(categories, on=POLICY_KEYS, how="inner")
+        .join(flags, on=[*POLICY_KEYS, "item_id", "category", "market"], how="left")
     )
 
 
@@ -339,8 +365,10 @@ def violation_rates(violations_df: DataFrame, population_df: DataFrame, decides_
 
     Every category in a decide row's ``categories`` gets a row for every cell of its
     population, zero violations included. An item counts once in each of its markets
-    (null or empty markets: ``"none"``); a null language counts as ``"unknown"``. Only
-    violations rows of the policy versions in ``decides_df`` are counted.
+    (null or empty markets: ``"none"``); a null language counts as ``"unknown"``. A violations
+    row counts only in the markets it applies to (``scope_markets``; see :func:`_row_markets`):
+    an item flagged only in DE is a violation in DE only. Only violations rows of the policy
+    versions in ``decides_df`` are counted.
 
     Args:
         violations_df: ``violations`` rows.
@@ -355,13 +383,12 @@ def violation_rates(violations_df: DataFrame, population_df: DataFrame, decides_
     """
     from pyspark.sql import functions as F
 
-    markets = F.when(F.size("markets") > 0, F.col("markets")).otherwise(F.array(F.lit(NO_MARKET)))
     cells = _flagged(violations_df, population_df, decides_df).select(
         *POLICY_KEYS,
         "category",
         "item_id",
         "item_type",
-        F.explode(markets).alias("market"),
+        "market",
         F.coalesce(F.col("language"), F.lit(NO_LANGUAGE)).alias("language"),
         "_violation",
         "_review",
@@ -385,7 +412,8 @@ def category_totals(violations_df: DataFrame, population_df: DataFrame, decides_
 
     Returns:
         Columns of ``CATEGORY_TOTALS_SCHEMA``: items (distinct covered items of the policy
-        version), violations and reviews (distinct items with that decision).
+        version), violations and reviews (distinct items with that decision in at least one of
+        their markets, as :func:`violation_rates` counts them).
     """
     totals = (
         _flagged(violations_df, population_df, decides_df)

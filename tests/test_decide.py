@@ -50,7 +50,7 @@ def test_thresholds_review_band_and_explicit_exemption():
     row = next(r for r in v.to_pylist() if r["item_id"] == "hateful" and r["category"] == "hate")
     assert row["action"] == "remove" and row["severity"] == "high" and row["threshold"] == pytest.approx(0.90)
     assert row["evidence_modalities"] == ["text"] and row["model_refs"] == [SPEC.ref]
-    assert row["markets"] == ["US", "DE"] and row["market_scope"] == "*"
+    assert row["markets"] == ["US", "DE"] and row["market_scope"] == "*" and row["scope_markets"] == ["US", "DE"]
 
 
 def test_latest_score_per_item_wins():
@@ -83,6 +83,31 @@ def test_decide_replaces_a_version_and_versions_differ(tmp_path):
     assert decided(v2) == {("a", "hate"): "violation", ("b", "hate"): "violation", ("c", "spam"): "violation"}
     runs = lake.read("runs", filter=pc.field("kind") == "decide")
     assert runs.num_rows == 3 and set(runs.column("status").to_pylist()) == {"succeeded"}
+
+
+def test_decide_adds_scope_markets_to_a_violations_table_that_predates_it(tmp_path):
+    from deltalake import write_deltalake
+
+    from moderation.schemas import VIOLATIONS_PARTITIONS, VIOLATIONS_SCHEMA
+
+    lake = Lake(str(tmp_path / "lake"))
+    old_schema = VIOLATIONS_SCHEMA.remove(VIOLATIONS_SCHEMA.get_field_index("scope_markets"))
+    old_row = {"policy_id": "catalog-safety", "policy_version": 2, "policy_status": "shadow", "item_id": "old",
+               "item_type": "track", "language": "en", "markets": ["US"], "market_scope": "*", "category": "hate",
+               "score": 0.9, "threshold": 0.8, "decision": "violation", "action": "remove", "severity": "high",
+               "evidence_modalities": ["text"], "model_refs": [SPEC.ref], "run_id": "decide-old", "decided_at": T0}
+    write_deltalake(lake.uri("violations"), pa.Table.from_pylist([old_row], schema=old_schema), mode="append",
+                    partition_by=VIOLATIONS_PARTITIONS)
+    assert "scope_markets" not in lake.open("violations").schema().to_arrow().names
+    lake.append_chunk("scores", scores([("a", {"hate": 0.95, "harassment": 0.1, "spam": 0.1}, False, T0)]),
+                      app_id="t", version=0)
+    result = run_decide(lake_root=lake.root, policy_path=POLICY_V1)
+    assert result.violations == 1
+    v = {(r["policy_version"], r["item_id"]): r for r in lake.read("violations").to_pylist()}
+    assert set(v) == {(2, "old"), (1, "a")}
+    assert v[2, "old"]["scope_markets"] is None and v[2, "old"]["run_id"] == "decide-old"  # untouched, reads null
+    assert v[1, "a"]["scope_markets"] == ["US", "DE"]
+    assert run_decide(lake_root=lake.root, policy_path=POLICY_V1).violations == 1  # and again, evolved already
 
 
 def _decided_rows(lake: Lake, version: int) -> dict[tuple[str, str, str], str]:

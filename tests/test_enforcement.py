@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from moderation.decide import run_decide
@@ -164,3 +165,45 @@ def test_promoting_a_new_version_replaces_the_policy_s_rows(lake, policies):
     run_promote(lake_root=lake.root, policy_path=policies / "v1.yaml", force=True)
     back = run_enforce(lake_root=lake.root, policy_path=policies / "v1.yaml")
     assert not back.already_exported and set(exported(lake)) == set(v1_rows) | {zz}
+
+
+def test_export_markets_come_from_scope_markets(lake, policies):
+    from moderation.config import load_policy
+    from moderation.enforcement import enforcement_rows
+
+    run_decide(lake_root=lake.root, policy_path=policies / "v4.yaml")
+    flagged = lake.read("violations").filter(pc.field("decision") == "violation")
+    policy = load_policy(policies / "v4.yaml").policy
+
+    def markets(table: pa.Table) -> set[tuple[str, str, str]]:
+        return {(r["item_id"], r["category"], r["market"]) for r in table.to_pylist()}
+
+    current = markets(enforcement_rows(flagged, policy, run_id="x", now=T0))
+    # Rows decided before scope_markets existed: the same markets, from the policy's overrides.
+    legacy = flagged.set_column(flagged.schema.get_field_index("scope_markets"), "scope_markets",
+                                pa.nulls(flagged.num_rows, pa.list_(pa.string())))
+    assert markets(enforcement_rows(legacy, policy, run_id="x", now=T0)) == current
+    assert markets(enforcement_rows(flagged.drop_columns(["scope_markets"]), policy, run_id="x", now=T0)) == current
+    # The row's scope_markets decide, not the policy: e's "*" row narrowed to nothing but JP.
+    e_star = [r["item_id"] == "e" and r["market_scope"] == "*" for r in flagged.to_pylist()]
+    scopes = [["JP"] if star else s for star, s in zip(e_star, flagged.column("scope_markets").to_pylist())]
+    narrowed = flagged.set_column(flagged.schema.get_field_index("scope_markets"), "scope_markets",
+                                  pa.array(scopes, pa.list_(pa.string())))
+    assert markets(enforcement_rows(narrowed, policy, run_id="x", now=T0)) == (
+        current - {("e", "hate", "FR")}) | {("e", "hate", "JP")}
+
+
+def test_export_of_a_version_decided_before_scope_markets(lake, policies):
+    from deltalake import write_deltalake
+
+    go_live_v4(lake, policies)
+    rows = lake.read("violations").drop_columns(["scope_markets"])
+    write_deltalake(lake.uri("violations"), rows, mode="overwrite", schema_mode="overwrite",
+                    partition_by=["policy_id", "policy_version"])
+    result = run_enforce(lake_root=lake.root, policy_path=policies / "v4.yaml")
+    assert result.rows == 7 and set(exported(lake)) == {
+        ("a", "hate", "DE"),
+        ("b", "hate", "BR"), ("b", "hate", "US"), ("b", "spam", "US"),
+        ("d", "hate", "*"),
+        ("e", "hate", "DE"), ("e", "hate", "FR"),
+    }

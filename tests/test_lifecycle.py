@@ -14,7 +14,7 @@ from moderation.decide import run_decide
 from moderation.enforcement import run_enforce
 from moderation.errors import ModerationError
 from moderation.lake import Lake
-from moderation.lifecycle import TARGET_COLUMN, effective_status, live_version, run_promote
+from moderation.lifecycle import effective_status, live_version, run_promote
 from moderation.results import utcnow
 from moderation.runinfo import run_row
 from tests.conftest import POLICY_V1
@@ -44,7 +44,7 @@ def lake(tmp_path) -> Lake:
 def promote_row(lake: Lake, version: int, to: str, n: int) -> None:
     when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=n)
     lake.upsert_run(run_row(run_id=f"promote-{n}", kind="promote", status="succeeded", policy_id=PID,
-                            policy_version=version, started_at=when, ended_at=when, **{TARGET_COLUMN: to}))
+                            policy_version=version, started_at=when, ended_at=when, promoted_to=to))
 
 
 def diff_row(lake: Lake, from_version: int, to_version: int, run_id: str = "diff-1") -> None:
@@ -76,8 +76,32 @@ def test_effective_status_follows_promote_runs(lake):
     assert live_version(lake, PID, declared) == 3
     assert effective_status(lake, "other-policy", 1, "shadow") == "shadow"  # other policies untouched
     lake.upsert_run(run_row(run_id="promote-9", kind="promote", status="running", policy_id=PID, policy_version=4,
-                            **{TARGET_COLUMN: "live"}))
+                            promoted_to="live"))
     assert effective_status(lake, PID, 4, "draft") == "draft"  # unfinished promotions do not count
+
+
+def test_promote_runs_recorded_before_promoted_to_still_count(lake):
+    """Promote runs written before runs had promoted_to kept their target in change_source."""
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    lake.upsert_run(run_row(run_id="promote-old", kind="promote", status="succeeded", policy_id=PID, policy_version=2,
+                            started_at=when, ended_at=when, change_source="live"))
+    declared = {1: "live", 2: "shadow"}
+    assert {v: effective_status(lake, PID, v, s) for v, s in declared.items()} == {1: "retired", 2: "live"}
+    promote_row(lake, 1, "live", 1)  # a later promote, recorded in promoted_to
+    assert {v: effective_status(lake, PID, v, s) for v, s in declared.items()} == {1: "live", 2: "retired"}
+
+
+def test_promote_restamps_a_violations_table_that_predates_scope_markets(lake, policies):
+    from deltalake import write_deltalake
+
+    run_decide(lake_root=lake.root, policy_path=policies / "v2.yaml")
+    rows = lake.read("violations").drop_columns(["scope_markets"])
+    write_deltalake(lake.uri("violations"), rows, mode="overwrite", schema_mode="overwrite",
+                    partition_by=["policy_id", "policy_version"])
+    assert "scope_markets" not in lake.open("violations").schema().to_arrow().names
+    result = run_promote(lake_root=lake.root, policy_path=policies / "v2.yaml", force=True)
+    assert result.restamped_rows == 2 and statuses(lake) == {2: {"live"}}
+    assert lake.read("violations").column("scope_markets").null_count == 2  # gained, null for the old rows
 
 
 def test_promote_to_live_needs_a_decide_and_a_diff_with_the_live_version(lake, policies):
@@ -106,7 +130,7 @@ def test_promote_to_live_needs_a_decide_and_a_diff_with_the_live_version(lake, p
     run = lake.get_run(result.run_id)
     assert (run["kind"], run["status"], run["policy_version"], run["from_version"], run["forced"]) == (
         "promote", "succeeded", 2, 1, False)
-    assert run[TARGET_COLUMN] == "live" and run["policy_path"] == str(v2) and run["policy_hash"]
+    assert run["promoted_to"] == "live" and run["change_source"] is None and run["policy_path"] == str(v2) and run["policy_hash"]
     assert statuses(lake) == {1: {"retired"}, 2: {"live"}}
     assert result.restamped_rows == lake.read("violations").num_rows
     # The next decides stamp the effective status too.

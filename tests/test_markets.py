@@ -131,6 +131,7 @@ def test_item_allowed_in_one_market_and_restricted_in_another():
     assert (de["decision"], de["action"], de["threshold"]) == ("violation", "remove", pytest.approx(0.70))
     assert (rest["decision"], rest["action"], rest["threshold"]) == ("review", "human_review", pytest.approx(0.60))
     assert de["markets"] == rest["markets"] == ["US", "DE"]
+    assert de["scope_markets"] == ["DE"] and rest["scope_markets"] == ["US"]  # each counts where it applies
     assert de["evidence_modalities"] == ["text"] and de["model_refs"] == [TEXT.ref]
 
 
@@ -149,6 +150,18 @@ def test_market_scopes_follow_the_markets_the_item_lists():
     assert v["de_only", "hate", "DE"]["decision"] == "violation"
     assert v["us_only", "hate", "*"]["decision"] == "review"
     assert v["low", "hate", "DE"]["decision"] == v["low", "hate", "*"]["decision"] == "review"
+    assert {k: r["scope_markets"] for k, r in v.items()} == {
+        ("de_only", "hate", "DE"): ["DE"], ("nowhere", "hate", "*"): None, ("null_markets", "hate", "*"): None,
+        ("us_only", "hate", "*"): ["US"], ("low", "hate", "*"): ["US"], ("low", "hate", "DE"): ["DE"],
+    }
+
+
+def test_scope_markets_of_a_category_without_overrides_are_the_item_s_markets():
+    # v4 overrides hate (DE) and spam (BR), not harassment; duplicates in markets count once.
+    v = decide([score_row("a", {**LOW, "harassment": 0.95, "spam": 0.99}, markets=["DE", "BR", "JP", "DE"])])
+    assert set(v) == {("a", "harassment", "*"), ("a", "spam", "*")}  # spam exempt in BR: no BR row
+    assert v["a", "harassment", "*"]["scope_markets"] == ["DE", "BR", "JP"]
+    assert v["a", "spam", "*"]["scope_markets"] == ["DE", "JP"]
 
 
 def test_exempt_market_gets_no_row_but_the_item_s_other_markets_do():
@@ -159,6 +172,7 @@ def test_exempt_market_gets_no_row_but_the_item_s_other_markets_do():
     ])
     assert set(v) == {("br_us", "spam", "*"), ("none", "spam", "*")}
     assert v["br_us", "spam", "*"]["action"] == "demote"
+    assert v["br_us", "spam", "*"]["scope_markets"] == ["US"] and v["none", "spam", "*"]["scope_markets"] is None
 
 
 def test_explicit_exemption_applies_in_every_market(tmp_path):
@@ -205,6 +219,7 @@ def reference_decide(rows: list[dict], removals: list[dict], policy: Policy) -> 
             overridden = {m for m, cats in policy.markets.items() if category in cats}
             scopes = [("*", rule)] if not markets or markets - overridden else []
             scopes += [(m, policy.rule_for(category, m)) for m in sorted(markets & overridden)]
+            free = [m for m in dict.fromkeys(newest["markets"] or []) if m not in overridden]
             for scope, r_ in scopes:
                 if r_ is None:
                     continue
@@ -221,6 +236,7 @@ def reference_decide(rows: list[dict], removals: list[dict], policy: Policy) -> 
                     "evidence_modalities": sorted({r["modality"] for _, r in hits}),
                     "model_refs": sorted({f"{r['model_id']}@{r['model_digest'][:12]}" for _, r in hits}),
                     "markets": newest["markets"],
+                    "scope_markets": [scope] if scope != "*" else free or None,
                 }
     return out
 

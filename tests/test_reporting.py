@@ -45,11 +45,13 @@ def score(item_id: str, *, model_id: str = "m1", item_type: str = "track", langu
 
 
 def violation(policy_id: str, policy_version: int, item_id: str, category: str, decision: str, *,
-              item_type: str = "track", language: str | None = "en", markets: list[str] | None = ("US",)) -> dict:
+              item_type: str = "track", language: str | None = "en", markets: list[str] | None = ("US",),
+              scope: str = "*", scope_markets: list[str] | None = None) -> dict:
+    """A violations row; ``scope_markets`` None: as written before that column existed."""
     return {
         "policy_id": policy_id, "policy_version": policy_version, "policy_status": "active", "item_id": item_id,
         "item_type": item_type, "language": language, "markets": None if markets is None else list(markets),
-        "market_scope": "*", "category": category, "score": 0.9, "threshold": 0.8, "decision": decision,
+        "market_scope": scope, "scope_markets": scope_markets, "category": category, "score": 0.9, "threshold": 0.8, "decision": decision,
         "action": "remove" if decision == "violation" else "human_review", "severity": "high",
         "evidence_modalities": ["text"], "model_refs": ["m1@dddddddddddd"], "run_id": "decide-x", "decided_at": T0,
     }
@@ -162,6 +164,49 @@ def test_violation_rates_exact_cells(spark, small_case):
     assertDataFrameEqual(violation_rates(*small_case), expected)
     totals = {(r.category, r.items, r.violations, r.reviews) for r in category_totals(*small_case).collect()}
     assert totals == {("hate", 3, 2, 1), ("sexual", 3, 0, 0)}
+
+
+def test_a_row_counts_only_in_the_markets_it_applies_to(spark):
+    """A DE-only violation counts in DE only; a "*" row in its scope_markets (not in DE when DE's
+    override cleared it); a row written before scope_markets existed in its scope's market, or
+    for "*" in all the item's markets."""
+    from pyspark.testing import assertDataFrameEqual
+
+    de = {"scope": "DE", "scope_markets": ["DE"]}
+    violations = spark.createDataFrame(
+        [
+            violation("P", 1, "x", "hate", "review", markets=["US", "DE"], scope_markets=["US"]),
+            violation("P", 1, "x", "hate", "violation", markets=["US", "DE"], **de),
+            violation("P", 1, "y", "hate", "violation", markets=["US", "DE"], **de),  # nothing in "*"
+            violation("P", 1, "w", "hate", "violation", markets=["US", "DE"], scope_markets=["US"]),  # DE cleared
+            violation("P", 1, "z", "hate", "violation", markets=["US", "GB"]),  # old row: all its markets
+            violation("P", 1, "v", "hate", "review", markets=["US", "DE"], scope="DE"),  # old market row: DE
+            violation("P", 1, "n", "hate", "violation", markets=None),  # lists no market
+        ],
+        spark_schema(VIOLATIONS_SCHEMA),
+    )
+    population_rows = [("P", 1, i, "track", "en", m) for i, m in
+                       [("x", ["US", "DE"]), ("y", ["US", "DE"]), ("w", ["US", "DE"]), ("z", ["US", "GB"]),
+                        ("v", ["US", "DE"]), ("n", None)]]
+    covered = spark.createDataFrame(
+        population_rows, "policy_id string, policy_version int, item_id string, item_type string, "
+                         "language string, markets array<string>")
+    decides = spark.createDataFrame(
+        [decide_run("decide-1", "P", 1, categories=["hate"], model_ids=["m1"], scores_version=0, ended_at=T0)],
+        spark_schema(RUNS_SCHEMA),
+    )
+    expected = spark.createDataFrame(
+        [
+            ("P", 1, "hate", "track", "US", "en", 5, 2, 1, 0.4),  # w, z; review x
+            ("P", 1, "hate", "track", "DE", "en", 4, 2, 1, 0.5),  # x, y; review v
+            ("P", 1, "hate", "track", "GB", "en", 1, 1, 0, 1.0),
+            ("P", 1, "hate", "track", "none", "en", 1, 1, 0, 1.0),
+        ],
+        spark_schema(VIOLATION_RATES_SCHEMA),
+    )
+    assertDataFrameEqual(violation_rates(violations, covered, decides), expected)
+    totals = category_totals(violations, covered, decides).collect()
+    assert [(r.category, r.items, r.violations, r.reviews) for r in totals] == [("hate", 6, 5, 2)]  # x, y, w, z, n violating somewhere; x and v in review
 
 
 def test_run_report_end_to_end(spark, tmp_path):

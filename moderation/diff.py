@@ -44,7 +44,7 @@ KEYS = ["item_id", "category", "market_scope"]
 STRATUM = ["category", "change"]
 #: The violations columns a diff reads.
 VIOLATION_COLUMNS = ["policy_version", *KEYS, "decision", "action", "score", "item_type", "language", "markets",
-                     "run_id"]
+                     "scope_markets", "run_id"]
 #: Rows per breakdown printed by ``DiffResult.summary`` (the largest first); the DataFrames keep all.
 SUMMARY_ROWS = 10
 
@@ -62,7 +62,8 @@ def compare_versions(from_rows: pd.DataFrame, to_rows: pd.DataFrame) -> pd.DataF
         ``from_action``, ``to_action``, ``from_score``, ``to_score`` and item_type, language,
         markets from the ``to`` row where there is one, else from the ``from`` row.
     """
-    attrs = ["decision", "action", "score", "item_type", "language", "markets"]
+    attrs = ["decision", "action", "score", "item_type", "language", "markets", "scope_markets"]
+    from_rows, to_rows = (r if "scope_markets" in r.columns else r.assign(scope_markets=None) for r in (from_rows, to_rows))
     left = from_rows[[*KEYS, *attrs]].rename(columns={c: f"from_{c}" for c in attrs})
     right = to_rows[[*KEYS, *attrs]].rename(columns={c: f"to_{c}" for c in attrs})
     m = left.merge(right, on=KEYS, how="outer", sort=False)
@@ -81,10 +82,10 @@ def compare_versions(from_rows: pd.DataFrame, to_rows: pd.DataFrame) -> pd.DataF
     m["change"] = np.select([conditions[c] for c in CHANGES], list(CHANGES), default="")
     changed = m[m["change"] != ""].copy()
     has_to = changed["to_decision"].notna()
-    for c in ("item_type", "language", "markets"):
+    for c in ("item_type", "language", "markets", "scope_markets"):
         changed[c] = changed[f"to_{c}"].where(has_to, changed[f"from_{c}"])
     columns = [*KEYS, "change", "from_decision", "to_decision", "from_action", "to_action", "from_score",
-               "to_score", "item_type", "language", "markets"]
+               "to_score", "item_type", "language", "markets", "scope_markets"]
     return changed[columns].sort_values(["category", "change", "item_id", "market_scope"], kind="stable").reset_index(
         drop=True)
 
@@ -125,15 +126,22 @@ def sample_changes(changes: pd.DataFrame, *, per_stratum: int, seed: int) -> pd.
 def market_cells(changes: pd.DataFrame) -> pd.DataFrame:
     """Changed rows with a ``market`` column, one row per market the change applies to (pure).
 
-    A row scoped to a market (``market_scope`` not ``*``) counts in that market; a ``*`` row
-    counts in each of the item's markets, or in ``"none"`` when it lists none. A null language
-    becomes ``"unknown"``. The same rule as the Spark ``diff_summary`` report.
+    A row counts in the markets of its ``scope_markets``; rows without one (the item lists no
+    markets, or violations written before the column existed): a row scoped to a market
+    (``market_scope`` not ``*``) in that market, a ``*`` row in each of the item's markets, or in
+    ``"none"`` when it lists none. A null language becomes ``"unknown"``. The same rule as the
+    Spark ``diff_summary`` report.
     """
-    narrow = changes[["item_id", "category", "market_scope", "change", "item_type", "language", "markets"]]
+    if "scope_markets" not in changes.columns:
+        changes = changes.assign(scope_markets=None)
+    narrow = changes[["item_id", "category", "market_scope", "change", "item_type", "language", "markets",
+                      "scope_markets"]]
+    has_scope = narrow["scope_markets"].map(lambda v: v is not None and len(v) > 0).to_numpy(dtype=bool)
     star = (narrow["market_scope"] == "*").to_numpy()
-    scoped = narrow[~star].assign(market=lambda d: d["market_scope"])
-    starred = narrow[star].assign(market=lambda d: d["markets"]).explode("market")
-    cells = pd.concat([scoped, starred], ignore_index=True).drop(columns="markets")
+    in_scope = narrow[has_scope].assign(market=lambda d: d["scope_markets"]).explode("market")
+    scoped = narrow[~has_scope & ~star].assign(market=lambda d: d["market_scope"])
+    starred = narrow[~has_scope & star].assign(market=lambda d: d["markets"]).explode("market")
+    cells = pd.concat([in_scope, scoped, starred], ignore_index=True).drop(columns=["markets", "scope_markets"])
     cells["market"] = cells["market"].fillna(NO_MARKET)
     cells["language"] = cells["language"].fillna(NO_LANGUAGE)
     return cells
@@ -336,9 +344,10 @@ def run_diff(*, lake_root: str, policy_id: str, from_version: int, to_version: i
     if violations is None:
         rows = pd.DataFrame(columns=VIOLATION_COLUMNS)
     else:
+        have = set(violations.schema().to_arrow().names)
         read = violations.to_pyarrow_dataset().to_table(
             filter=(pc.field("policy_id") == policy_id) & pc.field("policy_version").isin([from_version, to_version]),
-            columns=VIOLATION_COLUMNS,
+            columns=[c for c in VIOLATION_COLUMNS if c in have],  # scope_markets: absent in older tables
         )
         rows = read.to_pandas()
     side = {v: rows[rows["policy_version"] == v] for v in (from_version, to_version)}

@@ -445,12 +445,16 @@ def violations_by_category(violations_df: DataFrame, decides_df: DataFrame) -> D
     return _typed(counts, VIOLATIONS_BY_CATEGORY_SCHEMA)
 
 
-def _diff_markets() -> Column:
-    """A diff row's markets: its scope's market, else the item's markets, else ``"none"``."""
+def _diff_markets(has_scope: bool = True) -> Column:
+    """A diff row's markets: its ``scope_markets``; without one, its scope's market, else the
+    item's markets, else ``"none"``. ``has_scope``: the diffs table has the column (older
+    tables do not)."""
     from pyspark.sql import functions as F
 
+    rule = F.when(F.col("scope_markets").isNotNull() & (F.size("scope_markets") > 0), F.col("scope_markets")) \
+        if has_scope else F
     return (
-        F.when(F.col("market_scope") != "*", F.array(F.col("market_scope")))
+        rule.when(F.col("market_scope") != "*", F.array(F.col("market_scope")))
         .when(F.size("markets") > 0, F.col("markets"))
         .otherwise(F.array(F.lit(NO_MARKET)))
     )
@@ -476,7 +480,7 @@ def diff_summary(diffs_df: DataFrame) -> DataFrame:
         *DIFF_KEYS,
         "category",
         "item_type",
-        F.explode(_diff_markets()).alias("market"),
+        F.explode(_diff_markets("scope_markets" in diffs_df.columns)).alias("market"),
         F.coalesce(F.col("language"), F.lit(NO_LANGUAGE)).alias("language"),
         "change",
         "item_id",

@@ -207,6 +207,9 @@ DIFFS_SCHEMA = pa.schema(
         pa.field("item_id", pa.string(), nullable=False),
         pa.field("category", pa.string(), nullable=False),
         pa.field("market_scope", pa.string(), nullable=False),
+        # The markets the change applies to (violations.scope_markets of the to-version's row,
+        # else the from-version's); null when neither has one (the item lists no markets).
+        pa.field("scope_markets", STR_LIST),
         # newly_violating | cleared | action_changed | newly_review | review_cleared
         pa.field("change", pa.string(), nullable=False),
         pa.field("from_decision", pa.string()),  # violation | review | null (not flagged)

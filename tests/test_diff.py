@@ -271,3 +271,15 @@ def test_diff_of_real_decides(tmp_path):
     assert {(r["from_run_id"], r["to_run_id"]) for r in rows.values()} == {(d1.run_id, d2.run_id)}
     assert result.by_market.loc["US", "newly_violating"] == 2 and result.by_market.loc["DE", "newly_violating"] == 2
     assert set(CHANGES) == set(result.counts)
+
+
+def test_a_star_change_counts_only_in_the_markets_it_applies_to(tmp_path):
+    """v2 gives DE its own hate rule: x's "*" violation then stands for US and GB only, and the
+    market breakdown counts the "*" change there, not in DE."""
+    lake = Lake(str(tmp_path / "lake"))
+    decided(lake, 1, [row("x", "hate", "review", markets=["US", "DE", "GB"])])
+    decided(lake, 2, [{**row("x", "hate", "violation", markets=["US", "DE", "GB"]), "scope_markets": ["US", "GB"]}])
+    result = run_diff(lake_root=lake.root, policy_id="P", from_version=1, to_version=2)
+    (only,) = diff_rows(lake)
+    assert only["change"] == "newly_violating" and only["scope_markets"] == ["US", "GB"]
+    assert sorted(result.by_market.index.tolist()) == ["GB", "US"]

@@ -5,7 +5,9 @@ newest ``scores`` or ``quarantine`` row of the pair, not retired by a ``removals
 
 * it is new (no baseline row, or the pair was removed and has come back),
 * its content hash changed (text: the normalized text fields; media: the bytes), or
-* its model version changed (the registry digest differs from the one that scored it).
+* its model version changed (the registry digest differs from the one that scored it), or
+* the item attributes ``scores`` carries for decide changed (markets, explicit, language, item
+  type): decisions per market and explicit exemptions follow the catalog.
 
 Which catalog rows are looked at:
 
@@ -94,6 +96,18 @@ def decode_versions(values: list[str] | None) -> dict[str, int | None]:
     return out
 
 
+#: Item attributes copied into ``scores`` that decide and the reports read: a change re-scores
+#: the item's pairs so its decisions (per market, explicit exemptions) follow the catalog.
+ATTRIBUTES = ("item_type", "language", "markets", "explicit")
+
+
+def attribute_keys(rows: pa.Table) -> list[str]:
+    """One comparable string per row of its ATTRIBUTES (markets as a sorted set)."""
+    cols = {a: rows.column(a).to_pylist() if a in rows.column_names else [None] * rows.num_rows for a in ATTRIBUTES}
+    return [f"{t}\x1f{lang}\x1f{','.join(sorted(set(m))) if m else ''}\x1f{e}"
+            for t, lang, m, e in zip(cols["item_type"], cols["language"], cols["markets"], cols["explicit"])]
+
+
 # --------------------------------------------------------------------------------------
 # Baseline: the lake's last word on each pair
 # --------------------------------------------------------------------------------------
@@ -111,7 +125,7 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
     the pinned versions: columns digest, state (content hash, or ``catalog:<reason>`` for a pair
     the driver quarantined), present (False when a later ``removals`` row retired it)."""
     model_ids = [m.model_id for m in models]
-    cols = ["item_id", "modality", "model_id", "digest", "state", "event_at"]
+    cols = ["item_id", "modality", "model_id", "digest", "state", "event_at", "attrs"]
 
     def flt(extra=None):
         f = pc.field("model_id").isin(model_ids)
@@ -122,7 +136,8 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
     parts = []
     if versions.get("scores") is not None:
         s = lake.read("scores", version=versions["scores"], filter=flt(),
-                      columns=["item_id", "modality", "model_id", "model_digest", "content_hash", "scored_at"])
+                      columns=["item_id", "modality", "model_id", "model_digest", "content_hash", "scored_at",
+                               *ATTRIBUTES])
         parts.append(pd.DataFrame({
             "item_id": s.column("item_id").to_numpy(zero_copy_only=False),
             "modality": s.column("modality").to_numpy(zero_copy_only=False),
@@ -130,6 +145,7 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
             "digest": s.column("model_digest").to_numpy(zero_copy_only=False),
             "state": s.column("content_hash").to_numpy(zero_copy_only=False),
             "event_at": s.column("scored_at").to_pandas(),
+            "attrs": attribute_keys(s),
         }))
     if versions.get("quarantine") is not None:
         q = lake.read("quarantine", version=versions["quarantine"], filter=flt() & pc.field("item_id").is_valid())
@@ -141,7 +157,7 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
         parts.append(pd.DataFrame({
             "item_id": qd["item_id"], "modality": qd["modality"], "model_id": qd["model_id"],
             "digest": [digests.get((r, m)) for r, m in zip(qd["run_id"], qd["model_id"])],
-            "state": state, "event_at": qd["quarantined_at"],
+            "state": state, "event_at": qd["quarantined_at"], "attrs": None,
         }))
     if not parts:
         return pd.DataFrame(columns=[*cols, "present"])
@@ -315,7 +331,8 @@ def plan_rescan(
                         continue
                     hashes = classifiers[members[0].model_id].content_hashes(work)
                     current[key].append(pd.DataFrame({
-                        "item_id": work.column("item_id").to_numpy(zero_copy_only=False), "hash": hashes}))
+                        "item_id": work.column("item_id").to_numpy(zero_copy_only=False), "hash": hashes,
+                        "attrs": attribute_keys(work)}))
 
     all_ids = pa.concat_arrays(present_ids) if present_ids else pa.array([], pa.string())
     counts = pc.value_counts(all_ids) if len(all_ids) else None
@@ -339,14 +356,17 @@ def plan_rescan(
     unchanged = unchanged_outside
     for key, members in groups.items():
         frames = current.get(key)
-        cur = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["item_id", "hash"])
+        cur = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["item_id", "hash", "attrs"])
         dups_here = cur[cur["item_id"].isin(dup_ids)]
         cur = cur[~cur["item_id"].isin(dup_ids)]
         for m in members:
-            b = base[base["model_id"] == m.model_id][["item_id", "digest", "state", "present"]]
-            merged = cur.merge(b, on="item_id", how="left")
+            b = base[base["model_id"] == m.model_id][["item_id", "digest", "state", "present", "attrs"]]
+            merged = cur.merge(b.rename(columns={"attrs": "attrs_base"}), on="item_id", how="left")
             present = merged["present"].eq(True)
-            changed = ~present | (merged["digest"] != m.digest) | (merged["state"] != merged["hash"])
+            # Item attributes decide reads from scores (markets, explicit, language, item type):
+            # compared where the baseline is a scores row (quarantine rows carry none).
+            moved = merged["attrs_base"].notna() & (merged["attrs_base"] != merged["attrs"])
+            changed = ~present | (merged["digest"] != m.digest) | (merged["state"] != merged["hash"]) | moved
             keep = merged.loc[changed, "item_id"]
             unchanged += int((~changed).sum())
             prelude = list(missing.get(m.modality, []))

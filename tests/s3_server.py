@@ -135,6 +135,10 @@ class SeaweedS3:
             try:  # the bucket call only succeeds once master, volume, filer and S3 are all up
                 if self.bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
                     s3.create_bucket(Bucket=self.bucket)
+                # After a restart the filer lists objects before the volume server has re-registered
+                # its volumes with the master, and GETs answer 500 meanwhile: read one stored object.
+                for obj in s3.list_objects_v2(Bucket=self.bucket, MaxKeys=1).get("Contents", []):
+                    s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
                 return self
             except Exception as e:  # noqa: BLE001 - connection refused, 5xx while the filer starts
                 last = e

@@ -193,11 +193,15 @@ class ModelSpec(_Strict):
     model_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     modality: Modality
     #: Which classifier implementation loads these artifacts.
-    kind: Literal["minilm_heads", "open_nsfw", "ocr_text", "speech_text", "pdq_bank"]
+    kind: Literal["minilm_heads", "open_nsfw", "ocr_text", "speech_text", "pdq_bank", "profanity_check"]
     categories: tuple[str, ...] = Field(min_length=1)
     artifacts: dict[str, ArtifactRef] = Field(min_length=1)
     preprocessing: dict[str, int | float | str] = {}
     description: str = ""
+    #: "baseline": a reference model the evaluation scores for comparison, not one a policy is
+    #: meant to enforce with. Changes no score, so it is part of neither ``digest`` nor
+    #: ``model_dump`` (runs' recorded config hashes stay what they were).
+    role: Literal["production", "baseline"] = Field(default="production", exclude=True)
 
     @cached_property
     def digest(self) -> str:

@@ -219,4 +219,8 @@ def build_classifier(spec: ModelSpec, *, batch_size: int = 64, context: RunConte
         from moderation.classifiers.audio import SpeechTextClassifier
 
         return SpeechTextClassifier(spec, batch_size=batch_size, context=context)
+    if spec.kind == "profanity_check":
+        from moderation.classifiers.lexical import ProfanityCheckClassifier
+
+        return ProfanityCheckClassifier(spec, batch_size=batch_size, context=context)
     raise ValueError(f"model {spec.model_id}: no classifier for kind {spec.kind!r}")

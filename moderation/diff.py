@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from moderation.config import default_conf_dir
 from moderation.errors import LakeError, ModerationError
-from moderation.lake import Lake, TableName, _commit_retrying, _evolve, _TableCreated, conform
+from moderation.lake import Lake, TableName
 from moderation.reporting import NO_LANGUAGE, NO_MARKET
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
@@ -275,30 +275,10 @@ def _check_unique(rows: pd.DataFrame, *, lake: Lake, policy_id: str, version: in
 
 def _replace_diff_rows(lake: Lake, table: TableName, rows: pa.Table, *, policy_id: str, from_version: int,
                        to_version: int, run_id: str) -> None:
-    """Replace one (policy, from, to)'s rows of ``table`` in one atomic commit (the table is
-    created on first write); a concurrent commit is retried on the reloaded table."""
-    from deltalake import CommitProperties, write_deltalake
-
-    schema = DIFFS_SCHEMA if table == "diffs" else DIFF_SAMPLES_SCHEMA
-    data = conform(rows, schema)
-    props = CommitProperties(custom_metadata={"moderation.run_id": run_id})
+    """Replace one (policy, from, to)'s rows of ``table`` in one atomic commit."""
     pid = policy_id.replace("'", "''")
     predicate = f"policy_id = '{pid}' AND from_version = {int(from_version)} AND to_version = {int(to_version)}"
-    for attempt in _commit_retrying():
-        with attempt:
-            current = lake.open(table)
-            if current is None:
-                try:
-                    write_deltalake(lake.uri(table), data, mode="append", storage_options=lake.options,
-                                    commit_properties=props)
-                except Exception as e:  # another diff may have created it
-                    if lake.exists(table):
-                        raise _TableCreated() from e
-                    raise
-                return
-            _evolve(current, schema)
-            write_deltalake(lake.uri(table), data, mode="overwrite", predicate=predicate,
-                            storage_options=lake.options, commit_properties=props)
+    lake.replace_where(table, rows, predicate=predicate, metadata={"moderation.run_id": run_id})
 
 
 def run_diff(*, lake_root: str, policy_id: str, from_version: int, to_version: int, run_id: str | None = None,

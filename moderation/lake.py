@@ -21,7 +21,8 @@ from moderation.schemas import RUNS_SCHEMA, TABLE_SCHEMAS, VIOLATIONS_PARTITIONS
 
 log = logging.getLogger(__name__)
 
-TableName = Literal["scores", "quarantine", "violations", "runs", "removals", "diffs", "diff_samples", "enforcement"]
+TableName = Literal["scores", "quarantine", "violations", "runs", "removals", "diffs", "diff_samples", "enforcement",
+                    "eval/predictions", "eval/results", "labels", "review_queue"]
 #: Commit attempts per chunk (reload + check + commit) before the error is raised.
 COMMIT_ATTEMPTS = 8
 ANY = object()
@@ -285,6 +286,33 @@ class Lake:
                     predicate=f"policy_id = '{pid}' AND policy_version = {int(policy_version)}",
                     storage_options=self.options, commit_properties=props,
                 )
+
+    def replace_where(self, table: str, rows: pa.Table, *, predicate: str, schema: pa.Schema | None = None,
+                      metadata: dict[str, str] | None = None) -> None:
+        """Replace the rows matching the SQL ``predicate`` by ``rows`` in one atomic commit.
+
+        The table is created on first write; a table written before a column of ``schema``
+        existed gains it first; a concurrent commit is retried on the reloaded table."""
+        from deltalake import CommitProperties, write_deltalake
+
+        schema = schema or TABLE_SCHEMAS[table]
+        data = conform(rows, schema)
+        props = CommitProperties(custom_metadata=metadata or {})
+        for attempt in _commit_retrying():
+            with attempt:
+                current = self.open(table)
+                if current is None:
+                    try:
+                        write_deltalake(self.uri(table), data, mode="append", storage_options=self.options,
+                                        commit_properties=props)
+                    except Exception as e:  # noqa: BLE001 - another writer may have created it
+                        if self.exists(table):
+                            raise _TableCreated() from e
+                        raise
+                    return
+                _evolve(current, schema)
+                write_deltalake(self.uri(table), data, mode="overwrite", predicate=predicate,
+                                storage_options=self.options, commit_properties=props)
 
     def get_run(self, run_id: str) -> dict | None:
         runs = self.read("runs", filter=pc.field("run_id") == run_id)

@@ -137,6 +137,9 @@ RUNS_SCHEMA = pa.schema(
         pa.field("enforcement_rows", pa.int64()),  # enforce: rows the export holds for the policy
         pa.field("forced", pa.bool_()),  # promote/backfill: a refused step was overridden with --force
         pa.field("promoted_to", pa.string()),  # promote: live | shadow
+        # Added with issue 6 (evaluation gate); null in older rows.
+        pa.field("gate_status", pa.string()),  # backfill/rescan: passed | blocked | overridden | not_required
+        pa.field("gate_detail", pa.string()),  # JSON: what was compared, and each drop beyond tolerance
     ]
 )
 
@@ -287,6 +290,117 @@ DIFF_SUMMARY_SCHEMA = pa.schema(
     ]
 )
 
+#: ``moderation evaluate``: one score per example x category for one model digest on one
+#: dataset version (written once; later evaluations of the same pair reuse it).
+EVAL_PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("model_digest", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("dataset_version", pa.int64(), nullable=False),
+        pa.field("example_id", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("score", pa.float64()),  # null: the example was quarantined (reason below)
+        pa.field("label", pa.int8(), nullable=False),
+        pa.field("quarantine_reason", pa.string()),
+        pa.field("code_version", pa.string()),
+        pa.field("predicted_at", TS, nullable=False),
+    ]
+)
+
+#: ``moderation evaluate``: metrics per category, overall (slice_column null) and per slice
+#: value, with bootstrap 95% intervals. Rows of one key (model digest, dataset version, policy
+#: version and hash, code version) are replaced together.
+EVAL_RESULTS_SCHEMA = pa.schema(
+    [
+        pa.field("eval_id", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("model_digest", pa.string(), nullable=False),
+        pa.field("model_role", pa.string(), nullable=False),  # production | baseline
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("dataset_version", pa.int64(), nullable=False),
+        pa.field("policy_id", pa.string()),  # null: evaluated at the default threshold 0.5
+        pa.field("policy_version", pa.int32()),
+        pa.field("policy_hash", pa.string()),
+        pa.field("code_version", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("slice_column", pa.string()),  # null: all examples
+        pa.field("slice_value", pa.string()),
+        pa.field("n", pa.int64(), nullable=False),
+        pa.field("positives", pa.int64(), nullable=False),
+        pa.field("threshold", pa.float64(), nullable=False),
+        pa.field("pr_auc", pa.float64()),  # average precision; null when the slice has one class
+        pa.field("pr_auc_lo", pa.float64()),
+        pa.field("pr_auc_hi", pa.float64()),
+        pa.field("roc_auc", pa.float64()),
+        pa.field("roc_auc_lo", pa.float64()),
+        pa.field("roc_auc_hi", pa.float64()),
+        pa.field("precision", pa.float64()),  # at the threshold
+        pa.field("precision_lo", pa.float64()),
+        pa.field("precision_hi", pa.float64()),
+        pa.field("recall", pa.float64()),
+        pa.field("recall_lo", pa.float64()),
+        pa.field("recall_hi", pa.float64()),
+        pa.field("f1", pa.float64()),
+        pa.field("f1_lo", pa.float64()),
+        pa.field("f1_hi", pa.float64()),
+        pa.field("fpr", pa.float64()),  # false-positive rate at the threshold
+        pa.field("fpr_lo", pa.float64()),
+        pa.field("fpr_hi", pa.float64()),
+        # Slice rows: this slice's FPR minus the lowest FPR among the column's slices (the
+        # widest gap of a column is the maximum); overall rows: that maximum over all columns.
+        pa.field("fpr_gap", pa.float64()),
+        pa.field("target_precision", pa.float64()),
+        pa.field("recall_at_precision", pa.float64()),  # best recall with precision >= target
+        pa.field("ece", pa.float64()),  # expected calibration error, 10 equal-width bins
+        pa.field("quarantined", pa.int64()),  # examples the model could not score (excluded)
+        pa.field("bootstrap_samples", pa.int32()),
+        pa.field("evaluated_at", TS, nullable=False),
+    ]
+)
+
+#: Human review outcomes (moderator decisions, appeals), imported from CSV or Parquet.
+LABELS_SCHEMA = pa.schema(
+    [
+        pa.field("label_id", pa.string(), nullable=False),  # sha256 of the identifying fields
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("label", pa.int8(), nullable=False),  # 1 violating, 0 not
+        pa.field("decision", pa.string(), nullable=False),  # violating | not_violating | upheld | overturned
+        pa.field("source", pa.string(), nullable=False),  # moderator | appeal
+        pa.field("market", pa.string()),
+        pa.field("reviewer", pa.string()),
+        pa.field("policy_id", pa.string()),
+        pa.field("policy_version", pa.int32()),
+        pa.field("reviewed_at", TS, nullable=False),
+        pa.field("import_id", pa.string(), nullable=False),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_sha256", pa.string(), nullable=False),
+        pa.field("imported_at", TS, nullable=False),
+    ]
+)
+
+#: ``moderation review-queue``: items sampled for human review.
+REVIEW_QUEUE_SCHEMA = pa.schema(
+    [
+        pa.field("queue_id", pa.string(), nullable=False),  # the sampling run
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # uncertain | audit
+        pa.field("stratum", pa.string(), nullable=False),  # "<category>/<slice>=<value>" or "audit"
+        pa.field("stratum_size", pa.int64(), nullable=False),
+        pa.field("score", pa.float32()),
+        pa.field("threshold", pa.float32()),
+        pa.field("policy_id", pa.string(), nullable=False),
+        pa.field("policy_version", pa.int32(), nullable=False),
+        pa.field("model_id", pa.string()),
+        pa.field("item_type", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("markets", STR_LIST),
+        pa.field("queued_at", TS, nullable=False),
+    ]
+)
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "scores": SCORES_SCHEMA,
     "quarantine": QUARANTINE_SCHEMA,
@@ -296,6 +410,10 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "diffs": DIFFS_SCHEMA,
     "diff_samples": DIFF_SAMPLES_SCHEMA,
     "enforcement": ENFORCEMENT_SCHEMA,
+    "eval/predictions": EVAL_PREDICTIONS_SCHEMA,
+    "eval/results": EVAL_RESULTS_SCHEMA,
+    "labels": LABELS_SCHEMA,
+    "review_queue": REVIEW_QUEUE_SCHEMA,
 }
 
 

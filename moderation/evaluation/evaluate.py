@@ -1,0 +1,354 @@
+"""``moderation evaluate``: score an evaluation dataset with a registry model and measure it.
+
+The model scores the examples through the same classifier code the catalog scorer runs
+(``Classifier.prepare`` + ``process_batch``: normalisation, segmenting, quarantine), so what is
+measured is what production does. Scores land in ``<lake>/eval/predictions`` once per (model
+digest, dataset version); metrics per category, overall and per slice value, land in
+``<lake>/eval/results``, replaced as a whole per key (model digest, dataset version, policy
+version and hash, code version).
+
+Reference models (registry ``role: baseline``, e.g. the lexical alt-profanity-check) are
+evaluated beside the model asked for, so every result table shows how it compares with an
+off-the-shelf option.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from moderation.classifiers.base import QREASON, RunContext, build_classifier
+from moderation.config import LoadedPolicy, ModelSpec, load_model_registry, load_policy
+from moderation.errors import ConfigError, ModerationError
+from moderation.evaluation.datasets import (
+    LABEL_PREFIX,
+    SLICE_PREFIX,
+    label_categories,
+    read_dataset,
+    slice_columns,
+)
+from moderation.evaluation.metrics import (
+    INTERVAL_METRICS,
+    bootstrap_intervals,
+    point_metrics,
+)
+from moderation.lake import Lake
+from moderation.results import utcnow
+from moderation.runinfo import code_version, new_run_id
+from moderation.schemas import EVAL_PREDICTIONS_SCHEMA, EVAL_RESULTS_SCHEMA
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5
+#: Slices with fewer examples get metrics (and intervals) but take no part in the FPR gap.
+MIN_GAP_NEGATIVES = 20
+SCORE_CHUNK = 256
+
+
+def model_role(spec: ModelSpec) -> str:
+    return getattr(spec, "role", "production") or "production"
+
+
+# ---------------------------------------------------------------------------------------
+# Predictions
+# ---------------------------------------------------------------------------------------
+def _work_table(rows: pa.Table, spec: ModelSpec) -> pa.Table:
+    """Dataset examples as the catalog work rows a classifier reads."""
+    n = rows.num_rows
+
+    def col(name: str) -> pa.Array:
+        return rows.column(name).combine_chunks() if name in rows.column_names else pa.nulls(n, pa.string())
+
+    body = col("text")
+    item_type = col(f"{SLICE_PREFIX}item_type")
+    language = col(f"{SLICE_PREFIX}language")
+    media = col("media_uri")
+    return pa.table({
+        "item_id": col("example_id"),
+        "item_type": item_type if pa.types.is_string(item_type.type) else pa.nulls(n, pa.string()),
+        "language": language if pa.types.is_string(language.type) else pa.nulls(n, pa.string()),
+        "markets": pa.nulls(n, pa.list_(pa.string())),
+        "explicit": pa.nulls(n, pa.bool_()),
+        "title": col("title"),
+        "description": col("description"),
+        "body_text": body,
+        "cover_image": media if spec.modality == "image" else pa.nulls(n, pa.string()),
+        "audio_clip": media if spec.modality == "audio" else pa.nulls(n, pa.string()),
+        "modality": pa.array([spec.modality] * n, pa.string()),
+    })
+
+
+def score_examples(spec: ModelSpec, rows: pa.Table, *, lake_root: str | None = None,
+                   batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """One row per example: example_id, category_scores (dict or None), quarantine reason."""
+    from tqdm import tqdm
+
+    clf = build_classifier(spec, batch_size=batch_size, context=RunContext(lake_root=lake_root))
+    clf.setup("cpu")
+    work = _work_table(rows, spec)
+    parts = []
+    for start in tqdm(range(0, work.num_rows, SCORE_CHUNK), desc=f"scoring {spec.model_id}", unit="chunk",
+                      disable=not progress):
+        out = clf.process_batch(clf.prepare(work.slice(start, SCORE_CHUNK)))
+        parts.append(out.select(["item_id", "category_scores", QREASON]))
+    table = pa.concat_tables(parts) if parts else pa.table({"item_id": [], "category_scores": [], QREASON: []})
+    return pd.DataFrame({
+        "example_id": table.column("item_id").to_pylist(),
+        "scores": [dict(s) if s is not None else None for s in table.column("category_scores").to_pylist()],
+        "quarantine_reason": table.column(QREASON).to_pylist(),
+    })
+
+
+def _predictions_filter(spec: ModelSpec, dataset: str, version: int):
+    return ((pc.field("model_digest") == spec.digest) & (pc.field("dataset") == dataset)
+            & (pc.field("dataset_version") == version))
+
+
+def predictions(lake: Lake, spec: ModelSpec, dataset: str, *, version: int | None = None,
+                batch_size: int = 64, progress: bool = True) -> tuple[pd.DataFrame, int, bool]:
+    """(predictions, dataset version, newly scored) of ``spec`` on ``dataset``.
+
+    Stored predictions of the same model digest and dataset version are reused; otherwise the
+    dataset is scored and its predictions appended in one commit (app transaction
+    ``eval/<digest>/<dataset>/v<version>``, so a repeated evaluation never duplicates them)."""
+    rows, version = read_dataset(lake, dataset, version)
+    cats = [c for c in spec.categories if c in label_categories(rows)]
+    if not cats:
+        raise ModerationError(f"model {spec.model_id} scores {list(spec.categories)}; dataset {dataset} v{version} "
+                              f"labels {label_categories(rows)}: nothing to evaluate")
+    if spec.modality not in set(rows.column("modality").to_pylist()):
+        raise ModerationError(f"model {spec.model_id} scores {spec.modality}; dataset {dataset} v{version} holds "
+                              f"{sorted(set(rows.column('modality').to_pylist()))} examples")
+    stored = lake.read("eval/predictions", filter=_predictions_filter(spec, dataset, version))
+    if stored.num_rows:
+        return stored.to_pandas(), version, False
+    examples = rows.filter(pc.equal(rows.column("modality"), spec.modality))
+    scored = score_examples(spec, examples, lake_root=lake.root, batch_size=batch_size, progress=progress)
+    labels = {c: examples.column(LABEL_PREFIX + c).to_pylist() for c in cats}
+    now, cv = utcnow(), code_version()
+    out = []
+    for i, r in enumerate(scored.itertuples(index=False)):
+        for c in cats:
+            if labels[c][i] is None:
+                continue
+            out.append({"model_id": spec.model_id, "model_digest": spec.digest, "dataset": dataset,
+                        "dataset_version": version, "example_id": r.example_id, "category": c,
+                        "score": None if r.scores is None else float(r.scores[c]), "label": int(labels[c][i]),
+                        "quarantine_reason": r.quarantine_reason, "code_version": cv, "predicted_at": now})
+    table = pa.Table.from_pylist(out, schema=EVAL_PREDICTIONS_SCHEMA)
+    lake.append_chunk("eval/predictions", table, app_id=f"eval/{spec.digest}/{dataset}/v{version}", version=0)
+    return table.to_pandas(), version, True
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics tables
+# ---------------------------------------------------------------------------------------
+def _slice_members(rows: pa.Table, column: str) -> dict[str, set[str]]:
+    """slice value -> example ids (list-valued slices put an example in each of its values)."""
+    ids = rows.column("example_id").to_pylist()
+    out: dict[str, set[str]] = {}
+    for eid, value in zip(ids, rows.column(column).to_pylist()):
+        for v in (value if isinstance(value, list) else [value]):
+            out.setdefault("(none)" if v is None else str(v), set()).add(eid)
+    return out
+
+
+def _thresholds(policy: LoadedPolicy | None, cats: list[str]) -> dict[str, float]:
+    if policy is None:
+        return dict.fromkeys(cats, DEFAULT_THRESHOLD)
+    return {c: float(policy.policy.categories[c].threshold) if c in policy.policy.categories else DEFAULT_THRESHOLD
+            for c in cats}
+
+
+def metric_rows(preds: pd.DataFrame, rows: pa.Table, *, thresholds: dict[str, float], target_precision: float,
+                bootstrap: int, seed: int) -> list[dict]:
+    """Metric rows per category: overall, then per slice value of each slice column."""
+    out = []
+    slices = {c: _slice_members(rows, c) for c in slice_columns(rows)}
+    for cat, group in preds.groupby("category", sort=True):
+        ok = group[group["score"].notna()]
+        quarantined = int(len(group) - len(ok))
+        thr = thresholds.get(cat, DEFAULT_THRESHOLD)
+        parts = [(None, None, ok)]
+        for col, members in slices.items():
+            for value, ids in sorted(members.items()):
+                parts.append((col[len(SLICE_PREFIX):], value, ok[ok["example_id"].isin(ids)]))
+        cat_rows = []
+        for col, value, part in parts:
+            y = part["label"].to_numpy(dtype=int)
+            s = part["score"].to_numpy(dtype=float)
+            m = point_metrics(y, s, thr, target_precision)
+            ci = bootstrap_intervals(y, s, thr, samples=bootstrap, seed=seed)
+            row = {"category": cat, "slice_column": col, "slice_value": value, "threshold": thr,
+                   "target_precision": target_precision, "quarantined": quarantined if col is None else None,
+                   "bootstrap_samples": bootstrap, **m}
+            for name in INTERVAL_METRICS:
+                lo_hi = ci.get(name)
+                row[f"{name}_lo"], row[f"{name}_hi"] = lo_hi if lo_hi else (None, None)
+            cat_rows.append(row)
+        # FPR gap: per slice column, each slice's FPR minus the lowest slice FPR (slices with
+        # enough negatives only); the overall row carries the widest gap over all columns.
+        widest = None
+        for col in {r["slice_column"] for r in cat_rows if r["slice_column"]}:
+            members = [r for r in cat_rows if r["slice_column"] == col and r["fpr"] is not None
+                       and r["n"] - r["positives"] >= MIN_GAP_NEGATIVES]
+            if len(members) < 2:
+                continue
+            low = min(r["fpr"] for r in members)
+            for r in members:
+                r["fpr_gap"] = r["fpr"] - low
+            gap = max(r["fpr_gap"] for r in members)
+            widest = gap if widest is None else max(widest, gap)
+        cat_rows[0]["fpr_gap"] = widest
+        out.extend(cat_rows)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------
+@dataclass
+class ModelEvaluation:
+    spec: ModelSpec
+    dataset: str
+    dataset_version: int
+    rows: pd.DataFrame  # the results rows written
+    newly_scored: bool
+
+
+@dataclass
+class EvaluateResult:
+    eval_id: str
+    dataset: str
+    dataset_version: int
+    policy: LoadedPolicy | None
+    evaluations: list[ModelEvaluation] = field(default_factory=list)
+
+    def summary(self, *, slices: bool = True) -> str:
+        return format_results(pd.concat([e.rows for e in self.evaluations], ignore_index=True), slices=slices)
+
+
+def _fmt(v, ci_lo=None, ci_hi=None) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    if ci_lo is None or pd.isna(ci_lo):
+        return f"{v:.3f}"
+    return f"{v:.3f} [{ci_lo:.2f},{ci_hi:.2f}]"
+
+
+def format_results(rows: pd.DataFrame, *, slices: bool = True, min_slice_n: int = 30) -> str:
+    """A printable table: one line per model x category (and slice)."""
+    if rows.empty:
+        return "no results"
+    lines = []
+    for (dataset, version), by_ds in rows.groupby(["dataset", "dataset_version"], sort=False):
+        pol = by_ds.iloc[0]
+        policy = f"{pol['policy_id']} v{int(pol['policy_version'])}" if pd.notna(pol.get("policy_id")) else \
+            f"threshold {DEFAULT_THRESHOLD}"
+        lines.append(f"dataset {dataset} v{int(version)}  ({policy}; 95% bootstrap intervals)")
+        head = (f"  {'model':28} {'category':11} {'slice':26} {'n':>5} {'pos':>5} {'PR-AUC':>19} {'ROC-AUC':>19} "
+                f"{'P@thr':>6} {'R@thr':>6} {'F1':>6} {'FPR':>6} {'R@P':>6} {'ECE':>6}")
+        lines.append(head)
+        order = by_ds.assign(_role=by_ds["model_role"].eq("baseline")).sort_values(
+            ["category", "_role", "model_id"], kind="stable")
+        for _, r in order.iterrows():
+            if r["slice_column"] is not None and not pd.isna(r["slice_column"]):
+                if not slices or r["n"] < min_slice_n:
+                    continue
+                sl = f"{r['slice_column']}={r['slice_value']}"[:26]
+            else:
+                sl = "all"
+            name = r["model_id"] + (" (baseline)" if r["model_role"] == "baseline" else "")
+            lines.append(
+                f"  {name[:28]:28} {r['category']:11} {sl:26} {int(r['n']):5d} {int(r['positives']):5d} "
+                f"{_fmt(r['pr_auc'], r['pr_auc_lo'], r['pr_auc_hi']):>19} "
+                f"{_fmt(r['roc_auc'], r['roc_auc_lo'], r['roc_auc_hi']):>19} "
+                f"{_fmt(r['precision']):>6} {_fmt(r['recall']):>6} {_fmt(r['f1']):>6} {_fmt(r['fpr']):>6} "
+                f"{_fmt(r['recall_at_precision']):>6} {_fmt(r['ece']):>6}")
+        gaps = by_ds[by_ds["slice_column"].isna() & by_ds["fpr_gap"].notna()]
+        for _, r in gaps.iterrows():
+            lines.append(f"  widest FPR gap between slices: {r['model_id']} {r['category']} {r['fpr_gap']:.3f}")
+    return "\n".join(lines)
+
+
+def _sql(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _results_predicate(spec: ModelSpec, dataset: str, version: int, policy: LoadedPolicy | None, cv: str) -> str:
+    pol = ("policy_hash IS NULL" if policy is None else f"policy_hash = {_sql(policy.content_hash)}")
+    return (f"model_digest = {_sql(spec.digest)} AND dataset = {_sql(dataset)} AND dataset_version = {int(version)} "
+            f"AND {pol} AND code_version = {_sql(cv)}")
+
+
+def baseline_models(registry: dict[str, ModelSpec], spec: ModelSpec, labelled: list[str]) -> list[ModelSpec]:
+    """Registry models marked ``role: baseline`` of the same modality that share a category with
+    ``spec`` which the dataset labels."""
+    wanted = set(spec.categories) & set(labelled)
+    return [m for m in registry.values() if model_role(m) == "baseline" and m.model_id != spec.model_id
+            and m.modality == spec.modality and set(m.categories) & wanted]
+
+
+def evaluate(*, lake_root: str, model_id: str, dataset: str, policy_path: str | Path | None = None,
+             dataset_version: int | None = None, baselines: bool = True, target_precision: float = 0.9,
+             bootstrap: int = 1000, seed: int = 0, batch_size: int = 64, models_dir: Path | None = None,
+             progress: bool = True) -> EvaluateResult:
+    """Evaluate ``model_id`` (and the registry's baselines) on ``dataset``; write the results.
+
+    Args:
+        policy_path: thresholds come from this policy version (default 0.5 for every category)
+            and the results are keyed by its version and content hash.
+        dataset_version: a past version of the dataset (default: the latest).
+        baselines: also evaluate the registry's ``role: baseline`` models.
+        target_precision: for ``recall_at_precision``.
+        bootstrap: resamples for the 95% intervals (0: none).
+    """
+    if not 0 < target_precision <= 1:
+        raise ConfigError(f"--target-precision {target_precision}: must be in (0, 1]")
+    registry = load_model_registry(models_dir)
+    if model_id not in registry:
+        raise ConfigError(f"unknown model {model_id!r}; registered: {sorted(registry)}")
+    spec = registry[model_id]
+    policy = load_policy(policy_path, registry) if policy_path else None
+    lake = Lake(lake_root)
+    rows, version = read_dataset(lake, dataset, dataset_version)
+    cv = code_version()
+    eval_id = new_run_id("eval")
+    result = EvaluateResult(eval_id, dataset, version, policy)
+    specs = [spec] + (baseline_models(registry, spec, label_categories(rows)) if baselines else [])
+    for m in specs:
+        preds, _, newly = predictions(lake, m, dataset, version=version, batch_size=batch_size, progress=progress)
+        cats = sorted(preds["category"].unique())
+        thresholds = _thresholds(policy, cats)
+        mrows = metric_rows(preds, rows, thresholds=thresholds, target_precision=target_precision,
+                            bootstrap=bootstrap, seed=seed)
+        common = {"eval_id": eval_id, "model_id": m.model_id, "model_digest": m.digest, "model_role": model_role(m),
+                  "dataset": dataset, "dataset_version": version,
+                  "policy_id": policy.policy.policy_id if policy else None,
+                  "policy_version": policy.policy.version if policy else None,
+                  "policy_hash": policy.content_hash if policy else None, "code_version": cv,
+                  "evaluated_at": utcnow()}
+        table = pa.Table.from_pylist([{**common, **r} for r in mrows], schema=EVAL_RESULTS_SCHEMA)
+        lake.replace_where("eval/results", table, predicate=_results_predicate(m, dataset, version, policy, cv),
+                           metadata={"moderation.eval_id": eval_id})
+        result.evaluations.append(ModelEvaluation(m, dataset, version, table.to_pandas(), newly))
+        log.info("evaluated %s on %s v%d: %d result rows", m.ref, dataset, version, table.num_rows)
+    return result
+
+
+def latest_results(lake: Lake, *, dataset: str | None = None) -> pd.DataFrame:
+    """Results rows of the newest evaluation per (model digest, dataset version, policy hash)."""
+    flt = None if dataset is None else pc.field("dataset") == dataset
+    df = lake.read("eval/results", filter=flt).to_pandas()
+    if df.empty:
+        return df
+    policy = df["policy_hash"].fillna("")
+    newest = df.groupby([df["model_digest"], df["dataset"], df["dataset_version"], policy])["evaluated_at"] \
+        .transform("max")
+    return df[df["evaluated_at"].eq(newest)].reset_index(drop=True)

@@ -139,6 +139,7 @@ def run_backfill(
     column_map: dict[str, str] | None = None,
     media_roots: list[str] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> BackfillResult:
     """Score the catalog for the policy's models. See module docstring for resume semantics.
 
@@ -148,17 +149,44 @@ def run_backfill(
         column_map: catalog field -> catalog column, on top of the run profile's
             ``catalog_columns``.
         media_roots: extra roots media URIs may lie under, on top of the profile's.
+        force: go on when the evaluation gate blocks the policy version (the override is
+            recorded in ``runs``: ``gate_status = overridden``, ``forced = true``).
 
     Raises:
         ModerationError: bad policy, catalog, column mapping, environment, run id reuse, or
             another live process working on the same run id: before anything is written.
+        GateBlocked: the candidate policy version or model is worse than the live one beyond
+            the gate's tolerance, or was not evaluated (a ``runs`` row of status ``blocked``).
     """
     return run_scoring(
         kind="backfill", catalog_uri=catalog_uri, lake_root=lake_root, policy_path=policy_path, run_id=run_id,
         where=where, limit=limit, catalog_version=catalog_version, ray_address=ray_address,
         profile_path=profile_path, models_dir=models_dir, column_map=column_map, media_roots=media_roots,
-        progress=progress,
+        progress=progress, force=force,
     )
+
+
+def _gate(lake: Lake, loaded, registry, *, run_id: str, kind: str, catalog_uri: str, policy_path, force: bool) -> dict:
+    """Run the evaluation gate (moderation/evaluation/gate.py) for a new run: the runs columns
+    recording its outcome, or ``GateBlocked`` after a ``blocked`` runs row was written."""
+    from moderation.evaluation.gate import GateBlocked, check_gate, gate_run_fields
+
+    gate = check_gate(lake, loaded, registry)
+    if gate.status not in ("not_required",):
+        (log.warning if gate.status in ("blocked", "not_configured") else log.info)("%s", gate.message())
+    if gate.status == "blocked" and not force:
+        now = utcnow()
+        policy = loaded.policy
+        lake.upsert_run(run_row(
+            run_id=run_id, kind=kind, status="blocked", catalog_uri=catalog_uri, policy_id=policy.policy_id,
+            policy_version=policy.version, policy_hash=loaded.content_hash, policy_path=str(policy_path),
+            model_ids=list(policy.models), model_digests=[registry[m].digest for m in policy.models],
+            code_version=code_version(), started_at=now, ended_at=now, gate_status="blocked",
+            gate_detail=gate.detail(), error=gate.message(),
+        ))
+        raise GateBlocked(f"{gate.message()}\nrun {run_id} recorded as blocked in {lake.uri('runs')}; after "
+                          "evaluating, run again, or pass --force to override (recorded in runs)")
+    return gate_run_fields(gate, force=force)
 
 
 def run_scoring(
@@ -178,6 +206,7 @@ def run_scoring(
     media_roots: list[str] | None = None,
     progress: bool = True,
     change_source: str = "auto",
+    force: bool = False,
 ) -> BackfillResult:
     """A backfill (every selected pair) or a re-scan (only changed pairs; rescan.py): select,
     then score model by model in idempotent chunks, then check the accounting."""
@@ -209,6 +238,8 @@ def run_scoring(
     roots = [*profile.media_roots, *(media_roots or [])] or default_media_roots(catalog_uri)
 
     existing = lake.get_run(run_id)
+    if existing is not None and existing["status"] == "blocked":
+        existing = None  # the gate blocked it before it wrote anything: start afresh
     if existing is not None:
         if existing["kind"] != kind or existing["catalog_uri"] != catalog_uri or existing["policy_hash"] != loaded.content_hash:
             raise ModerationError(
@@ -229,6 +260,11 @@ def run_scoring(
         where, limit = existing["where_expr"], existing["item_limit"]
         columns = dict(c.split("=", 1) for c in existing.get("catalog_columns") or [])
         roots = list(existing.get("media_roots") or roots)
+    if existing is None:
+        gate_fields = _gate(lake, loaded, registry, run_id=run_id, kind=kind, catalog_uri=catalog_uri,
+                            policy_path=policy_path, force=force)
+    else:  # a resume passed (or overrode) the gate when it started
+        gate_fields = {k: existing.get(k) for k in ("gate_status", "gate_detail", "forced")}
     snapshot = open_catalog(catalog_uri, version=existing["catalog_version"] if existing else catalog_version,
                             column_map=columns)
     # Reference data in the lake is pinned once for the run (a resume keeps its pin).
@@ -270,7 +306,7 @@ def run_scoring(
             model_digests=[m.digest for m in models], modalities=list(modalities),
             config_hash=config_hash(policy, profile, *models), code_version=code_version(), started_at=started,
             hash_bank_version=bank_version, catalog_columns=[f"{k}={v}" for k, v in sorted(columns.items())],
-            media_roots=roots, **extra,
+            media_roots=roots, **extra, **gate_fields,
         )
         lake.upsert_run(run_row(**base, status="running"))
 

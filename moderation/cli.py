@@ -79,6 +79,8 @@ def backfill(
     profile: Optional[Path] = typer.Option(None, help="run profile (default conf/jobs/local.yaml)"),
     map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
     media_root: list[str] = typer.Option([], help=_ROOT_HELP),
+    force: bool = typer.Option(False, "--force", help="run although the evaluation gate blocks this policy version "
+                               "or model (conf/eval/gate.yaml); the override is recorded in runs"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score the catalog with the policy's models into <lake>/scores and <lake>/quarantine."""
@@ -90,6 +92,7 @@ def backfill(
             catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
             where=where, limit=limit, catalog_version=catalog_version, ray_address=ray_address,
             profile_path=profile, column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root],
+            force=force,
         )
     except ModerationError as e:
         _fail(e)
@@ -108,6 +111,8 @@ def rescan(
     profile: Optional[Path] = typer.Option(None, help="run profile (default conf/jobs/local.yaml)"),
     map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
     media_root: list[str] = typer.Option([], help=_ROOT_HELP),
+    force: bool = typer.Option(False, "--force", help="run although the evaluation gate blocks this policy version "
+                               "or model (conf/eval/gate.yaml); the override is recorded in runs"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score only what changed since the last successful run: new items, changed content,
@@ -120,7 +125,7 @@ def rescan(
         result = run_rescan(
             catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
             change_source=change_source, ray_address=ray_address, profile_path=profile,
-            column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root],
+            column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root], force=force,
         )
     except ModerationError as e:
         _fail(e)
@@ -396,6 +401,139 @@ def runs_show(
     typer.echo(report.format(), nl=False)
     if check and not report.reproducible:
         raise typer.Exit(code=1)
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation (moderation/evaluation/)
+# --------------------------------------------------------------------------------------
+@app.command()
+def evaluate(
+    lake: str = typer.Option(..., help="lake root URI (datasets in <lake>/eval/datasets, results in <lake>/eval)"),
+    model: str = typer.Option(..., help="registry model id, e.g. text-minilm-heads-v1"),
+    dataset: str = typer.Option(..., help="evaluation dataset name (moderation eval datasets)"),
+    policy: Optional[Path] = typer.Option(None, help="policy version file: its thresholds (default 0.5) and "
+                                          "version key the results"),
+    dataset_version: Optional[int] = typer.Option(None, min=0, help="a past dataset version (default: latest)"),
+    baselines: bool = typer.Option(True, help="also evaluate the registry's baseline models (role: baseline)"),
+    target_precision: float = typer.Option(0.9, help="for recall at target precision"),
+    bootstrap: int = typer.Option(1000, min=0, help="bootstrap resamples for the 95% intervals"),
+    seed: int = typer.Option(0),
+    slices: bool = typer.Option(True, help="print the per-slice rows too"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Score an evaluation dataset with a model (and the baselines) and print per-category and
+    per-slice metrics with bootstrap 95% intervals; results go to <lake>/eval/results."""
+    from moderation.evaluation.evaluate import evaluate as run_evaluate
+
+    _setup_logging(verbose)
+    try:
+        result = run_evaluate(lake_root=_abs_uri(lake), model_id=model, dataset=dataset, policy_path=policy,
+                              dataset_version=dataset_version, baselines=baselines,
+                              target_precision=target_precision, bootstrap=bootstrap, seed=seed)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary(slices=slices))
+
+
+@app.command()
+def calibrate(
+    lake: str = typer.Option(..., help="lake root URI"),
+    model: str = typer.Option(..., help="registry model id"),
+    dataset: str = typer.Option(..., help="evaluation dataset to fit thresholds on (e.g. hatexplain_validation)"),
+    policy: Path = typer.Option(..., help="the base policy version file (usually the live one)"),
+    target_precision: float = typer.Option(..., help="precision each category's threshold must reach"),
+    review_precision: Optional[float] = typer.Option(None, help="precision of the review band's lower edge "
+                                                     "(default target - 0.2)"),
+    out: Optional[Path] = typer.Option(None, help="where to write the new version (default: beside --policy)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Propose per-category thresholds for a target precision and write them as a new draft
+    policy version file."""
+    from moderation.evaluation.calibrate import calibrate as run_calibrate
+
+    _setup_logging(verbose)
+    try:
+        result = run_calibrate(lake_root=_abs_uri(lake), model_id=model, dataset=dataset, policy_path=policy,
+                               target_precision=target_precision, review_precision=review_precision, out=out)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary())
+
+
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluation datasets (<lake>/eval/datasets) and the report.")
+app.add_typer(eval_app, name="eval")
+
+
+def _label_map(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        cat, sep, col = item.partition("=")
+        out[cat.strip()] = (col if sep else cat).strip()
+    return out
+
+
+@eval_app.command("import")
+def eval_import(
+    file: Path = typer.Argument(..., help="CSV, TSV or Parquet file"),
+    lake: str = typer.Option(..., help="lake root URI"),
+    name: str = typer.Option(..., help="dataset name; an existing one gets a new version"),
+    label_column: list[str] = typer.Option(..., help="CATEGORY=COLUMN (or COLUMN when named like the category): "
+                                           "0/1, true/false, yes/no; empty = not labelled (repeatable)"),
+    slice_column: list[str] = typer.Option([], help="a column to slice metrics by, e.g. target_group, language, "
+                                           "dialect (repeatable; values with '|' name several groups)"),
+    text_column: str = typer.Option("text", help="the text of each example"),
+    id_column: Optional[str] = typer.Option(None, help="the example id (default: the row number)"),
+    modality: str = typer.Option("text", help="text, image or audio (media: --media-column holds URIs)"),
+    media_column: Optional[str] = typer.Option(None, help="the media URI column of image/audio examples"),
+    description: str = typer.Option("", help="what the dataset is"),
+) -> None:
+    """Import a labelled file as a new version of an evaluation dataset."""
+    from moderation.evaluation.datasets import import_file, import_provenance, write_dataset
+    from moderation.lake import Lake
+
+    try:
+        labels = _label_map(label_column)
+        table = import_file(file, label_columns=labels, slice_columns=slice_column, text_column=text_column,
+                            id_column=id_column, media_column=media_column, modality=modality)
+        version, written = write_dataset(Lake(_abs_uri(lake)), name, table, description=description,
+                                         provenance=import_provenance(file, labels=labels, slices=slice_column))
+    except ModerationError as e:
+        _fail(e)
+    what = "wrote" if written else "unchanged:"
+    typer.echo(f"{what} dataset {name} v{version}: {table.num_rows} examples, labels {sorted(labels)}, "
+               f"slices {slice_column or '-'}")
+
+
+@eval_app.command("import-standard")
+def eval_import_standard(
+    lake: str = typer.Option(..., help="lake root URI"),
+    data_dir: Optional[Path] = typer.Option(None, help="labelled data folder (default $MODERATION_DATA_DIR or "
+                                            "../shared/data)"),
+    name: list[str] = typer.Option([], help="only these standard datasets (repeatable)"),
+) -> None:
+    """Build the standard evaluation datasets from the held-out splits of the labelled data."""
+    from moderation.datasets import default_data_dir
+    from moderation.evaluation.datasets import import_standard
+    from moderation.lake import Lake
+
+    try:
+        done = import_standard(Lake(_abs_uri(lake)), data_dir or default_data_dir(), name or None)
+    except ModerationError as e:
+        _fail(e)
+    for ds, version, written in done:
+        typer.echo(f"{'wrote' if written else 'unchanged:'} dataset {ds} v{version}")
+
+
+@eval_app.command("datasets")
+def eval_datasets(lake: str = typer.Option(..., help="lake root URI")) -> None:
+    """List the evaluation datasets: version, rows, label balance, slices."""
+    from moderation.evaluation.datasets import format_datasets, list_datasets
+    from moderation.lake import Lake
+
+    try:
+        typer.echo(format_datasets(list_datasets(Lake(_abs_uri(lake)))))
+    except ModerationError as e:
+        _fail(e)
 
 
 def main() -> None:

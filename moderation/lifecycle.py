@@ -145,7 +145,8 @@ def check_immutable(lake: Lake, loaded: LoadedPolicy) -> None:
     runs = policy_runs(lake, policy.policy_id)
     if runs.empty:
         return
-    used = runs[(runs["policy_version"] == policy.version) & runs["policy_hash"].notna()
+    # A run the evaluation gate blocked wrote nothing: the candidate may still be edited.
+    used = runs[(runs["policy_version"] == policy.version) & runs["policy_hash"].notna() & (runs["status"] != "blocked")
                 & (runs["policy_hash"] != loaded.content_hash)]
     if used.empty:
         return

@@ -440,6 +440,7 @@ def run_rescan(
     column_map: dict[str, str] | None = None,
     media_roots: list[str] | None = None,
     progress: bool = True,
+    force: bool = False,
 ):
     """Score only the pairs that changed since the last successful run (see the module
     docstring); record removed pairs. Same resume and exactly-once guarantees as a backfill.
@@ -447,6 +448,7 @@ def run_rescan(
     Args:
         change_source: ``auto`` (the change data feed when usable, else the content-hash
             anti-join), ``cdf`` (fail if the feed cannot be used) or ``anti_join``.
+        force: go on when the evaluation gate blocks the policy version (recorded in ``runs``).
 
     Returns:
         A ``BackfillResult`` with ``kind='rescan'`` (``nothing_changed`` when nothing was written).
@@ -458,5 +460,5 @@ def run_rescan(
     return run_scoring(
         kind="rescan", catalog_uri=catalog_uri, lake_root=lake_root, policy_path=policy_path, run_id=run_id,
         ray_address=ray_address, profile_path=profile_path, models_dir=models_dir, column_map=column_map,
-        media_roots=media_roots, progress=progress, change_source=change_source,
+        media_roots=media_roots, progress=progress, change_source=change_source, force=force,
     )

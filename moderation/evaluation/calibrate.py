@@ -1,0 +1,155 @@
+"""``moderation calibrate``: per-category thresholds for a target precision, as a new draft
+policy version file.
+
+For each category of the base policy that the model scores and the dataset labels, the
+threshold is the lowest score at which precision on the dataset reaches the target (the
+operating point with the best recall among those that reach it); the review threshold is the
+same for the review precision (default: target - 0.2). Categories where the target cannot be
+reached keep the base version's rule, with a warning. The new file copies the base version
+(models, actions, market overrides, exemptions), takes the next free version number, declares
+``status: draft`` and records where its thresholds come from in a header comment. Calibrate on
+one split (HateXplain validation) and report on another (HateXplain test): a threshold fitted
+on the test split would flatter it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from moderation.config import load_model_registry, load_policy
+from moderation.errors import ConfigError, ModerationError
+from moderation.evaluation.metrics import recall_at_precision
+from moderation.lake import Lake
+from moderation.lifecycle import declared_statuses
+
+
+@dataclass
+class CategoryCalibration:
+    category: str
+    old_threshold: float
+    threshold: float | None  # None: target not reachable, base rule kept
+    old_review: float | None
+    review_threshold: float | None
+    precision: float | None
+    recall: float | None
+    n: int
+    positives: int
+
+
+@dataclass
+class CalibrateResult:
+    path: Path
+    policy_id: str
+    version: int
+    model_ref: str
+    dataset: str
+    dataset_version: int
+    target_precision: float
+    categories: list[CategoryCalibration] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.path} ({self.policy_id} v{self.version}, draft): thresholds for precision >= "
+                 f"{self.target_precision} on {self.dataset} v{self.dataset_version} scored by {self.model_ref}"]
+        for c in self.categories:
+            if c.threshold is None:
+                lines.append(f"  {c.category:11} target not reachable (n {c.n}, positives {c.positives}): "
+                             f"kept threshold {c.old_threshold}")
+            else:
+                lines.append(f"  {c.category:11} threshold {c.old_threshold} -> {c.threshold:.4f} (precision "
+                             f"{c.precision:.3f}, recall {c.recall:.3f}); review {c.old_review} -> "
+                             f"{c.review_threshold:.4f}")
+        lines.append("next: moderation evaluate on a held-out set with --policy <this file>, decide, diff, promote")
+        return "\n".join(lines)
+
+
+def _operating_point(y: np.ndarray, s: np.ndarray, target: float) -> tuple[float | None, float | None, float | None]:
+    """(threshold, precision, recall) of the best-recall point with precision >= target."""
+    recall, threshold = recall_at_precision(y, s, target)
+    if threshold is None:
+        return None, None, None
+    pred = s >= threshold
+    return threshold, float(y[pred].mean()), recall
+
+
+def _round_down(x: float) -> float:
+    return float(np.floor(x * 10_000) / 10_000)
+
+
+def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str | Path, target_precision: float,
+              review_precision: float | None = None, out: Path | None = None, dataset_version: int | None = None,
+              models_dir: Path | None = None, progress: bool = True) -> CalibrateResult:
+    """Propose thresholds from ``model_id``'s predictions on ``dataset`` (scored first if the
+    lake has none for this model digest and dataset version) and write a draft policy file.
+
+    Args:
+        policy_path: the base version (usually the live one); the new file sits beside it
+            unless ``out`` is given.
+        review_precision: precision the review threshold aims at (default target - 0.2).
+    """
+    from moderation.evaluation.evaluate import predictions
+
+    if not 0 < target_precision <= 1:
+        raise ConfigError(f"--target-precision {target_precision}: must be in (0, 1]")
+    review_precision = review_precision if review_precision is not None else max(target_precision - 0.2, 0.05)
+    if not 0 < review_precision <= target_precision:
+        raise ConfigError(f"--review-precision {review_precision}: must be in (0, target precision]")
+    registry = load_model_registry(models_dir)
+    if model_id not in registry:
+        raise ConfigError(f"unknown model {model_id!r}; registered: {sorted(registry)}")
+    spec = registry[model_id]
+    base = load_policy(policy_path, registry)
+    if model_id not in base.policy.models:
+        raise ConfigError(f"{policy_path}: policy {base.policy.policy_id} v{base.policy.version} does not use model "
+                          f"{model_id} (models: {list(base.policy.models)})")
+    preds, version, _ = predictions(Lake(lake_root), spec, dataset, version=dataset_version, progress=progress)
+    data = yaml.safe_load(Path(base.path).read_text())
+    new_version = max(declared_statuses(base)) + 1
+    result = CalibrateResult(Path(), base.policy.policy_id, new_version, spec.ref, dataset, version, target_precision)
+    for cat, rule in base.policy.categories.items():
+        part = preds[(preds["category"] == cat) & preds["score"].notna()]
+        if part.empty:
+            continue
+        y, s = part["label"].to_numpy(dtype=int), part["score"].to_numpy(dtype=float)
+        thr, prec, rec = _operating_point(y, s, target_precision)
+        review, _, _ = _operating_point(y, s, review_precision)
+        cal = CategoryCalibration(cat, rule.threshold, None, rule.review_threshold, None, prec, rec, len(y), int(y.sum()))
+        if thr is not None:
+            cal.threshold = _round_down(thr)
+            cal.review_threshold = _round_down(min(review if review is not None else thr, thr))
+            data["categories"][cat]["threshold"] = cal.threshold
+            if cal.review_threshold < cal.threshold:
+                data["categories"][cat]["review_threshold"] = cal.review_threshold
+            else:
+                data["categories"][cat].pop("review_threshold", None)
+        result.categories.append(cal)
+    if not result.categories:
+        raise ModerationError(f"model {model_id} has no predictions for any category of {base.policy.policy_id} on "
+                              f"{dataset} v{version}: nothing to calibrate")
+    data["version"] = new_version
+    data["status"] = "draft"
+    data["description"] = (f"{data.get('description', '')} Thresholds calibrated for precision >= {target_precision} "
+                           f"on {dataset} v{version}.").strip()
+    out = Path(out) if out else Path(base.path).parent / f"v{new_version}.yaml"
+    if out.exists():
+        raise ModerationError(f"{out} exists: policy versions are never overwritten; pass --out")
+    header = [
+        f"# {base.policy.policy_id} v{new_version} (draft), written by `moderation calibrate` from v{base.policy.version}:",
+        f"# thresholds for precision >= {target_precision} (review: >= {review_precision}) on evaluation dataset "
+        f"{dataset} v{version},",
+        f"# scored by {spec.ref}. Evaluate it on another split before deciding or promoting it.",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    try:
+        load_policy(tmp, registry)  # e.g. a market override's review band above the new threshold
+    except ConfigError as e:
+        tmp.unlink()
+        raise ConfigError(f"the calibrated version would not be a valid policy (nothing written): {e}") from e
+    tmp.replace(out)
+    result.path = out
+    return result

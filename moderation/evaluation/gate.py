@@ -1,0 +1,242 @@
+"""The promotion gate: a candidate (policy version, model digests) against the live version.
+
+``backfill`` and ``rescan`` call :func:`check_gate` before they write anything. When the policy
+has a live version in the lake and the candidate differs from it (another version, or a model
+whose digest changed), the newest ``eval/results`` of both on each gate dataset are compared per
+category, overall and per slice: a drop beyond the configured tolerance (conf/eval/gate.yaml)
+blocks the run unless ``--force`` is given. A candidate (or live version) with no evaluation on
+a gate dataset is blocked too, with the ``moderation evaluate`` command that fixes it. The
+outcome lands in the run's ``runs`` row (``gate_status``, ``gate_detail``; a blocked run gets a
+row of status ``blocked``, an override ``forced = true``).
+
+Statuses: ``passed``, ``blocked``, ``overridden`` (blocked, then forced), ``not_required`` (the
+candidate is the live version, or there is no live version), ``not_configured`` (no gate
+dataset exists in the lake and the gate config does not require one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from moderation.config import LoadedPolicy, ModelSpec, default_conf_dir, load_policy
+from moderation.errors import ConfigError, ModerationError
+from moderation.evaluation.datasets import dataset_names
+from moderation.lake import Lake
+
+log = logging.getLogger(__name__)
+
+GATE_METRICS = ("pr_auc", "roc_auc", "precision", "recall", "f1", "recall_at_precision")
+
+
+class GateConfig(BaseModel):
+    """conf/eval/gate.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Evaluation datasets the candidate is compared on (those absent from the lake are skipped).
+    datasets: list[str] = Field(min_length=1)
+    #: Largest allowed drop (live - candidate) per metric on all examples of a category.
+    tolerance: dict[str, float]
+    #: Largest allowed drop per metric on one slice (smaller samples: usually looser).
+    slice_tolerance: dict[str, float] = {}
+    #: Slices with fewer examples are not compared.
+    min_slice_examples: int = Field(default=50, ge=1)
+    #: Block when no gate dataset exists in the lake (default: record not_configured and go on).
+    required: bool = False
+
+    def model_post_init(self, _ctx) -> None:
+        for name in (*self.tolerance, *self.slice_tolerance):
+            if name not in GATE_METRICS:
+                raise ValueError(f"unknown metric {name!r}; gate metrics: {list(GATE_METRICS)}")
+
+
+def load_gate_config(path: Path | None = None) -> GateConfig:
+    path = path or default_conf_dir() / "eval" / "gate.yaml"
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        return GateConfig.model_validate(data)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: gate config not found") from e
+    except (yaml.YAMLError, ValidationError, ValueError) as e:
+        raise ConfigError(f"{path}: invalid gate config: {e}") from e
+
+
+@dataclass
+class Drop:
+    dataset: str
+    category: str
+    slice: str  # "all" or "<column>=<value>"
+    metric: str
+    live: float
+    candidate: float
+    tolerance: float
+
+    def format(self) -> str:
+        return (f"{self.dataset} {self.category} [{self.slice}] {self.metric}: live {self.live:.3f} -> candidate "
+                f"{self.candidate:.3f} (drop {self.live - self.candidate:.3f} > tolerance {self.tolerance:.3f})")
+
+
+@dataclass
+class GateResult:
+    status: str
+    live_version: int | None = None
+    compared: list[str] = field(default_factory=list)  # "<dataset> v<n> <category>: <model> vs <model>"
+    drops: list[Drop] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # the evaluate commands that would fill the gap
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def blocking(self) -> bool:
+        return bool(self.drops or self.missing)
+
+    def detail(self) -> str:
+        return json.dumps({
+            "live_version": self.live_version, "compared": self.compared,
+            "drops": [d.__dict__ for d in self.drops], "missing": self.missing, "notes": self.notes,
+        }, sort_keys=True)
+
+    def message(self) -> str:
+        lines = [f"evaluation gate: {self.status}" + (f" (live version v{self.live_version})"
+                                                        if self.live_version is not None else "")]
+        lines += [f"  below tolerance: {d.format()}" for d in self.drops]
+        lines += [f"  not evaluated: {m}" for m in self.missing]
+        lines += [f"  {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+class GateBlocked(ModerationError):
+    """The candidate is worse than the live version beyond tolerance, or was not evaluated."""
+
+
+def policy_file(loaded: LoadedPolicy, version: int) -> Path | None:
+    """The file of ``version`` of the same policy beside ``loaded``."""
+    if loaded.policy.version == version:
+        return Path(loaded.path)
+    for path in sorted(Path(loaded.path).parent.glob("*.y*ml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and data.get("policy_id") == loaded.policy.policy_id and data.get("version") == version:
+            return path
+    return None
+
+
+def _model_for(policy: LoadedPolicy, registry: dict[str, ModelSpec], category: str, modality: str) -> ModelSpec | None:
+    for mid in policy.policy.models:
+        spec = registry[mid]
+        if spec.modality == modality and category in spec.categories:
+            return spec
+    return None
+
+
+def _results_for(results: pd.DataFrame, spec: ModelSpec, policy: LoadedPolicy, dataset: str,
+                 version: int) -> pd.DataFrame:
+    rows = results[(results["model_digest"] == spec.digest) & (results["dataset"] == dataset)
+                   & (results["dataset_version"] == version) & (results["policy_hash"] == policy.content_hash)]
+    if rows.empty:
+        return rows
+    return rows[rows["eval_id"] == rows.sort_values("evaluated_at")["eval_id"].iloc[-1]]
+
+
+def _evaluate_command(lake: Lake, spec: ModelSpec, dataset: str, policy: LoadedPolicy) -> str:
+    return f"moderation evaluate --lake {lake.root} --model {spec.model_id} --dataset {dataset} --policy {policy.path}"
+
+
+def _compare(result: GateResult, config: GateConfig, dataset: str, category: str, live: pd.DataFrame,
+             cand: pd.DataFrame) -> None:
+    def key(df: pd.DataFrame) -> pd.DataFrame:
+        df = df[df["category"] == category]
+        return df.assign(_slice=[("all" if pd.isna(c) else f"{c}={v}") for c, v in zip(df["slice_column"],
+                                                                                          df["slice_value"])])
+    merged = key(live).merge(key(cand), on="_slice", suffixes=("_live", "_cand"))
+    for _, r in merged.iterrows():
+        overall = r["_slice"] == "all"
+        if not overall and min(r["n_live"], r["n_cand"]) < config.min_slice_examples:
+            continue
+        for metric, tol in (config.tolerance if overall else config.slice_tolerance).items():
+            a, b = r[f"{metric}_live"], r[f"{metric}_cand"]
+            if pd.isna(a) or pd.isna(b):
+                continue
+            if a - b > tol + 1e-12:
+                result.drops.append(Drop(dataset, category, r["_slice"], metric, float(a), float(b), tol))
+
+
+def check_gate(lake: Lake, candidate: LoadedPolicy, registry: dict[str, ModelSpec], *,
+               config: GateConfig | None = None, config_path: Path | None = None) -> GateResult:
+    """Compare ``candidate`` with the policy's live version on the gate datasets (no side effect)."""
+    from moderation.lifecycle import declared_statuses, live_version
+
+    live_v = live_version(lake, candidate.policy.policy_id, declared_statuses(candidate))
+    if live_v is None:
+        return GateResult("not_required", notes=["the policy has no live version: nothing to compare with"])
+    live_path = policy_file(candidate, live_v)
+    if live_path is None:
+        return GateResult("blocked", live_v, missing=[f"the live version v{live_v}'s file is not beside "
+                                                      f"{candidate.path}: cannot compare"])
+    live = load_policy(live_path, registry)
+    cand_models = {registry[m].digest for m in candidate.policy.models}
+    live_models = {registry[m].digest for m in live.policy.models}
+    if live.content_hash == candidate.content_hash and cand_models == live_models:
+        return GateResult("not_required", live_v, notes=["the candidate is the live version"])
+    config = config or load_gate_config(config_path)
+    present = set(dataset_names(lake))
+    datasets = [d for d in config.datasets if d in present]
+    result = GateResult("passed", live_v)
+    if not datasets:
+        result.status = "blocked" if config.required else "not_configured"
+        msg = (f"no gate dataset ({', '.join(config.datasets)}) in {lake.uri('eval/datasets')}: "
+               "create them with `moderation eval import-standard`")
+        (result.missing if config.required else result.notes).append(msg)
+        return result
+    from moderation.evaluation.datasets import label_categories, read_dataset
+    from moderation.evaluation.evaluate import latest_results
+
+    results = latest_results(lake)
+    for dataset in datasets:
+        rows, version = read_dataset(lake, dataset)
+        modalities = set(rows.column("modality").to_pylist())
+        for category in label_categories(rows):
+            if category not in candidate.policy.categories:
+                continue
+            for modality in sorted(modalities):
+                c_spec = _model_for(candidate, registry, category, modality)
+                l_spec = _model_for(live, registry, category, modality)
+                if c_spec is None:
+                    continue
+                if l_spec is None:
+                    result.notes.append(f"{dataset} {category}: no live {modality} model to compare "
+                                        f"{c_spec.model_id} with")
+                    continue
+                pair = []
+                for spec, pol in ((l_spec, live), (c_spec, candidate)):
+                    got = _results_for(results, spec, pol, dataset, version) if not results.empty else results
+                    if got.empty or category not in set(got["category"]):
+                        cmd = _evaluate_command(lake, spec, dataset, pol)
+                        if cmd not in result.missing:
+                            result.missing.append(cmd)
+                    pair.append(got)
+                if any(p.empty for p in pair):
+                    continue
+                result.compared.append(f"{dataset} v{version} {category}: {l_spec.ref} (v{live.policy.version}) vs "
+                                       f"{c_spec.ref} (v{candidate.policy.version})")
+                _compare(result, config, dataset, category, pair[0], pair[1])
+    if result.blocking:
+        result.status = "blocked"
+    return result
+
+
+def gate_run_fields(result: GateResult, *, force: bool) -> dict:
+    """The runs columns recording the gate's outcome for a run that goes on."""
+    status = "overridden" if result.status == "blocked" and force else result.status
+    out = {"gate_status": status, "gate_detail": result.detail()}
+    if status == "overridden":
+        out["forced"] = True
+    return out

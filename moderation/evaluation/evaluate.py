@@ -252,7 +252,7 @@ def format_results(rows: pd.DataFrame, *, slices: bool = True, min_slice_n: int 
         policy = f"{pol['policy_id']} v{int(pol['policy_version'])}" if pd.notna(pol.get("policy_id")) else \
             f"threshold {DEFAULT_THRESHOLD}"
         lines.append(f"dataset {dataset} v{int(version)}  ({policy}; 95% bootstrap intervals)")
-        head = (f"  {'model':28} {'category':11} {'slice':26} {'n':>5} {'pos':>5} {'PR-AUC':>19} {'ROC-AUC':>19} "
+        head = (f"  {'model':34} {'category':11} {'slice':26} {'n':>5} {'pos':>5} {'PR-AUC':>19} {'ROC-AUC':>19} "
                 f"{'P@thr':>6} {'R@thr':>6} {'F1':>6} {'FPR':>6} {'R@P':>6} {'ECE':>6}")
         lines.append(head)
         order = by_ds.assign(_role=by_ds["model_role"].eq("baseline")).sort_values(
@@ -264,9 +264,9 @@ def format_results(rows: pd.DataFrame, *, slices: bool = True, min_slice_n: int 
                 sl = f"{r['slice_column']}={r['slice_value']}"[:26]
             else:
                 sl = "all"
-            name = r["model_id"] + (" (baseline)" if r["model_role"] == "baseline" else "")
+            name = r["model_id"] + (" (base)" if r["model_role"] == "baseline" else "")
             lines.append(
-                f"  {name[:28]:28} {r['category']:11} {sl:26} {int(r['n']):5d} {int(r['positives']):5d} "
+                f"  {name[:34]:34} {r['category']:11} {sl:26} {int(r['n']):5d} {int(r['positives']):5d} "
                 f"{_fmt(r['pr_auc'], r['pr_auc_lo'], r['pr_auc_hi']):>19} "
                 f"{_fmt(r['roc_auc'], r['roc_auc_lo'], r['roc_auc_hi']):>19} "
                 f"{_fmt(r['precision']):>6} {_fmt(r['recall']):>6} {_fmt(r['f1']):>6} {_fmt(r['fpr']):>6} "

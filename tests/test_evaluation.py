@@ -1,0 +1,288 @@
+"""The evaluation framework: datasets, metrics, evaluate with the real text model and the
+lexical baseline, the promotion gate in front of backfill, calibration of thresholds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import yaml
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+from typer.testing import CliRunner
+
+from moderation.cli import app
+from moderation.config import load_model_registry, load_policy
+from moderation.evaluation import datasets as ds
+from moderation.evaluation.calibrate import calibrate
+from moderation.evaluation.evaluate import evaluate, latest_results
+from moderation.evaluation.gate import GateBlocked, GateConfig, check_gate
+from moderation.evaluation.metrics import (
+    bootstrap_intervals,
+    expected_calibration_error,
+    point_metrics,
+    recall_at_precision,
+    weighted_metrics,
+)
+from moderation.lake import Lake
+from tests.conftest import POLICY_V1
+
+SMALL = 90  # examples of the small dataset cut from HateXplain test at run time
+
+
+def cli(*args, code: int = 0) -> str:
+    out = CliRunner().invoke(app, [str(a) for a in args])
+    assert out.exit_code == code, out.output
+    return out.output
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------
+def test_resampled_metrics_equal_scikit_learn_with_weights():
+    rng = np.random.default_rng(3)
+    n = 400
+    y = rng.integers(0, 2, n)
+    s = np.round(np.clip(0.35 * y + rng.random(n) * 0.7, 0, 1), 2)  # rounded: many ties
+    w = rng.multinomial(n, np.full(n, 1 / n), size=6).astype(float)
+    got = weighted_metrics(y, s, w, threshold=0.5)
+    for i in range(len(w)):
+        kw = {"sample_weight": w[i]}
+        assert got["pr_auc"][i] == pytest.approx(average_precision_score(y, s, **kw), abs=1e-12)
+        assert got["roc_auc"][i] == pytest.approx(roc_auc_score(y, s, **kw), abs=1e-12)
+        assert got["precision"][i] == pytest.approx(precision_score(y, s >= 0.5, **kw), abs=1e-12)
+        assert got["recall"][i] == pytest.approx(recall_score(y, s >= 0.5, **kw), abs=1e-12)
+        assert got["f1"][i] == pytest.approx(f1_score(y, s >= 0.5, **kw), abs=1e-12)
+
+
+def test_point_metrics_intervals_and_calibration_error():
+    rng = np.random.default_rng(0)
+    s = rng.random(4000)
+    y = (rng.random(4000) < s).astype(int)  # calibrated by construction
+    assert expected_calibration_error(y, s) < 0.03
+    assert expected_calibration_error(y, np.clip(s + 0.3, 0, 1)) > 0.2
+    m = point_metrics(y, s, 0.5, target_precision=0.8)
+    assert m["n"] == 4000 and m["positives"] == int(y.sum())
+    assert m["pr_auc"] == pytest.approx(average_precision_score(y, s))
+    ci = bootstrap_intervals(y, s, 0.5, samples=300, seed=1)
+    for name in ("pr_auc", "roc_auc", "precision", "recall", "f1", "fpr"):
+        lo, hi = ci[name]
+        assert lo <= m[name] <= hi and hi - lo < 0.1
+    # Recall at target precision: the best recall among thresholds reaching the precision.
+    rec, thr = recall_at_precision(y, s, 0.8)
+    best = max((((s >= t) & (y == 1)).sum() / y.sum()) for t in np.unique(s)
+               if y[s >= t].mean() >= 0.8)
+    assert rec == pytest.approx(best) and y[s >= thr].mean() >= 0.8
+    # One class only: threshold-free metrics undefined, not an error.
+    one = point_metrics(np.zeros(10, int), s[:10], 0.5, 0.8)
+    assert one["pr_auc"] is None and one["roc_auc"] is None
+    assert bootstrap_intervals(np.zeros(10, int), s[:10], 0.5, samples=50)["pr_auc"] is None
+
+
+# ---------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------
+def test_standard_datasets_are_built_from_held_out_splits(tmp_path, data_dir):
+    lake = Lake(str(tmp_path / "lake"))
+    done = ds.import_standard(lake, data_dir)
+    assert {n for n, _, written in done if written} == {s.name for s in ds.STANDARD_DATASETS}
+    listed = {d["name"]: d for d in ds.list_datasets(lake)}
+    test, version = ds.read_dataset(lake, "hatexplain_test")
+    lines = [json.loads(x) for x in (data_dir / "text/hatexplain/test.jsonl").read_text().splitlines()]
+    from collections import Counter
+
+    kept = [r for r in lines if Counter(r["annotators"]["label"]).most_common(1)[0][1] >= 2]
+    assert test.num_rows == len(kept) == listed["hatexplain_test"]["rows"]
+    assert set(test.column("example_id").to_pylist()) == {r["id"] for r in kept}
+    majority = {r["id"]: Counter(r["annotators"]["label"]).most_common(1)[0][0] for r in kept}
+    hate = dict(zip(test.column("example_id").to_pylist(), test.column("label_hate").to_pylist()))
+    assert all(hate[i] == int(lbl == 0) for i, lbl in majority.items())
+    assert listed["hatexplain_test"]["labels"]["hate"] == (sum(v == 0 for v in majority.values()), len(kept))
+    assert "target_group" in listed["hatexplain_test"]["slices"]
+    groups = {g for gs in test.column("slice_target_group").to_pylist() for g in gs}
+    assert {"African", "Jewish", "Women", "none"} <= groups
+    # The YouTube set is the held-out video only; importing again writes no new version.
+    yt, _ = ds.read_dataset(lake, "youtube_spam_heldout")
+    assert set(yt.column("slice_video").to_pylist()) == {"09-pRpeEdMmmQ0"}
+    again = ds.import_standard(lake, data_dir, ["hatexplain_test"])
+    assert again == [("hatexplain_test", version, False)]
+    out = cli("eval", "datasets", "--lake", lake.root)
+    assert "hatexplain_test" in out and "target_group" in out
+
+
+def test_import_a_user_file_and_its_errors(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    f = tmp_path / "reviews.csv"
+    f.write_text("id,comment,is_hate,group\n1,you are great,0,women\n2,awful slur here,yes,women|jewish\n"
+                 "3,neutral text,,none\n")
+    out = cli("eval", "import", f, "--lake", lake.root, "--name", "mine", "--label-column", "hate=is_hate",
+              "--slice-column", "group", "--text-column", "comment", "--id-column", "id")
+    assert "wrote dataset mine v0" in out
+    table, version = ds.read_dataset(lake, "mine")
+    assert table.column("label_hate").to_pylist() == [0, 1, None]
+    assert table.column("slice_group").to_pylist() == [["women"], ["women", "jewish"], ["none"]]
+    assert "unchanged: dataset mine v0" in cli("eval", "import", f, "--lake", lake.root, "--name", "mine",
+                                               "--label-column", "hate=is_hate", "--slice-column", "group",
+                                               "--text-column", "comment", "--id-column", "id")
+    f.write_text(f.read_text() + "4,more text,1,women\n")
+    cli("eval", "import", f, "--lake", lake.root, "--name", "mine", "--label-column", "hate=is_hate",
+        "--text-column", "comment", "--id-column", "id")
+    assert ds.read_dataset(lake, "mine")[1] == 1 and ds.read_dataset(lake, "mine", 0)[0].num_rows == 3
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,hate\nok,0\nhmm,maybe\n")
+    err = cli("eval", "import", bad, "--lake", lake.root, "--name", "bad", "--label-column", "hate", code=2)
+    assert "bad.csv" in err and "row 1" in err and "column hate" in err and "'maybe'" in err
+    dup = tmp_path / "dup.csv"
+    dup.write_text("id,text,hate\na,x,0\na,y,1\n")
+    err = cli("eval", "import", dup, "--lake", lake.root, "--name", "dup", "--label-column", "hate",
+              "--id-column", "id", code=2)
+    assert "example_id 'a' appears 2 times" in err
+    err = cli("eval", "import", dup, "--lake", lake.root, "--name", "dup", "--label-column", "hate=nope", code=2)
+    assert "no column 'nope'" in err
+    assert not Lake(lake.root).exists("eval/datasets/bad") and not Lake(lake.root).exists("eval/datasets/dup")
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate, gate, calibrate: the real text model and the lexical baseline on a small set
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("eval")
+    lake = Lake(str(root / "lake"))
+    ds.import_standard(lake, data_dir, ["hatexplain_test"])
+    full, _ = ds.read_dataset(lake, "hatexplain_test")
+    # A small, balanced cut of the held-out split keeps the models' CPU time low.
+    df = full.to_pandas()
+    small = pd.concat([df[df["label_hate"] == 1].head(SMALL // 3), df[(df["label_harassment"] == 1)
+                       & (df["label_hate"] == 0)].head(SMALL // 3), df[df["label_harassment"] == 0].head(SMALL // 3)])
+    ds.write_dataset(lake, "hx_small", pa.Table.from_pandas(small, preserve_index=False), description="test cut")
+    policies = root / "policies"
+    policies.mkdir()
+    shutil.copy(POLICY_V1, policies / "v1.yaml")
+    strict = yaml.safe_load(POLICY_V1.read_text())
+    strict.update(version=5, status="draft")
+    for rule in strict["categories"].values():
+        rule.update(threshold=0.995, review_threshold=0.99)
+    (policies / "v5.yaml").write_text(yaml.safe_dump(strict))
+    first = evaluate(lake_root=lake.root, model_id="text-minilm-heads-v1", dataset="hx_small",
+                     policy_path=policies / "v1.yaml", bootstrap=200, progress=False)
+    return {"root": root, "lake": lake, "policies": policies, "first": first}
+
+
+def test_evaluate_writes_predictions_and_results_for_model_and_baseline(env):
+    lake, first = env["lake"], env["first"]
+    roles = {e.spec.model_id: e.spec for e in first.evaluations}
+    assert set(roles) == {"text-minilm-heads-v1", "text-profanity-check-v1"}
+    preds = lake.read("eval/predictions").to_pandas()
+    results = lake.read("eval/results").to_pandas()
+    assert len(preds) == 2 * 2 * SMALL  # 2 models x 2 categories (hate, harassment) x examples
+    registry = load_model_registry()
+    for model_id in roles:
+        digest = registry[model_id].digest
+        mine = results[results["model_digest"] == digest]
+        assert set(mine["model_role"]) == {"baseline" if "profanity" in model_id else "production"}
+        assert set(mine["policy_version"]) == {1} and set(mine["dataset"]) == {"hx_small"}
+        for cat in ("hate", "harassment"):
+            p = preds[(preds["model_digest"] == digest) & (preds["category"] == cat)]
+            overall = mine[(mine["category"] == cat) & mine["slice_column"].isna()].iloc[0]
+            thr = load_policy(env["policies"] / "v1.yaml").policy.categories[cat].threshold
+            assert overall["threshold"] == pytest.approx(thr)
+            assert overall["pr_auc"] == pytest.approx(average_precision_score(p["label"], p["score"]))
+            assert overall["roc_auc"] == pytest.approx(roc_auc_score(p["label"], p["score"]))
+            assert overall["recall"] == pytest.approx(recall_score(p["label"], p["score"] >= thr))
+            assert overall["pr_auc_lo"] <= overall["pr_auc"] <= overall["pr_auc_hi"]
+            slices = mine[(mine["category"] == cat) & (mine["slice_column"] == "target_group")]
+            assert len(slices) >= 3 and slices["n"].sum() >= overall["n"]
+            gaps = slices["fpr_gap"].dropna()
+            if len(gaps):
+                assert gaps.min() == 0 and overall["fpr_gap"] == pytest.approx(gaps.max())
+    # The summary prints both models, the baseline marked.
+    text = first.summary()
+    assert "text-minilm-heads-v1" in text and "text-profanity-check-v1 (base)" in text and "language=en" in text
+
+    # Evaluating again reuses the stored predictions and replaces (not duplicates) the results.
+    again = evaluate(lake_root=lake.root, model_id="text-minilm-heads-v1", dataset="hx_small",
+                     policy_path=env["policies"] / "v1.yaml", bootstrap=200, progress=False)
+    assert not any(e.newly_scored for e in again.evaluations)
+    assert len(lake.read("eval/predictions")) == len(preds)
+    assert len(lake.read("eval/results")) == len(results)
+    assert set(latest_results(lake)["eval_id"]) == {again.eval_id}
+
+
+def test_gate_blocks_a_worse_candidate_and_force_is_recorded(env, tmp_path, data_dir, ray_local, monkeypatch):
+    from moderation.backfill import run_backfill
+    from moderation.demo import write_demo_catalog
+
+    lake, policies = env["lake"], env["policies"]
+    registry = load_model_registry()
+    candidate = load_policy(policies / "v5.yaml", registry)
+    config = GateConfig(datasets=["hx_small"], tolerance={"recall": 0.05, "pr_auc": 0.01},
+                        slice_tolerance={"recall": 0.1}, min_slice_examples=10)
+    # Not evaluated yet: blocked, naming the command that fills the gap.
+    gate = check_gate(lake, candidate, registry, config=config)
+    assert gate.status == "blocked" and any("moderation evaluate" in m and "v5.yaml" in m for m in gate.missing)
+    evaluate(lake_root=lake.root, model_id="text-minilm-heads-v1", dataset="hx_small",
+             policy_path=policies / "v5.yaml", bootstrap=0, baselines=False, progress=False)
+    gate = check_gate(lake, candidate, registry, config=config)
+    assert gate.status == "blocked" and not gate.missing
+    assert {(d.category, d.metric) for d in gate.drops if d.slice == "all"} >= {("hate", "recall")}
+    assert not any(d.metric == "pr_auc" for d in gate.drops)  # same model: ranking unchanged
+    # The live version itself needs no gate.
+    assert check_gate(lake, load_policy(policies / "v1.yaml", registry), registry, config=config).status \
+        == "not_required"
+
+    gate_file = tmp_path / "gate.yaml"
+    gate_file.write_text(yaml.safe_dump(config.model_dump()))
+    catalog = write_demo_catalog(str(tmp_path / "catalog"), items=6, data_dir=data_dir)
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump({"batch_size": 8, "actors": 1, "actor_num_cpus": 1.0, "chunk_pairs": 8}))
+    import moderation.evaluation.gate as gate_mod
+
+    default = gate_mod.load_gate_config
+    monkeypatch.setattr(gate_mod, "load_gate_config", lambda path=None: default(gate_file))
+    with pytest.raises(GateBlocked, match="recall"):
+        run_backfill(catalog_uri=catalog.uri, lake_root=lake.root, policy_path=policies / "v5.yaml",
+                     run_id="cand-1", profile_path=profile, progress=False)
+    blocked = lake.get_run("cand-1")
+    assert blocked["status"] == "blocked" and blocked["gate_status"] == "blocked"
+    assert json.loads(blocked["gate_detail"])["drops"] and not lake.exists("scores")
+    forced = run_backfill(catalog_uri=catalog.uri, lake_root=lake.root, policy_path=policies / "v5.yaml",
+                          run_id="cand-2", profile_path=profile, progress=False, force=True)
+    assert forced.status == "succeeded"
+    row = lake.get_run("cand-2")
+    assert row["gate_status"] == "overridden" and row["forced"] is True and row["status"] == "succeeded"
+    listed = cli("runs", "list", "--lake", lake.root)
+    assert "cand-1" in listed and "blocked" in listed
+
+
+def test_calibrate_writes_a_valid_draft_version(env):
+    lake, policies = env["lake"], env["policies"]
+    result = calibrate(lake_root=lake.root, model_id="text-minilm-heads-v1", dataset="hx_small",
+                       policy_path=policies / "v1.yaml", target_precision=0.8, progress=False)
+    assert result.path == policies / "v6.yaml" and result.version == 6  # v5 exists beside it
+    new = load_policy(result.path)
+    assert new.policy.status == "draft" and new.policy.version == 6
+    assert "moderation calibrate" in result.path.read_text().splitlines()[0]
+    preds = lake.read("eval/predictions", filter=pc.field("model_id") == "text-minilm-heads-v1").to_pandas()
+    reached = 0
+    for c in result.categories:
+        p = preds[preds["category"] == c.category]
+        rule = new.policy.categories[c.category]
+        if c.threshold is None:
+            assert rule.threshold == c.old_threshold
+            continue
+        reached += 1
+        flagged = p["score"] >= rule.threshold
+        assert p.loc[flagged, "label"].mean() >= 0.8 - 1e-9
+        assert rule.review_threshold is None or rule.review_threshold < rule.threshold
+    assert reached >= 1
+    # Versions are never overwritten; the base file is untouched.
+    assert load_policy(policies / "v1.yaml").content_hash == load_policy(POLICY_V1).content_hash
+    out = cli("calibrate", "--lake", lake.root, "--model", "text-minilm-heads-v1", "--dataset", "hx_small",
+              "--policy", policies / "v1.yaml", "--target-precision", "0.7", "--out", result.path, code=2)
+    assert "exists" in out

@@ -366,9 +366,9 @@ app.add_typer(runs_app, name="runs")
 @runs_app.command("list")
 def runs_list(
     lake: str = typer.Option(..., help="lake root URI"),
-    kind: Optional[str] = typer.Option(None, help="backfill, rescan, decide, diff, promote or enforce"),
+    kind: Optional[str] = typer.Option(None, help="backfill, rescan, decide, diff, promote, enforce, labels_import or review_queue"),
     policy: Optional[str] = typer.Option(None, help="policy id"),
-    status: Optional[str] = typer.Option(None, help="running, succeeded or failed"),
+    status: Optional[str] = typer.Option(None, help="running, succeeded, failed or blocked"),
     limit: int = typer.Option(20, min=1, help="newest N runs"),
 ) -> None:
     """List runs, newest first."""
@@ -534,6 +534,93 @@ def eval_datasets(lake: str = typer.Option(..., help="lake root URI")) -> None:
         typer.echo(format_datasets(list_datasets(Lake(_abs_uri(lake)))))
     except ModerationError as e:
         _fail(e)
+
+
+@eval_app.command("from-labels")
+def eval_from_labels(
+    lake: str = typer.Option(..., help="lake root URI (reads <lake>/labels)"),
+    catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: the reviewed items' text"),
+    name: str = typer.Option("catalog_reviews", help="dataset name; new reviews make a new version"),
+    catalog_version: Optional[int] = typer.Option(None, min=0, help="catalog Delta version (default: latest)"),
+    map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
+) -> None:
+    """Turn the latest human label of each (item, category) into a new version of an evaluation
+    dataset (text of the item from the catalog), so the next evaluation includes the reviews."""
+    from moderation.evaluation.review import labels_to_dataset
+
+    try:
+        result = labels_to_dataset(_abs_uri(lake), catalog_uri=_abs_uri(catalog), name=name,
+                                   column_map=_column_map(map_) or None, catalog_version=catalog_version)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary())
+
+
+@eval_app.command("report")
+def eval_report(
+    lake: str = typer.Option(..., help="lake root URI (reads <lake>/eval/results and predictions)"),
+    out: Path = typer.Option(Path("eval-report"), help="folder for eval_report.html and eval_summary.png"),
+    dataset: list[str] = typer.Option([], help="only these datasets (repeatable; default: every evaluated one)"),
+    min_slice_n: int = typer.Option(30, min=1, help="slices with fewer examples are left out of the slice tables"),
+) -> None:
+    """Write a static HTML report (PR curves, calibration plots, slice tables; no server, no
+    network) and a PNG summary of the latest evaluations."""
+    from moderation.evaluation.report import write_report
+    from moderation.lake import Lake
+
+    try:
+        files = write_report(Lake(_abs_uri(lake)), out, datasets=dataset or None, min_slice_n=min_slice_n)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(files.summary())
+
+
+labels_app = typer.Typer(no_args_is_help=True, help="Human review outcomes (<lake>/labels).")
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("import")
+def labels_import(
+    file: Path = typer.Argument(..., help="CSV, TSV or Parquet: item_id, category, decision or label, "
+                                "reviewed_at, [source, market, reviewer, policy_id, policy_version]"),
+    lake: str = typer.Option(..., help="lake root URI"),
+    policy: Optional[Path] = typer.Option(None, help="check categories against this policy version"),
+    map_: list[str] = typer.Option([], "--map", help="FIELD=COLUMN: read FIELD from the file's column COLUMN"),
+) -> None:
+    """Import moderator decisions and appeal outcomes (upheld = 1, overturned = 0) into
+    <lake>/labels; importing the same file again writes nothing."""
+    from moderation.evaluation.review import import_labels
+
+    try:
+        result = import_labels(_abs_uri(lake), file, column_map=_column_map(map_) or None, policy_path=policy)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary())
+
+
+@app.command("review-queue")
+def review_queue(
+    lake: str = typer.Option(..., help="lake root URI"),
+    policy: Path = typer.Option(..., help="policy version file: its thresholds define the uncertain band"),
+    per_stratum: int = typer.Option(20, min=1, help="most items per category x slice value"),
+    audit: int = typer.Option(50, min=0, help="uniform random audit items on top"),
+    band: float = typer.Option(0.1, min=0.0, help="a score within this distance of a threshold is uncertain"),
+    slice_column: list[str] = typer.Option([], help="stratify by language, item_type, markets or explicit "
+                                           "(repeatable; default language and item_type)"),
+    seed: int = typer.Option(0, help="same seed, same sample"),
+    queue_id: Optional[str] = typer.Option(None, help="queue id (re-using one writes nothing)"),
+) -> None:
+    """Sample items for human review into <lake>/review_queue: the uncertain band around each
+    threshold (stratified by category and slice) plus a random audit sample."""
+    from moderation.evaluation.review import build_review_queue
+
+    try:
+        result = build_review_queue(_abs_uri(lake), policy, per_stratum=per_stratum, audit=audit, band=band,
+                                    slice_columns=tuple(slice_column) or ("language", "item_type"), seed=seed,
+                                    queue_id=queue_id)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.summary())
 
 
 def main() -> None:

@@ -286,3 +286,15 @@ def test_calibrate_writes_a_valid_draft_version(env):
     out = cli("calibrate", "--lake", lake.root, "--model", "text-minilm-heads-v1", "--dataset", "hx_small",
               "--policy", policies / "v1.yaml", "--target-precision", "0.7", "--out", result.path, code=2)
     assert "exists" in out
+
+
+def test_eval_report_from_the_command_line(env, tmp_path):
+    out = cli("eval", "report", "--lake", env["lake"].root, "--out", tmp_path / "report", "--min-slice-n", 10)
+    html = (tmp_path / "report" / "eval_report.html").read_text()
+    assert (tmp_path / "report" / "eval_summary.png").read_bytes()[:4] == b"\x89PNG"
+    assert "hx_small" in html and "text-profanity-check-v1" in html and "text-minilm-heads-v1" in html
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert html.count("data:image/png;base64,") >= 5  # 2 categories x (PR, calibration) + summary
+    assert "eval_report.html" in out
+    assert "moderation evaluate" in cli("eval", "report", "--lake", tmp_path / "empty", "--out", tmp_path / "r2",
+                                        code=2)

@@ -181,6 +181,8 @@ def metric_rows(preds: pd.DataFrame, rows: pa.Table, *, thresholds: dict[str, fl
                 parts.append((col[len(SLICE_PREFIX):], value, ok[ok["example_id"].isin(ids)]))
         cat_rows = []
         for col, value, part in parts:
+            if part.empty and col is not None:
+                continue  # the slice value has no example labelled for this category
             y = part["label"].to_numpy(dtype=int)
             s = part["score"].to_numpy(dtype=float)
             m = point_metrics(y, s, thr, target_precision)

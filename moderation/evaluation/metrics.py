@@ -51,6 +51,9 @@ def point_metrics(y: np.ndarray, s: np.ndarray, threshold: float, target_precisi
     """Every metric of one category on one set of examples (None where undefined)."""
     y = np.asarray(y, dtype=int)
     s = np.asarray(s, dtype=float)
+    if len(y) == 0:
+        return {"n": 0, "positives": 0, **dict.fromkeys(
+            ("pr_auc", "roc_auc", "precision", "recall", "f1", "fpr", "recall_at_precision", "ece"))}
     pred = (s >= threshold).astype(int)
     two_classes = 0 < y.sum() < len(y)
     p, r, f1, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)

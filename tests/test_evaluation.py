@@ -270,6 +270,8 @@ def test_calibrate_writes_a_valid_draft_version(env):
     assert "moderation calibrate" in result.path.read_text().splitlines()[0]
     preds = lake.read("eval/predictions", filter=pc.field("model_id") == "text-minilm-heads-v1").to_pandas()
     reached = 0
+    assert {c.category for c in result.categories if c.n == 0} == {"spam"}  # hx_small labels no spam
+    assert new.policy.categories["spam"] == load_policy(POLICY_V1).policy.categories["spam"]
     for c in result.categories:
         p = preds[preds["category"] == c.category]
         rule = new.policy.categories[c.category]
@@ -298,3 +300,18 @@ def test_eval_report_from_the_command_line(env, tmp_path):
     assert "eval_report.html" in out
     assert "moderation evaluate" in cli("eval", "report", "--lake", tmp_path / "empty", "--out", tmp_path / "r2",
                                         code=2)
+
+
+def test_calibrate_a_candidate_model_swaps_it_into_the_new_version(env, tmp_path):
+    lake = env["lake"]
+    base = yaml.safe_load(POLICY_V1.read_text())
+    base["categories"].pop("spam")
+    (tmp_path / "v1.yaml").write_text(yaml.safe_dump(base))
+    result = calibrate(lake_root=lake.root, model_id="text-profanity-check-v1", dataset="hx_small",
+                       policy_path=tmp_path / "v1.yaml", target_precision=0.6, progress=False)
+    new = load_policy(result.path)
+    assert new.policy.models == ("text-profanity-check-v1",) and new.policy.version == 2
+    # A model that does not emit a category the replaced one scores cannot replace it.
+    with pytest.raises(Exception, match="does not emit"):
+        calibrate(lake_root=lake.root, model_id="text-profanity-check-v1", dataset="hx_small",
+                  policy_path=env["policies"] / "v1.yaml", target_precision=0.6, progress=False)

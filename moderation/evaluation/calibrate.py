@@ -55,7 +55,9 @@ class CalibrateResult:
         lines = [f"wrote {self.path} ({self.policy_id} v{self.version}, draft): thresholds for precision >= "
                  f"{self.target_precision} on {self.dataset} v{self.dataset_version} scored by {self.model_ref}"]
         for c in self.categories:
-            if c.threshold is None:
+            if c.n == 0:
+                lines.append(f"  {c.category:11} not labelled in {self.dataset}: kept threshold {c.old_threshold}")
+            elif c.threshold is None:
                 lines.append(f"  {c.category:11} target not reachable (n {c.n}, positives {c.positives}): "
                              f"kept threshold {c.old_threshold}")
             else:
@@ -79,11 +81,38 @@ def _round_down(x: float) -> float:
     return float(np.floor(x * 10_000) / 10_000)
 
 
+def _swap_in(base, registry: dict, spec) -> list[str]:
+    """The new version's models: the base's, with ``spec`` in place of the base's models of the
+    same modality that emit one of its categories (a candidate model gets thresholds of its own)."""
+    if spec.model_id in base.policy.models:
+        return list(base.policy.models)
+    replaced = [m for m in base.policy.models
+                if registry[m].modality == spec.modality and set(registry[m].categories) & set(spec.categories)]
+    if not replaced:
+        raise ConfigError(f"{base.path}: policy {base.policy.policy_id} v{base.policy.version} has no "
+                          f"{spec.modality} model emitting {list(spec.categories)} for {spec.model_id} to replace "
+                          f"(models: {list(base.policy.models)})")
+    missing = {c for m in replaced for c in registry[m].categories if c in base.policy.categories} \
+        - set(spec.categories)
+    if missing:
+        raise ConfigError(f"{spec.model_id} does not emit {sorted(missing)}, which {', '.join(replaced)} scores for "
+                          f"{base.policy.policy_id} v{base.policy.version}: cannot replace it")
+    out: list[str] = []
+    for m in base.policy.models:
+        new = spec.model_id if m in replaced else m
+        if new not in out:
+            out.append(new)
+    return out
+
+
 def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str | Path, target_precision: float,
               review_precision: float | None = None, out: Path | None = None, dataset_version: int | None = None,
               models_dir: Path | None = None, progress: bool = True) -> CalibrateResult:
     """Propose thresholds from ``model_id``'s predictions on ``dataset`` (scored first if the
     lake has none for this model digest and dataset version) and write a draft policy file.
+
+    When the base version does not use ``model_id``, the new version uses it in place of the
+    base's model of the same modality and categories (a candidate model, e.g. new heads).
 
     Args:
         policy_path: the base version (usually the live one); the new file sits beside it
@@ -102,16 +131,16 @@ def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str |
         raise ConfigError(f"unknown model {model_id!r}; registered: {sorted(registry)}")
     spec = registry[model_id]
     base = load_policy(policy_path, registry)
-    if model_id not in base.policy.models:
-        raise ConfigError(f"{policy_path}: policy {base.policy.policy_id} v{base.policy.version} does not use model "
-                          f"{model_id} (models: {list(base.policy.models)})")
+    models = _swap_in(base, registry, spec)
     preds, version, _ = predictions(Lake(lake_root), spec, dataset, version=dataset_version, progress=progress)
     data = yaml.safe_load(Path(base.path).read_text())
     new_version = max(declared_statuses(base)) + 1
     result = CalibrateResult(Path(), base.policy.policy_id, new_version, spec.ref, dataset, version, target_precision)
     for cat, rule in base.policy.categories.items():
         part = preds[(preds["category"] == cat) & preds["score"].notna()]
-        if part.empty:
+        if part.empty:  # the dataset does not label it (or the model does not score it): kept
+            result.categories.append(CategoryCalibration(cat, rule.threshold, None, rule.review_threshold, None,
+                                                         None, None, 0, 0))
             continue
         y, s = part["label"].to_numpy(dtype=int), part["score"].to_numpy(dtype=float)
         thr, prec, rec = _operating_point(y, s, target_precision)
@@ -126,9 +155,10 @@ def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str |
             else:
                 data["categories"][cat].pop("review_threshold", None)
         result.categories.append(cal)
-    if not result.categories:
+    if not any(c.n for c in result.categories):
         raise ModerationError(f"model {model_id} has no predictions for any category of {base.policy.policy_id} on "
                               f"{dataset} v{version}: nothing to calibrate")
+    data["models"] = models
     data["version"] = new_version
     data["status"] = "draft"
     data["description"] = (f"{data.get('description', '')} Thresholds calibrated for precision >= {target_precision} "
@@ -140,7 +170,8 @@ def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str |
         f"# {base.policy.policy_id} v{new_version} (draft), written by `moderation calibrate` from v{base.policy.version}:",
         f"# thresholds for precision >= {target_precision} (review: >= {review_precision}) on evaluation dataset "
         f"{dataset} v{version},",
-        f"# scored by {spec.ref}. Evaluate it on another split before deciding or promoting it.",
+        f"# scored by {spec.ref}; models {', '.join(models)}. Evaluate it on another split before deciding or "
+        "promoting it.",
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -87,3 +87,104 @@ def test_prepare_quarantines_rows_without_item_id(unloaded):
     out = unloaded.prepare(_rows(item_id=["a", None, " "], title=["fine", "fine", "fine"]))
     assert out.column(QREASON).to_pylist() == [None, "missing_item_id", "missing_item_id"]
     assert out.column("qstage").to_pylist() == [None, "preprocess", "preprocess"]
+
+
+# ---- text-minilm-heads-v2: MLP heads stacked with a lexical TF-IDF model, same file format family
+
+
+@pytest.fixture(scope="module")
+def text_classifier_v2():
+    from moderation.classifiers.base import build_classifier
+
+    clf = build_classifier(load_model_registry()["text-minilm-heads-v2"])
+    clf.setup("cpu")  # verifies the pinned SHA-256 of every artifact before loading
+    return clf
+
+
+def test_v2_registry_entry_and_heads_file():
+    from safetensors.numpy import load_file
+
+    from moderation.artifacts import resolve_local
+    from moderation.classifiers.text import _heads_categories
+
+    reg = load_model_registry()
+    v1, v2 = reg["text-minilm-heads-v1"], reg["text-minilm-heads-v2"]
+    assert v2.kind == "minilm_heads" and v2.modality == "text"
+    assert v2.categories == v1.categories == ("hate", "harassment", "spam")
+    assert v2.digest != v1.digest
+    path = resolve_local(v2.artifacts["heads"].uri)
+    assert path.suffix == ".safetensors" and path.stat().st_size < 5_000_000
+    assert tuple(_heads_categories(path.read_bytes())) == v2.categories
+    tensors = load_file(path)
+    assert {"hidden.weight", "weight", "lexical.weight", "combine.weight"} <= set(tensors)
+    # Encoder artifacts are shared with v1: same pinned files.
+    for name in ("encoder", "encoder_config", "tokenizer"):
+        assert v2.artifacts[name] == v1.artifacts[name]
+
+
+def test_v2_refuses_a_heads_file_with_another_digest(tmp_path):
+    from moderation.artifacts import resolve_local
+    from moderation.classifiers.base import build_classifier
+    from moderation.errors import ArtifactError
+
+    spec = load_model_registry()["text-minilm-heads-v2"]
+    ref = spec.artifacts["heads"]
+    data = bytearray(resolve_local(ref.uri).read_bytes())
+    data[-1] ^= 0x01
+    bad = tmp_path / "text_heads_v2.safetensors"
+    bad.write_bytes(bytes(data))
+    tampered = spec.model_copy(update={"artifacts": {**spec.artifacts, "heads": ref.model_copy(update={"uri": str(bad)})}})
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        build_classifier(tampered).setup("cpu")
+
+
+def test_v2_separates_hateful_offensive_neutral_and_spam(text_classifier_v2):
+    rows = text_classifier_v2.preprocess(_rows(
+        item_id=["benign", "benign2", "spam", "hate", "offensive"],
+        title=[
+            "Songs about the summer rain and my grandmother's garden",
+            "A quiet piano piece recorded live in Lisbon",
+            "subscribe to my channel and win free gift cards click the link now",
+            "all muslims are terrorists and should be deported from this country",
+            "shut up you stupid bitch nobody wants to hear your fucking voice",
+        ],
+    ))
+    scores, evidence = text_classifier_v2.score(rows)
+    s = {i: sc for i, sc in zip(["benign", "benign2", "spam", "hate", "offensive"], scores)}
+    for neutral in ("benign", "benign2"):
+        assert s[neutral]["hate"] < 0.5 and s[neutral]["harassment"] < 0.5 and s[neutral]["spam"] < 0.5
+        assert s["hate"]["hate"] > s[neutral]["hate"] + 0.3
+        assert s["offensive"]["harassment"] > s[neutral]["harassment"] + 0.3
+    assert s["spam"]["spam"] > 0.5 > s["hate"]["spam"]
+    assert s["hate"]["hate"] > 0.5 and s["offensive"]["harassment"] > 0.5
+    assert evidence[3]["hate"] == "title"
+    assert set(scores[0]) == set(text_classifier_v2.spec.categories)
+
+
+def test_v2_max_over_segments_finds_spam_buried_in_lyrics(text_classifier_v2):
+    body = " ".join(["we were dancing in the kitchen light"] * 40) + " check out my channel subscribe and win a free iphone"
+    rows = text_classifier_v2.preprocess(_rows(item_id=["x"], title=["Kitchen Light"], body_text=[body]))
+    scores, evidence = text_classifier_v2.score(rows)
+    assert scores[0]["spam"] > 0.5
+    assert evidence[0]["spam"].startswith("body_text[")
+
+
+def test_v2_lexical_model_matches_scikit_learn_tfidf(text_classifier_v2):
+    """The pickle-free lexical transform equals TfidfVectorizer fitted with the same vocabulary."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    lex = text_classifier_v2._lexical
+    texts = ["Subscribe to my channel!!", "you are a stupid idiot", "", "Café déjà vu, naïve résumé"]
+    got = lex.transform(texts).toarray()
+    start = 0
+    for vec, idf in zip(lex._count, lex.idfs):
+        ref = TfidfVectorizer(vocabulary=vec.vocabulary, analyzer=vec.analyzer, ngram_range=vec.ngram_range,
+                              lowercase=vec.lowercase, token_pattern=vec.token_pattern, sublinear_tf=True,
+                              dtype=np.float32)
+        ref.fit(["x"])  # sets up the fixed vocabulary; idf replaced below
+        ref.idf_ = idf
+        block = ref.transform(texts).toarray()
+        assert np.allclose(got[:, start : start + len(idf)], block, atol=1e-6)
+        start += len(idf)
+    assert start == got.shape[1]

@@ -111,6 +111,9 @@ class MiniLMHeadsClassifier(Classifier):
         self._encoder: MiniLMEncoder | None = None
         self._weight: np.ndarray | None = None
         self._bias: np.ndarray | None = None
+        self._hidden: tuple[np.ndarray, np.ndarray] | None = None
+        self._lexical: LexicalModel | None = None
+        self._combine: tuple[np.ndarray, np.ndarray] | None = None
 
     # ---- CPU side -------------------------------------------------------------------
     def _fields(self, raw: dict[str, str | None]) -> dict[str, str]:
@@ -172,6 +175,17 @@ class MiniLMHeadsClassifier(Classifier):
             )
         self._weight = tensors["weight"].astype(np.float32)
         self._bias = tensors["bias"].astype(np.float32)
+        # Format 2 (text-minilm-heads-v2) may add, in the same file: a hidden layer before the
+        # heads, a lexical TF-IDF logistic model, and per-category weights combining the two
+        # logits. A file with only weight/bias (v1) is scored exactly as before.
+        if "hidden.weight" in tensors:
+            self._hidden = (tensors["hidden.weight"].astype(np.float32), tensors["hidden.bias"].astype(np.float32))
+        meta = _heads_metadata(data)
+        if "lexical" in meta:
+            self._lexical = LexicalModel.from_safetensors(json.loads(meta["lexical"]), tensors)
+            self._combine = (tensors["combine.weight"].astype(np.float32), tensors["combine.bias"].astype(np.float32))
+            if self._lexical.weight.shape[0] != len(categories) or self._combine[0].shape != (len(categories), 2):
+                raise ValueError(f"model {self.spec.model_id}: lexical/combine tensors do not fit {len(categories)} categories")
         self._encoder = MiniLMEncoder(self.spec, device=device)
         self.device = device
 
@@ -185,7 +199,20 @@ class MiniLMHeadsClassifier(Classifier):
         if self._encoder is None:
             raise RuntimeError("setup() was not called")
         emb = self._encoder.encode(texts, batch_size=self.batch_size)
-        return 1.0 / (1.0 + np.exp(-(emb @ self._weight.T + self._bias)))
+        if self._hidden is None and self._lexical is None:
+            return 1.0 / (1.0 + np.exp(-(emb @ self._weight.T + self._bias)))
+        return 1.0 / (1.0 + np.exp(-self._logits(emb, texts)))
+
+    def _logits(self, emb: np.ndarray, texts: list[str]) -> np.ndarray:
+        """Format-2 logits: (MLP) embedding head, then optionally combined with the lexical
+        model's logit per category: w_emb * z_emb + w_lex * z_lex + b."""
+        if self._hidden is not None:
+            emb = np.maximum(emb @ self._hidden[0].T + self._hidden[1], 0.0)
+        z = emb @ self._weight.T + self._bias
+        if self._lexical is not None:
+            w, b = self._combine
+            z = w[:, 0] * z + w[:, 1] * self._lexical.logits(texts) + b
+        return z
 
     def score(self, batch: pa.Table) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
         segments = batch.column("segments").to_pylist()
@@ -202,10 +229,73 @@ class MiniLMHeadsClassifier(Classifier):
         return scores, evidence
 
 
-def _heads_categories(data: bytes) -> list[str]:
-    """Category order stored in the heads file's safetensors metadata."""
+def _heads_metadata(data: bytes) -> dict[str, str]:
+    """The heads file's safetensors metadata (string to string)."""
     # safetensors header: 8-byte little-endian length, then JSON with "__metadata__".
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
-    meta = header.get("__metadata__") or {}
-    return json.loads(meta.get("categories", "[]"))
+    return header.get("__metadata__") or {}
+
+
+def _heads_categories(data: bytes) -> list[str]:
+    """Category order stored in the heads file's safetensors metadata."""
+    return json.loads(_heads_metadata(data).get("categories", "[]"))
+
+
+class LexicalModel:
+    """Word and character n-gram TF-IDF features with one logistic-regression head per
+    category, rebuilt without pickle: the vocabularies and vectorizer settings are JSON (the
+    heads file's ``lexical`` metadata), the idf vectors and weights are safetensors arrays.
+
+    ``transform`` reproduces scikit-learn's ``TfidfVectorizer(sublinear_tf=True, norm="l2")``
+    output for the stored vocabulary (scripts/train_text_heads.py checks it at training time):
+    counts from a ``CountVectorizer`` with the fixed vocabulary, tf = 1 + log(count), times idf,
+    each vectorizer's block L2-normalised, blocks side by side.
+    """
+
+    #: CountVectorizer settings that may be stored; anything else in the JSON is refused.
+    _SETTINGS = ("analyzer", "ngram_range", "lowercase", "token_pattern", "strip_accents")
+
+    def __init__(self, vectorizers: list[dict], idfs: list[np.ndarray], weight: np.ndarray, bias: np.ndarray) -> None:
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        if len(vectorizers) != len(idfs):
+            raise ValueError("lexical model: one idf vector per vectorizer expected")
+        self._count = []
+        for cfg, idf in zip(vectorizers, idfs):
+            vocab = cfg["vocabulary"]
+            if len(vocab) != len(idf):
+                raise ValueError(f"lexical model: vocabulary of {len(vocab)} terms, idf of {len(idf)}")
+            kwargs = {k: cfg[k] for k in self._SETTINGS if k in cfg}
+            if "ngram_range" in kwargs:
+                kwargs["ngram_range"] = tuple(kwargs["ngram_range"])
+            vec = CountVectorizer(vocabulary={t: i for i, t in enumerate(vocab)}, dtype=np.float32, **kwargs)
+            self._count.append(vec)
+        self.idfs = [np.asarray(i, dtype=np.float32) for i in idfs]
+        self.weight = np.asarray(weight, dtype=np.float32)
+        self.bias = np.asarray(bias, dtype=np.float32)
+        if self.weight.shape[1] != sum(len(i) for i in self.idfs):
+            raise ValueError("lexical model: weight columns do not match the vocabularies")
+
+    @classmethod
+    def from_safetensors(cls, config: dict, tensors: dict[str, np.ndarray]) -> LexicalModel:
+        vecs = config["vectorizers"]
+        idfs = [tensors[f"lexical.idf.{i}"] for i in range(len(vecs))]
+        return cls(vecs, idfs, tensors["lexical.weight"], tensors["lexical.bias"])
+
+    def transform(self, texts: list[str]):
+        from scipy.sparse import diags, hstack
+
+        blocks = []
+        for vec, idf in zip(self._count, self.idfs):
+            x = vec.transform(texts).tocsr().astype(np.float32)
+            np.log(x.data, out=x.data)
+            x.data += 1.0
+            x = x @ diags(idf)
+            norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+            norms[norms == 0] = 1.0
+            blocks.append(diags((1.0 / norms).astype(np.float32)) @ x)
+        return hstack(blocks).tocsr()
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.transform(texts) @ self.weight.T) + self.bias

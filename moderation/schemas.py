@@ -138,7 +138,8 @@ RUNS_SCHEMA = pa.schema(
         pa.field("forced", pa.bool_()),  # promote/backfill: a refused step was overridden with --force
         pa.field("promoted_to", pa.string()),  # promote: live | shadow
         # Added with issue 6 (evaluation gate); null in older rows.
-        pa.field("gate_status", pa.string()),  # backfill/rescan: passed | blocked | overridden | not_required
+        # backfill/rescan: passed | blocked | overridden | not_required | not_configured
+        pa.field("gate_status", pa.string()),
         pa.field("gate_detail", pa.string()),  # JSON: what was compared, and each drop beyond tolerance
     ]
 )
@@ -305,6 +306,9 @@ EVAL_PREDICTIONS_SCHEMA = pa.schema(
         pa.field("quarantine_reason", pa.string()),
         pa.field("code_version", pa.string()),
         pa.field("predicted_at", TS, nullable=False),
+        # The dataset version's content digest: a dataset deleted and imported again restarts at
+        # version 0, and its old predictions must not be reused.
+        pa.field("dataset_sha256", pa.string()),
     ]
 )
 

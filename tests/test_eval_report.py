@@ -62,7 +62,7 @@ def _predictions(rows: pa.Table, model_id: str, digest: str, version: int, *, ba
             "model_id": model_id, "model_digest": digest, "dataset": DATASET, "dataset_version": version,
             "example_id": rows.column("example_id").to_pylist(), "category": cat, "score": scores,
             "label": labels, "quarantine_reason": [("too_long" if s is None else None) for s in scores],
-            "code_version": "0.0.0+test", "predicted_at": utcnow(),
+            "code_version": "0.0.0+test", "predicted_at": utcnow(), "dataset_sha256": None,
         }))
     return pd.concat(parts, ignore_index=True)
 

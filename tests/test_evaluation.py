@@ -136,7 +136,7 @@ def test_import_a_user_file_and_its_errors(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,hate\nok,0\nhmm,maybe\n")
     err = cli("eval", "import", bad, "--lake", lake.root, "--name", "bad", "--label-column", "hate", code=2)
-    assert "bad.csv" in err and "row 1" in err and "column hate" in err and "'maybe'" in err
+    assert "bad.csv" in err and "row 2" in err and "column hate" in err and "'maybe'" in err
     dup = tmp_path / "dup.csv"
     dup.write_text("id,text,hate\na,x,0\na,y,1\n")
     err = cli("eval", "import", dup, "--lake", lake.root, "--name", "dup", "--label-column", "hate",
@@ -315,3 +315,48 @@ def test_calibrate_a_candidate_model_swaps_it_into_the_new_version(env, tmp_path
     with pytest.raises(Exception, match="does not emit"):
         calibrate(lake_root=lake.root, model_id="text-profanity-check-v1", dataset="hx_small",
                   policy_path=env["policies"] / "v1.yaml", target_precision=0.6, progress=False)
+
+
+def test_gate_holes_model_digest_change_unloadable_live_version_and_nothing_comparable(tmp_path):
+    from moderation.runinfo import run_row
+
+    lake = Lake(str(tmp_path / "lake"))
+    ds.write_dataset(lake, "tiny", pa.table({"example_id": ["a", "b"], "text": ["x", "y"],
+                                             "label_hate": pa.array([1, 0], pa.int8())}))
+    registry = load_model_registry()
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    shutil.copy(POLICY_V1, policies / "v1.yaml")
+    live = load_policy(policies / "v1.yaml", registry)
+    config = GateConfig(datasets=["tiny"], tolerance={"pr_auc": 0.01})
+
+    # The live version scored with an older digest of the same model id: the "same" policy file is
+    # a different candidate, and the old digest cannot be evaluated any more.
+    lake.upsert_run(run_row(run_id="old", kind="backfill", status="succeeded", policy_id="catalog-safety",
+                            policy_version=1, policy_hash=live.content_hash, model_ids=["text-minilm-heads-v1"],
+                            model_digests=["0" * 64]))
+    gate = check_gate(lake, live, registry, config=config)
+    assert gate.status == "blocked" and set(gate.changed) == {"hate", "harassment", "spam"}
+    assert any("no longer holds" in r for r in gate.reasons)
+
+    # A spam-only threshold change that no gate dataset labels: nothing compared, said so.
+    fresh = Lake(str(tmp_path / "fresh"))
+    ds.write_dataset(fresh, "tiny", pa.table({"example_id": ["a"], "text": ["x"],
+                                              "label_hate": pa.array([1], pa.int8())}))
+    spam = yaml.safe_load(POLICY_V1.read_text())
+    spam.update(version=7, status="draft")
+    spam["categories"]["spam"]["threshold"] = 0.99
+    (policies / "v7.yaml").write_text(yaml.safe_dump(spam))
+    cand = load_policy(policies / "v7.yaml", registry)
+    gate = check_gate(fresh, cand, registry, config=config)
+    assert gate.status == "not_configured" and gate.changed == ["spam"]
+    assert any("changed but not compared: spam" in n for n in gate.notes)
+    strict = GateConfig(datasets=["tiny"], tolerance={"pr_auc": 0.01}, required=True)
+    assert check_gate(fresh, cand, registry, config=strict).status == "blocked"
+
+    # A live version that no longer loads (its model left the registry) blocks; --force can go on.
+    broken = yaml.safe_load(POLICY_V1.read_text())
+    broken["models"] = ["text-minilm-heads-v0-retired"]
+    (policies / "v1.yaml").write_text(yaml.safe_dump(broken))
+    gate = check_gate(fresh, cand, registry, config=config)
+    assert gate.status == "blocked" and any("cannot be loaded" in r for r in gate.reasons)

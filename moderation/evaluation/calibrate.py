@@ -61,9 +61,9 @@ class CalibrateResult:
                 lines.append(f"  {c.category:11} target not reachable (n {c.n}, positives {c.positives}): "
                              f"kept threshold {c.old_threshold}")
             else:
-                lines.append(f"  {c.category:11} threshold {c.old_threshold} -> {c.threshold:.4f} (precision "
-                             f"{c.precision:.3f}, recall {c.recall:.3f}); review {c.old_review} -> "
-                             f"{c.review_threshold:.4f}")
+                prec = "-" if c.precision is None else f"{c.precision:.3f}"
+                lines.append(f"  {c.category:11} threshold {c.old_threshold} -> {c.threshold} (precision {prec}, "
+                             f"recall {c.recall:.3f}); review {c.old_review} -> {c.review_threshold}")
         lines.append("next: moderation evaluate on a held-out set with --policy <this file>, decide, diff, promote")
         return "\n".join(lines)
 
@@ -77,8 +77,10 @@ def _operating_point(y: np.ndarray, s: np.ndarray, target: float) -> tuple[float
     return threshold, float(y[pred].mean()), recall
 
 
-def _round_down(x: float) -> float:
-    return float(np.floor(x * 10_000) / 10_000)
+def _at(y: np.ndarray, s: np.ndarray, threshold: float) -> tuple[float | None, float]:
+    """(precision, recall) at ``threshold``."""
+    pred = s >= threshold
+    return (float(y[pred].mean()) if pred.any() else None), float(y[pred].sum() / max(y.sum(), 1))
 
 
 def _swap_in(base, registry: dict, spec) -> list[str]:
@@ -147,8 +149,11 @@ def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str |
         review, _, _ = _operating_point(y, s, review_precision)
         cal = CategoryCalibration(cat, rule.threshold, None, rule.review_threshold, None, prec, rec, len(y), int(y.sum()))
         if thr is not None:
-            cal.threshold = _round_down(thr)
-            cal.review_threshold = _round_down(min(review if review is not None else thr, thr))
+            # The exact score of the operating point (YAML keeps every digit): rounding either
+            # way moves the threshold past examples and can miss the target precision.
+            cal.threshold = float(thr)
+            cal.precision, cal.recall = _at(y, s, cal.threshold)
+            cal.review_threshold = float(min(review if review is not None else thr, thr))
             data["categories"][cat]["threshold"] = cal.threshold
             if cal.review_threshold < cal.threshold:
                 data["categories"][cat]["review_threshold"] = cal.review_threshold

@@ -81,22 +81,42 @@ def slice_columns(table: pa.Table | pa.Schema) -> list[str]:
 # ---------------------------------------------------------------------------------------
 # Validation and storage
 # ---------------------------------------------------------------------------------------
+def _conform_column(name: str, col: pa.ChunkedArray, origin: str) -> tuple[pa.DataType, pa.ChunkedArray]:
+    """(type, column) of one dataset column in its stored type."""
+    if name in BASE_FIELDS:
+        typ = BASE_FIELDS[name]
+    elif name.startswith(LABEL_PREFIX):
+        typ = pa.int8()
+        bad = pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col.cast(pa.int64()), pa.array([0, 1]))))
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            raise DatasetError(f"{origin}: row {row + 1}, column {name}: label {col[row].as_py()!r} is not 0 or 1")
+    else:
+        typ = pa.list_(pa.string()) if pa.types.is_list(col.type) else pa.string()
+    return typ, col.cast(typ)
+
+
 def validate(table: pa.Table, *, origin: str) -> pa.Table:
     """Check a dataset table against the schema above; conform types. ``origin`` (a file or a
-    dataset name) is named in every error."""
+    dataset name) is named in every error; rows are numbered from 1 (the first data row)."""
     if "example_id" not in table.column_names:
         raise DatasetError(f"{origin}: no example_id column")
-    ids = table.column("example_id").cast(pa.string())
+    if table.num_rows == 0:
+        raise DatasetError(f"{origin}: no rows")
+    try:
+        ids = table.column("example_id").cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        raise DatasetError(f"{origin}: column example_id: type {table.column('example_id').type} is not text ({e})") \
+            from e
     missing = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(ids), ""), True)
     if pc.any(missing).as_py():
         row = pc.index(missing, True).as_py()
-        raise DatasetError(f"{origin}: row {row}: example_id is null or empty")
+        raise DatasetError(f"{origin}: row {row + 1}: example_id is null or empty")
     counts = Counter(ids.to_pylist())
     dup = next((k for k, n in counts.items() if n > 1), None)
     if dup is not None:
         raise DatasetError(f"{origin}: example_id {dup!r} appears {counts[dup]} times")
-    cats = label_categories(table)
-    if not cats:
+    if not label_categories(table):
         raise DatasetError(f"{origin}: no label_<category> column")
     extra = [c for c in table.column_names if c not in BASE_FIELDS and not c.startswith((LABEL_PREFIX, SLICE_PREFIX))]
     if extra:
@@ -105,21 +125,11 @@ def validate(table: pa.Table, *, origin: str) -> pa.Table:
     n = table.num_rows
     for name in table.column_names:
         col = table.column(name)
-        if name in BASE_FIELDS:
-            typ = BASE_FIELDS[name]
-            col = col.cast(typ)
-        elif name.startswith(LABEL_PREFIX):
-            typ = pa.int8()
-            bad = pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col.cast(pa.int64()), pa.array([0, 1]))))
-            if pc.any(bad).as_py():
-                row = pc.index(bad, True).as_py()
-                raise DatasetError(f"{origin}: row {row}, column {name}: label {col[row].as_py()!r} is not 0 or 1")
-            col = col.cast(typ)
-        else:
-            typ = col.type if pa.types.is_list(col.type) else pa.string()
-            if pa.types.is_list(typ):
-                typ = pa.list_(pa.string())
-            col = col.cast(typ)
+        try:
+            typ, col = _conform_column(name, col, origin)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            want = "a 0/1 label" if name.startswith(LABEL_PREFIX) else "text or a list of text"
+            raise DatasetError(f"{origin}: column {name}: type {col.type} cannot be read as {want} ({e})") from e
         fields.append(pa.field(name, typ))
         cols.append(col)
     out = pa.Table.from_arrays(cols, schema=pa.schema(fields))
@@ -128,16 +138,16 @@ def validate(table: pa.Table, *, origin: str) -> pa.Table:
     bad_mod = pc.invert(pc.fill_null(pc.is_in(out.column("modality"), pa.array(MODALITIES)), False))
     if pc.any(bad_mod).as_py():
         row = pc.index(bad_mod, True).as_py()
-        raise DatasetError(f"{origin}: row {row}, column modality: {out.column('modality')[row].as_py()!r} "
+        raise DatasetError(f"{origin}: row {row + 1}, column modality: {out.column('modality')[row].as_py()!r} "
                            f"is not one of {list(MODALITIES)}")
     text_cols = [c for c in ("text", "title", "description") if c in out.column_names]
-    for i, row in enumerate(out.select(["modality", *text_cols, *(["media_uri"] if "media_uri" in out.column_names else [])])
-                             .to_pylist()):
+    media = ["media_uri"] if "media_uri" in out.column_names else []
+    for i, row in enumerate(out.select(["modality", *text_cols, *media]).to_pylist()):
         if row["modality"] == "text" and not any((row.get(c) or "").strip() for c in text_cols):
-            raise DatasetError(f"{origin}: row {i} (example_id {ids[i].as_py()!r}): text example with no text "
+            raise DatasetError(f"{origin}: row {i + 1} (example_id {ids[i].as_py()!r}): text example with no text "
                                f"(columns {text_cols or ['text']})")
         if row["modality"] != "text" and not row.get("media_uri"):
-            raise DatasetError(f"{origin}: row {i} (example_id {ids[i].as_py()!r}): {row['modality']} example "
+            raise DatasetError(f"{origin}: row {i + 1} (example_id {ids[i].as_py()!r}): {row['modality']} example "
                                "with no media_uri")
     return out
 
@@ -197,6 +207,16 @@ def read_dataset(lake: Lake, name: str, version: int | None = None) -> tuple[pa.
         except Exception as e:
             raise DatasetError(f"dataset {name}: version {version} is not readable ({e})") from e
     return dt_.to_pyarrow_table(), dt_.version()
+
+
+def dataset_digest(lake: Lake, name: str, version: int) -> str:
+    """The content digest recorded with a dataset version (computed when it is missing)."""
+    dt_ = lake.open(table_name(name))
+    for entry in dt_.history():
+        if entry.get("version") == version and entry.get(META_CONTENT):
+            return entry[META_CONTENT]
+    table, _ = read_dataset(lake, name, version)
+    return content_sha256(table)
 
 
 def dataset_names(lake: Lake) -> list[str]:
@@ -366,7 +386,8 @@ def parse_labels(values: list, *, origin: str, column: str) -> list[int | None]:
         elif isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
             out.append(int(v.strip().lower() in _TRUE))
         else:
-            raise DatasetError(f"{origin}: row {i}, column {column}: label {v!r} is not 0/1, true/false or yes/no")
+            raise DatasetError(f"{origin}: row {i + 1}, column {column}: label {v!r} is not 0/1, true/false or "
+                               "yes/no")
     return out
 
 
@@ -392,21 +413,29 @@ def import_file(path: Path, *, label_columns: dict[str, str], slice_columns: lis
             raise DatasetError(f"{origin}: no column {col!r} ({what}); columns: {names}")
         return raw.column(col)
 
+    def text(col: str, what: str, typ: pa.DataType = pa.string()) -> pa.ChunkedArray:
+        values = need(col, what)
+        try:
+            return values.cast(typ)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            raise DatasetError(f"{origin}: column {col}: type {values.type} cannot be read as text "
+                               f"(is the file UTF-8?): {e}") from e
+
     if not label_columns:
         raise DatasetError(f"{origin}: name at least one label column (--label-column CATEGORY=COLUMN)")
     n = raw.num_rows
     cols: dict[str, pa.Array] = {}
     if id_column:
-        cols["example_id"] = need(id_column, "--id-column").cast(pa.string())
+        cols["example_id"] = text(id_column, "--id-column")
     else:
         cols["example_id"] = pa.array([f"{path.stem}:{i}" for i in range(n)], pa.string())
     if modality not in MODALITIES:
         raise DatasetError(f"{origin}: modality {modality!r} is not one of {list(MODALITIES)}")
     cols["modality"] = pa.array([modality] * n, pa.string())
     if modality == "text":
-        cols["text"] = need(text_column, "--text-column").cast(pa.string())
+        cols["text"] = text(text_column, "--text-column")
     else:
-        cols["media_uri"] = need(media_column or "media_uri", "--media-column").cast(pa.string())
+        cols["media_uri"] = text(media_column or "media_uri", "--media-column")
     cols["source"] = pa.array([path.name] * n, pa.string())
     for cat, col in label_columns.items():
         if not re.match(r"^[a-z][a-z0-9_]*$", cat):
@@ -414,15 +443,16 @@ def import_file(path: Path, *, label_columns: dict[str, str], slice_columns: lis
         cols[LABEL_PREFIX + cat] = pa.array(parse_labels(need(col, f"label of {cat}").to_pylist(), origin=origin,
                                                          column=col), pa.int8())
     for col in slice_columns or ():
-        values = need(col, "--slice-column")
-        if pa.types.is_list(values.type):
-            cols[SLICE_PREFIX + col] = values.cast(pa.list_(pa.string()))
-        elif list_separator and any(list_separator in (v or "") for v in values.cast(pa.string()).to_pylist()):
+        if pa.types.is_list(need(col, "--slice-column").type):
+            cols[SLICE_PREFIX + col] = text(col, "--slice-column", pa.list_(pa.string()))
+            continue
+        values = text(col, "--slice-column").to_pylist()
+        if list_separator and any(list_separator in (v or "") for v in values):
             cols[SLICE_PREFIX + col] = pa.array(
-                [[p.strip() for p in v.split(list_separator) if p.strip()] if v else None
-                 for v in values.cast(pa.string()).to_pylist()], pa.list_(pa.string()))
+                [[p.strip() for p in v.split(list_separator) if p.strip()] if v else None for v in values],
+                pa.list_(pa.string()))
         else:
-            cols[SLICE_PREFIX + col] = values.cast(pa.string())
+            cols[SLICE_PREFIX + col] = pa.array(values, pa.string())
     return validate(pa.table(cols), origin=origin)
 
 

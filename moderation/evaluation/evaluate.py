@@ -28,6 +28,7 @@ from moderation.config import LoadedPolicy, ModelSpec, load_model_registry, load
 from moderation.errors import ConfigError, ModerationError
 from moderation.evaluation.datasets import (
     LABEL_PREFIX,
+    dataset_digest,
     SLICE_PREFIX,
     label_categories,
     read_dataset,
@@ -105,18 +106,20 @@ def score_examples(spec: ModelSpec, rows: pa.Table, *, lake_root: str | None = N
     })
 
 
-def _predictions_filter(spec: ModelSpec, dataset: str, version: int):
+def _predictions_key(spec: ModelSpec, dataset: str, version: int, digest: str) -> tuple:
     return ((pc.field("model_digest") == spec.digest) & (pc.field("dataset") == dataset)
-            & (pc.field("dataset_version") == version))
+            & (pc.field("dataset_version") == version) & (pc.field("dataset_sha256") == digest),
+            f"model_digest = '{spec.digest}' AND dataset = {_sql(dataset)} AND dataset_version = {int(version)}")
 
 
 def predictions(lake: Lake, spec: ModelSpec, dataset: str, *, version: int | None = None,
                 batch_size: int = 64, progress: bool = True) -> tuple[pd.DataFrame, int, bool]:
     """(predictions, dataset version, newly scored) of ``spec`` on ``dataset``.
 
-    Stored predictions of the same model digest and dataset version are reused; otherwise the
-    dataset is scored and its predictions appended in one commit (app transaction
-    ``eval/<digest>/<dataset>/v<version>``, so a repeated evaluation never duplicates them)."""
+    Stored predictions of the same model digest, dataset version and dataset content digest,
+    covering every category to evaluate, are reused (whatever code version made them: it is
+    recorded in each row); otherwise the dataset is scored and the key's predictions replaced
+    in one commit."""
     rows, version = read_dataset(lake, dataset, version)
     cats = [c for c in spec.categories if c in label_categories(rows)]
     if not cats:
@@ -125,8 +128,10 @@ def predictions(lake: Lake, spec: ModelSpec, dataset: str, *, version: int | Non
     if spec.modality not in set(rows.column("modality").to_pylist()):
         raise ModerationError(f"model {spec.model_id} scores {spec.modality}; dataset {dataset} v{version} holds "
                               f"{sorted(set(rows.column('modality').to_pylist()))} examples")
-    stored = lake.read("eval/predictions", filter=_predictions_filter(spec, dataset, version))
-    if stored.num_rows:
+    content = dataset_digest(lake, dataset, version)
+    flt, predicate = _predictions_key(spec, dataset, version, content)
+    stored = lake.read("eval/predictions", filter=flt)
+    if stored.num_rows and set(cats) <= set(stored.column("category").to_pylist()):
         return stored.to_pandas(), version, False
     examples = rows.filter(pc.equal(rows.column("modality"), spec.modality))
     scored = score_examples(spec, examples, lake_root=lake.root, batch_size=batch_size, progress=progress)
@@ -140,9 +145,13 @@ def predictions(lake: Lake, spec: ModelSpec, dataset: str, *, version: int | Non
             out.append({"model_id": spec.model_id, "model_digest": spec.digest, "dataset": dataset,
                         "dataset_version": version, "example_id": r.example_id, "category": c,
                         "score": None if r.scores is None else float(r.scores[c]), "label": int(labels[c][i]),
-                        "quarantine_reason": r.quarantine_reason, "code_version": cv, "predicted_at": now})
+                        "quarantine_reason": r.quarantine_reason, "code_version": cv, "predicted_at": now,
+                        "dataset_sha256": content})
     table = pa.Table.from_pylist(out, schema=EVAL_PREDICTIONS_SCHEMA)
-    lake.append_chunk("eval/predictions", table, app_id=f"eval/{spec.digest}/{dataset}/v{version}", version=0)
+    # Replaces what the key held (another dataset content of the same name and version, or
+    # fewer categories), in one commit.
+    lake.replace_where("eval/predictions", table, predicate=predicate,
+                       metadata={"moderation.eval": f"{spec.model_id} on {dataset} v{version}"})
     return table.to_pandas(), version, True
 
 

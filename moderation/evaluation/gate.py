@@ -10,8 +10,9 @@ outcome lands in the run's ``runs`` row (``gate_status``, ``gate_detail``; a blo
 row of status ``blocked``, an override ``forced = true``).
 
 Statuses: ``passed``, ``blocked``, ``overridden`` (blocked, then forced), ``not_required`` (the
-candidate is the live version, or there is no live version), ``not_configured`` (no gate
-dataset exists in the lake and the gate config does not require one).
+candidate decides every category like the live version, or there is no live version),
+``not_configured`` (nothing could be compared: no gate dataset labels a changed category, and
+the gate config does not require one).
 """
 
 from __future__ import annotations
@@ -90,16 +91,19 @@ class GateResult:
     compared: list[str] = field(default_factory=list)  # "<dataset> v<n> <category>: <model> vs <model>"
     drops: list[Drop] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # the evaluate commands that would fill the gap
+    reasons: list[str] = field(default_factory=list)  # other reasons that block
     notes: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # categories the candidate decides differently
 
     @property
     def blocking(self) -> bool:
-        return bool(self.drops or self.missing)
+        return bool(self.drops or self.missing or self.reasons)
 
     def detail(self) -> str:
         return json.dumps({
-            "live_version": self.live_version, "compared": self.compared,
-            "drops": [d.__dict__ for d in self.drops], "missing": self.missing, "notes": self.notes,
+            "live_version": self.live_version, "changed": self.changed, "compared": self.compared,
+            "drops": [d.__dict__ for d in self.drops], "missing": self.missing, "reasons": self.reasons,
+            "notes": self.notes,
         }, sort_keys=True)
 
     def message(self) -> str:
@@ -107,6 +111,7 @@ class GateResult:
                                                         if self.live_version is not None else "")]
         lines += [f"  below tolerance: {d.format()}" for d in self.drops]
         lines += [f"  not evaluated: {m}" for m in self.missing]
+        lines += [f"  blocked: {r}" for r in self.reasons]
         lines += [f"  {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -130,6 +135,7 @@ def policy_file(loaded: LoadedPolicy, version: int) -> Path | None:
 
 
 def _model_for(policy: LoadedPolicy, registry: dict[str, ModelSpec], category: str, modality: str) -> ModelSpec | None:
+    """The policy's model scoring ``category`` in ``modality`` (the first one, if several)."""
     for mid in policy.policy.models:
         spec = registry[mid]
         if spec.modality == modality and category in spec.categories:
@@ -137,17 +143,46 @@ def _model_for(policy: LoadedPolicy, registry: dict[str, ModelSpec], category: s
     return None
 
 
-def _results_for(results: pd.DataFrame, spec: ModelSpec, policy: LoadedPolicy, dataset: str,
+def live_digests(lake: Lake, live: LoadedPolicy, registry: dict[str, ModelSpec]) -> dict[str, str]:
+    """model id -> the digest the live version scored with: that of its newest succeeded backfill
+    or rescan, else the registry's current one (nothing was scored with it yet)."""
+    from moderation.lifecycle import policy_runs
+
+    out = {m: registry[m].digest for m in live.policy.models}
+    runs = policy_runs(lake, live.policy.policy_id)
+    if runs.empty:
+        return out
+    used = runs[runs["kind"].isin(["backfill", "rescan"]) & (runs["status"] == "succeeded")
+                & (runs["policy_version"] == live.policy.version)]
+    if not used.empty:
+        row = used.iloc[-1]
+        out.update(dict(zip(row["model_ids"] or [], row["model_digests"] or [])))
+    return out
+
+
+def _rules(policy: LoadedPolicy, category: str) -> str | None:
+    """The category's rule in every market, for comparing two versions (None: not in it)."""
+    if category not in policy.policy.categories:
+        return None
+    markets = sorted({m for m, cats in policy.policy.markets.items() if category in cats})
+    rules = {m: (r.model_dump() if (r := policy.policy.rule_for(category, m)) else None) for m in ["*", *markets]}
+    exempt = category in policy.policy.exemptions.explicit
+    return json.dumps({"rules": rules, "explicit_exempt": exempt}, sort_keys=True, default=str)
+
+
+def _results_for(results: pd.DataFrame, digest: str, policy: LoadedPolicy, dataset: str,
                  version: int) -> pd.DataFrame:
-    rows = results[(results["model_digest"] == spec.digest) & (results["dataset"] == dataset)
+    if results.empty:
+        return results
+    rows = results[(results["model_digest"] == digest) & (results["dataset"] == dataset)
                    & (results["dataset_version"] == version) & (results["policy_hash"] == policy.content_hash)]
     if rows.empty:
         return rows
     return rows[rows["eval_id"] == rows.sort_values("evaluated_at")["eval_id"].iloc[-1]]
 
 
-def _evaluate_command(lake: Lake, spec: ModelSpec, dataset: str, policy: LoadedPolicy) -> str:
-    return f"moderation evaluate --lake {lake.root} --model {spec.model_id} --dataset {dataset} --policy {policy.path}"
+def _evaluate_command(lake: Lake, model_id: str, dataset: str, policy: LoadedPolicy) -> str:
+    return f"moderation evaluate --lake {lake.root} --model {model_id} --dataset {dataset} --policy {policy.path}"
 
 
 def _compare(result: GateResult, config: GateConfig, dataset: str, category: str, live: pd.DataFrame,
@@ -165,71 +200,109 @@ def _compare(result: GateResult, config: GateConfig, dataset: str, category: str
             a, b = r[f"{metric}_live"], r[f"{metric}_cand"]
             if pd.isna(a) or pd.isna(b):
                 continue
+            if metric == "recall_at_precision" and r["target_precision_live"] != r["target_precision_cand"]:
+                continue
             if a - b > tol + 1e-12:
                 result.drops.append(Drop(dataset, category, r["_slice"], metric, float(a), float(b), tol))
 
 
 def check_gate(lake: Lake, candidate: LoadedPolicy, registry: dict[str, ModelSpec], *,
                config: GateConfig | None = None, config_path: Path | None = None) -> GateResult:
-    """Compare ``candidate`` with the policy's live version on the gate datasets (no side effect)."""
+    """Compare ``candidate`` with the policy's live version on the gate datasets (no side effect).
+
+    What differs from the live version: each category whose rule (any market, the explicit
+    exemption) differs, that the live version lacks, or whose model's digest differs from the
+    one the live version scored with (its newest succeeded backfill / rescan). Each such category
+    must be compared on a gate dataset that labels it; one that cannot be is listed in the notes
+    (and blocks when the gate config says ``required``)."""
     from moderation.lifecycle import declared_statuses, live_version
 
-    live_v = live_version(lake, candidate.policy.policy_id, declared_statuses(candidate))
+    policy_id = candidate.policy.policy_id
+    live_v = live_version(lake, policy_id, declared_statuses(candidate))
     if live_v is None:
         return GateResult("not_required", notes=["the policy has no live version: nothing to compare with"])
     live_path = policy_file(candidate, live_v)
     if live_path is None:
-        return GateResult("blocked", live_v, missing=[f"the live version v{live_v}'s file is not beside "
-                                                      f"{candidate.path}: cannot compare"])
-    live = load_policy(live_path, registry)
-    cand_models = {registry[m].digest for m in candidate.policy.models}
-    live_models = {registry[m].digest for m in live.policy.models}
-    if live.content_hash == candidate.content_hash and cand_models == live_models:
-        return GateResult("not_required", live_v, notes=["the candidate is the live version"])
+        return GateResult("blocked", live_v, reasons=[
+            f"the live version {policy_id} v{live_v} has no file beside {candidate.path}: keep the policy's versions "
+            "in one folder to compare them, or --force"])
+    try:
+        live = load_policy(live_path, registry)
+    except ModerationError as e:
+        return GateResult("blocked", live_v, reasons=[f"the live version cannot be loaded to compare with ({e}); "
+                                                      "--force to go on without the gate"])
+    live_dig = live_digests(lake, live, registry)
+    changed = []
+    for category in candidate.policy.categories:
+        rule_changed = _rules(candidate, category) != _rules(live, category)
+        model_changed = False
+        for modality in candidate.policy.categories[category].modalities:
+            c_spec = _model_for(candidate, registry, category, modality)
+            l_spec = _model_for(live, registry, category, modality) if category in live.policy.categories else None
+            c_dig = c_spec.digest if c_spec else None
+            l_dig = live_dig.get(l_spec.model_id) if l_spec else None
+            model_changed |= c_dig != l_dig
+        if rule_changed or model_changed:
+            changed.append(category)
+    if not changed:
+        return GateResult("not_required", live_v, notes=["the candidate decides every category like the live version "
+                                                         "(same rules, same model digests)"])
     config = config or load_gate_config(config_path)
     present = set(dataset_names(lake))
     datasets = [d for d in config.datasets if d in present]
-    result = GateResult("passed", live_v)
-    if not datasets:
-        result.status = "blocked" if config.required else "not_configured"
-        msg = (f"no gate dataset ({', '.join(config.datasets)}) in {lake.uri('eval/datasets')}: "
-               "create them with `moderation eval import-standard`")
-        (result.missing if config.required else result.notes).append(msg)
-        return result
+    result = GateResult("passed", live_v, changed=changed)
     from moderation.evaluation.datasets import label_categories, read_dataset
     from moderation.evaluation.evaluate import latest_results
 
     results = latest_results(lake)
+    attempted: set[str] = set()  # changed categories some gate dataset can compare
     for dataset in datasets:
         rows, version = read_dataset(lake, dataset)
         modalities = set(rows.column("modality").to_pylist())
         for category in label_categories(rows):
-            if category not in candidate.policy.categories:
+            if category not in changed:
                 continue
-            for modality in sorted(modalities):
+            for modality in sorted(modalities & set(candidate.policy.categories[category].modalities)):
                 c_spec = _model_for(candidate, registry, category, modality)
-                l_spec = _model_for(live, registry, category, modality)
+                l_spec = _model_for(live, registry, category, modality) if category in live.policy.categories else None
                 if c_spec is None:
                     continue
                 if l_spec is None:
-                    result.notes.append(f"{dataset} {category}: no live {modality} model to compare "
-                                        f"{c_spec.model_id} with")
+                    result.notes.append(f"{dataset} {category}: the live version has no {modality} model for it: "
+                                        f"nothing to compare {c_spec.model_id} with")
                     continue
+                attempted.add(category)
                 pair = []
-                for spec, pol in ((l_spec, live), (c_spec, candidate)):
-                    got = _results_for(results, spec, pol, dataset, version) if not results.empty else results
+                for model_id, digest, pol in ((l_spec.model_id, live_dig[l_spec.model_id], live),
+                                              (c_spec.model_id, c_spec.digest, candidate)):
+                    got = _results_for(results, digest, pol, dataset, version)
                     if got.empty or category not in set(got["category"]):
-                        cmd = _evaluate_command(lake, spec, dataset, pol)
-                        if cmd not in result.missing:
-                            result.missing.append(cmd)
+                        got = got.iloc[0:0]
+                        if digest != registry[model_id].digest:
+                            result.reasons.append(
+                                f"{dataset} {category}: the live version scored with {model_id}@{digest[:12]}, "
+                                "which the registry no longer holds and which was not evaluated on it: --force")
+                        else:
+                            cmd = _evaluate_command(lake, model_id, dataset, pol)
+                            if cmd not in result.missing:
+                                result.missing.append(cmd)
                     pair.append(got)
                 if any(p.empty for p in pair):
                     continue
-                result.compared.append(f"{dataset} v{version} {category}: {l_spec.ref} (v{live.policy.version}) vs "
+                live_ref = f"{l_spec.model_id}@{live_dig[l_spec.model_id][:12]}"
+                result.compared.append(f"{dataset} v{version} {category}: {live_ref} (v{live.policy.version}) vs "
                                        f"{c_spec.ref} (v{candidate.policy.version})")
                 _compare(result, config, dataset, category, pair[0], pair[1])
+    uncompared = [c for c in changed if c not in attempted]
+    if uncompared:
+        msg = (f"changed but not compared: {', '.join(uncompared)} (no gate dataset in "
+               f"{lake.uri('eval/datasets')} labels it; gate datasets: {', '.join(config.datasets)}; "
+               "`moderation eval import-standard` / `moderation eval import`)")
+        (result.reasons if config.required else result.notes).append(msg)
     if result.blocking:
         result.status = "blocked"
+    elif not result.compared:
+        result.status = "not_configured"
     return result
 
 

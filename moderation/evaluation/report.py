@@ -176,8 +176,15 @@ def _newest_policy(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     version); the texts of the policies left out."""
     policy = rows["policy_hash"].fillna("")
     newest = policy[rows["evaluated_at"].idxmax()]
-    omitted = sorted({_policy_text(r) for _, r in rows[policy.ne(newest)].iterrows()})
-    return rows[policy.eq(newest)], omitted
+    keep = policy.eq(newest)
+    # A baseline not evaluated under that policy still gets a reference row: its newest
+    # evaluation of the dataset version (the threshold-free metrics compare all the same).
+    for digest in rows.loc[rows["model_role"].eq("baseline") & ~keep, "model_digest"].unique():
+        if not (keep & rows["model_digest"].eq(digest)).any():
+            mine = rows["model_digest"].eq(digest)
+            keep |= mine & rows["eval_id"].eq(rows.loc[rows.loc[mine, "evaluated_at"].idxmax(), "eval_id"])
+    omitted = sorted({_policy_text(r) for _, r in rows[policy.ne(newest) & ~keep].iterrows()})
+    return rows[keep], omitted
 
 
 def _read_predictions(lake: Lake, name: str, version: int, digests: list[str]) -> pd.DataFrame:

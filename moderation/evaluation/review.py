@@ -268,6 +268,8 @@ def parse_label_rows(path: Path, names: list[str], raw: list[dict], *, column_ma
                 policy_version = int(str(policy_version).strip())
             except ValueError:
                 raise bad("policy_version", "not an integer", policy_version) from None
+            if not 1 <= policy_version <= 2**31 - 1:
+                raise bad("policy_version", "not a policy version (1 .. 2147483647)", policy_version)
         else:
             policy_version = None
         market = _text(get("market"))

@@ -505,6 +505,7 @@ GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("config_hash", "config hash"), ("code_version", "code version"), ("started_at", "started"),
         ("ended_at", "ended"), ("forced", "forced"),
     )),
+    ("evaluation gate", (("gate_status", "gate status"), ("gate_detail", "gate detail"))),
     ("error", (("error", "error"),)),
 )
 _LABEL_WIDTH = 19

@@ -360,3 +360,28 @@ def test_gate_holes_model_digest_change_unloadable_live_version_and_nothing_comp
     (policies / "v1.yaml").write_text(yaml.safe_dump(broken))
     gate = check_gate(fresh, cand, registry, config=config)
     assert gate.status == "blocked" and any("cannot be loaded" in r for r in gate.reasons)
+
+
+def test_predictions_written_before_the_content_digest_column_are_rescored(tmp_path):
+    from deltalake import write_deltalake
+
+    from moderation.evaluation.evaluate import predictions
+
+    lake = Lake(str(tmp_path / "lake"))
+    ds.write_dataset(lake, "tiny", pa.table({"example_id": ["a", "b"], "text": ["you idiot", "nice song"],
+                                             "label_harassment": pa.array([1, 0], pa.int8())}))
+    spec = load_model_registry()["text-profanity-check-v1"]
+    from moderation.schemas import EVAL_PREDICTIONS_SCHEMA
+
+    old_schema = pa.schema([f for f in EVAL_PREDICTIONS_SCHEMA if f.name != "dataset_sha256"])
+    stale = pa.Table.from_pylist([{"model_id": spec.model_id, "model_digest": spec.digest, "dataset": "tiny",
+                                   "dataset_version": 0, "example_id": "a", "category": "harassment",
+                                   "score": 0.5, "label": 1, "predicted_at": pd.Timestamp.now(tz="UTC")}],
+                                 schema=old_schema)
+    write_deltalake(lake.uri("eval/predictions"), stale)
+    preds, version, newly = predictions(lake, spec, "tiny", progress=False)
+    assert newly and version == 0 and len(preds) == 2  # scored again, the stale row replaced
+    stored = lake.read("eval/predictions").to_pandas()
+    assert len(stored) == 2 and stored["dataset_sha256"].notna().all() and 0.5 not in set(stored["score"])
+    again = predictions(lake, spec, "tiny", progress=False)
+    assert not again[2]

@@ -106,9 +106,10 @@ def score_examples(spec: ModelSpec, rows: pa.Table, *, lake_root: str | None = N
     })
 
 
-def _predictions_key(spec: ModelSpec, dataset: str, version: int, digest: str) -> tuple:
+def _predictions_key(spec: ModelSpec, dataset: str, version: int) -> tuple:
+    """(pyarrow filter, SQL predicate) of one (model digest, dataset version)'s predictions."""
     return ((pc.field("model_digest") == spec.digest) & (pc.field("dataset") == dataset)
-            & (pc.field("dataset_version") == version) & (pc.field("dataset_sha256") == digest),
+            & (pc.field("dataset_version") == version),
             f"model_digest = '{spec.digest}' AND dataset = {_sql(dataset)} AND dataset_version = {int(version)}")
 
 
@@ -129,8 +130,12 @@ def predictions(lake: Lake, spec: ModelSpec, dataset: str, *, version: int | Non
         raise ModerationError(f"model {spec.model_id} scores {spec.modality}; dataset {dataset} v{version} holds "
                               f"{sorted(set(rows.column('modality').to_pylist()))} examples")
     content = dataset_digest(lake, dataset, version)
-    flt, predicate = _predictions_key(spec, dataset, version, content)
+    flt, predicate = _predictions_key(spec, dataset, version)
     stored = lake.read("eval/predictions", filter=flt)
+    # Rows of another content of the same name and version (or written before the column
+    # existed, so of unknown content) are not reused.
+    same = "dataset_sha256" in stored.column_names and stored.num_rows
+    stored = stored.filter(pc.equal(stored.column("dataset_sha256"), content)) if same else stored.slice(0, 0)
     if stored.num_rows and set(cats) <= set(stored.column("category").to_pylist()):
         return stored.to_pandas(), version, False
     examples = rows.filter(pc.equal(rows.column("modality"), spec.modality))

@@ -385,3 +385,21 @@ def test_predictions_written_before_the_content_digest_column_are_rescored(tmp_p
     assert len(stored) == 2 and stored["dataset_sha256"].notna().all() and 0.5 not in set(stored["score"])
     again = predictions(lake, spec, "tiny", progress=False)
     assert not again[2]
+
+
+def test_an_image_dataset_measures_false_positives_on_benign_covers(tmp_path, data_dir):
+    """The shared images are all benign: the image model is measured on its false-positive rate
+    (PR-AUC is undefined with one class, and says so instead of failing)."""
+    lake = Lake(str(tmp_path / "lake"))
+    images = sorted((data_dir / "media" / "images").iterdir())
+    f = tmp_path / "covers.csv"
+    f.write_text("path,sexual\n" + "".join(f"{p},0\n" for p in images))
+    cli("eval", "import", f, "--lake", lake.root, "--name", "benign_covers", "--modality", "image",
+        "--media-column", "path", "--label-column", "sexual")
+    result = evaluate(lake_root=lake.root, model_id="image-open-nsfw-v1", dataset="benign_covers",
+                      bootstrap=100, progress=False)
+    row = result.evaluations[0].rows.iloc[0]
+    assert (row["n"], row["positives"], row["quarantined"]) == (len(images), 0, 0)
+    assert pd.isna(row["pr_auc"]) and 0.0 <= row["fpr"] <= 0.2
+    preds = lake.read("eval/predictions").to_pandas()
+    assert len(preds) == len(images) and preds["score"].between(0, 1).all()

@@ -205,7 +205,7 @@ class Lake:
 
         Returns True when this call committed, False when the table already held it.
         """
-        from deltalake import CommitProperties, Transaction, write_deltalake
+        from deltalake import CommitProperties, Transaction
 
         data = conform(rows, TABLE_SCHEMAS[table])
         props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=version)])
@@ -215,13 +215,7 @@ class Lake:
             with attempt:
                 dt = self.open(table)
                 if dt is None:
-                    try:
-                        write_deltalake(self.uri(table), data, mode="append", storage_options=self.options,
-                                        commit_properties=props)
-                    except Exception as e:  # noqa: BLE001 - another writer may have created it
-                        if self.exists(table):
-                            raise _TableCreated() from e
-                        raise
+                    self._create(table, data, commit_properties=props)
                     return True
                 committed = dt.transaction_version(app_id)
                 if committed is not None and committed >= version:
@@ -257,6 +251,18 @@ class Lake:
         return AddAction(path=name, size=size, partition_values={}, modification_time=int(time.time() * 1000),
                          data_change=True, stats=json.dumps({"numRecords": data.num_rows}))
 
+    def _create(self, table: str, data: pa.Table, **kwargs) -> None:
+        """The first write of ``table``. When another writer created it at the same moment, raise
+        ``_TableCreated`` so the caller's retry loop goes on with the existing table."""
+        from deltalake import write_deltalake
+
+        try:
+            write_deltalake(self.uri(table), data, mode="append", storage_options=self.options, **kwargs)
+        except Exception as e:  # noqa: BLE001 - another writer may have created it
+            if self.exists(table):
+                raise _TableCreated() from e
+            raise
+
     def replace_violations(self, rows: pa.Table, *, policy_id: str, policy_version: int, run_id: str) -> None:
         """Replace one policy version's violations in a single atomic commit.
 
@@ -272,13 +278,7 @@ class Lake:
         for attempt in _commit_retrying():
             with attempt:
                 if not self.exists("violations"):
-                    try:
-                        write_deltalake(self.uri("violations"), data, mode="append", partition_by=VIOLATIONS_PARTITIONS,
-                                        storage_options=self.options, commit_properties=props)
-                    except Exception as e:  # noqa: BLE001 - another decide may have created it
-                        if self.exists("violations"):
-                            raise _TableCreated() from e
-                        raise
+                    self._create("violations", data, partition_by=VIOLATIONS_PARTITIONS, commit_properties=props)
                     return
                 _evolve(self.open("violations"), TABLE_SCHEMAS["violations"])
                 write_deltalake(
@@ -302,13 +302,7 @@ class Lake:
             with attempt:
                 current = self.open(table)
                 if current is None:
-                    try:
-                        write_deltalake(self.uri(table), data, mode="append", storage_options=self.options,
-                                        commit_properties=props)
-                    except Exception as e:  # noqa: BLE001 - another writer may have created it
-                        if self.exists(table):
-                            raise _TableCreated() from e
-                        raise
+                    self._create(table, data, commit_properties=props)
                     return
                 _evolve(current, schema)
                 write_deltalake(self.uri(table), data, mode="overwrite", predicate=predicate,
@@ -326,19 +320,13 @@ class Lake:
         Runs of other jobs merge into the same table concurrently; a conflicting commit is
         retried on the reloaded table (bounded, with backoff). Columns this table predates are
         added (schema evolution is additive only)."""
-        from deltalake import write_deltalake
 
         data = pa.Table.from_pylist([row], schema=RUNS_SCHEMA)
         for attempt in _commit_retrying():
             with attempt:
                 dt = self.open("runs")
                 if dt is None:
-                    try:
-                        write_deltalake(self.uri("runs"), data, mode="append", storage_options=self.options)
-                    except Exception as e:  # noqa: BLE001 - another run may have created it
-                        if self.exists("runs"):
-                            raise _TableCreated() from e
-                        raise
+                    self._create("runs", data)
                     return
                 (
                     dt.merge(data, predicate="t.run_id = s.run_id", source_alias="s", target_alias="t",

@@ -20,11 +20,14 @@ TOLERANCE = 0.01  # max absolute change of any probability
 REGISTRY = load_model_registry()
 
 
-def _thresholds(category: str) -> set[float]:
+def _thresholds(category: str, model_id: str) -> set[float]:
+    """Every threshold and review threshold of ``category`` in the shipped policies that use
+    ``model_id`` (another model's thresholds are on another score scale)."""
     out = set()
     for path in sorted((default_conf_dir() / "policies").rglob("*.yaml")):
-        rule = load_policy(path, REGISTRY).policy.categories.get(category)
-        if rule:
+        policy = load_policy(path, REGISTRY).policy
+        rule = policy.categories.get(category)
+        if rule and model_id in policy.models:
             out |= {rule.threshold} | ({rule.review_threshold} if rule.review_threshold else set())
     return out
 
@@ -33,8 +36,11 @@ def _flips(p32: np.ndarray, p16: np.ndarray, thresholds: set[float]) -> int:
     return sum(int(((p32 >= t) != (p16 >= t)).sum()) for t in thresholds)
 
 
-def _text_probs(device: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    clf = build_classifier(REGISTRY["text-minilm-heads-v1"], batch_size=64)
+TEXT_MODELS = ("text-minilm-heads-v1", "text-minilm-heads-v2")
+
+
+def _text_probs(device: str, texts: list[str], model_id: str = "text-minilm-heads-v1") -> tuple[np.ndarray, np.ndarray]:
+    clf = build_classifier(REGISTRY[model_id], batch_size=64)
     clf.setup(device)
     p32 = clf.predict_proba(texts)
     clf.to_half()
@@ -58,25 +64,31 @@ def texts(data_dir) -> list[str]:
     return posts + [r.text for r in read_youtube_spam(data_dir) if r.split == "test"][:80]
 
 
-def _check_text(p32, p16):
+def _check_text(p32, p16, model_id: str = "text-minilm-heads-v1"):
     assert np.abs(p16 - p32).max() < TOLERANCE
-    for j, category in enumerate(REGISTRY["text-minilm-heads-v1"].categories):
-        assert _flips(p32[:, j], p16[:, j], _thresholds(category)) == 0, category
+    thresholds_used = 0
+    for j, category in enumerate(REGISTRY[model_id].categories):
+        thresholds = _thresholds(category, model_id)
+        thresholds_used += len(thresholds)
+        assert _flips(p32[:, j], p16[:, j], thresholds) == 0, category
+    assert thresholds_used  # a shipped policy uses the model
 
 
-def test_text_heads_in_float16(texts):
-    _check_text(*_text_probs("cpu", texts))
+@pytest.mark.parametrize("model_id", TEXT_MODELS)
+def test_text_heads_in_float16(texts, model_id):
+    _check_text(*_text_probs("cpu", texts, model_id), model_id)
 
 
 def test_open_nsfw_in_float16(data_dir):
     p32, p16 = _image_probs("cpu", data_dir)
     assert np.abs(p16 - p32).max() < TOLERANCE
-    assert _flips(p32, p16, _thresholds("sexual")) == 0
+    assert _flips(p32, p16, _thresholds("sexual", "image-open-nsfw-v1")) == 0
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU node: pytest -m gpu)")
 def test_float16_on_cuda(texts, data_dir):
-    _check_text(*_text_probs("cuda", texts))
+    for model_id in TEXT_MODELS:
+        _check_text(*_text_probs("cuda", texts, model_id), model_id)
     p32, p16 = _image_probs("cuda", data_dir)
-    assert np.abs(p16 - p32).max() < TOLERANCE and _flips(p32, p16, _thresholds("sexual")) == 0
+    assert np.abs(p16 - p32).max() < TOLERANCE and _flips(p32, p16, _thresholds("sexual", "image-open-nsfw-v1")) == 0

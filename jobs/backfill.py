@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rescan", action="store_true", help="score only what changed since the last successful run")
     p.add_argument("--decide", action="store_true", help="decide the policy after scoring")
     p.add_argument("--enforce", action="store_true", help="after --decide, export the live version's actions")
+    p.add_argument("--force", action="store_true",
+                   help="run although the evaluation gate blocks the policy version (recorded in runs)")
     args = p.parse_args(argv)
     if args.rescan and (args.where or args.limit):
         p.error("--rescan covers the whole catalog: --where / --limit are for backfills")
@@ -43,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         # Inside `ray job submit` RAY_ADDRESS is set, so this joins the cluster.
         if args.rescan:
             result = run_rescan(catalog_uri=args.catalog, lake_root=args.lake, policy_path=args.policy,
-                                run_id=args.run_id, profile_path=args.profile, progress=False)
+                                run_id=args.run_id, profile_path=args.profile, progress=False, force=args.force)
         else:
             result = run_backfill(catalog_uri=args.catalog, lake_root=args.lake, policy_path=args.policy,
                                   run_id=args.run_id, where=args.where, limit=args.limit,
-                                  profile_path=args.profile, progress=False)
+                                  profile_path=args.profile, progress=False, force=args.force)
         print(result.summary())
         if result.status not in ("succeeded", "nothing_changed"):
             return 1

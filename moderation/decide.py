@@ -138,6 +138,29 @@ def _decide_variant(hits: pd.DataFrame, col: str, rule: CategoryRule, *, categor
     return out
 
 
+def item_attributes(live: pd.DataFrame) -> pd.DataFrame:
+    """item_id -> item_type, language, markets, explicit, from the item's newest row."""
+    return (live.sort_values("scored_at", ascending=False, kind="stable")
+            .drop_duplicates("item_id").set_index("item_id")[_ITEM_COLUMNS])
+
+
+def category_rows(live: pd.DataFrame, loaded: LoadedPolicy, models: dict[str, ModelSpec], category: str,
+                  explicit: pd.Series, columns: list[str]) -> pd.DataFrame | None:
+    """The rows of ``live`` that count as evidence for ``category`` (models of the policy that emit
+    it, for a modality its rule counts; explicit items exempt from it left out), with
+    ``columns`` and the score column; None when no model of the policy can score it."""
+    policy = loaded.policy
+    rule = policy.categories[category]
+    col = score_column(category)
+    usable = [m for m in policy.models if category in models[m].categories and models[m].modality in rule.modalities]
+    if col not in live or not usable:
+        return None
+    part = live.loc[live["model_id"].isin(usable) & live[col].notna(), [*columns, col]]
+    if category in policy.exemptions.explicit:
+        part = part[~part["item_id"].map(explicit).fillna(False).to_numpy(dtype=bool)]
+    return part
+
+
 def apply_policy(
     latest: pd.DataFrame, loaded: LoadedPolicy, models: dict[str, ModelSpec], *, run_id: str, now: dt.datetime,
     status: str | None = None,
@@ -152,9 +175,7 @@ def apply_policy(
     live = latest[~latest["retired"]] if "retired" in latest else latest
     if live.empty:
         return VIOLATIONS_SCHEMA.empty_table()
-    # Item attributes from the item's newest row.
-    items = (live.sort_values("scored_at", ascending=False, kind="stable")
-             .drop_duplicates("item_id").set_index("item_id")[_ITEM_COLUMNS])
+    items = item_attributes(live)
     explicit = items["explicit"].eq(True)
     pairs = items["markets"].explode().dropna()
     pairs = pd.DataFrame({"item_id": pairs.index.to_numpy(), "market": pairs.to_numpy()}).drop_duplicates()
@@ -167,13 +188,10 @@ def apply_policy(
     scopes: list[pa.Array] = []  # scope_markets of each part, aligned with its rows
     for category, rule in policy.categories.items():
         col = score_column(category)
-        usable = [m for m in policy.models if category in models[m].categories and models[m].modality in rule.modalities]
-        if col not in live or not usable:
+        part = category_rows(live, loaded, models, category, explicit,
+                             ["item_id", "modality", "model_id", "model_digest"])
+        if part is None:
             continue
-        part = live.loc[live["model_id"].isin(usable) & live[col].notna(),
-                        ["item_id", "modality", "model_id", "model_digest", col]]
-        if category in policy.exemptions.explicit:
-            part = part[~part["item_id"].map(explicit).fillna(False).to_numpy(dtype=bool)]
         overrides = policy.market_overrides(category)
         star_markets = all_markets
         variants: list[tuple[str, CategoryRule | None, pd.Index | None]] = []

@@ -53,7 +53,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from moderation.config import LoadedPolicy, ModelSpec, load_model_registry, load_policy
-from moderation.decide import SCORE_COLUMNS, latest_scores, score_column
+from moderation.decide import SCORE_COLUMNS, category_rows, latest_scores, score_column
+from moderation.decide import item_attributes as decide_item_attributes
 from moderation.errors import LakeError, ModerationError, one_line
 from moderation.evaluation.datasets import (
     LABEL_PREFIX,
@@ -403,9 +404,7 @@ def current_scores(lake: Lake, loaded: LoadedPolicy, registry: dict[str, ModelSp
 
 def item_attributes(latest: pd.DataFrame) -> pd.DataFrame:
     """item_id -> item_type, language, markets, explicit, from the item's newest live row (as decide)."""
-    live = latest[~latest["retired"]] if "retired" in latest else latest
-    return (live.sort_values("scored_at", ascending=False, kind="stable")
-            .drop_duplicates("item_id").set_index("item_id")[list(QUEUE_SLICES)])
+    return decide_item_attributes(latest[~latest["retired"]] if "retired" in latest else latest)
 
 
 def category_scores(latest: pd.DataFrame, loaded: LoadedPolicy, registry: dict[str, ModelSpec]) -> pd.DataFrame:
@@ -430,14 +429,8 @@ def category_scores(latest: pd.DataFrame, loaded: LoadedPolicy, registry: dict[s
     parts = []
     for category, rule in policy.categories.items():
         col = score_column(category)
-        usable = [m for m in policy.models
-                  if category in registry[m].categories and registry[m].modality in rule.modalities]
-        if col not in live or not usable:
-            continue
-        part = live.loc[live["model_id"].isin(usable) & live[col].notna(), ["item_id", "model_id", "scored_at", col]]
-        if category in policy.exemptions.explicit:
-            part = part[~part["item_id"].map(explicit).fillna(False).to_numpy(dtype=bool)]
-        if part.empty:
+        part = category_rows(live, loaded, registry, category, explicit, ["item_id", "model_id", "scored_at"])
+        if part is None or part.empty:
             continue
         part = part.sort_values([col, "model_id"], ascending=[False, True], kind="stable")
         best = part.drop_duplicates("item_id")[["item_id", col, "model_id"]].rename(columns={col: "score"})

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from moderation.config import default_conf_dir
 from moderation.errors import LakeError, ModerationError
 from moderation.lake import Lake, TableName
+from moderation.lifecycle import sql_literal
 from moderation.reporting import NO_LANGUAGE, NO_MARKET
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
@@ -276,8 +277,8 @@ def _check_unique(rows: pd.DataFrame, *, lake: Lake, policy_id: str, version: in
 def _replace_diff_rows(lake: Lake, table: TableName, rows: pa.Table, *, policy_id: str, from_version: int,
                        to_version: int, run_id: str) -> None:
     """Replace one (policy, from, to)'s rows of ``table`` in one atomic commit."""
-    pid = policy_id.replace("'", "''")
-    predicate = f"policy_id = '{pid}' AND from_version = {int(from_version)} AND to_version = {int(to_version)}"
+    predicate = (f"policy_id = {sql_literal(policy_id)} AND from_version = {int(from_version)} "
+                 f"AND to_version = {int(to_version)}")
     lake.replace_where(table, rows, predicate=predicate, metadata={"moderation.run_id": run_id})
 
 

@@ -40,6 +40,7 @@ from moderation.evaluation.metrics import (
     point_metrics,
 )
 from moderation.lake import Lake
+from moderation.lifecycle import sql_literal
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id
 from moderation.schemas import EVAL_PREDICTIONS_SCHEMA, EVAL_RESULTS_SCHEMA
@@ -50,10 +51,6 @@ DEFAULT_THRESHOLD = 0.5
 #: Slices with fewer examples get metrics (and intervals) but take no part in the FPR gap.
 MIN_GAP_NEGATIVES = 20
 SCORE_CHUNK = 256
-
-
-def model_role(spec: ModelSpec) -> str:
-    return getattr(spec, "role", "production") or "production"
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,18 +107,24 @@ def _predictions_key(spec: ModelSpec, dataset: str, version: int) -> tuple:
     """(pyarrow filter, SQL predicate) of one (model digest, dataset version)'s predictions."""
     return ((pc.field("model_digest") == spec.digest) & (pc.field("dataset") == dataset)
             & (pc.field("dataset_version") == version),
-            f"model_digest = '{spec.digest}' AND dataset = {_sql(dataset)} AND dataset_version = {int(version)}")
+            _key_sql(spec, dataset, version))
+
+
+def _key_sql(spec: ModelSpec, dataset: str, version: int) -> str:
+    return (f"model_digest = {sql_literal(spec.digest)} AND dataset = {sql_literal(dataset)} "
+            f"AND dataset_version = {int(version)}")
 
 
 def predictions(lake: Lake, spec: ModelSpec, dataset: str, *, version: int | None = None,
-                batch_size: int = 64, progress: bool = True) -> tuple[pd.DataFrame, int, bool]:
+                batch_size: int = 64, progress: bool = True,
+                read: tuple[pa.Table, int] | None = None) -> tuple[pd.DataFrame, int, bool]:
     """(predictions, dataset version, newly scored) of ``spec`` on ``dataset``.
 
     Stored predictions of the same model digest, dataset version and dataset content digest,
     covering every category to evaluate, are reused (whatever code version made them: it is
     recorded in each row); otherwise the dataset is scored and the key's predictions replaced
-    in one commit."""
-    rows, version = read_dataset(lake, dataset, version)
+    in one commit. ``read``: the (rows, version) the caller already read."""
+    rows, version = read or read_dataset(lake, dataset, version)
     cats = [c for c in spec.categories if c in label_categories(rows)]
     if not cats:
         raise ModerationError(f"model {spec.model_id} scores {list(spec.categories)}; dataset {dataset} v{version} "
@@ -293,21 +296,16 @@ def format_results(rows: pd.DataFrame, *, slices: bool = True, min_slice_n: int 
     return "\n".join(lines)
 
 
-def _sql(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _results_predicate(spec: ModelSpec, dataset: str, version: int, policy: LoadedPolicy | None, cv: str) -> str:
-    pol = ("policy_hash IS NULL" if policy is None else f"policy_hash = {_sql(policy.content_hash)}")
-    return (f"model_digest = {_sql(spec.digest)} AND dataset = {_sql(dataset)} AND dataset_version = {int(version)} "
-            f"AND {pol} AND code_version = {_sql(cv)}")
+    pol = ("policy_hash IS NULL" if policy is None else f"policy_hash = {sql_literal(policy.content_hash)}")
+    return f"{_key_sql(spec, dataset, version)} AND {pol} AND code_version = {sql_literal(cv)}"
 
 
 def baseline_models(registry: dict[str, ModelSpec], spec: ModelSpec, labelled: list[str]) -> list[ModelSpec]:
     """Registry models marked ``role: baseline`` of the same modality that share a category with
     ``spec`` which the dataset labels."""
     wanted = set(spec.categories) & set(labelled)
-    return [m for m in registry.values() if model_role(m) == "baseline" and m.model_id != spec.model_id
+    return [m for m in registry.values() if m.role == "baseline" and m.model_id != spec.model_id
             and m.modality == spec.modality and set(m.categories) & wanted]
 
 
@@ -339,12 +337,13 @@ def evaluate(*, lake_root: str, model_id: str, dataset: str, policy_path: str | 
     result = EvaluateResult(eval_id, dataset, version, policy)
     specs = [spec] + (baseline_models(registry, spec, label_categories(rows)) if baselines else [])
     for m in specs:
-        preds, _, newly = predictions(lake, m, dataset, version=version, batch_size=batch_size, progress=progress)
+        preds, _, newly = predictions(lake, m, dataset, batch_size=batch_size, progress=progress,
+                                      read=(rows, version))
         cats = sorted(preds["category"].unique())
         thresholds = _thresholds(policy, cats)
         mrows = metric_rows(preds, rows, thresholds=thresholds, target_precision=target_precision,
                             bootstrap=bootstrap, seed=seed)
-        common = {"eval_id": eval_id, "model_id": m.model_id, "model_digest": m.digest, "model_role": model_role(m),
+        common = {"eval_id": eval_id, "model_id": m.model_id, "model_digest": m.digest, "model_role": m.role,
                   "dataset": dataset, "dataset_version": version,
                   "policy_id": policy.policy.policy_id if policy else None,
                   "policy_version": policy.policy.version if policy else None,

@@ -10,6 +10,8 @@ URIs:
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import struct
 from importlib import resources
 from pathlib import Path
@@ -94,3 +96,21 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def write_artifact(out: Path, data: bytes) -> str:
+    """Write an artifact atomically (never a half-written file under its final name); its SHA-256."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+    return hashlib.sha256(data).hexdigest()
+
+
+def pin_artifact(registry: Path, name: str, digest: str) -> None:
+    """Pin ``digest`` as the sha256 of artifact ``name`` in a registry entry (conf/models/*.yaml)."""
+    text, count = re.subn(rf"({re.escape(name)}:\n\s+uri: [^\n]+\n\s+sha256: )[0-9a-f]{{64}}", rf"\g<1>{digest}",
+                          registry.read_text())
+    if count != 1:
+        raise ArtifactError(f"{registry}: no artifact {name!r} with a sha256 to pin")
+    registry.write_text(text)

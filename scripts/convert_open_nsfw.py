@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-import os
 from pathlib import Path
 
 import typer
 
+from moderation.artifacts import write_artifact
 from moderation.classifiers.onnx_graph import graph_to_safetensors, load_graph_module
 from moderation.config import PROJECT_ROOT
 
@@ -37,11 +37,7 @@ def main(
     print(f"source {onnx_path} sha256={onnx_sha}")
 
     load_graph_module(data)  # refuse to write an artifact the runtime cannot build
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)  # never leave a half-written artifact under the final name
-    digest = hashlib.sha256(data).hexdigest()
+    digest = write_artifact(out, data)
     print(f"wrote {out} ({len(data)} bytes) sha256={digest}")
 
 

@@ -21,9 +21,7 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
 import pickle
-import re
 import sys
 import zipfile
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from moderation.artifacts import pin_artifact, write_artifact
 from moderation.classifiers.lexical import POSITIVE_CLASS, TRUSTED_TYPES, load_pipeline
 from moderation.config import PROJECT_ROOT
 from moderation.datasets import default_data_dir
@@ -183,18 +182,11 @@ def main(
     if diff > 1e-9:
         raise SourceError(f"skops copy differs from the original by {diff}; not written")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)  # never leave a half-written artifact under the final name
-    digest = hashlib.sha256(data).hexdigest()
+    digest = write_artifact(out, data)
     print(f"wrote {out} ({len(data)} bytes) sha256={digest}")
     print(f"trusted types beyond skops' defaults: {list(TRUSTED_TYPES)}")
 
-    text, count = re.subn(r"(pipeline:\n\s+uri: [^\n]+\n\s+sha256: )[0-9a-f]{64}", rf"\g<1>{digest}", registry.read_text())
-    if count != 1:
-        raise SourceError(f"{registry}: no 'pipeline:' artifact with a sha256 to pin")
-    registry.write_text(text)
+    pin_artifact(registry, "pipeline", digest)
     print(f"pinned it in {registry}")
 
 

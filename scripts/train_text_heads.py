@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from safetensors.numpy import save
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
+from moderation.artifacts import pin_artifact, write_artifact
 from moderation.classifiers.text import LexicalModel, MiniLMEncoder, normalize_text
 from moderation.config import PROJECT_ROOT, load_model_spec
 from moderation.datasets import CATEGORIES, LabelledText, default_data_dir, heldout_sets, training_set
@@ -92,15 +92,13 @@ def main(
         weights.append(clf.coef_[0].astype(np.float32))
         biases.append(np.float32(clf.intercept_[0]))
     w, b = np.stack(weights), np.array(biases, dtype=np.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "categories": json.dumps(list(CATEGORIES)),
         "encoder_sha256": spec.artifacts["encoder"].sha256,
         "trained_on": "hatexplain:train,davidson,sms_spam,youtube_spam(minus 09-pRpeEdMmmQ0)",
         "seed": str(seed),
     }
-    out.write_bytes(save({"weight": w, "bias": b}, metadata=meta))
-    _pin(out, registry)
+    _write(out, save({"weight": w, "bias": b}, metadata=meta), registry)
 
     print(f"\n{'held-out set':24} {'category':11} {'n':>5} {'pos':>5} {'PR-AUC':>7} {'ROC-AUC':>7} {'F1@0.5':>7}")
     for name, held in heldout_sets(data_dir).items():
@@ -116,12 +114,10 @@ def main(
             )
 
 
-def _pin(out: Path, registry: Path) -> str:
-    """Pin the heads file's SHA-256 in the registry entry."""
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    text = registry.read_text()
-    text = re.sub(r"(heads:\n\s+uri: [^\n]+\n\s+sha256: )[0-9a-f]{64}", rf"\g<1>{digest}", text)
-    registry.write_text(text)
+def _write(out: Path, data: bytes, registry: Path) -> str:
+    """Write the heads file and pin its SHA-256 in the registry entry."""
+    digest = write_artifact(out, data)
+    pin_artifact(registry, "heads", digest)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) sha256={digest} and pinned it in {registry}")
     return digest
 
@@ -340,9 +336,7 @@ def train_v2(data_dir: Path, registry: Path, out: Path, cache_dir: Path | None, 
         "hate_unigram": json.dumps({"source_weights": V2_UNIGRAM_WEIGHTS, "mix": V2_HATE_UNIGRAM_MIX}),
         "seed": str(seed),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(save(tensors, metadata=meta))
-    _pin(out, registry)
+    _write(out, save(tensors, metadata=meta), registry)
 
     # Held-out metrics, v1 (the shipped file) and v2 (what was just written, re-read) side by side.
     v1_path = PROJECT_ROOT / "moderation/artifacts/text_heads_v1.safetensors"

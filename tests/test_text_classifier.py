@@ -55,10 +55,12 @@ def test_real_model_separates_categories(text_classifier):
     assert evidence[2]["hate"] == "title"
 
 
-def test_max_over_segments_finds_text_buried_in_lyrics(text_classifier):
+@pytest.mark.parametrize("fixture", ["text_classifier", "text_classifier_v2"])
+def test_max_over_segments_finds_text_buried_in_lyrics(fixture, request):
+    clf = request.getfixturevalue(fixture)
     body = " ".join(["we were dancing in the kitchen light"] * 40) + " check out my channel subscribe and win a free iphone"
-    rows = text_classifier.preprocess(_rows(item_id=["x"], title=["Kitchen Light"], body_text=[body]))
-    scores, evidence = text_classifier.score(rows)
+    rows = clf.preprocess(_rows(item_id=["x"], title=["Kitchen Light"], body_text=[body]))
+    scores, evidence = clf.score(rows)
     assert scores[0]["spam"] > 0.5
     assert evidence[0]["spam"].startswith("body_text[")
 
@@ -159,14 +161,6 @@ def test_v2_separates_hateful_offensive_neutral_and_spam(text_classifier_v2):
     assert s["hate"]["hate"] > 0.5 and s["offensive"]["harassment"] > 0.5
     assert evidence[3]["hate"] == "title"
     assert set(scores[0]) == set(text_classifier_v2.spec.categories)
-
-
-def test_v2_max_over_segments_finds_spam_buried_in_lyrics(text_classifier_v2):
-    body = " ".join(["we were dancing in the kitchen light"] * 40) + " check out my channel subscribe and win a free iphone"
-    rows = text_classifier_v2.preprocess(_rows(item_id=["x"], title=["Kitchen Light"], body_text=[body]))
-    scores, evidence = text_classifier_v2.score(rows)
-    assert scores[0]["spam"] > 0.5
-    assert evidence[0]["spam"].startswith("body_text[")
 
 
 def test_v2_lexical_model_matches_scikit_learn_tfidf(text_classifier_v2):

@@ -172,13 +172,11 @@ def _rules(policy: LoadedPolicy, category: str) -> str | None:
 
 def _results_for(results: pd.DataFrame, digest: str, policy: LoadedPolicy, dataset: str,
                  version: int) -> pd.DataFrame:
+    """The rows of one key in ``latest_results`` (which keeps the newest evaluation per key)."""
     if results.empty:
         return results
-    rows = results[(results["model_digest"] == digest) & (results["dataset"] == dataset)
+    return results[(results["model_digest"] == digest) & (results["dataset"] == dataset)
                    & (results["dataset_version"] == version) & (results["policy_hash"] == policy.content_hash)]
-    if rows.empty:
-        return rows
-    return rows[rows["eval_id"] == rows.sort_values("evaluated_at")["eval_id"].iloc[-1]]
 
 
 def _evaluate_command(lake: Lake, model_id: str, dataset: str, policy: LoadedPolicy) -> str:

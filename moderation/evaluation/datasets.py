@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 
 from moderation.datasets import YOUTUBE_HELDOUT, _hx_label
 from moderation.errors import ModerationError
-from moderation.lake import Lake, arrow_filesystem, join_uri
+from moderation.lake import Lake, arrow_filesystem
 
 DATASETS_DIR = "eval/datasets"
 LABEL_PREFIX = "label_"
@@ -459,7 +459,3 @@ def import_file(path: Path, *, label_columns: dict[str, str], slice_columns: lis
 def import_provenance(path: Path, **options) -> dict:
     return {"builder": "import", "file": path.name, "sha256": _sha256_file(path),
             "imported_at": dt.datetime.now(dt.timezone.utc).isoformat(), **options}
-
-
-def dataset_uri(lake: Lake, name: str) -> str:
-    return join_uri(lake.root, table_name(name))

@@ -524,6 +524,40 @@ def eval_import_standard(
         typer.echo(f"{'wrote' if written else 'unchanged:'} dataset {ds} v{version}")
 
 
+@eval_app.command("compare")
+def eval_compare(
+    lake: str = typer.Option(..., help="lake root URI"),
+    model: str = typer.Option(..., help="registry model id (A)"),
+    dataset: str = typer.Option(..., help="evaluation dataset name"),
+    against: list[str] = typer.Option([], help="model(s) to compare with (B; default: the registry's baselines)"),
+    dataset_version: Optional[int] = typer.Option(None, min=0, help="a past dataset version (default: latest)"),
+    min_slice_n: int = typer.Option(30, min=1, help="slices with fewer examples are left out"),
+    bootstrap: int = typer.Option(1000, help="paired bootstrap resamples (at least 100)"),
+    seed: int = typer.Option(0),
+    csv: Optional[Path] = typer.Option(None, help="also write the rows to this CSV file"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Model A against model B on the same examples, per category and slice: PR-AUC and ROC-AUC
+    differences with paired bootstrap 95% intervals and a verdict (better / worse / no clear
+    difference). Reuses stored predictions; writes nothing to the lake."""
+    from moderation.evaluation.compare import compare, format_comparison
+
+    _setup_logging(verbose)
+    try:
+        results = compare(lake_root=_abs_uri(lake), dataset=dataset, model_id=model, against=against or None,
+                          dataset_version=dataset_version, min_slice_n=min_slice_n, bootstrap=bootstrap, seed=seed)
+    except ModerationError as e:
+        _fail(e)
+    typer.echo("\n\n".join(format_comparison(c) for c in results))
+    if csv is not None:
+        import pandas as pd
+
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        pd.concat([c.rows.assign(dataset=c.dataset, dataset_version=c.dataset_version, model=c.model,
+                                 against=c.against) for c in results]).to_csv(csv, index=False)
+        typer.echo(f"wrote {csv}")
+
+
 @eval_app.command("datasets")
 def eval_datasets(lake: str = typer.Option(..., help="lake root URI")) -> None:
     """List the evaluation datasets: version, rows, label balance, slices."""

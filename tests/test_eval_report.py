@@ -4,6 +4,7 @@ synthetic lake (no model runs; results come from the real ``metric_rows``)."""
 from __future__ import annotations
 
 import base64
+import re
 from html.parser import HTMLParser
 
 import numpy as np
@@ -166,6 +167,12 @@ def test_report_names_what_was_evaluated(report, report_lake):
     summary = files.summary()
     assert str(files.html) in summary and str(files.png) in summary
     assert PROD in summary and BASE in summary
+    # Model vs baseline: each category's difference carries its paired interval and verdict.
+    paired = re.findall(r"([+-]\d\.\d{3}) \[([+-]\d\.\d{3}),([+-]\d\.\d{3})\] (better|worse|no clear difference)", text)
+    assert len(paired) == len(CATEGORIES)
+    for diff, lo, hi, verdict in paired:
+        assert float(lo) <= float(diff) <= float(hi)
+        assert verdict == ("better" if float(lo) > 0 else "worse" if float(hi) < 0 else "no clear difference")
 
 
 def test_summary_png(report):

@@ -23,6 +23,7 @@ from moderation.evaluation.evaluate import evaluate, latest_results
 from moderation.evaluation.gate import GateBlocked, GateConfig, check_gate
 from moderation.evaluation.metrics import (
     bootstrap_intervals,
+    paired_difference,
     expected_calibration_error,
     point_metrics,
     recall_at_precision,
@@ -57,6 +58,35 @@ def test_resampled_metrics_equal_scikit_learn_with_weights():
         assert got["precision"][i] == pytest.approx(precision_score(y, s >= 0.5, **kw), abs=1e-12)
         assert got["recall"][i] == pytest.approx(recall_score(y, s >= 0.5, **kw), abs=1e-12)
         assert got["f1"][i] == pytest.approx(f1_score(y, s >= 0.5, **kw), abs=1e-12)
+
+
+def test_paired_difference_of_two_models():
+    rng = np.random.default_rng(5)
+    n = 300
+    y = rng.integers(0, 2, n)
+    good = y + rng.normal(0, 0.6, n)  # separates the classes
+    noise = rng.normal(0, 1, n)        # does not
+    res = paired_difference(y, good, noise, samples=400, seed=2)
+    for metric, score in (("pr_auc", average_precision_score), ("roc_auc", roc_auc_score)):
+        r = res[metric]
+        assert r["a"] == pytest.approx(score(y, good)) and r["b"] == pytest.approx(score(y, noise))
+        assert r["diff"] == pytest.approx(r["a"] - r["b"]) and r["lo"] <= r["diff"] <= r["hi"]
+        assert r["verdict"] == "better" and r["lo"] > 0
+    assert paired_difference(y, noise, good, samples=400, seed=2)["roc_auc"]["verdict"] == "worse"
+    # A model against itself: difference 0 on every resample, so no clear difference.
+    same = paired_difference(y, good, good, samples=200)["pr_auc"]
+    assert same["diff"] == 0 and same["lo"] == same["hi"] == 0 and same["verdict"] == "no clear difference"
+    # The paired interval is narrower than the two separate intervals suggest: a small, consistent
+    # improvement is detected although the separate intervals overlap.
+    nudged = good + 0.15 * y
+    sep_a = bootstrap_intervals(y, nudged, 0.5, samples=400, seed=2)["roc_auc"]
+    sep_b = bootstrap_intervals(y, good, 0.5, samples=400, seed=2)["roc_auc"]
+    assert sep_a[0] < sep_b[1]  # overlapping
+    assert paired_difference(y, nudged, good, samples=400, seed=2)["roc_auc"]["verdict"] == "better"
+    one_class = paired_difference(np.ones(10, int), good[:10], noise[:10], samples=100)
+    assert one_class["pr_auc"]["verdict"] is None and one_class["pr_auc"]["diff"] is None
+    with pytest.raises(ValueError, match="labels"):
+        paired_difference(y, good[:-1], noise)
 
 
 def test_point_metrics_intervals_and_calibration_error():
@@ -212,6 +242,38 @@ def test_evaluate_writes_predictions_and_results_for_model_and_baseline(env):
     assert len(lake.read("eval/predictions")) == len(preds)
     assert len(lake.read("eval/results")) == len(results)
     assert set(latest_results(lake)["eval_id"]) == {again.eval_id}
+
+
+def test_compare_models_per_slice_from_the_command_line(env, tmp_path):
+    lake = env["lake"]
+    n_preds = len(lake.read("eval/predictions"))
+    out = tmp_path / "cmp.csv"
+    text = cli("eval", "compare", "--lake", lake.root, "--model", "text-minilm-heads-v1", "--dataset", "hx_small",
+               "--bootstrap", 200, "--min-slice-n", 10, "--csv", out)
+    assert "text-minilm-heads-v1 (A) vs text-profanity-check-v1 (B)" in text
+    assert "hate PR-AUC: of " in text and "paired 95% bootstrap interval" in text
+    assert len(lake.read("eval/predictions")) == n_preds  # stored predictions reused, nothing written
+    rows = pd.read_csv(out)
+    preds = lake.read("eval/predictions").to_pandas()
+    registry = load_model_registry()
+    a = preds[preds["model_digest"] == registry["text-minilm-heads-v1"].digest]
+    b = preds[preds["model_digest"] == registry["text-profanity-check-v1"].digest]
+    for cat in ("hate", "harassment"):
+        overall = rows[(rows["category"] == cat) & rows["slice_column"].isna() & (rows["metric"] == "pr_auc")].iloc[0]
+        pa_, pb_ = a[a["category"] == cat], b[b["category"] == cat]
+        assert overall["a"] == pytest.approx(average_precision_score(pa_["label"], pa_["score"]))
+        assert overall["b"] == pytest.approx(average_precision_score(pb_["label"], pb_["score"]))
+        assert overall["n"] == SMALL and overall["lo"] <= overall["diff"] <= overall["hi"]
+    sl = rows[rows["slice_column"].eq("target_group")]
+    assert len(sl) and sl["n"].min() >= 10 and set(sl["verdict"].dropna()) <= {"better", "worse", "no clear difference"}
+    # Against itself: every defined verdict is "no clear difference".
+    text = cli("eval", "compare", "--lake", lake.root, "--model", "text-minilm-heads-v1", "--dataset", "hx_small",
+               "--against", "text-minilm-heads-v1", "--bootstrap", 100)
+    assert "worse in 0" in text and "A is better in 0" in text
+    out = cli("eval", "compare", "--lake", lake.root, "--model", "nope", "--dataset", "hx_small", code=2)
+    assert "unknown model" in out
+    assert "at least 100" in cli("eval", "compare", "--lake", lake.root, "--model", "text-minilm-heads-v1",
+                                 "--dataset", "hx_small", "--bootstrap", 10, code=2)
 
 
 def test_gate_blocks_a_worse_candidate_and_force_is_recorded(env, tmp_path, data_dir, ray_local, monkeypatch):

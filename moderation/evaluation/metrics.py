@@ -140,3 +140,52 @@ def bootstrap_intervals(y: np.ndarray, s: np.ndarray, threshold: float, *, sampl
             lo, hi = np.quantile(values, [alpha, 1 - alpha])
             out[name] = (float(lo), float(hi))
     return out
+
+
+#: Metrics compared between two models by ``paired_difference``.
+PAIRED_METRICS = ("pr_auc", "roc_auc")
+
+
+def paired_difference(y: np.ndarray, s_a: np.ndarray, s_b: np.ndarray, *, samples: int = 1000, seed: int = 0,
+                      level: float = 0.95, chunk: int = 250) -> dict[str, dict]:
+    """PR-AUC and ROC-AUC of model A minus model B on the same examples, with a paired
+    percentile bootstrap interval: each resample weights the examples once and both models are
+    scored on it, so the interval is of the difference itself (much narrower than comparing two
+    separate intervals when the models' errors are correlated).
+
+    Returns per metric ``{"a", "b", "diff", "lo", "hi", "verdict"}``: ``verdict`` is "better"
+    (the interval lies above 0), "worse" (below 0), "no clear difference" (it spans 0), or None
+    when the metric is undefined (one class only) or too few resamples define it.
+    """
+    y = np.asarray(y, dtype=int)
+    s_a = np.asarray(s_a, dtype=float)
+    s_b = np.asarray(s_b, dtype=float)
+    if not len(y) == len(s_a) == len(s_b):
+        raise ValueError(f"paired_difference: {len(y)} labels, {len(s_a)} and {len(s_b)} scores")
+    empty = {"a": None, "b": None, "diff": None, "lo": None, "hi": None, "verdict": None}
+    if not 0 < y.sum() < len(y):
+        return {m: dict(empty) for m in PAIRED_METRICS}
+    point = {"pr_auc": (average_precision_score(y, s_a), average_precision_score(y, s_b)),
+             "roc_auc": (roc_auc_score(y, s_a), roc_auc_score(y, s_b))}
+    rng = np.random.default_rng(seed)
+    diffs: dict[str, list[np.ndarray]] = {m: [] for m in PAIRED_METRICS}
+    n = len(y)
+    for start in range(0, samples, chunk):
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, samples - start)).astype(float)
+        ma = weighted_metrics(y, s_a, w, threshold=0.5)
+        mb = weighted_metrics(y, s_b, w, threshold=0.5)
+        for m in PAIRED_METRICS:
+            diffs[m].append(ma[m] - mb[m])
+    alpha = (1 - level) / 2
+    out = {}
+    for m in PAIRED_METRICS:
+        a, b = point[m]
+        d = np.concatenate(diffs[m]) if diffs[m] else np.array([])
+        d = d[~np.isnan(d)]
+        row = {**empty, "a": float(a), "b": float(b), "diff": float(a - b)}
+        if samples > 0 and len(d) >= 0.5 * samples:
+            lo, hi = np.quantile(d, [alpha, 1 - alpha])
+            row.update(lo=float(lo), hi=float(hi),
+                       verdict="better" if lo > 0 else "worse" if hi < 0 else "no clear difference")
+        out[m] = row
+    return out

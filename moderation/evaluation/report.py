@@ -38,6 +38,7 @@ from moderation.evaluation.evaluate import (
     MIN_GAP_NEGATIVES,
     latest_results,
 )
+from moderation.evaluation.metrics import paired_difference
 from moderation.lake import Lake
 
 REPORT_HTML = "eval_report.html"
@@ -457,7 +458,24 @@ def _comparison_row(ev: DatasetEvaluation, category: str, prod: pd.Series, base:
     if not _missing(prod["pr_auc"]) and not _missing(base["pr_auc"]):
         row["difference"] = f"{prod['pr_auc'] - base['pr_auc']:+.3f}"
         row["_below"] = prod["pr_auc"] < base["pr_auc"]
+        row["difference"] += _paired_interval(ev, category, prod, base)
     return row
+
+
+def _paired_interval(ev: DatasetEvaluation, category: str, prod: pd.Series, base: pd.Series) -> str:
+    """" [lo,hi] verdict" of the PR-AUC difference on the examples both models scored, from a
+    paired bootstrap (the same resamples for both models; ``moderation eval compare`` gives it
+    per slice); empty when there are no common predictions."""
+    cols = ["example_id", "score", "label"]
+    p = ev.predictions[ev.predictions["category"].eq(category)]
+    both = p[p["model_digest"].eq(prod["model_digest"])][cols].merge(
+        p[p["model_digest"].eq(base["model_digest"])][cols], on=["example_id", "label"]).dropna()
+    samples = int(prod["bootstrap_samples"]) if not _missing(prod["bootstrap_samples"]) else 0
+    if both.empty or samples <= 0:
+        return ""
+    d = paired_difference(both["label"].to_numpy(int), both["score_x"].to_numpy(float),
+                          both["score_y"].to_numpy(float), samples=samples)["pr_auc"]
+    return "" if d["verdict"] is None else f" [{d['lo']:+.3f},{d['hi']:+.3f}] {d['verdict']}"
 
 
 def comparison_frame(evaluations: list[DatasetEvaluation], min_slice_n: int) -> pd.DataFrame:
@@ -484,7 +502,9 @@ def comparison_section(evaluations: list[DatasetEvaluation], summary_img: str, m
     return (f'<section id="summary"><h2>Model vs baseline</h2>{body}'
             '<p class="note">PR-AUC is average precision with its 95% bootstrap interval. Rows in red: the '
             'production model is below the baseline overall. Slices below baseline counts the slice values with '
-            f'at least {min_slice_n} examples where the production PR-AUC is lower.</p>'
+            f'at least {min_slice_n} examples where the production PR-AUC is lower. The difference carries a paired '
+            '95% bootstrap interval (both models scored on the same resamples) and its verdict; '
+            '<code>moderation eval compare</code> gives it per slice.</p>'
             f"<div>{summary_img}</div></section>")
 
 

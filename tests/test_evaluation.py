@@ -12,7 +12,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import yaml
-from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 from typer.testing import CliRunner
 
 from moderation.cli import app
@@ -23,8 +29,8 @@ from moderation.evaluation.evaluate import evaluate, latest_results
 from moderation.evaluation.gate import GateBlocked, GateConfig, check_gate
 from moderation.evaluation.metrics import (
     bootstrap_intervals,
-    paired_difference,
     expected_calibration_error,
+    paired_difference,
     point_metrics,
     recall_at_precision,
     weighted_metrics,

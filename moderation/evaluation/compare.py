@@ -21,8 +21,13 @@ import pandas as pd
 
 from moderation.config import load_model_registry
 from moderation.errors import ConfigError, ModerationError
-from moderation.evaluation.datasets import SLICE_PREFIX, label_categories, read_dataset, slice_columns
-from moderation.evaluation.evaluate import _slice_members, baseline_models, predictions
+from moderation.evaluation.datasets import (
+    SLICE_PREFIX,
+    label_categories,
+    read_dataset,
+    slice_columns,
+)
+from moderation.evaluation.evaluate import slice_members, baseline_models, predictions
 from moderation.evaluation.metrics import PAIRED_METRICS, paired_difference
 from moderation.lake import Lake
 
@@ -102,7 +107,7 @@ def compare(*, lake_root: str, dataset: str, model_id: str, against: list[str] |
     if not others:
         raise ConfigError(f"nothing to compare {model_id} with: pass --against MODEL (no registry baseline "
                           f"scores {sorted(set(spec.categories) & set(label_categories(rows)))} on {dataset})")
-    slices = {c[len(SLICE_PREFIX):]: _slice_members(rows, c) for c in slice_columns(rows)}
+    slices = {c[len(SLICE_PREFIX):]: slice_members(rows, c) for c in slice_columns(rows)}
     preds_a, _, _ = predictions(lake, spec, dataset, batch_size=batch_size, progress=progress, read=(rows, version))
     out = []
     for other in others:
@@ -122,10 +127,11 @@ def _num(v) -> str:
 
 def format_comparison(c: Comparison) -> str:
     """Printable table of one comparison and a verdict count per category and metric."""
-    lines = [f"dataset {c.dataset} v{c.dataset_version}: {c.model} (A) vs {c.against} (B); "
-             "difference A - B with a paired 95% bootstrap interval",
-             f"  {'category':11} {'slice':28} {'n':>5} {'pos':>5} {'metric':8} {'A':>6} {'B':>6} "
-             f"{'A - B':>7} {'interval':>17}  verdict"]
+    title = (f"dataset {c.dataset} v{c.dataset_version}: {c.model} (A) vs {c.against} (B); "
+             "difference A - B with a paired 95% bootstrap interval")
+    head = (f"  {'category':11} {'slice':28} {'n':>5} {'pos':>5} {'metric':8} {'A':>6} {'B':>6} "
+            f"{'A - B':>7} {'interval':>17}  verdict")
+    lines = [title, head]
     for _, r in c.rows.iterrows():
         sl = "all" if r["slice_column"] is None or pd.isna(r["slice_column"]) else \
             f"{r['slice_column']}={r['slice_value']}"

@@ -166,7 +166,7 @@ def predictions(lake: Lake, spec: ModelSpec, dataset: str, *, version: int | Non
 # ---------------------------------------------------------------------------------------
 # Metrics tables
 # ---------------------------------------------------------------------------------------
-def _slice_members(rows: pa.Table, column: str) -> dict[str, set[str]]:
+def slice_members(rows: pa.Table, column: str) -> dict[str, set[str]]:
     """slice value -> example ids (list-valued slices put an example in each of its values)."""
     ids = rows.column("example_id").to_pylist()
     out: dict[str, set[str]] = {}
@@ -187,7 +187,7 @@ def metric_rows(preds: pd.DataFrame, rows: pa.Table, *, thresholds: dict[str, fl
                 bootstrap: int, seed: int) -> list[dict]:
     """Metric rows per category: overall, then per slice value of each slice column."""
     out = []
-    slices = {c: _slice_members(rows, c) for c in slice_columns(rows)}
+    slices = {c: slice_members(rows, c) for c in slice_columns(rows)}
     for cat, group in preds.groupby("category", sort=True):
         ok = group[group["score"].notna()]
         quarantined = int(len(group) - len(ok))

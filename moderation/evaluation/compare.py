@@ -27,7 +27,7 @@ from moderation.evaluation.datasets import (
     read_dataset,
     slice_columns,
 )
-from moderation.evaluation.evaluate import slice_members, baseline_models, predictions
+from moderation.evaluation.evaluate import baseline_models, predictions, slice_members
 from moderation.evaluation.metrics import PAIRED_METRICS, paired_difference
 from moderation.lake import Lake
 

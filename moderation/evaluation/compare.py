@@ -58,7 +58,7 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, slices: dict[str, dict
                         min_slice_n: int = 30, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Paired comparison of predictions ``a`` and ``b`` (columns example_id, category, score,
     label) on the examples both scored (quarantined ones left out), per category: overall, then
-    each slice value with at least ``min_slice_n`` examples. ``slices``: slice column -> value
+    each slice value with at least ``min_slice_n`` examples (and not all of them). ``slices``: slice column -> value
     -> example ids."""
     keep = ["example_id", "category", "score", "label"]
     both = a[keep].merge(b[keep], on=["example_id", "category"], suffixes=("_a", "_b"))
@@ -71,7 +71,7 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, slices: dict[str, dict
         for col, members in slices.items():
             for value, ids in sorted(members.items()):
                 part = group[group["example_id"].isin(ids)]
-                if len(part) >= min_slice_n:
+                if min_slice_n <= len(part) < len(group):  # a slice of every example repeats "all"
                     parts.append((col, value, part))
         for col, value, part in parts:
             y = part["label_a"].to_numpy(dtype=int)

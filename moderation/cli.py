@@ -643,6 +643,8 @@ def review_queue(
                                            "(repeatable; default language and item_type)"),
     seed: int = typer.Option(0, help="same seed, same sample"),
     queue_id: Optional[str] = typer.Option(None, help="queue id (re-using one writes nothing)"),
+    requeue_pending: bool = typer.Option(False, help="also queue pairs an earlier queue holds that no review "
+                                         "has answered yet (default: leave them out)"),
 ) -> None:
     """Sample items for human review into <lake>/review_queue: the uncertain band around each
     threshold (stratified by category and slice) plus a random audit sample."""
@@ -651,7 +653,7 @@ def review_queue(
     try:
         result = build_review_queue(_abs_uri(lake), policy, per_stratum=per_stratum, audit=audit, band=band,
                                     slice_columns=tuple(slice_column) or ("language", "item_type"), seed=seed,
-                                    queue_id=queue_id)
+                                    queue_id=queue_id, requeue_pending=requeue_pending)
     except ModerationError as e:
         _fail(e)
     typer.echo(result.summary())

@@ -214,10 +214,43 @@ def test_review_queue_samples_the_band_by_stratum_plus_a_disjoint_audit(scored_l
     version = lake.version("review_queue")
     again = build_review_queue(lake, POLICY_V1, per_stratum=10, audit=8, band=0.05, seed=1, queue_id="q1")
     assert not again.written and lake.version("review_queue") == version and _keys(again.rows) == _keys(q.rows)
-    q2 = build_review_queue(lake, POLICY_V1, per_stratum=10, audit=8, band=0.05, seed=1, queue_id="q2")
-    assert q2.written and _keys(q2.rows) == _keys(q.rows)
-    q3 = build_review_queue(lake, POLICY_V1, per_stratum=10, audit=8, band=0.05, seed=2, queue_id="q3")
+    q2 = build_review_queue(lake, POLICY_V1, per_stratum=10, audit=8, band=0.05, seed=1, queue_id="q2",
+                            requeue_pending=True)
+    assert q2.written and _keys(q2.rows) == _keys(q.rows) and q2.pending_skipped == 0
+    q3 = build_review_queue(lake, POLICY_V1, per_stratum=10, audit=8, band=0.05, seed=2, queue_id="q3",
+                            requeue_pending=True)
     assert _keys(q3.rows) != _keys(q.rows)
+
+
+def _pairs(table: pa.Table) -> set[tuple]:
+    return {(r["item_id"], r["category"]) for r in table.to_pylist()}
+
+
+def test_pairs_pending_in_an_earlier_queue_are_not_queued_twice(scored_lake, tmp_path):
+    lake = scored_lake
+    q1 = build_review_queue(lake, POLICY_V1, per_stratum=10, audit=8, band=0.05, seed=1, queue_id="q1")
+    q2 = build_review_queue(lake, POLICY_V1, per_stratum=10, audit=8, band=0.05, seed=1, queue_id="q2")
+    # Nothing q1 holds is queued again; the same sampling finds other items of the band instead.
+    assert q2.pending_skipped == len(_pairs(q1.rows)) == q1.rows.num_rows
+    assert q2.rows.num_rows and not _pairs(q2.rows) & _pairs(q1.rows)
+    hate_q1 = {r["item_id"] for r in q1.rows.to_pylist() if r["reason"] == "uncertain"}
+    hate_q2 = {r["item_id"] for r in q2.rows.to_pylist() if r["reason"] == "uncertain"}
+    queued_hate = {i for i, c in _pairs(q1.rows) if c == "hate"}  # uncertain, or audited (every category)
+    assert len(hate_q1) == 25 and hate_q2 == {f"en{i:02}" for i in range(30)} - queued_hate  # the en tracks left
+    assert "still pending in an earlier queue" in q2.summary()
+    # A review answers one pending pair: it is labelled (skipped as such), no longer pending.
+    en_pending = sorted(i for i, c in _pairs(q1.rows) if c == "hate" and i.startswith("en"))[0]
+    import_labels(lake, write_csv(tmp_path / "l.csv", HEADER + f"{en_pending},hate,violating,,{dt.datetime.now(dt.timezone.utc).isoformat()},,r\n"))
+    q3 = build_review_queue(lake, POLICY_V1, per_stratum=10, audit=8, band=0.05, seed=1, queue_id="q3")
+    assert (en_pending, "hate") not in _pairs(q3.rows) and q3.labelled_skipped == 1
+    assert q3.pending_skipped == len(_pairs(q1.rows) | _pairs(q2.rows)) - 1
+    # A re-score after the queues makes a pending pair current again: it can be queued.
+    de = sorted(i for i, c in _pairs(q1.rows) if c == "hate" and i.startswith("de"))
+    lake.append_chunk("scores", score_rows([(i, {"hate": 0.92}, "de", "episode") for i in de],
+                                           when=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)),
+                      app_id="t", version=2)
+    q4 = build_review_queue(lake, POLICY_V1, per_stratum=10, audit=0, band=0.05, seed=1, queue_id="q4")
+    assert {(i, "hate") for i in de} <= _pairs(q4.rows)
 
 
 def test_items_labelled_after_their_latest_score_are_not_queued_again(scored_lake, tmp_path):

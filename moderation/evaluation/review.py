@@ -469,6 +469,28 @@ def labelled_after_score(lake: Lake, pairs: pd.DataFrame) -> pd.Series:
     return pd.Series(flag.to_numpy(), index=pairs.index)
 
 
+def pending_in_queue(lake: Lake, pairs: pd.DataFrame, *, queue_id: str) -> pd.Series:
+    """Per row of ``pairs`` (item_id, category, scored_at): an earlier queue (another queue id)
+    queued the pair at or after its current score and no review of it has come in since."""
+    if pairs.empty or not lake.exists("review_queue"):
+        return pd.Series(False, index=pairs.index)
+    cats = sorted(pairs["category"].unique())
+    queued = lake.read("review_queue", filter=pc.field("category").isin(cats) & (pc.field("queue_id") != queue_id),
+                       columns=["item_id", "category", "queued_at"])
+    if queued.num_rows == 0:
+        return pd.Series(False, index=pairs.index)
+    last = queued.group_by(["item_id", "category"]).aggregate([("queued_at", "max")]).to_pandas()
+    merged = pairs[["item_id", "category", "scored_at"]].merge(last, on=["item_id", "category"], how="left")
+    flag = merged["queued_at_max"].notna() & (merged["queued_at_max"] >= merged["scored_at"])
+    if lake.exists("labels"):
+        labels = lake.read("labels", filter=pc.field("category").isin(cats),
+                           columns=["item_id", "category", "reviewed_at"])
+        reviewed = labels.group_by(["item_id", "category"]).aggregate([("reviewed_at", "max")]).to_pandas()
+        merged = merged.merge(reviewed, on=["item_id", "category"], how="left")
+        flag &= ~(merged["reviewed_at_max"].notna() & (merged["reviewed_at_max"] >= merged["queued_at_max"]))
+    return pd.Series(flag.to_numpy(dtype=bool), index=pairs.index)
+
+
 def _rank(keys: list[str], seed: int) -> list[str]:
     # hashlib per candidate (as diff's sample): reproducible in any SQL engine, independent of the other rows.
     return [hashlib.sha256(f"{seed}:{k}".encode()).hexdigest() for k in keys]
@@ -542,6 +564,7 @@ class QueueResult:
     scored_items: int  # items with a current score for at least one of the policy's categories
     scored_pairs: int  # (item, category) pairs with a current score
     labelled_skipped: int  # pairs left out: labelled at or after their latest score
+    pending_skipped: int  # pairs left out: queued by an earlier queue for this score, not reviewed yet
     band_pairs: int  # pairs in the uncertain band (after that)
     audit_candidates: int  # items the audit sample was drawn from
     written: bool  # False: this queue_id was committed before (rows: what it holds)
@@ -556,7 +579,8 @@ class QueueResult:
         lines = [(
             f"review queue {self.queue_id}: policy {self.policy_id} v{self.policy_version} over {self.scored_items} "
             f"scored items / {self.scored_pairs} item x category pairs (scores version {self.scores_version}); "
-            f"{self.labelled_skipped} pairs already labelled after their score; {self.band_pairs} pairs in the "
+            f"{self.labelled_skipped} pairs already labelled after their score; {self.pending_skipped} pairs "
+            f"still pending in an earlier queue; {self.band_pairs} pairs in the "
             f"uncertain band (±{self.params.get('band')}); {self.rows.num_rows} rows queued"
             + ("" if self.written or not self.rows.num_rows else " (committed before: nothing written)")
         )]
@@ -575,7 +599,8 @@ class QueueResult:
 
 def build_review_queue(lake: Lake | str, policy_path: str | Path, *, per_stratum: int = 20, audit: int = 50,
                        band: float = 0.1, slice_columns: tuple[str, ...] | list[str] = ("language", "item_type"),
-                       seed: int = 0, queue_id: str | None = None, models_dir: Path | None = None) -> QueueResult:
+                       seed: int = 0, queue_id: str | None = None, requeue_pending: bool = False,
+                       models_dir: Path | None = None) -> QueueResult:
     """Sample the items of one policy version that humans should review next into ``review_queue``.
 
     Current scores are decide's (:func:`moderation.decide.latest_scores`): the newest row per
@@ -596,8 +621,10 @@ def build_review_queue(lake: Lake | str, policy_path: str | Path, *, per_stratum
     Rows carry the item's category score, the category's threshold, the model giving the score,
     and the item's attributes. All rows are one commit with the app transaction
     ``review_queue/<queue_id>``: calling again with the same ``queue_id`` writes nothing (and
-    returns the rows stored). Items queued by an earlier queue but not labelled yet are queued
-    again. Records a ``runs`` row (kind ``review_queue``, run_id = queue_id): the policy
+    returns the rows stored). Pairs an earlier queue holds for their current score and that no
+    review has answered since (:func:`pending_in_queue`) are left out, so reviewers never get the
+    same open pair twice; ``requeue_pending`` queues them again (e.g. a queue that was abandoned).
+    Records a ``runs`` row (kind ``review_queue``, run_id = queue_id): the policy
     columns, model ids/digests, modalities, categories, scores_version, scored_pairs (pairs
     with a current score), unchanged_pairs (pairs skipped as labelled after their score),
     selected_pairs (rows queued), chunks_committed, config_hash (sha256 of the sampling
@@ -622,7 +649,7 @@ def build_review_queue(lake: Lake | str, policy_path: str | Path, *, per_stratum
     policy = loaded.policy
     queue_id = queue_id or new_run_id("review_queue")
     params = {"per_stratum": per_stratum, "audit": audit, "band": band, "slice_columns": list(slice_columns),
-              "seed": seed}
+              "seed": seed, "requeue_pending": requeue_pending}
 
     latest, scores_version = current_scores(lake, loaded, registry)
     attrs = item_attributes(latest)
@@ -630,7 +657,9 @@ def build_review_queue(lake: Lake | str, policy_path: str | Path, *, per_stratum
     scored_pairs = len(pairs)
     scored_items = int(pairs["item_id"].nunique()) if scored_pairs else 0
     done = labelled_after_score(lake, pairs)
-    open_pairs = pairs[~done.to_numpy(dtype=bool)] if scored_pairs else pairs
+    pending = (pd.Series(False, index=pairs.index) if requeue_pending
+               else pending_in_queue(lake, pairs, queue_id=queue_id) & ~done)
+    open_pairs = pairs[~(done | pending).to_numpy(dtype=bool)] if scored_pairs else pairs
     band_rows = open_pairs[in_band(open_pairs, band).to_numpy(dtype=bool)] if len(open_pairs) else open_pairs
     uncertain = sample_uncertain(band_rows, attrs, slice_columns=slice_columns, per_stratum=per_stratum, seed=seed)
     uncertain = uncertain.assign(reason="uncertain")
@@ -677,7 +706,8 @@ def build_review_queue(lake: Lake | str, policy_path: str | Path, *, per_stratum
     ))
     return QueueResult(queue_id=queue_id, policy_id=policy.policy_id, policy_version=policy.version,
                        scores_version=scores_version, scored_items=scored_items, scored_pairs=scored_pairs,
-                       labelled_skipped=int(done.sum()) if scored_pairs else 0, band_pairs=len(band_rows),
+                       labelled_skipped=int(done.sum()) if scored_pairs else 0,
+                       pending_skipped=int(pending.sum()) if scored_pairs else 0, band_pairs=len(band_rows),
                        audit_candidates=candidates, written=written, rows=table, params=params)
 
 

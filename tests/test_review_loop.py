@@ -239,7 +239,7 @@ def test_pairs_pending_in_an_earlier_queue_are_not_queued_twice(scored_lake, tmp
     assert len(hate_q1) == 25 and hate_q2 == {f"en{i:02}" for i in range(30)} - queued_hate  # the en tracks left
     assert "still pending in an earlier queue" in q2.summary()
     # A review answers one pending pair: it is labelled (skipped as such), no longer pending.
-    en_pending = sorted(i for i, c in _pairs(q1.rows) if c == "hate" and i.startswith("en"))[0]
+    en_pending = min(i for i, c in _pairs(q1.rows) if c == "hate" and i.startswith("en"))
     import_labels(lake, write_csv(tmp_path / "l.csv", HEADER + f"{en_pending},hate,violating,,{dt.datetime.now(dt.timezone.utc).isoformat()},,r\n"))
     q3 = build_review_queue(lake, POLICY_V1, per_stratum=10, audit=8, band=0.05, seed=1, queue_id="q3")
     assert (en_pending, "hate") not in _pairs(q3.rows) and q3.labelled_skipped == 1

@@ -169,7 +169,8 @@ def test_report_names_what_was_evaluated(report, report_lake):
     assert PROD in summary and BASE in summary
     # Model vs baseline: each category's difference carries its paired interval and verdict.
     paired = re.findall(r"([+-]\d\.\d{3}) \[([+-]\d\.\d{3}),([+-]\d\.\d{3})\] (better|worse|no clear difference)", text)
-    assert len(paired) == len(CATEGORIES)
+    # (and so does each shown slice: "large" and "mid" per category)
+    assert len(paired) == 3 * len(CATEGORIES)
     for diff, lo, hi, verdict in paired:
         assert float(lo) <= float(diff) <= float(hi)
         assert verdict == ("better" if float(lo) > 0 else "worse" if float(hi) < 0 else "no clear difference")
@@ -191,6 +192,10 @@ def test_slice_tables_keep_slices_with_enough_examples(report, report_lake):
     # The baseline is perfect on "mid": those rows are flagged, "large" ones are not.
     flagged = {(cells[1], cls) for cls, cells in page.slice_rows}
     assert {v for v, cls in flagged if cls == "below-baseline"} == {"mid"}
+    # The paired difference from the baseline: measurably worse on "mid" (highlighted), not on "large".
+    verdicts = {(cells[1], cells[-1].rsplit("] ", 1)[-1]) for _, cells in page.slice_rows}
+    assert ("mid", "worse") in verdicts and ("large", "worse") not in verdicts
+    assert text.count('class="worse-than-baseline"') == len(CATEGORIES)
     assert 'class="widest-gap"' in text
     assert text.count("Widest FPR gap") == 2 * len(CATEGORIES)
 

@@ -19,6 +19,7 @@ import base64
 import datetime as dt
 import html
 import io
+import logging
 import math
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -33,13 +34,18 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve
 
 from moderation.errors import ModerationError
+from moderation.evaluation.compare import compare_predictions
+from moderation.evaluation.datasets import SLICE_PREFIX, read_dataset, slice_columns
 from moderation.evaluation.evaluate import (
     DEFAULT_THRESHOLD,
     MIN_GAP_NEGATIVES,
     latest_results,
+    slice_members,
 )
 from moderation.evaluation.metrics import paired_difference
 from moderation.lake import Lake
+
+log = logging.getLogger(__name__)
 
 REPORT_HTML = "eval_report.html"
 SUMMARY_PNG = "eval_summary.png"
@@ -65,6 +71,7 @@ th { background: #f0f0f0; }
 td:first-child, th:first-child { text-align: left; }
 tr.below-baseline td { background: #fde2e1; }
 td.widest-gap { background: #ffe08a; font-weight: bold; }
+td.worse-than-baseline { background: #f4a09c; font-weight: bold; }
 tr.below-baseline td.widest-gap { background: #f7b267; }
 dl.meta { display: grid; grid-template-columns: max-content auto; gap: .15em 1em; }
 dl.meta dt { font-weight: bold; }
@@ -94,6 +101,10 @@ class DatasetEvaluation:
     predictions: pd.DataFrame
     models: pd.DataFrame
     omitted_policies: list[str] = field(default_factory=list)
+    #: slice column (without the ``slice_`` prefix) -> value -> example ids, from the dataset
+    #: version itself; empty when that version can no longer be read (paired slice comparisons
+    #: are then left out of the report).
+    members: dict[str, dict[str, set[str]]] = field(default_factory=dict)
 
     @property
     def categories(self) -> list[str]:
@@ -215,8 +226,20 @@ def load_evaluations(lake: Lake, datasets: list[str] | None = None) -> list[Data
         rows, omitted = _newest_policy(rows[rows["dataset_version"].eq(version)])
         models = _model_frame(rows)
         preds = _read_predictions(lake, name, version, models["model_digest"].tolist())
-        out.append(DatasetEvaluation(name, version, rows.reset_index(drop=True), preds, models, omitted))
+        out.append(DatasetEvaluation(name, version, rows.reset_index(drop=True), preds, models, omitted,
+                                     _slice_members(lake, name, version)))
     return out
+
+
+def _slice_members(lake: Lake, name: str, version: int) -> dict[str, dict[str, set[str]]]:
+    """Slice membership of one dataset version; empty (with a log line) when it is unreadable,
+    e.g. vacuumed: the rest of the report needs only results and predictions."""
+    try:
+        rows, _ = read_dataset(lake, name, version)
+    except ModerationError as e:
+        log.warning("report: no paired slice comparison for %s v%d: %s", name, version, e)
+        return {}
+    return {c[len(SLICE_PREFIX):]: slice_members(rows, c) for c in slice_columns(rows)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -581,9 +604,45 @@ def _slice_table(ev: DatasetEvaluation, category: str, min_slice_n: int) -> str:
         if gap.notna().any() and gap.max() > 0:
             for i in np.flatnonzero(np.isclose(gap, gap.max())):
                 cells[(int(i), (label, "FPR gap"))] = "widest-gap"
+    base, paired = _paired_slices(ev, category, index, min_slice_n)
+    for label, verdicts in paired.items():
+        key = (f"PR-AUC − {base} (paired 95% interval)", label)
+        columns[key] = verdicts
+        for i in np.flatnonzero(verdicts.str.endswith(" worse").to_numpy()):
+            cells[(int(i), key)] = "worse-than-baseline"
     table = pd.DataFrame(columns)
     below = _below_baseline(index.set_index(keys).index, sl)
     return _classed_table(table, "slices", ["below-baseline" if x else "" for x in below], cells)
+
+
+def _paired_slices(ev: DatasetEvaluation, category: str, index: pd.DataFrame,
+                   min_slice_n: int) -> tuple[str, dict[str, pd.Series]]:
+    """(the baseline's label, per production model label: for each slice of ``index``,
+    "A − B [lo, hi] verdict" of its PR-AUC against that baseline, the first one; paired
+    bootstrap, :mod:`moderation.evaluation.compare`)."""
+    models = ev.models
+    bases = models[models["model_role"].eq("baseline")]
+    if bases.empty or not ev.members:
+        return "", {}
+    base = bases.iloc[0]
+    p = ev.predictions[ev.predictions["category"].eq(category)]
+    b = p[p["model_digest"].eq(base["model_digest"])]
+    out = {}
+    for _, prod in models[~models["model_role"].eq("baseline")].iterrows():
+        a = p[p["model_digest"].eq(prod["model_digest"])]
+        if a.empty or b.empty:
+            continue
+        samples = 0 if _missing(prod["bootstrap_samples"]) else int(prod["bootstrap_samples"])
+        if samples <= 0:
+            continue  # evaluated without resampling: no intervals anywhere in its tables
+        rows = compare_predictions(a, b, ev.members, min_slice_n=min_slice_n, bootstrap=samples, seed=0)
+        rows = rows[rows["metric"].eq("pr_auc") & rows["slice_column"].notna()]
+        text = {(r.slice_column, r.slice_value): (f"{r.diff:+.3f} [{r.lo:+.3f},{r.hi:+.3f}] {r.verdict}"
+                                                  if r.verdict else "–")
+                for r in rows.itertuples(index=False)}
+        out[prod["label"]] = pd.Series([text.get((c, v), "–") for c, v in
+                                        zip(index["slice_column"], index["slice_value"])], dtype=object)
+    return base["label"], out
 
 
 def _gap_lines(ev: DatasetEvaluation, category: str) -> str:
@@ -610,7 +669,9 @@ def category_section(ev: DatasetEvaluation, category: str, colors: dict[str, str
     cal = calibration_figure(ev, category, colors)
     figures = (f'<div class="figures">{_img(pr, "pr-curve", f"precision-recall curves, {category}")}'
                f'{_img(cal, "calibration", f"reliability diagrams, {category}")}</div>')
-    note = ('<p class="note">Slice rows in red: a production model\'s PR-AUC is below a baseline\'s; '
+    note = ('<p class="note">Slice rows in red: a production model\'s PR-AUC is below a baseline\'s (point '
+            'estimate); PR-AUC − baseline: the difference from the first baseline with a paired 95% bootstrap '
+            'interval and its verdict, in bold red where the interval lies below 0 (measurably worse); '
             'yellow: each model\'s widest FPR gap (this slice\'s FPR minus the lowest FPR among the same '
             f'column\'s slices with at least {MIN_GAP_NEGATIVES} negatives).</p>')
     html_ = (f'<h3 id="{_anchor(ev.name, category)}">{_esc(ev.name)} v{ev.version}: {_esc(category)}</h3>'

@@ -210,3 +210,21 @@ def test_unknown_dataset_is_refused(report_lake, tmp_path):
     lake, _ = report_lake
     with pytest.raises(ModerationError, match="nope"):
         write_report(lake, tmp_path / "out", datasets=["nope"])
+
+
+def test_a_dataset_version_no_longer_readable_leaves_out_only_the_paired_slices(report_lake, tmp_path, caplog):
+    import shutil
+
+    lake, _ = report_lake
+    copy = tmp_path / "lake"
+    shutil.copytree(lake.root, copy)
+    shutil.rmtree(copy / "eval" / "datasets" / DATASET)  # e.g. vacuumed or deleted since the evaluation
+    files = write_report(Lake(str(copy)), tmp_path / "out", min_slice_n=30)
+    text = files.html.read_text(encoding="utf-8")
+    assert "paired 95% interval" not in text and 'class="worse-than-baseline"' not in text
+    assert "no paired slice comparison" in caplog.text
+    # Everything else is still there, the overall paired difference included.
+    page = _Page()
+    page.feed(text)
+    assert len(page.imgs) == 2 * len(CATEGORIES) + 1 and page.slice_rows
+    assert re.search(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3},[+-]\d\.\d{3}\] (better|worse|no clear difference)", text)

@@ -1,7 +1,9 @@
 """``moderation eval report``: a static HTML report of the evaluation results, and a PNG summary.
 
 The report reads what ``moderation evaluate`` wrote (``<lake>/eval/results`` and
-``eval/predictions``) and needs neither the models nor the datasets. For each dataset (its
+``eval/predictions``) and never loads a model; it reads each dataset version only for slice
+membership, to compare the production models with the baseline per slice with paired bootstrap
+intervals (left out, with a warning, when the version is no longer readable). For each dataset (its
 latest evaluated version) it shows what was evaluated (models and digests, policy, code
 version, when), and per category: the precision-recall curves of every model with the operating
 point at the policy threshold, reliability diagrams, the overall metrics with their bootstrap
@@ -526,8 +528,8 @@ def comparison_section(evaluations: list[DatasetEvaluation], summary_img: str, m
             '<p class="note">PR-AUC is average precision with its 95% bootstrap interval. Rows in red: the '
             'production model is below the baseline overall. Slices below baseline counts the slice values with '
             f'at least {min_slice_n} examples where the production PR-AUC is lower. The difference carries a paired '
-            '95% bootstrap interval (both models scored on the same resamples) and its verdict; '
-            '<code>moderation eval compare</code> gives it per slice.</p>'
+            '95% bootstrap interval (both models scored on the same resamples) and its verdict; the slice '
+            'tables give it per slice (<code>moderation eval compare</code> prints it for any two models).</p>'
             f"<div>{summary_img}</div></section>")
 
 

@@ -93,6 +93,13 @@ def test_paired_difference_of_two_models():
     assert one_class["pr_auc"]["verdict"] is None and one_class["pr_auc"]["diff"] is None
     with pytest.raises(ValueError, match="labels"):
         paired_difference(y, good[:-1], noise)
+    # Two prediction sets of the same examples must agree on the labels.
+    from moderation.errors import ModerationError
+    from moderation.evaluation.compare import compare_predictions
+
+    a = pd.DataFrame({"example_id": ["e1", "e2"], "category": "hate", "score": [0.1, 0.9], "label": [0, 1]})
+    with pytest.raises(ModerationError, match="different labels"):
+        compare_predictions(a, a.assign(label=[1, 1]), {}, bootstrap=100)
 
 
 def test_point_metrics_intervals_and_calibration_error():

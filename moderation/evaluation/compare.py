@@ -63,7 +63,7 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, slices: dict[str, dict
     keep = ["example_id", "category", "score", "label"]
     both = a[keep].merge(b[keep], on=["example_id", "category"], suffixes=("_a", "_b"))
     both = both[both["score_a"].notna() & both["score_b"].notna()]
-    if not both["label_a"].equals(both["label_b"]):
+    if not (both["label_a"].to_numpy(dtype=int) == both["label_b"].to_numpy(dtype=int)).all():
         raise ModerationError("the two models' predictions carry different labels for the same examples")
     out = []
     for cat, group in both.groupby("category", sort=True):

@@ -21,13 +21,8 @@ import pandas as pd
 
 from moderation.config import load_model_registry
 from moderation.errors import ConfigError, ModerationError
-from moderation.evaluation.datasets import (
-    SLICE_PREFIX,
-    label_categories,
-    read_dataset,
-    slice_columns,
-)
-from moderation.evaluation.evaluate import baseline_models, predictions, slice_members
+from moderation.evaluation.datasets import label_categories, read_dataset
+from moderation.evaluation.evaluate import baseline_models, dataset_slices, predictions
 from moderation.evaluation.metrics import PAIRED_METRICS, paired_difference
 from moderation.lake import Lake
 
@@ -107,7 +102,7 @@ def compare(*, lake_root: str, dataset: str, model_id: str, against: list[str] |
     if not others:
         raise ConfigError(f"nothing to compare {model_id} with: pass --against MODEL (no registry baseline "
                           f"scores {sorted(set(spec.categories) & set(label_categories(rows)))} on {dataset})")
-    slices = {c[len(SLICE_PREFIX):]: slice_members(rows, c) for c in slice_columns(rows)}
+    slices = dataset_slices(rows)
     preds_a, _, _ = predictions(lake, spec, dataset, batch_size=batch_size, progress=progress, read=(rows, version))
     out = []
     for other in others:

@@ -166,14 +166,17 @@ def predictions(lake: Lake, spec: ModelSpec, dataset: str, *, version: int | Non
 # ---------------------------------------------------------------------------------------
 # Metrics tables
 # ---------------------------------------------------------------------------------------
-def slice_members(rows: pa.Table, column: str) -> dict[str, set[str]]:
-    """slice value -> example ids (list-valued slices put an example in each of its values)."""
+def dataset_slices(rows: pa.Table) -> dict[str, dict[str, set[str]]]:
+    """slice name (``slice_`` prefix dropped) -> slice value -> example ids; a list-valued slice
+    puts an example in each of its values."""
     ids = rows.column("example_id").to_pylist()
-    out: dict[str, set[str]] = {}
-    for eid, value in zip(ids, rows.column(column).to_pylist()):
-        for v in (value if isinstance(value, list) else [value]):
-            out.setdefault("(none)" if v is None else str(v), set()).add(eid)
-    return out
+    slices: dict[str, dict[str, set[str]]] = {}
+    for column in slice_columns(rows):
+        out = slices.setdefault(column[len(SLICE_PREFIX):], {})
+        for eid, value in zip(ids, rows.column(column).to_pylist()):
+            for v in (value if isinstance(value, list) else [value]):
+                out.setdefault("(none)" if v is None else str(v), set()).add(eid)
+    return slices
 
 
 def _thresholds(policy: LoadedPolicy | None, cats: list[str]) -> dict[str, float]:
@@ -187,7 +190,7 @@ def metric_rows(preds: pd.DataFrame, rows: pa.Table, *, thresholds: dict[str, fl
                 bootstrap: int, seed: int) -> list[dict]:
     """Metric rows per category: overall, then per slice value of each slice column."""
     out = []
-    slices = {c: slice_members(rows, c) for c in slice_columns(rows)}
+    slices = dataset_slices(rows)
     for cat, group in preds.groupby("category", sort=True):
         ok = group[group["score"].notna()]
         quarantined = int(len(group) - len(ok))
@@ -195,7 +198,7 @@ def metric_rows(preds: pd.DataFrame, rows: pa.Table, *, thresholds: dict[str, fl
         parts = [(None, None, ok)]
         for col, members in slices.items():
             for value, ids in sorted(members.items()):
-                parts.append((col[len(SLICE_PREFIX):], value, ok[ok["example_id"].isin(ids)]))
+                parts.append((col, value, ok[ok["example_id"].isin(ids)]))
         cat_rows = []
         for col, value, part in parts:
             if part.empty and col is not None:

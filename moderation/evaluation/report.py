@@ -37,12 +37,12 @@ from sklearn.metrics import precision_recall_curve
 
 from moderation.errors import ModerationError
 from moderation.evaluation.compare import compare_predictions
-from moderation.evaluation.datasets import SLICE_PREFIX, read_dataset, slice_columns
+from moderation.evaluation.datasets import read_dataset
 from moderation.evaluation.evaluate import (
     DEFAULT_THRESHOLD,
     MIN_GAP_NEGATIVES,
+    dataset_slices,
     latest_results,
-    slice_members,
 )
 from moderation.evaluation.metrics import paired_difference
 from moderation.lake import Lake
@@ -241,7 +241,7 @@ def _slice_members(lake: Lake, name: str, version: int) -> dict[str, dict[str, s
     except ModerationError as e:
         log.warning("report: no paired slice comparison for %s v%d: %s", name, version, e)
         return {}
-    return {c[len(SLICE_PREFIX):]: slice_members(rows, c) for c in slice_columns(rows)}
+    return dataset_slices(rows)
 
 
 # ---------------------------------------------------------------------------------------

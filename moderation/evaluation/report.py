@@ -44,7 +44,6 @@ from moderation.evaluation.evaluate import (
     dataset_slices,
     latest_results,
 )
-from moderation.evaluation.metrics import paired_difference
 from moderation.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -107,6 +106,7 @@ class DatasetEvaluation:
     #: version itself; empty when that version can no longer be read (paired slice comparisons
     #: are then left out of the report).
     members: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    _paired: dict[tuple, pd.DataFrame] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def categories(self) -> list[str]:
@@ -127,6 +127,21 @@ class DatasetEvaluation:
         p = self.predictions
         part = p[p["category"].eq(category) & p["model_digest"].eq(digest) & p["score"].notna()]
         return part["label"].to_numpy(dtype=int), part["score"].to_numpy(dtype=float)
+
+    def paired(self, category: str, prod: pd.Series, base: pd.Series, min_slice_n: int) -> pd.DataFrame:
+        """PR-AUC rows of :func:`compare_predictions` of ``prod`` against ``base`` (overall, then
+        the slices of ``members``), with the production model's bootstrap resamples; computed
+        once per pair for the summary and the slice table; empty without resamples or common
+        predictions."""
+        key = (category, prod["model_digest"], base["model_digest"], min_slice_n)
+        if key not in self._paired:
+            p = self.predictions[self.predictions["category"].eq(category)]
+            a, b = p[p["model_digest"].eq(prod["model_digest"])], p[p["model_digest"].eq(base["model_digest"])]
+            samples = 0 if _missing(prod["bootstrap_samples"]) else int(prod["bootstrap_samples"])
+            rows = (compare_predictions(a, b, self.members, min_slice_n=min_slice_n, bootstrap=samples, seed=0)
+                    if samples > 0 and not a.empty and not b.empty else pd.DataFrame(columns=["metric"]))
+            self._paired[key] = rows[rows["metric"].eq("pr_auc")].reset_index(drop=True)
+        return self._paired[key]
 
     def _ordered(self, rows: pd.DataFrame) -> pd.DataFrame:
         keys = self.models[["model_digest", "label", "model_role"]].assign(_order=range(len(self.models)))
@@ -483,24 +498,16 @@ def _comparison_row(ev: DatasetEvaluation, category: str, prod: pd.Series, base:
     if not _missing(prod["pr_auc"]) and not _missing(base["pr_auc"]):
         row["difference"] = f"{prod['pr_auc'] - base['pr_auc']:+.3f}"
         row["_below"] = prod["pr_auc"] < base["pr_auc"]
-        row["difference"] += _paired_interval(ev, category, prod, base)
+        overall = ev.paired(category, prod, base, min_slice_n)
+        overall = overall[overall["slice_column"].isna()]
+        if len(overall) and overall.iloc[0]["verdict"]:
+            row["difference"] = _paired_text(next(overall.itertuples(index=False)))
     return row
 
 
-def _paired_interval(ev: DatasetEvaluation, category: str, prod: pd.Series, base: pd.Series) -> str:
-    """" [lo,hi] verdict" of the PR-AUC difference on the examples both models scored, from a
-    paired bootstrap (the same resamples for both models; ``moderation eval compare`` gives it
-    per slice); empty when there are no common predictions."""
-    cols = ["example_id", "score", "label"]
-    p = ev.predictions[ev.predictions["category"].eq(category)]
-    both = p[p["model_digest"].eq(prod["model_digest"])][cols].merge(
-        p[p["model_digest"].eq(base["model_digest"])][cols], on=["example_id", "label"]).dropna()
-    samples = int(prod["bootstrap_samples"]) if not _missing(prod["bootstrap_samples"]) else 0
-    if both.empty or samples <= 0:
-        return ""
-    d = paired_difference(both["label"].to_numpy(int), both["score_x"].to_numpy(float),
-                          both["score_y"].to_numpy(float), samples=samples)["pr_auc"]
-    return "" if d["verdict"] is None else f" [{d['lo']:+.3f},{d['hi']:+.3f}] {d['verdict']}"
+def _paired_text(r) -> str:
+    """"A - B [lo,hi] verdict" of one row of :meth:`DatasetEvaluation.paired`."""
+    return f"{r.diff:+.3f} [{r.lo:+.3f},{r.hi:+.3f}] {r.verdict}" if r.verdict else "–"
 
 
 def comparison_frame(evaluations: list[DatasetEvaluation], min_slice_n: int) -> pd.DataFrame:
@@ -627,21 +634,13 @@ def _paired_slices(ev: DatasetEvaluation, category: str, index: pd.DataFrame,
     if bases.empty or not ev.members:
         return "", {}
     base = bases.iloc[0]
-    p = ev.predictions[ev.predictions["category"].eq(category)]
-    b = p[p["model_digest"].eq(base["model_digest"])]
     out = {}
     for _, prod in models[~models["model_role"].eq("baseline")].iterrows():
-        a = p[p["model_digest"].eq(prod["model_digest"])]
-        if a.empty or b.empty:
-            continue
-        samples = 0 if _missing(prod["bootstrap_samples"]) else int(prod["bootstrap_samples"])
-        if samples <= 0:
-            continue  # evaluated without resampling: no intervals anywhere in its tables
-        rows = compare_predictions(a, b, ev.members, min_slice_n=min_slice_n, bootstrap=samples, seed=0)
-        rows = rows[rows["metric"].eq("pr_auc") & rows["slice_column"].notna()]
-        text = {(r.slice_column, r.slice_value): (f"{r.diff:+.3f} [{r.lo:+.3f},{r.hi:+.3f}] {r.verdict}"
-                                                  if r.verdict else "–")
-                for r in rows.itertuples(index=False)}
+        rows = ev.paired(category, prod, base, min_slice_n)
+        if rows.empty:
+            continue  # no common predictions, or evaluated without resampling
+        rows = rows[rows["slice_column"].notna()]
+        text = {(r.slice_column, r.slice_value): _paired_text(r) for r in rows.itertuples(index=False)}
         out[prod["label"]] = pd.Series([text.get((c, v), "–") for c, v in
                                         zip(index["slice_column"], index["slice_value"])], dtype=object)
     return base["label"], out

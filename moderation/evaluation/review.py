@@ -454,41 +454,32 @@ def in_band(scores: pd.DataFrame, band: float) -> pd.Series:
     return near | review
 
 
+def _newest_since_score(lake: Lake, table: str, column: str, pairs: pd.DataFrame, flt=None) -> pd.Series:
+    """Per row of ``pairs`` (item_id, category, scored_at): the newest ``column`` of ``table``
+    for that pair is at or after ``scored_at`` (False where the pair has no row)."""
+    if pairs.empty or not lake.exists(table):
+        return pd.Series(False, index=pairs.index)
+    cats = pc.field("category").isin(sorted(pairs["category"].unique()))
+    rows = lake.read(table, filter=cats if flt is None else cats & flt, columns=["item_id", "category", column])
+    if rows.num_rows == 0:
+        return pd.Series(False, index=pairs.index)
+    last = rows.group_by(["item_id", "category"]).aggregate([(column, "max")]).to_pandas()
+    merged = pairs[["item_id", "category", "scored_at"]].merge(last, on=["item_id", "category"], how="left")
+    flag = merged[f"{column}_max"].notna() & (merged[f"{column}_max"] >= merged["scored_at"])
+    return pd.Series(flag.to_numpy(dtype=bool), index=pairs.index)
+
+
 def labelled_after_score(lake: Lake, pairs: pd.DataFrame) -> pd.Series:
     """Per row of ``pairs`` (item_id, category, scored_at): ``labels`` holds a review of the item
     for the category at or after ``scored_at``."""
-    if pairs.empty or not lake.exists("labels"):
-        return pd.Series(False, index=pairs.index)
-    cats = sorted(pairs["category"].unique())
-    labels = lake.read("labels", filter=pc.field("category").isin(cats), columns=["item_id", "category", "reviewed_at"])
-    if labels.num_rows == 0:
-        return pd.Series(False, index=pairs.index)
-    last = labels.group_by(["item_id", "category"]).aggregate([("reviewed_at", "max")]).to_pandas()
-    merged = pairs[["item_id", "category", "scored_at"]].merge(last, on=["item_id", "category"], how="left")
-    flag = merged["reviewed_at_max"].notna() & (merged["reviewed_at_max"] >= merged["scored_at"])
-    return pd.Series(flag.to_numpy(), index=pairs.index)
+    return _newest_since_score(lake, "labels", "reviewed_at", pairs)
 
 
-def pending_in_queue(lake: Lake, pairs: pd.DataFrame, *, queue_id: str) -> pd.Series:
+def queued_after_score(lake: Lake, pairs: pd.DataFrame, *, queue_id: str) -> pd.Series:
     """Per row of ``pairs`` (item_id, category, scored_at): an earlier queue (another queue id)
-    queued the pair at or after its current score and no review of it has come in since."""
-    if pairs.empty or not lake.exists("review_queue"):
-        return pd.Series(False, index=pairs.index)
-    cats = sorted(pairs["category"].unique())
-    queued = lake.read("review_queue", filter=pc.field("category").isin(cats) & (pc.field("queue_id") != queue_id),
-                       columns=["item_id", "category", "queued_at"])
-    if queued.num_rows == 0:
-        return pd.Series(False, index=pairs.index)
-    last = queued.group_by(["item_id", "category"]).aggregate([("queued_at", "max")]).to_pandas()
-    merged = pairs[["item_id", "category", "scored_at"]].merge(last, on=["item_id", "category"], how="left")
-    flag = merged["queued_at_max"].notna() & (merged["queued_at_max"] >= merged["scored_at"])
-    if lake.exists("labels"):
-        labels = lake.read("labels", filter=pc.field("category").isin(cats),
-                           columns=["item_id", "category", "reviewed_at"])
-        reviewed = labels.group_by(["item_id", "category"]).aggregate([("reviewed_at", "max")]).to_pandas()
-        merged = merged.merge(reviewed, on=["item_id", "category"], how="left")
-        flag &= ~(merged["reviewed_at_max"].notna() & (merged["reviewed_at_max"] >= merged["queued_at_max"]))
-    return pd.Series(flag.to_numpy(dtype=bool), index=pairs.index)
+    queued the pair at or after its current score. Such a pair not labelled since its score
+    (:func:`labelled_after_score`) is still pending with the reviewers."""
+    return _newest_since_score(lake, "review_queue", "queued_at", pairs, pc.field("queue_id") != queue_id)
 
 
 def _rank(keys: list[str], seed: int) -> list[str]:
@@ -622,7 +613,7 @@ def build_review_queue(lake: Lake | str, policy_path: str | Path, *, per_stratum
     and the item's attributes. All rows are one commit with the app transaction
     ``review_queue/<queue_id>``: calling again with the same ``queue_id`` writes nothing (and
     returns the rows stored). Pairs an earlier queue holds for their current score and that no
-    review has answered since (:func:`pending_in_queue`) are left out, so reviewers never get the
+    review has answered since (:func:`queued_after_score`, not labelled since) are left out, so reviewers never get the
     same open pair twice; ``requeue_pending`` queues them again (e.g. a queue that was abandoned).
     Records a ``runs`` row (kind ``review_queue``, run_id = queue_id): the policy
     columns, model ids/digests, modalities, categories, scores_version, scored_pairs (pairs
@@ -658,7 +649,7 @@ def build_review_queue(lake: Lake | str, policy_path: str | Path, *, per_stratum
     scored_items = int(pairs["item_id"].nunique()) if scored_pairs else 0
     done = labelled_after_score(lake, pairs)
     pending = (pd.Series(False, index=pairs.index) if requeue_pending
-               else pending_in_queue(lake, pairs, queue_id=queue_id) & ~done)
+               else queued_after_score(lake, pairs, queue_id=queue_id) & ~done)
     open_pairs = pairs[~(done | pending).to_numpy(dtype=bool)] if scored_pairs else pairs
     band_rows = open_pairs[in_band(open_pairs, band).to_numpy(dtype=bool)] if len(open_pairs) else open_pairs
     uncertain = sample_uncertain(band_rows, attrs, slice_columns=slice_columns, per_stratum=per_stratum, seed=seed)

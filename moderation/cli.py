@@ -540,7 +540,7 @@ def eval_compare(
     """Model A against model B on the same examples, per category and slice: PR-AUC and ROC-AUC
     differences with paired bootstrap 95% intervals and a verdict (better / worse / no clear
     difference). Reuses stored predictions; writes nothing to the lake."""
-    from moderation.evaluation.compare import compare, format_comparison
+    from moderation.evaluation.compare import compare, comparisons_frame, format_comparison
 
     _setup_logging(verbose)
     try:
@@ -550,11 +550,8 @@ def eval_compare(
         _fail(e)
     typer.echo("\n\n".join(format_comparison(c) for c in results))
     if csv is not None:
-        import pandas as pd
-
         csv.parent.mkdir(parents=True, exist_ok=True)
-        pd.concat([c.rows.assign(dataset=c.dataset, dataset_version=c.dataset_version, model=c.model,
-                                 against=c.against) for c in results]).to_csv(csv, index=False)
+        comparisons_frame(results).to_csv(csv, index=False)
         typer.echo(f"wrote {csv}")
 
 

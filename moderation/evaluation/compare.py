@@ -116,6 +116,12 @@ def compare(*, lake_root: str, dataset: str, model_id: str, against: list[str] |
     return out
 
 
+def comparisons_frame(comparisons: list[Comparison]) -> pd.DataFrame:
+    """The rows of several comparisons in one table, each row naming its dataset, version and models."""
+    return pd.concat([c.rows.assign(dataset=c.dataset, dataset_version=c.dataset_version, model=c.model,
+                                    against=c.against) for c in comparisons], ignore_index=True)
+
+
 def _num(v) -> str:
     return "-" if v is None or pd.isna(v) else f"{v:.3f}"
 

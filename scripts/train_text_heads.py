@@ -159,10 +159,11 @@ def _embed(encoder: MiniLMEncoder, name: str, texts: list[str], cache_dir: Path 
     return x
 
 
-def _source_weights(rows: list[LabelledText]) -> np.ndarray:
+def _source_weights(rows: list[LabelledText], weights: dict[str, float] = V2_SOURCE_WEIGHTS) -> np.ndarray:
+    """Per row: ``weights["source:label"]``, else ``weights["source"]``, else 1."""
     w = np.ones(len(rows), dtype=np.float32)
     for i, r in enumerate(rows):
-        w[i] = V2_SOURCE_WEIGHTS.get(f"{r.source}:{r.label}", V2_SOURCE_WEIGHTS.get(r.source, 1.0))
+        w[i] = weights.get(f"{r.source}:{r.label}", weights.get(r.source, 1.0))
     return w
 
 
@@ -208,7 +209,7 @@ def _train_unigram(lexical: LexicalModel, config: dict, texts: list[str], rows: 
     among the kept rows. Returns weight [V] and bias per category index."""
     vocab = config["vectorizers"][0]["vocabulary"]
     cols = np.where([" " not in w for w in vocab])[0]
-    sw = np.array([V2_UNIGRAM_WEIGHTS.get(f"{r.source}:{r.label}", V2_UNIGRAM_WEIGHTS.get(r.source, 1.0)) for r in rows])
+    sw = _source_weights(rows, V2_UNIGRAM_WEIGHTS).astype(np.float64)  # 2, 1 and 0: exact in float32
     keep = np.where(sw > 0)[0]
     xs = lexical.transform([texts[i] for i in keep]).tocsr()[:, cols]
     weight = np.zeros((y.shape[1], lexical.weight.shape[1]), dtype=np.float32)

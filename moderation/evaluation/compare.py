@@ -27,6 +27,9 @@ from moderation.evaluation.metrics import PAIRED_METRICS, paired_difference
 from moderation.lake import Lake
 
 METRIC_NAMES = {"pr_auc": "PR-AUC", "roc_auc": "ROC-AUC"}
+#: The columns of a comparison table (:func:`compare_predictions`).
+COLUMNS = ["category", "slice_column", "slice_value", "n", "positives", "metric", "a", "b", "diff", "lo", "hi",
+           "verdict"]
 
 
 @dataclass
@@ -75,8 +78,7 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, slices: dict[str, dict
             for metric in PAIRED_METRICS:
                 out.append({"category": cat, "slice_column": col, "slice_value": value, "n": len(y),
                             "positives": int(y.sum()), "metric": metric, **res[metric]})
-    return pd.DataFrame(out, columns=["category", "slice_column", "slice_value", "n", "positives", "metric",
-                                      "a", "b", "diff", "lo", "hi", "verdict"])
+    return pd.DataFrame(out, columns=COLUMNS)
 
 
 def compare(*, lake_root: str, dataset: str, model_id: str, against: list[str] | None = None,

@@ -36,6 +36,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve
 
 from moderation.errors import ModerationError
+from moderation.evaluation.compare import COLUMNS as COMPARISON_COLUMNS
 from moderation.evaluation.compare import compare_predictions
 from moderation.evaluation.datasets import read_dataset
 from moderation.evaluation.evaluate import (
@@ -139,7 +140,7 @@ class DatasetEvaluation:
             a, b = p[p["model_digest"].eq(prod["model_digest"])], p[p["model_digest"].eq(base["model_digest"])]
             samples = 0 if _missing(prod["bootstrap_samples"]) else int(prod["bootstrap_samples"])
             rows = (compare_predictions(a, b, self.members, min_slice_n=min_slice_n, bootstrap=samples, seed=0)
-                    if samples > 0 and not a.empty and not b.empty else pd.DataFrame(columns=["metric"]))
+                    if samples > 0 and not a.empty and not b.empty else pd.DataFrame(columns=COMPARISON_COLUMNS))
             self._paired[key] = rows[rows["metric"].eq("pr_auc")].reset_index(drop=True)
         return self._paired[key]
 

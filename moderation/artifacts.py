@@ -72,7 +72,34 @@ def read_verified(model_id: str, name: str, ref: ArtifactRef) -> bytes:
         )
     if ref.format == "ctranslate2" and ctranslate2_spec(data) is None:
         raise ArtifactError(f"model {model_id}: artifact {name} ({where}) is not a CTranslate2 model file; refused")
+    if ref.format == "npz" and not is_plain_npz(data):
+        raise ArtifactError(f"model {model_id}: artifact {name} ({where}) is not a zip of .npy arrays; refused")
     return data
+
+
+def is_plain_npz(data: bytes) -> bool:
+    """True when ``data`` is a zip whose every member is a ``.npy`` array file (what
+    ``numpy.savez`` writes); ``load_npz`` still refuses object arrays inside it."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = z.namelist()
+    except zipfile.BadZipFile:
+        return False
+    return bool(names) and all(n.endswith(".npy") and "/" not in n for n in names)
+
+
+def load_npz(data: bytes) -> dict:
+    """The arrays of a verified ``npz`` artifact, name -> ndarray. ``allow_pickle=False``: an
+    object array (a pickle) raises instead of loading."""
+    import io
+
+    import numpy as np
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def ctranslate2_spec(data: bytes) -> str | None:

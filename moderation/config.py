@@ -172,17 +172,23 @@ class ArtifactRef(_Strict):
     #: CTranslate2's ``model.bin`` is a flat binary (version, spec name, then name, shape, dtype
     #: and raw bytes of each variable; ctranslate2/specs/model_spec.py ``_serialize``), read by
     #: C++ and never unpickled. ``read_verified`` checks the bytes carry that header.
-    format: Literal["ctranslate2"] | None = None
+    #: ``npz``: a NumPy zip of plain ``.npy`` arrays, loaded only with ``allow_pickle=False``
+    #: (an object array, the one way an .npz can hold a pickle, is refused by NumPy itself);
+    #: ``read_verified`` checks it is a zip of ``.npy`` members.
+    format: Literal["ctranslate2", "npz"] | None = None
 
     @model_validator(mode="after")
     def _no_pickle(self) -> ArtifactRef:
         if self.format == "ctranslate2":
             if not self.uri.endswith("/model.bin"):
                 raise ValueError(f"artifact {self.uri!r}: format ctranslate2 is a file named model.bin")
+        elif self.format == "npz":
+            if not self.uri.lower().endswith(".npz"):
+                raise ValueError(f"artifact {self.uri!r}: format npz is a file named *.npz")
         elif self.uri.lower().endswith(REFUSED_SUFFIXES):
             raise ValueError(
                 f"artifact {self.uri!r} is in a pickle-based format; only safetensors, json, txt, "
-                "onnx and CTranslate2 (format: ctranslate2) artifacts are loaded"
+                "onnx, CTranslate2 (format: ctranslate2) and NumPy zip (format: npz) artifacts are loaded"
             )
         return self
 
@@ -193,7 +199,7 @@ class ModelSpec(_Strict):
     model_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     modality: Modality
     #: Which classifier implementation loads these artifacts.
-    kind: Literal["minilm_heads", "open_nsfw", "ocr_text", "speech_text", "pdq_bank", "profanity_check"]
+    kind: Literal["minilm_heads", "muse_heads", "open_nsfw", "ocr_text", "speech_text", "pdq_bank", "profanity_check"]
     categories: tuple[str, ...] = Field(min_length=1)
     artifacts: dict[str, ArtifactRef] = Field(min_length=1)
     preprocessing: dict[str, int | float | str] = {}

@@ -300,17 +300,67 @@ def _youtube_heldout(data_dir: Path) -> tuple[pa.Table, dict]:
 
 
 def _germeval(data_dir: Path) -> tuple[pa.Table, dict]:
+    """GermEval 2018's held-out part: the rows ``moderation.corpora`` puts in its test split
+    (the multilingual heads train on its train split; the English heads on none of it)."""
+    from moderation.corpora import hash_split, normalise_key
+
     path = data_dir / "text" / "germeval2018" / "training.txt"
     rows = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f):
             parts = line.rstrip("\n").split("\t")
-            if len(parts) < 3:
+            if len(parts) < 3 or hash_split(normalise_key(parts[0])) != "test":
                 continue
             rows.append({"example_id": f"germeval2018:{i}", "modality": "text", "text": parts[0],
                          "source": "germeval2018", "label_harassment": int(parts[1] == "OFFENSE"),
                          "slice_language": "de", "slice_fine_label": parts[2].lower()})
     return pa.Table.from_pylist(rows), {"file": str(path.relative_to(data_dir)), "sha256": _sha256_file(path)}
+
+
+#: Rows per corpus in the pooled multilingual sets (the test set leaves out HateXplain and
+#: YouTube, which have standard test sets of their own; the validation set holds every corpus).
+POOLED_PER_CORPUS = 800
+
+
+def _pooled(data_dir: Path, split: str) -> tuple[pa.Table, dict]:
+    """One held-out split of every corpus in ``moderation.corpora`` (at most POOLED_PER_CORPUS
+    rows each, the same rows every time: smallest SHA-256 of the text), labels per annotated
+    category, slices ``language`` and ``source``. A text that also occurs in any corpus's
+    training split (short generic posts: "Oui", "non") is left out, so no model trained on the
+    corpora has seen an example; a validation text that is also some corpus's test text is left
+    out of validation, so calibration never sees a test example."""
+    from moderation.corpora import CORPORA, TEXT_CATEGORIES, normalise_key, read_all
+
+    rows, files = [], {}
+    corpus_rows = read_all(data_dir)
+    excluded = {"train"} | ({"test"} if split == "validation" else set())
+    trained = {normalise_key(r.text) for r in corpus_rows if r.split in excluded}
+    for name in sorted(CORPORA):
+        if split == "test" and name in ("hatexplain", "youtube_spam"):  # standard test sets of their own
+            continue
+        picked = [r for r in corpus_rows if r.source == name and r.split == split and normalise_key(r.text) not in trained]
+        picked.sort(key=lambda r: hashlib.sha256(r.text.encode("utf-8")).hexdigest())
+        seen: Counter = Counter()
+        for r in picked[:POOLED_PER_CORPUS]:
+            base = f"{name}:{split}:{hashlib.sha256(r.text.encode('utf-8')).hexdigest()[:16]}"
+            seen[base] += 1
+            row = {"example_id": base + (f"#{seen[base]}" if seen[base] > 1 else ""), "modality": "text",
+                   "text": r.text, "source": name, "slice_language": r.language, "slice_source": name}
+            for c in TEXT_CATEGORIES:
+                row[f"label_{c}"] = r.categories.get(c)
+            rows.append(row)
+        files[name] = CORPORA[name].licence
+    table = pa.Table.from_pylist(rows)
+    for c in TEXT_CATEGORIES:  # a category no pooled corpus annotates is still a typed column
+        col = table.column(f"label_{c}").cast(pa.int8())
+        table = table.set_column(table.schema.get_field_index(f"label_{c}"), f"label_{c}", col)
+    return table, {"corpora": files, "split": split, "per_corpus": POOLED_PER_CORPUS}
+
+
+def _functional(data_dir: Path) -> tuple[pa.Table, dict]:
+    from moderation.evaluation.functional import build_functional_suite
+
+    return build_functional_suite(), {"builder": "moderation.evaluation.functional"}
 
 
 @dataclass(frozen=True)
@@ -327,8 +377,16 @@ STANDARD_DATASETS = (
                     "selection (report test figures)", lambda d: _hatexplain(d, "validation")),
     StandardDataset("youtube_spam_heldout", f"YouTube Spam Collection, video {YOUTUBE_HELDOUT} (Shakira), held out "
                     "from training: cross-artist spam", _youtube_heldout),
-    StandardDataset("germeval2018_probe", "GermEval 2018 (German tweets, OFFENSE = harassment): a language probe; "
-                    "no project model trains on it, the English encoder is expected to do poorly", _germeval),
+    StandardDataset("germeval2018_probe", "GermEval 2018 held-out rows (German tweets, OFFENSE = harassment): a "
+                    "language probe; the English encoder is expected to do poorly", _germeval),
+    StandardDataset("multilingual_test", "Test splits of 18 corpora in 8 languages (moderation/corpora.py), "
+                    f"<= {POOLED_PER_CORPUS} rows each: cross-dataset and per-language results; slices language, source",
+                    lambda d: _pooled(d, "test")),
+    StandardDataset("multilingual_validation", "Validation splits of all 20 corpora: pooled calibration "
+                    "across datasets and languages (report test figures)", lambda d: _pooled(d, "validation")),
+    StandardDataset("functional_suite", "The project's functional tests (en, de, es, fr, pt): hateful and "
+                    "non-hateful contrasts per functionality and target group; evaluation only",
+                    _functional),
 )
 
 

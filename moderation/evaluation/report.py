@@ -683,12 +683,51 @@ def category_section(ev: DatasetEvaluation, category: str, colors: dict[str, str
     return html_, 2
 
 
+def cross_dataset_frame(conf_dir: Path | None = None) -> pd.DataFrame:
+    """The cross-dataset matrices the training scripts keep beside registry entries
+    (``conf/models/<model_id>.cross_dataset.csv``): per model, held-out corpus, language and
+    category, PR-AUC and recall at the threshold with that corpus in training and without it."""
+    from moderation.config import default_conf_dir
+
+    frames = []
+    for path in sorted(((conf_dir or default_conf_dir()) / "models").glob("*.cross_dataset.csv")):
+        df = pd.read_csv(path)
+        df.insert(0, "model_id", path.name.removesuffix(".cross_dataset.csv"))
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    df["trained"] = np.where(df["trained_on_it"].astype(str).str.lower() == "true", "with", "without")
+    wide = df.pivot_table(index=["model_id", "dataset", "language", "category", "n", "pos"], columns="trained",
+                          values=["pr_auc", "recall", "fpr"], aggfunc="first")
+    wide.columns = [f"{m} {t}" for m, t in wide.columns]
+    return wide.reset_index()
+
+
+def cross_dataset_section(conf_dir: Path | None = None) -> str:
+    df = cross_dataset_frame(conf_dir)
+    if df.empty:
+        return ""
+    cols = [c for c in ("pr_auc with", "pr_auc without", "recall with", "recall without", "fpr with", "fpr without")
+            if c in df.columns]
+    shown = df[["model_id", "dataset", "language", "category", "n", "pos", *cols]].copy()
+    for c in cols:
+        shown[c] = shown[c].map(lambda v: _num(v))
+    return ('<section id="cross-dataset"><h2>Cross-dataset generalisation</h2><p class="note">Each corpus\'s '
+            "held-out test split, scored by the model trained with that corpus and by the same recipe trained "
+            "without it (recall and FPR at thresholds calibrated on the remaining corpora\'s pooled validation "
+            "splits). The gap is what a new source of text, unlike anything in training, may lose. Written by the "
+            "training script to conf/models/&lt;model&gt;.cross_dataset.csv.</p>"
+            f'{_frame_html(shown, "metrics")}</section>')
+
+
 def _contents(evaluations: list[DatasetEvaluation]) -> str:
     items = "".join(
         f'<li><a href="#{_anchor(ev.name)}">{_esc(ev.name)} v{ev.version}</a>: '
         + ", ".join(f'<a href="#{_anchor(ev.name, c)}">{_esc(c)}</a>' for c in ev.categories) + "</li>"
         for ev in evaluations)
-    return f'<ul><li><a href="#summary">Model vs baseline</a></li>{items}</ul>'
+    return (f'<ul><li><a href="#summary">Model vs baseline</a></li>{items}'
+            '<li><a href="#cross-dataset">Cross-dataset generalisation</a></li></ul>')
 
 
 def _page(title: str, body: str) -> str:
@@ -732,7 +771,7 @@ def write_report(lake: Lake, out_dir: Path, *, datasets: list[str] | None = None
     body = (f"<h1>Evaluation report</h1><p class=\"note\">lake {_esc(lake.root)}; generated {generated}; "
             f"each dataset at its latest evaluated version</p>{_contents(evaluations)}"
             f'{comparison_section(evaluations, _img(chart, "summary", "PR-AUC summary chart"), min_slice_n)}'
-            + "".join(sections))
+            + "".join(sections) + cross_dataset_section())
     path = out_dir / REPORT_HTML
     path.write_text(_page("Evaluation report", body), encoding="utf-8")
     return ReportFiles(path, png, figures, summary.drop(columns="label").to_dict("records"))

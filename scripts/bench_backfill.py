@@ -9,6 +9,8 @@ last scored batch (it writes nothing). The loop also splits its time into prepro
 
     .venv/bin/python scripts/bench_backfill.py [--items 2000] [--policy conf/policies/catalog-safety/v1.yaml]
     .venv/bin/python scripts/bench_backfill.py --items 300 --policy conf/policies/catalog-safety/v3.yaml
+    .venv/bin/python scripts/bench_backfill.py --policy conf/policies/catalog-safety/v1.yaml \
+        --policy conf/policies/catalog-safety/v7.yaml   # models of several policies, side by side
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def single_model_policy(policy_path: Path, model_id: str, registry, out: Path) -
 @app.command()
 def main(
     items: int = typer.Option(2000, help="demo catalog size"),
-    policy: Path = typer.Option(None, help="policy whose models are benchmarked (default catalog-safety v1)"),
+    policy: list[Path] = typer.Option(None, help="policy whose models are benchmarked (default catalog-safety v1); "
+                                      "repeat it to run several policies' models in one run, side by side"),
     profile_path: Path = typer.Option(None, "--profile", help="run profile (default conf/jobs/local.yaml)"),
     data_dir: Path = typer.Option(None, help="labelled data and media (default ../shared/data)"),
 ) -> None:
@@ -86,7 +89,7 @@ def main(
     from moderation.demo import write_demo_catalog
     from moderation.pipeline import ensure_ray
 
-    policy = policy or default_conf_dir() / "policies/catalog-safety/v1.yaml"
+    policies = policy or [default_conf_dir() / "policies/catalog-safety/v1.yaml"]
     profile = load_run_profile(profile_path)
     registry = load_model_registry()
     rows = []
@@ -94,7 +97,8 @@ def main(
         catalog = f"{tmp}/catalog"
         write_demo_catalog(catalog, items=items, data_dir=data_dir or default_data_dir())
         ensure_ray()
-        for model_id in load_policy(policy, registry).policy.models:
+        models = dict.fromkeys((m, p) for p in policies for m in load_policy(p, registry).policy.models)
+        for model_id, policy in models:
             spec = registry[model_id]
             t0 = time.perf_counter()
             lake_root = f"{tmp}/lake-{model_id}"  # the hash bank there is empty: nothing matches
@@ -112,10 +116,10 @@ def main(
 
     print(f"\nitems={items} batch_size={profile.batch_size} torch_threads={profile.torch_threads} "
           f"actors={profile.actors} actor_num_cpus={profile.actor_num_cpus} cpus={os.cpu_count()}")
-    print(f"{'modality':9} {'model':22} {'pairs':>6} {'loop s':>7} {'loop/s':>7} {'(prep s':>8} {'model s)':>9} "
+    print(f"{'modality':9} {'model':24} {'pairs':>6} {'loop s':>7} {'loop/s':>7} {'(prep s':>8} {'model s)':>9} "
           f"{'ray s':>7} {'ray/s':>7} {'ratio':>6}")
     for modality, model_id, n, loop_s, prep_s, score_s, pipe_s in rows:
-        print(f"{modality:9} {model_id:22} {n:6d} {loop_s:7.1f} {n / loop_s:7.1f} {prep_s:8.1f} {score_s:9.1f} "
+        print(f"{modality:9} {model_id:24} {n:6d} {loop_s:7.1f} {n / loop_s:7.1f} {prep_s:8.1f} {score_s:9.1f} "
               f"{pipe_s:7.1f} {n / pipe_s:7.1f} {loop_s / pipe_s:5.2f}x")
     print("ratio = pipeline items/s / plain loop items/s (goal >= 0.80x)")
 

@@ -79,6 +79,12 @@ def test_text_heads_in_float16(texts, model_id):
     _check_text(*_text_probs("cpu", texts, model_id), model_id)
 
 
+def test_multilingual_heads_stay_in_float32(texts):
+    """text-muse-heads-v1 declines float16 (see MuseHeadsClassifier.to_half): same scores."""
+    p32, p16 = _text_probs("cpu", texts, "text-muse-heads-v1")
+    np.testing.assert_array_equal(p32, p16)
+
+
 def test_open_nsfw_in_float16(data_dir):
     p32, p16 = _image_probs("cpu", data_dir)
     assert np.abs(p16 - p32).max() < TOLERANCE

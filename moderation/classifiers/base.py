@@ -207,6 +207,10 @@ def build_classifier(spec: ModelSpec, *, batch_size: int = 64, context: RunConte
         from moderation.classifiers.text import MiniLMHeadsClassifier
 
         return MiniLMHeadsClassifier(spec, batch_size=batch_size, context=context)
+    if spec.kind == "muse_heads":
+        from moderation.classifiers.text import MuseHeadsClassifier
+
+        return MuseHeadsClassifier(spec, batch_size=batch_size, context=context)
     if spec.kind == "open_nsfw":
         from moderation.classifiers.image import OpenNsfwClassifier
 

@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   "decide policy versions from stored scores, report with Spark.")
 
 DEFAULT_LAKE = "demo-lake"
-DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml", "catalog-safety/v3.yaml")
+DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml", "catalog-safety/v3.yaml", "catalog-safety/v7.yaml")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -221,8 +221,8 @@ def demo(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Build a demo catalog at <lake>/catalog (with generated media in <lake>/demo-media), bank
-    two stand-in images, backfill with the newest policy version's models, decide every version
-    (v1, v2, v3) from the same scores, and report."""
+    two stand-in images, backfill with the models of v3 (text, cover art, audio) and of v7 (the
+    multilingual text model), decide v1, v2, v3 and v7 from those scores, and report."""
     from moderation.demo_run import run_demo
 
     _setup_logging(verbose)
@@ -445,6 +445,8 @@ def calibrate(
     review_precision: Optional[float] = typer.Option(None, help="precision of the review band's lower edge "
                                                      "(default target - 0.2)"),
     out: Optional[Path] = typer.Option(None, help="where to write the new version (default: beside --policy)"),
+    category: list[str] = typer.Option(None, help="calibrate only this category (repeatable; default all): "
+                                       "the others keep the base version's rule"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Propose per-category thresholds for a target precision and write them as a new draft
@@ -454,7 +456,8 @@ def calibrate(
     _setup_logging(verbose)
     try:
         result = run_calibrate(lake_root=_abs_uri(lake), model_id=model, dataset=dataset, policy_path=policy,
-                               target_precision=target_precision, review_precision=review_precision, out=out)
+                               target_precision=target_precision, review_precision=review_precision, out=out,
+                               categories=category or None)
     except ModerationError as e:
         _fail(e)
     typer.echo(result.summary())

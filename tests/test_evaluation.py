@@ -365,6 +365,24 @@ def test_calibrate_writes_a_valid_draft_version(env):
     assert "exists" in out
 
 
+def test_calibrate_only_some_categories(env, tmp_path):
+    """--category: the other categories keep the base rule (said in the file and the summary);
+    an unknown category is an error naming it, nothing written."""
+    lake, policies = env["lake"], env["policies"]
+    out = cli("calibrate", "--lake", lake.root, "--model", "text-minilm-heads-v1", "--dataset", "hx_small",
+              "--policy", policies / "v1.yaml", "--target-precision", "0.8", "--category", "hate",
+              "--out", tmp_path / "v9.yaml")
+    new, base = load_policy(tmp_path / "v9.yaml").policy, load_policy(POLICY_V1).policy
+    assert new.categories["harassment"] == base.categories["harassment"]
+    assert new.categories["hate"].threshold != base.categories["hate"].threshold
+    assert "harassment  not calibrated (--category)" in out
+    assert "base version's rule kept: harassment, spam" in (tmp_path / "v9.yaml").read_text()
+    err = cli("calibrate", "--lake", lake.root, "--model", "text-minilm-heads-v1", "--dataset", "hx_small",
+              "--policy", policies / "v1.yaml", "--target-precision", "0.8", "--category", "violence",
+              "--out", tmp_path / "v10.yaml", code=2)
+    assert "'violence'" in err and not (tmp_path / "v10.yaml").exists()
+
+
 def test_eval_report_from_the_command_line(env, tmp_path):
     out = cli("eval", "report", "--lake", env["lake"].root, "--out", tmp_path / "report", "--min-slice-n", 10)
     html = (tmp_path / "report" / "eval_report.html").read_text()

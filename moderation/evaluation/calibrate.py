@@ -38,6 +38,7 @@ class CategoryCalibration:
     recall: float | None
     n: int
     positives: int
+    skipped: bool = False  # not asked for (--category): the base rule is kept
 
 
 @dataclass
@@ -55,7 +56,9 @@ class CalibrateResult:
         lines = [f"wrote {self.path} ({self.policy_id} v{self.version}, draft): thresholds for precision >= "
                  f"{self.target_precision} on {self.dataset} v{self.dataset_version} scored by {self.model_ref}"]
         for c in self.categories:
-            if c.n == 0:
+            if c.skipped:
+                lines.append(f"  {c.category:11} not calibrated (--category): kept threshold {c.old_threshold}")
+            elif c.n == 0:
                 lines.append(f"  {c.category:11} not labelled in {self.dataset}: kept threshold {c.old_threshold}")
             elif c.threshold is None:
                 lines.append(f"  {c.category:11} target not reachable (n {c.n}, positives {c.positives}): "
@@ -109,7 +112,8 @@ def _swap_in(base, registry: dict, spec) -> list[str]:
 
 def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str | Path, target_precision: float,
               review_precision: float | None = None, out: Path | None = None, dataset_version: int | None = None,
-              models_dir: Path | None = None, progress: bool = True) -> CalibrateResult:
+              models_dir: Path | None = None, progress: bool = True,
+              categories: list[str] | None = None) -> CalibrateResult:
     """Propose thresholds from ``model_id``'s predictions on ``dataset`` (scored first if the
     lake has none for this model digest and dataset version) and write a draft policy file.
 
@@ -120,6 +124,8 @@ def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str |
         policy_path: the base version (usually the live one); the new file sits beside it
             unless ``out`` is given.
         review_precision: precision the review threshold aims at (default target - 0.2).
+        categories: calibrate only these (default: every category); the others keep the base
+            version's rule, e.g. where the dataset's base rate is nothing like the catalog's.
     """
     from moderation.evaluation.evaluate import predictions
 
@@ -129,6 +135,9 @@ def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str |
     if not 0 < review_precision <= target_precision:
         raise ConfigError(f"--review-precision {review_precision}: must be in (0, target precision]")
     registry = load_model_registry(models_dir)
+    unknown = sorted(set(categories or ()) - set(load_policy(policy_path, registry).policy.categories))
+    if unknown:
+        raise ConfigError(f"--category {unknown[0]!r}: not a category of {policy_path}")
     if model_id not in registry:
         raise ConfigError(f"unknown model {model_id!r}; registered: {sorted(registry)}")
     spec = registry[model_id]
@@ -140,6 +149,10 @@ def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str |
     result = CalibrateResult(Path(), base.policy.policy_id, new_version, spec.ref, dataset, version, target_precision)
     for cat, rule in base.policy.categories.items():
         part = preds[(preds["category"] == cat) & preds["score"].notna()]
+        if categories and cat not in categories:
+            result.categories.append(CategoryCalibration(cat, rule.threshold, None, rule.review_threshold, None,
+                                                         None, None, 0, 0, skipped=True))
+            continue
         if part.empty:  # the dataset does not label it (or the model does not score it): kept
             result.categories.append(CategoryCalibration(cat, rule.threshold, None, rule.review_threshold, None,
                                                          None, None, 0, 0))
@@ -178,6 +191,9 @@ def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str |
         f"# scored by {spec.ref}; models {', '.join(models)}. Evaluate it on another split before deciding or "
         "promoting it.",
     ]
+    kept = [c.category for c in result.categories if c.skipped]
+    if kept:
+        header.append(f"# Not calibrated (--category), the base version's rule kept: {', '.join(kept)}.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text("\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

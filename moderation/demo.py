@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from moderation.datasets import LabelledText, read_germeval, read_hatexplain, read_youtube_spam
+from moderation.datasets import LabelledText, read_hatexplain, read_youtube_spam
 from moderation.schemas import CATALOG_SCHEMA, STR_LIST
 
 DEMO_SCHEMA = pa.schema(
@@ -152,8 +152,12 @@ def _labelled_pool(data_dir: Path | None, rng: random.Random) -> tuple[list[Labe
     if data_dir is not None and (data_dir / "text" / "hatexplain").is_dir():
         pool = read_hatexplain(data_dir, "validation") + read_hatexplain(data_dir, "test")
         pool += [r for r in read_youtube_spam(data_dir) if r.split == "test"]
-        german = read_germeval(data_dir)
-        pool += rng.sample(german, min(120, len(german)))
+        # Other languages: held-out rows only (the multilingual heads train on the rest).
+        from moderation.corpora import read_corpus
+
+        for name in ("germeval2018", "offendes"):
+            held = [r for r in read_corpus(data_dir, name) if r.split == "test"]
+            pool += rng.sample(held, min(120, len(held)))
         return pool, True
     generated = [LabelledText(t, "generated", "demo", "spam", categories={"spam": 1}) for t in _SPAM_FAKE]
     generated += [LabelledText(f"{l} {rng.choice(_TOPIC)}", "generated", "demo", "normal", categories={}) for l in _LYRIC]

@@ -1,4 +1,4 @@
-"""``moderation demo``: demo catalog -> backfill -> decide (two policy versions) -> report."""
+"""``moderation demo``: demo catalog -> backfill -> decide (every demo policy version) -> report."""
 
 from __future__ import annotations
 
@@ -87,11 +87,16 @@ def run_demo(*, lake_root: str, items: int, data_dir: Path | None, policies: lis
     version = DeltaTable(catalog_uri).version()
     loaded = [load_policy(p).policy for p in policies]
     first = loaded[0]
-    # The newest version uses every model, so one backfill scores what all versions decide.
-    result = run_backfill(
-        catalog_uri=catalog_uri, lake_root=lake_root, policy_path=policies[-1], run_id=f"demo-backfill-v{version}"
-    )
-    echo(result.summary())
+    # One backfill per distinct set of models, largest first: the multimodal version's backfill
+    # scores what v1-v3 decide; the multilingual version's text model needs one of its own.
+    scored: set[str] = set()
+    for path, pol in sorted(zip(policies, loaded), key=lambda pp: -len(pp[1].models)):
+        if set(pol.models) <= scored:
+            continue
+        run_id = f"demo-backfill-v{version}" if not scored else f"demo-backfill-v{version}-policy-v{pol.version}"
+        result = run_backfill(catalog_uri=catalog_uri, lake_root=lake_root, policy_path=path, run_id=run_id)
+        echo(result.summary())
+        scored |= set(pol.models)
     for path in policies:
         echo(run_decide(lake_root=lake_root, policy_path=path).summary())
     report = run_report(lake_root)

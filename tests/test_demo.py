@@ -19,7 +19,7 @@ def test_demo_catalog_from_shared_data(data_dir):
             assert r[r["planted_field"]]
     assert all(r["cover_image"].startswith(str(data_dir.resolve())) for r in rows)
     assert sum(1 for r in rows if not (r["title"] or "").strip() and not r["description"] and not r["body_text"]) == 20
-    assert {r["language"] for r in rows} == {"en", "de"}
+    assert {r["language"] for r in rows} == {"en", "de", "es"}
 
 
 def test_demo_falls_back_to_generated_text(tmp_path):

@@ -124,6 +124,19 @@ def default_media_roots(catalog_uri: str) -> list[str]:
     return roots
 
 
+#: How delta-rs words an object-store failure it wraps in its generic DeltaError (not an OSError),
+#: e.g. an S3 endpoint answering 500 while it goes down.
+_OBJECT_STORE_FAILURE = "Error interacting with object store"
+
+
+def is_storage_failure(e: BaseException) -> bool:
+    """True for an unreachable or failing store: pyarrow and delta-rs raise OSError for most,
+    delta-rs a DeltaError naming the object store for some (a 500 during an S3 outage)."""
+    from deltalake.exceptions import DeltaError
+
+    return isinstance(e, OSError) or (isinstance(e, DeltaError) and _OBJECT_STORE_FAILURE in str(e))
+
+
 def run_backfill(
     *,
     catalog_uri: str,
@@ -354,13 +367,15 @@ def run_scoring(
                 raise LakeError(f"run {run_id}: {error}")
         except LakeError:
             raise
-        except OSError as e:  # delta-rs and pyarrow report an unreachable store as OSError
+        except Exception as e:
             _record_failure(lake, base, chunks, e)
+            if not is_storage_failure(e):
+                raise
             raise StorageError(
                 f"run {run_id}: storage failed: {one_line(e)}. Chunks committed so far are kept; run the same "
                 f"command again (same --run-id) to resume"
             ) from e
-        except BaseException as e:
+        except BaseException as e:  # KeyboardInterrupt, SystemExit: recorded, never swallowed
             _record_failure(lake, base, chunks, e)
             raise
     return BackfillResult(

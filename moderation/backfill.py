@@ -8,6 +8,7 @@ numbering continues after the last committed chunk.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,37 @@ def run_accounting(lake: Lake, run_id: str) -> tuple[int, int, int]:
                f"GROUP BY item_id, modality, model_id HAVING count(*) > 1)")
         dupes = pa.table(qb.execute(sql).read_all()).column("d")[0].as_py() or 0
     return counts["scores"], counts["quarantine"], int(dupes)
+
+
+def cascade_accounting(lake: Lake, run_id: str, models: list) -> list[str] | None:
+    """Per cascade model of the run: its band and the share of its scored pairs the strong
+    model re-scored (evidence ``cascade = strong``), counted in the lake by DataFusion, so a
+    resumed run counts what every attempt committed. None when the run has no cascade."""
+    from deltalake import QueryBuilder
+
+    from moderation.classifiers.cascade import CASCADE_EVIDENCE_KEY, bands
+
+    cascades = [m for m in models if m.kind == "cascade_heads"]
+    dt = lake.open("scores")
+    if not cascades or dt is None:
+        return None
+    qb = QueryBuilder()
+    qb.register("scores", dt)
+    rid = run_id.replace("'", "''")
+    out = []
+    for m in cascades:
+        mid = m.model_id.replace("'", "''")
+        counts = pa.table(qb.execute(
+            f"SELECT count(*) AS n, coalesce(sum(CASE WHEN map_extract(evidence, '{CASCADE_EVIDENCE_KEY}')[1] = 'strong' "
+            f"THEN 1 ELSE 0 END), 0) AS s FROM scores WHERE run_id = '{rid}' AND model_id = '{mid}'").read_all()).to_pylist()[0]
+        low, high = bands(m)
+        n, sent = int(counts["n"]), int(counts["s"])
+        out.append(json.dumps({
+            "model_id": m.model_id, "cheap": m.preprocessing.get("cheap"), "strong": m.preprocessing.get("strong"),
+            "band_low": {c: float(v) for c, v in zip(m.categories, low)}, "band_high": high,
+            "pairs": n, "strong_pairs": sent, "strong_share": round(sent / n, 4) if n else None,
+        }, sort_keys=True))
+    return out
 
 
 def _done_ids(lake: Lake, run_id: str, model_id: str) -> pa.Array:
@@ -361,7 +393,7 @@ def run_scoring(
             status = "succeeded" if ok else "failed"
             lake.upsert_run(run_row(
                 **base, status=status, selected_pairs=selected, scored_pairs=scored, quarantined_pairs=quarantined,
-                chunks_committed=chunks, ended_at=utcnow(), error=error,
+                chunks_committed=chunks, ended_at=utcnow(), error=error, cascade=cascade_accounting(lake, run_id, models),
             ))
             if not ok:
                 raise LakeError(f"run {run_id}: {error}")

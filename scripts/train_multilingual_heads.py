@@ -1,4 +1,5 @@
-"""Train the multilingual text heads (text-muse-heads-v1) on frozen USE-m3 embeddings, and
+"""Train the multilingual text heads on a frozen multilingual encoder (``--encoder e5``:
+multilingual-e5-small -> text-e5-heads-v1; ``--encoder muse``: USE-m3 -> text-muse-heads-v1), and
 measure them the way issue 12 asks: per held-out set and language, across datasets (each
 training corpus left out in turn), and on the project's functional suite.
 
@@ -10,18 +11,22 @@ unlicensed corpora, to measure what the licence choice costs. ``violence`` and `
 train on the project's own statements (scripts/seeds/violence_self_harm.csv, six languages)
 plus, under ``--data all``, GermEval violence and SDCNL; the real sets measure the seeds.
 
-Heads: the embedding standardised, one hidden layer (512 -> 256, ReLU) with a sigmoid per category, trained with a
+Heads: the embedding (384-d e5, 512-d USE) standardised, one hidden layer (-> 256, ReLU) with a sigmoid per category, trained with a
 masked, weighted BCE: a row teaches only the categories its corpus annotates, except that
 ``violence``, ``self_harm`` and ``spam`` take unannotated rows as weak negatives (most text is
 none of these). Each corpus weighs in proportion to the square root of its size, so a large
 corpus does not drown the languages that have little data.
 
+Cost: the e5 encoder runs about 20 texts/s on two CPU cores, so ``--max-train-rows`` and
+``--max-eval-rows`` cap each corpus to a fixed sample (ordered by the SHA-256 of its texts);
+embeddings are kept per text in ``--cache-dir``, so a rerun or a larger cap encodes only new text.
+
 Outputs: the heads file (+ SHA-256 pinned in the registry entry) unless ``--no-write``; with
 ``--report-dir``, CSVs of every table printed: ``heldout.csv``, ``cross_dataset.csv``,
 ``functional.csv``.
 
-    .venv/bin/python scripts/train_multilingual_heads.py [--data permissive|all] [--cache-dir DIR]
-        [--report-dir DIR] [--cross-dataset/--no-cross-dataset] [--no-write]
+    .venv/bin/python scripts/train_multilingual_heads.py [--encoder e5|muse] [--data permissive|all] [--cache-dir DIR]
+        [--max-train-rows N] [--max-eval-rows N] [--report-dir DIR] [--cross-dataset/--no-cross-dataset] [--no-write]
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ from safetensors.numpy import save
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from moderation.artifacts import pin_artifact, write_artifact
-from moderation.classifiers.muse import MuseEncoder
 from moderation.classifiers.text import normalize_text
 from moderation.config import PROJECT_ROOT, load_model_spec
 from moderation.corpora import CORPORA, TEXT_CATEGORIES, leaked_keys, normalise_key, read_all
@@ -49,7 +53,11 @@ from moderation.evaluation.metrics import recall_at_precision
 
 app = typer.Typer(add_completion=False)
 
-MODEL_ID = "text-muse-heads-v1"
+#: encoder -> (registry entry, heads file)
+MODELS = {
+    "e5": ("text-e5-heads-v1", "moderation/artifacts/text_heads_e5_v1.safetensors"),
+    "muse": ("text-muse-heads-v1", "moderation/artifacts/text_heads_muse_v1.safetensors"),
+}
 SEED_DIR = PROJECT_ROOT / "scripts" / "seeds"
 HIDDEN, EPOCHS, BATCH = 256, 4, 512  # epochs: 4 vs 12 chosen on pooled validation PR-AUC (no clear difference)
 #: Categories where a row its corpus does not annotate counts as a (down-weighted) negative.
@@ -62,7 +70,7 @@ TARGET_PRECISION = 0.8
 @dataclass
 class Encoded:
     rows: list[LabelledText]
-    x: np.ndarray  # [n, 512]
+    x: np.ndarray  # [n, encoder dim]
     y: np.ndarray  # [n, C], nan = not annotated
 
 
@@ -85,21 +93,56 @@ def read_seeds(seed_dir: Path = SEED_DIR) -> list[LabelledText]:
     return rows
 
 
-def _embed(encoder: MuseEncoder, name: str, rows: list[LabelledText], cache_dir: Path | None) -> np.ndarray:
-    texts = [normalize_text(r.text) for r in rows]
-    digest = hashlib.sha256("\x1e".join(texts).encode("utf-8")).hexdigest()
-    if cache_dir is not None:
-        npy, sha = cache_dir / f"muse_{name}.npy", cache_dir / f"muse_{name}.sha256"
-        if npy.is_file() and sha.is_file() and sha.read_text().strip() == digest:
-            return np.load(npy, allow_pickle=False)
-    t0 = time.perf_counter()
-    x = encoder.encode(texts, batch_size=128)
-    print(f"  {name}: encoded {len(texts)} texts in {time.perf_counter() - t0:.0f}s", flush=True)
-    if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        np.save(cache_dir / f"muse_{name}.npy", x)
-        (cache_dir / f"muse_{name}.sha256").write_text(digest)
-    return x
+def load_encoder(kind: str, spec):
+    if kind == "e5":
+        from moderation.classifiers.e5 import E5Encoder
+
+        return E5Encoder(spec)
+    from moderation.classifiers.muse import MuseEncoder
+
+    return MuseEncoder(spec)
+
+
+class EmbeddingCache:
+    """Embeddings kept per text (SHA-256 of the normalised text -> vector) in
+    ``<dir>/<encoder>_embeddings.npz``, so that any subset, cap or new corpus re-encodes only
+    the texts it has not seen. Loaded with ``allow_pickle=False``."""
+
+    def __init__(self, cache_dir: Path | None, tag: str) -> None:
+        self.path = None if cache_dir is None else cache_dir / f"{tag}_embeddings.npz"
+        self.index: dict[bytes, int] = {}
+        self.x = np.zeros((0, 0), dtype=np.float32)
+        if self.path is not None and self.path.is_file():
+            with np.load(self.path, allow_pickle=False) as z:
+                self.x = z["x"]
+                self.index = {k: i for i, k in enumerate(z["keys"].tolist())}
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        return hashlib.sha256(text.encode("utf-8")).digest()
+
+    def get(self, encoder, texts: list[str], name: str) -> np.ndarray:
+        keys = [self.key(t) for t in texts]
+        missing = sorted({k: t for k, t in zip(keys, texts) if k not in self.index}.items())
+        if missing:
+            t0 = time.perf_counter()
+            new = encoder.encode([t for _, t in missing], batch_size=128)
+            print(f"  {name}: encoded {len(missing)} new texts in {time.perf_counter() - t0:.0f}s", flush=True)
+            base = len(self.index)
+            self.x = new if not self.index else np.concatenate([self.x, new])
+            self.index.update({k: base + i for i, (k, _) in enumerate(missing)})
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(".tmp.npz")
+                np.savez(tmp, keys=np.array(list(self.index), dtype="S32"), x=self.x)
+                tmp.replace(self.path)
+        if not texts:
+            return np.zeros((0, encoder.dim), dtype=np.float32)
+        return self.x[[self.index[k] for k in keys]]
+
+
+def _embed(encoder, cache: EmbeddingCache, name: str, rows: list[LabelledText]) -> np.ndarray:
+    return cache.get(encoder, [normalize_text(r.text) for r in rows], name)
 
 
 def _labels(rows: list[LabelledText]) -> np.ndarray:
@@ -111,8 +154,8 @@ def _labels(rows: list[LabelledText]) -> np.ndarray:
     return y
 
 
-def encode_all(encoder: MuseEncoder, groups: dict[str, list[LabelledText]], cache_dir: Path | None) -> dict[str, Encoded]:
-    return {name: Encoded(rows, _embed(encoder, name, rows, cache_dir), _labels(rows)) for name, rows in groups.items()}
+def encode_all(encoder, groups: dict[str, list[LabelledText]], cache: EmbeddingCache) -> dict[str, Encoded]:
+    return {name: Encoded(rows, _embed(encoder, cache, name, rows), _labels(rows)) for name, rows in groups.items()}
 
 
 def _training_matrix(parts: list[Encoded]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -251,11 +294,11 @@ def heldout_rows(heads, thresholds, tests: dict[str, Encoded], model: str) -> li
     return out
 
 
-def functional_rows(encoder: MuseEncoder, heads, thresholds, model: str) -> list[dict]:
+def functional_rows(encoder, cache: EmbeddingCache, heads, thresholds, model: str) -> list[dict]:
     from moderation.evaluation.functional import build_functional_suite
 
     suite = build_functional_suite().to_pylist()
-    x = encoder.encode([normalize_text(r["text"]) for r in suite], batch_size=128)
+    x = cache.get(encoder, [normalize_text(r["text"]) for r in suite], "functional_suite")
     p = predict(heads, x)[:, TEXT_CATEGORIES.index("hate")]
     y = np.array([r["label_hate"] for r in suite], dtype=np.float32)
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -270,9 +313,12 @@ def functional_rows(encoder: MuseEncoder, heads, thresholds, model: str) -> list
 
 @app.command()
 def main(
+    encoder_kind: str = typer.Option("e5", "--encoder", help="e5 (text-e5-heads-v1) or muse (text-muse-heads-v1)"),
     data: str = typer.Option("permissive", help="permissive (shipped) or all (research: adds CC BY-SA, GPL, unlicensed)"),
     data_dir: Path = typer.Option(None, help="labelled data folder (default ../shared/data)"),
-    cache_dir: Path = typer.Option(None, help="reuse/keep embeddings here (muse_<set>.npy + .sha256 of its texts)"),
+    cache_dir: Path = typer.Option(None, help="reuse/keep embeddings here (<encoder>_embeddings.npz, per text)"),
+    max_train_rows: int = typer.Option(None, help="at most this many training rows per corpus (a fixed hash-ordered sample)"),
+    max_eval_rows: int = typer.Option(None, help="at most this many validation and test rows per corpus (hash-ordered sample)"),
     report_dir: Path = typer.Option(None, help="write heldout.csv, cross_dataset.csv, functional.csv here"),
     cross_dataset: bool = typer.Option(True, help="train once per corpus without it and evaluate on it"),
     write: bool = typer.Option(True, help="write the heads file and pin it (only for --data permissive)"),
@@ -280,16 +326,23 @@ def main(
 ) -> None:
     if data not in ("permissive", "all"):
         raise typer.BadParameter("--data is permissive or all")
+    if encoder_kind not in MODELS:
+        raise typer.BadParameter(f"--encoder is one of {sorted(MODELS)}")
+    model_id, heads_path = MODELS[encoder_kind]
     data_dir = data_dir or default_data_dir()
-    registry = PROJECT_ROOT / f"conf/models/{MODEL_ID}.yaml"
+    registry = PROJECT_ROOT / f"conf/models/{model_id}.yaml"
     spec = load_model_spec(registry)
-    encoder = MuseEncoder(spec)
+    encoder = load_encoder(encoder_kind, spec)
 
     rows = read_all(data_dir)
     allowed = {n for n, c in CORPORA.items() if data == "all" or c.permissive}
     by_split: dict[str, dict[str, list[LabelledText]]] = {s: defaultdict(list) for s in ("train", "validation", "test")}
     for r in rows:
         by_split[r.split][r.source].append(r)
+    for split, cap in (("train", max_train_rows), ("validation", max_eval_rows), ("test", max_eval_rows)):
+        if cap is not None:  # the same sample on every run: ordered by the text's digest
+            for n, rs in by_split[split].items():
+                by_split[split][n] = sorted(rs, key=lambda r: hashlib.sha256(r.text.encode("utf-8")).hexdigest())[:cap]
     test_keys = {normalise_key(r.text) for r in rows if r.split == "test"}
     seeds = read_seeds()
     leaks = leaked_keys([r for r in rows if r.split != "test" and r.source in allowed] + seeds,
@@ -301,7 +354,8 @@ def main(
     # The seeds weigh in per language (sqrt of each language's count), like a corpus each.
     for lang in sorted({r.language for r in seeds}):
         groups[f"project_seeds_{lang}.train"] = [r for r in seeds if r.language == lang]
-    enc = encode_all(encoder, groups, cache_dir)
+    cache = EmbeddingCache(cache_dir, encoder_kind)
+    enc = encode_all(encoder, groups, cache)
     # Training rows: the allowed corpora's train splits (and the seeds), minus any text that
     # occurs in some corpus's test split.
     train_groups = {}
@@ -315,10 +369,10 @@ def main(
     heads = train_heads(list(train_groups.values()), seed)
     thresholds = pooled_thresholds(heads, [enc[k] for k in val_groups])
     print("pooled-validation thresholds (precision >= %.2f): %s" % (TARGET_PRECISION, json.dumps({k: round(v, 3) for k, v in thresholds.items()})))
-    model = f"{MODEL_ID}[{data}]"
+    model = f"{model_id}[{data}]"
     held = heldout_rows(heads, thresholds, {k.removesuffix(".test"): enc[k] for k in test_groups}, model)
     _print_table(f"held-out test splits ({model}, thresholds from pooled validation)", held, ["dataset", "language", "category"])
-    func = functional_rows(encoder, heads, thresholds, model)
+    func = functional_rows(encoder, cache, heads, thresholds, model)
     _print_table(f"functional suite, hate ({model})", [r for r in func if r["functionality"] == "*"] +
                  [r for r in func if r["functionality"] != "*"], ["language", "functionality"])
 
@@ -354,12 +408,19 @@ def main(
             "trained_on": json.dumps(sorted(train_groups)),
             "seed": str(seed),
         }
-        out = PROJECT_ROOT / "moderation/artifacts/text_heads_muse_v1.safetensors"
+        out = PROJECT_ROOT / heads_path
         digest = write_artifact(out, save(heads, metadata=meta))
         pin_artifact(registry, "heads", digest)
         print(f"wrote {out} sha256={digest} and pinned it in {registry}")
+        # Cascades that use these heads pin them too (moderation/classifiers/cascade.py).
+        for path in sorted(registry.parent.glob("*.yaml")):
+            other = load_model_spec(path)
+            for role in ("cheap", "strong"):
+                if other.kind == "cascade_heads" and other.preprocessing.get(role) == model_id:
+                    pin_artifact(path, f"{role}.heads", digest)
+                    print(f"re-pinned {role}.heads in {path}")
         if cross:  # shown by `moderation eval report` (Cross-dataset generalisation)
-            _write_csv(registry.with_name(f"{MODEL_ID}.cross_dataset.csv"), cross)
+            _write_csv(registry.with_name(f"{model_id}.cross_dataset.csv"), cross)
 
 
 if __name__ == "__main__":

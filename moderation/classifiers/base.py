@@ -211,6 +211,14 @@ def build_classifier(spec: ModelSpec, *, batch_size: int = 64, context: RunConte
         from moderation.classifiers.text import MuseHeadsClassifier
 
         return MuseHeadsClassifier(spec, batch_size=batch_size, context=context)
+    if spec.kind == "e5_heads":
+        from moderation.classifiers.text import E5HeadsClassifier
+
+        return E5HeadsClassifier(spec, batch_size=batch_size, context=context)
+    if spec.kind == "cascade_heads":
+        from moderation.classifiers.cascade import CascadeHeadsClassifier
+
+        return CascadeHeadsClassifier(spec, batch_size=batch_size, context=context)
     if spec.kind == "open_nsfw":
         from moderation.classifiers.image import OpenNsfwClassifier
 

@@ -325,3 +325,15 @@ class LexicalModel:
 
     def logits(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.transform(texts) @ self.weight.T) + self.bias
+
+
+class E5HeadsClassifier(MiniLMHeadsClassifier):
+    """Multilingual text: multilingual-e5-small (``e5.py``, about 100 languages; a text longer
+    than one 510-token window is encoded window by window, whole) with the same heads file
+    format (linear or one hidden layer)."""
+
+    def _load_encoder(self, device: str):
+        from moderation.classifiers.e5 import E5Encoder
+
+        return E5Encoder(self.spec, device=device)
+

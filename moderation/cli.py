@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   "decide policy versions from stored scores, report with Spark.")
 
 DEFAULT_LAKE = "demo-lake"
-DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml", "catalog-safety/v3.yaml", "catalog-safety/v7.yaml")
+DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml", "catalog-safety/v3.yaml", "catalog-safety/v8.yaml")
 
 
 def _setup_logging(verbose: bool) -> None:

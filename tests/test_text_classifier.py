@@ -184,53 +184,64 @@ def test_v2_lexical_model_matches_scikit_learn_tfidf(text_classifier_v2):
     assert start == got.shape[1]
 
 
-@pytest.fixture(scope="module")
-def muse_classifier():
+MULTILINGUAL = ["text-muse-heads-v1", "text-e5-heads-v1"]
+
+
+@pytest.fixture(scope="module", params=MULTILINGUAL)
+def multilingual_classifier(request):
     from moderation.classifiers.base import build_classifier
 
-    clf = build_classifier(load_model_registry()["text-muse-heads-v1"])
+    clf = build_classifier(load_model_registry()[request.param])
     clf.setup("cpu")
     return clf
 
 
-# (corpus, category, language, ROC-AUC floor): the shipped heads on 400 rows of each corpus's
-# held-out test split, floors about 0.05 under what scripts/train_multilingual_heads.py measured
-# on the whole split (model card): a regression check per language with data, not a goal.
-HELDOUT_FLOORS = [
-    ("hatexplain", "hate", "en", 0.78), ("ftr_fr", "hate", "fr", 0.72), ("offendes", "harassment", "es", 0.68),
-    ("germeval2019", "harassment", "de", 0.62), ("told_br", "harassment", "pt", 0.64),
-    ("sdcnl_suicide", "self_harm", "en", 0.58), ("youtube_spam", "spam", "en", 0.93),
-]
+# (corpus, category, language) -> ROC-AUC floor per model: the shipped heads on 400 rows of each
+# corpus's held-out test split, floors about 0.05 under what scripts/train_multilingual_heads.py
+# measured (model cards): a regression check per language with data, not a goal.
+HELDOUT_FLOORS = {
+    ("hatexplain", "hate", "en"): {"text-muse-heads-v1": 0.78, "text-e5-heads-v1": 0.80},
+    ("ftr_fr", "hate", "fr"): {"text-muse-heads-v1": 0.72, "text-e5-heads-v1": 0.74},
+    ("offendes", "harassment", "es"): {"text-muse-heads-v1": 0.68, "text-e5-heads-v1": 0.72},
+    ("germeval2019", "harassment", "de"): {"text-muse-heads-v1": 0.62, "text-e5-heads-v1": 0.67},
+    ("told_br", "harassment", "pt"): {"text-muse-heads-v1": 0.64, "text-e5-heads-v1": 0.62},
+    ("sdcnl_suicide", "self_harm", "en"): {"text-muse-heads-v1": 0.58, "text-e5-heads-v1": 0.54},
+    ("youtube_spam", "spam", "en"): {"text-muse-heads-v1": 0.93, "text-e5-heads-v1": 0.93},
+}
+#: functional-suite threats against every other case, violence ROC-AUC floor per model
+THREAT_FLOORS = {"text-muse-heads-v1": 0.82, "text-e5-heads-v1": 0.85}
 
 
-def test_multilingual_model_separates_categories_on_held_out_text(muse_classifier, data_dir):
+def test_multilingual_model_separates_categories_on_held_out_text(multilingual_classifier, data_dir):
     import random
 
     from sklearn.metrics import roc_auc_score
 
     from moderation.corpora import read_corpus
 
-    cats = list(muse_classifier.spec.categories)
+    clf = multilingual_classifier
+    cats = list(clf.spec.categories)
     assert cats == ["hate", "harassment", "violence", "self_harm", "spam"]
-    for corpus, category, language, floor in HELDOUT_FLOORS:
+    for (corpus, category, language), floors in HELDOUT_FLOORS.items():
         rows = [r for r in read_corpus(data_dir, corpus) if r.split == "test" and r.language == language]
         rows = random.Random(0).sample(rows, min(400, len(rows)))
         y = [r.categories[category] for r in rows]
-        p = muse_classifier.predict_proba([normalize_text(r.text) for r in rows])[:, cats.index(category)]
-        assert roc_auc_score(y, p) > floor, (corpus, category)
+        p = clf.predict_proba([normalize_text(r.text) for r in rows])[:, cats.index(category)]
+        assert roc_auc_score(y, p) > floors[clf.spec.model_id], (clf.spec.model_id, corpus, category)
 
 
-def test_multilingual_model_scores_threats_as_violence(muse_classifier):
+def test_multilingual_model_scores_threats_as_violence(multilingual_classifier):
     """violence has no real training data in the shipped weights (project seed statements
     only): on the functional suite's threats against every other case, in five languages."""
     from sklearn.metrics import roc_auc_score
 
     from moderation.evaluation.functional import build_functional_suite
 
-    clf = muse_classifier
+    clf = multilingual_classifier
     suite = build_functional_suite().to_pylist()
     p = clf.predict_proba([r["text"] for r in suite])[:, list(clf.spec.categories).index("violence")]
-    assert roc_auc_score([r["label_violence"] for r in suite], p) > 0.82
+    auc = roc_auc_score([r["label_violence"] for r in suite], p)
+    assert auc > THREAT_FLOORS[clf.spec.model_id], auc
 
 
 def test_multilingual_model_refuses_heads_for_other_categories(tmp_path):

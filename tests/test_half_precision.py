@@ -36,7 +36,7 @@ def _flips(p32: np.ndarray, p16: np.ndarray, thresholds: set[float]) -> int:
     return sum(int(((p32 >= t) != (p16 >= t)).sum()) for t in thresholds)
 
 
-TEXT_MODELS = ("text-minilm-heads-v1", "text-minilm-heads-v2")
+TEXT_MODELS = ("text-minilm-heads-v1", "text-minilm-heads-v2", "text-e5-heads-v1")
 
 
 def _text_probs(device: str, texts: list[str], model_id: str = "text-minilm-heads-v1") -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moderation.artifacts import read_verified
+from moderation.classifiers.batching import length_batches
 from moderation.config import ModelSpec
 
 MAGIC = b"E5S1"
@@ -309,14 +310,8 @@ class E5Encoder:
                 weight.append(max(len(wnd) - 2, 1))
                 rows.append(wnd)
         pooled = np.zeros((len(rows), self.dim), dtype=np.float32)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        start = 0
         with torch.inference_mode():
-            while start < len(order):
-                stop = start + 1
-                while stop < len(order) and stop - start < batch_size and (stop - start + 1) * len(rows[order[stop]]) <= self.max_batch_tokens:
-                    stop += 1
-                idx = order[start:stop]
+            for idx in length_batches([len(r) for r in rows], batch_size, self.max_batch_tokens):
                 width = len(rows[idx[-1]])
                 arr = np.full((len(idx), width), self.tokenizer.bos, dtype=np.int64)
                 mask = np.zeros((len(idx), width), dtype=np.int64)
@@ -325,7 +320,6 @@ class E5Encoder:
                     mask[r, : len(rows[i])] = 1
                 emb = self.model(torch.from_numpy(arr).to(self.device), torch.from_numpy(mask).to(self.device))
                 pooled[idx] = emb.float().cpu().numpy()
-                start = stop
         out = np.zeros((len(content), self.dim), dtype=np.float64)
         np.add.at(out, np.array(owner, dtype=np.int64), pooled.astype(np.float64) * np.array(weight, dtype=np.float64)[:, None])
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

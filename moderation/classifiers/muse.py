@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from moderation.artifacts import load_npz, read_verified
+from moderation.classifiers.batching import length_batches
 from moderation.config import ModelSpec
 
 VOCAB_CHUNKS = 17
@@ -150,15 +151,8 @@ class MuseEncoder:
     def encode_ids(self, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
         torch = self._torch
         out = np.zeros((len(ids), EMB_DIM), dtype=np.float32)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        start = 0
         with torch.inference_mode():
-            while start < len(order):
-                stop = start + 1
-                # Sorted by length, so the last row of a batch is its longest.
-                while stop < len(order) and stop - start < batch_size and (stop - start + 1) * len(ids[order[stop]]) <= self.max_batch_tokens:
-                    stop += 1
-                idx = order[start:stop]
+            for idx in length_batches([len(x) for x in ids], batch_size, self.max_batch_tokens):
                 width = len(ids[idx[-1]])
                 arr = np.full((len(idx), width), PAD_ID, dtype=np.int64)
                 mask = np.zeros((len(idx), width), dtype=np.int64)
@@ -167,7 +161,6 @@ class MuseEncoder:
                     mask[r, : len(ids[i])] = 1
                 emb = self.model(torch.from_numpy(arr).to(self.device), torch.from_numpy(mask).to(self.device))
                 out[idx] = emb.float().cpu().numpy()
-                start = stop
         return out
 
 

@@ -127,11 +127,11 @@ def cascade_accounting(lake: Lake, run_id: str, models: list) -> list[str] | Non
         counts = pa.table(qb.execute(
             f"SELECT count(*) AS n, coalesce(sum(CASE WHEN map_extract(evidence, '{CASCADE_EVIDENCE_KEY}')[1] = 'strong' "
             f"THEN 1 ELSE 0 END), 0) AS s FROM scores WHERE run_id = '{rid}' AND model_id = '{mid}'").read_all()).to_pylist()[0]
-        low, high = bands(m)
+        _, high = bands(m)  # validates the band
         n, sent = int(counts["n"]), int(counts["s"])
         out.append(json.dumps({
             "model_id": m.model_id, "cheap": m.preprocessing.get("cheap"), "strong": m.preprocessing.get("strong"),
-            "band_low": {c: float(v) for c, v in zip(m.categories, low)}, "band_high": high,
+            "band_low": {c: float(m.preprocessing[f"band_low.{c}"]) for c in m.categories}, "band_high": high,
             "pairs": n, "strong_pairs": sent, "strong_share": round(sent / n, 4) if n else None,
         }, sort_keys=True))
     return out

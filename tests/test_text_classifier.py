@@ -238,7 +238,7 @@ def test_multilingual_model_scores_threats_as_violence(multilingual_classifier):
     from moderation.evaluation.functional import build_functional_suite
 
     clf = multilingual_classifier
-    suite = build_functional_suite().to_pylist()
+    suite = build_functional_suite().to_pylist()[::3]  # every third case: 1,610 (400 of them threats x 1/3)
     p = clf.predict_proba([r["text"] for r in suite])[:, list(clf.spec.categories).index("violence")]
     auc = roc_auc_score([r["label_violence"] for r in suite], p)
     assert auc > THREAT_FLOORS[clf.spec.model_id], auc

@@ -115,8 +115,10 @@ def cascade_accounting(lake: Lake, run_id: str, models: list) -> list[str] | Non
     from moderation.classifiers.cascade import CASCADE_EVIDENCE_KEY, bands
 
     cascades = [m for m in models if m.kind == "cascade_heads"]
+    if not cascades:
+        return None
     dt = lake.open("scores")
-    if not cascades or dt is None:
+    if dt is None:
         return None
     qb = QueryBuilder()
     qb.register("scores", dt)

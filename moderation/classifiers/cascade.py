@@ -84,9 +84,7 @@ class CascadeHeadsClassifier(MiniLMHeadsClassifier):
         self.low, self.high = bands(spec)
         self.cheap: MiniLMHeadsClassifier | None = None
         self.strong: MiniLMHeadsClassifier | None = None
-        #: Segments scored / sent to the strong model by this instance (``predict_proba``).
-        self.segments_seen = 0
-        self.segments_sent = 0
+        #: Which segments of the last ``predict_proba`` call went to the strong model.
         self._last_sent = np.zeros(0, dtype=bool)
 
     def setup(self, device: str = "cpu") -> None:
@@ -108,11 +106,8 @@ class CascadeHeadsClassifier(MiniLMHeadsClassifier):
         self.strong.to_half()
 
     def route(self, p_cheap: np.ndarray) -> np.ndarray:
-        """Which rows of cheap probabilities go to the strong model."""
-        if len(p_cheap) == 0:
-            return np.zeros(0, dtype=bool)
-        in_band = (p_cheap >= self.low) & (p_cheap < self.high)
-        return in_band.any(axis=1) & ~(p_cheap >= self.high).all(axis=1)
+        """Which rows of cheap probabilities go to the strong model: any category in its band."""
+        return ((p_cheap >= self.low) & (p_cheap < self.high)).any(axis=1)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if self.cheap is None or self.strong is None:
@@ -122,8 +117,6 @@ class CascadeHeadsClassifier(MiniLMHeadsClassifier):
         if send.any():
             p = p.copy()
             p[send] = self.strong.predict_proba([t for t, s in zip(texts, send) if s])
-        self.segments_seen += len(texts)
-        self.segments_sent += int(send.sum())
         self._last_sent = send
         return p
 

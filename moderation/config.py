@@ -32,6 +32,8 @@ POLICY_STATUSES: tuple[PolicyStatus, ...] = ("draft", "shadow", "live", "retired
 #: ``violations.market_scope`` of a row decided by a category's global rule.
 ALL_MARKETS = "*"
 GpuMode = Literal["auto", "never", "always"]
+#: Default of a run profile's ``max_item_words`` (see ``RunProfile``).
+DEFAULT_MAX_ITEM_WORDS = 200_000
 
 #: The folder holding conf/ when the project runs from its repository (editable install).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -270,6 +272,12 @@ class RunProfile(_Strict):
     #: Largest block (KiB) a pipeline stage emits; scored rows reach the driver, and chunks are
     #: committed, a block at a time (2048: ~2,000 text items).
     block_kib: int = Field(default=2048, ge=16)
+    #: Words of an item's text (title, description, body: lyrics or transcript) scored at most,
+    #: in that order; an item beyond it is scored on its first ``max_item_words`` words and its
+    #: ``scores`` row says so (``coverage_reason = limit_words``). Recorded in ``runs``; a
+    #: re-scan with a higher limit re-scores the items it cut. 200,000 words: a 20-hour
+    #: audiobook's transcript.
+    max_item_words: int = Field(default=DEFAULT_MAX_ITEM_WORDS, ge=1)
 
 
 # --------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ newest ``scores`` or ``quarantine`` row of the pair, not retired by a ``removals
 * its content hash changed (text: the normalized text fields; media: the bytes), or
 * its model version changed (the registry digest differs from the one that scored it), or
 * the item attributes ``scores`` carries for decide changed (markets, explicit, language, item
-  type): decisions per market and explicit exemptions follow the catalog.
+  type): decisions per market and explicit exemptions follow the catalog, or
+* it was scored partially under a word limit (``coverage_reason`` has ``limit_words``) that the
+  run's ``max_item_words`` now exceeds: more of it would be scored now (issue 13).
 
 Which catalog rows are looked at:
 
@@ -46,6 +48,7 @@ from moderation.catalog import (
     utf8_sanitize,
 )
 from moderation.classifiers.base import RunContext, build_classifier
+from moderation.classifiers.windows import LIMIT_WORDS
 from moderation.config import ModelSpec
 from moderation.errors import ModerationError
 from moderation.lake import Lake, storage_options
@@ -108,6 +111,24 @@ def attribute_keys(rows: pa.Table) -> list[str]:
             for t, lang, m, e in zip(cols["item_type"], cols["language"], cols["markets"], cols["explicit"])]
 
 
+def words_cut_at(rows: pa.Table) -> np.ndarray:
+    """Per ``scores`` row, the words scored when ``max_item_words`` cut the item (NaN: not cut
+    by the word limit, or scored before coverage was recorded)."""
+    if "coverage_reason" not in rows.column_names or "units_scored" not in rows.column_names:
+        return np.full(rows.num_rows, np.nan)
+    reasons = rows.column("coverage_reason").to_pylist()
+    scored = rows.column("units_scored").to_pylist()
+    return np.array([float(n) if r and LIMIT_WORDS in r.split(",") and n is not None else np.nan
+                     for r, n in zip(reasons, scored)], dtype=np.float64)
+
+
+def raised_limit(base: pd.DataFrame, limits: dict[str, int | None]) -> pd.Series:
+    """Baseline pairs cut by a word limit below the current one (``limits``: model id -> the
+    words its classifier scores at most now; None: the model has no word limit)."""
+    limit = base["model_id"].map(lambda m: limits.get(m)).astype("float64")
+    return base["words_cut"].notna() & limit.notna() & (base["words_cut"] < limit)
+
+
 # --------------------------------------------------------------------------------------
 # Baseline: the lake's last word on each pair
 # --------------------------------------------------------------------------------------
@@ -125,7 +146,7 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
     the pinned versions: columns digest, state (content hash, or ``catalog:<reason>`` for a pair
     the driver quarantined), present (False when a later ``removals`` row retired it)."""
     model_ids = [m.model_id for m in models]
-    cols = ["item_id", "modality", "model_id", "digest", "state", "event_at", "attrs"]
+    cols = ["item_id", "modality", "model_id", "digest", "state", "event_at", "attrs", "words_cut"]
 
     def flt(extra=None):
         f = pc.field("model_id").isin(model_ids)
@@ -135,9 +156,12 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
 
     parts = []
     if versions.get("scores") is not None:
+        # Coverage columns exist in lakes written since issue 13 (older rows read them as null).
+        have = set(lake.open("scores", version=versions["scores"]).schema().to_arrow().names)
+        coverage = [c for c in ("units_scored", "coverage_reason") if c in have]
         s = lake.read("scores", version=versions["scores"], filter=flt(),
                       columns=["item_id", "modality", "model_id", "model_digest", "content_hash", "scored_at",
-                               *ATTRIBUTES])
+                               *ATTRIBUTES, *coverage])
         parts.append(pd.DataFrame({
             "item_id": s.column("item_id").to_numpy(zero_copy_only=False),
             "modality": s.column("modality").to_numpy(zero_copy_only=False),
@@ -146,6 +170,7 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
             "state": s.column("content_hash").to_numpy(zero_copy_only=False),
             "event_at": s.column("scored_at").to_pandas(),
             "attrs": attribute_keys(s),
+            "words_cut": words_cut_at(s),
         }))
     if versions.get("quarantine") is not None:
         q = lake.read("quarantine", version=versions["quarantine"], filter=flt() & pc.field("item_id").is_valid())
@@ -157,7 +182,7 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
         parts.append(pd.DataFrame({
             "item_id": qd["item_id"], "modality": qd["modality"], "model_id": qd["model_id"],
             "digest": [digests.get((r, m)) for r, m in zip(qd["run_id"], qd["model_id"])],
-            "state": state, "event_at": qd["quarantined_at"], "attrs": None,
+            "state": state, "event_at": qd["quarantined_at"], "attrs": None, "words_cut": np.nan,
         }))
     if not parts:
         return pd.DataFrame(columns=[*cols, "present"])
@@ -276,6 +301,15 @@ def plan_rescan(
             notes.append(f"catalog version {base_run['catalog_version']} of the baseline run is unreadable: {e}")
 
     classifiers = {m.model_id: build_classifier(m, context=context) for m in models}
+    base = load_baseline(lake, versions, models)
+    limits = {m.model_id: getattr(classifiers[m.model_id], "max_item_words", None) for m in models}
+    raised = raised_limit(base, limits) & base["present"].eq(True)
+    if raised.any():
+        notes.append(f"{int(raised.sum())} pair(s) scored partially under a lower max_item_words are re-scored "
+                     f"(max_item_words now {max(v for v in limits.values() if v is not None)})")
+        if candidates is not None:  # not changed in the catalog, but to be scored again
+            more = pa.array(base.loc[raised, "item_id"].drop_duplicates().tolist(), pa.string())
+            candidates = pc.unique(pa.concat_arrays([candidates, more]))
     groups: dict[tuple, list[ModelSpec]] = defaultdict(list)  # models sharing content hashes
     for m in models:
         groups[classifiers[m.model_id].hash_key()].append(m)
@@ -344,7 +378,6 @@ def plan_rescan(
     excluded = pa.array([d.encode("utf-8") for d in sorted(dup_ids)] + sorted(invalid), pa.binary())
     cur_ids = set(all_ids.to_pylist()) if len(all_ids) else set()
 
-    base = load_baseline(lake, versions, models)
     if candidates is not None:
         # Pairs the feed does not list are as the baseline run left them: unchanged.
         outside = ~base["item_id"].isin(candidates.to_pylist())
@@ -360,13 +393,15 @@ def plan_rescan(
         dups_here = cur[cur["item_id"].isin(dup_ids)]
         cur = cur[~cur["item_id"].isin(dup_ids)]
         for m in members:
-            b = base[base["model_id"] == m.model_id][["item_id", "digest", "state", "present", "attrs"]]
+            b = base[base["model_id"] == m.model_id][["item_id", "digest", "state", "present", "attrs", "words_cut"]]
             merged = cur.merge(b.rename(columns={"attrs": "attrs_base"}), on="item_id", how="left")
             present = merged["present"].eq(True)
+            cut_short = raised_limit(merged.assign(model_id=m.model_id), limits)
             # Item attributes decide reads from scores (markets, explicit, language, item type):
             # compared where the baseline is a scores row (quarantine rows carry none).
             moved = merged["attrs_base"].notna() & (merged["attrs_base"] != merged["attrs"])
-            changed = ~present | (merged["digest"] != m.digest) | (merged["state"] != merged["hash"]) | moved
+            changed = (~present | (merged["digest"] != m.digest) | (merged["state"] != merged["hash"]) | moved
+                       | cut_short)
             keep = merged.loc[changed, "item_id"]
             unchanged += int((~changed).sum())
             prelude = list(missing.get(m.modality, []))

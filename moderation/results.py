@@ -9,7 +9,7 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moderation.classifiers.base import CONTENT_HASH, QDETAIL, QREASON, QSTAGE
+from moderation.classifiers.base import CONTENT_HASH, COVERAGE_COLUMNS, QDETAIL, QREASON, QSTAGE
 from moderation.config import ModelSpec
 from moderation.faults import fault_point
 from moderation.lake import Lake
@@ -43,6 +43,7 @@ def split_results(batch: pa.Table, *, run_id: str, model: ModelSpec, now: dt.dat
             "markets": ok_rows.column("markets"),
             "explicit": ok_rows.column("explicit"),
             "scored_at": pa.array([now] * n_ok, SCORES_SCHEMA.field("scored_at").type),
+            **coverage(ok_rows),
         },
         schema=SCORES_SCHEMA,
     )
@@ -53,6 +54,18 @@ def split_results(batch: pa.Table, *, run_id: str, model: ModelSpec, now: dt.dat
         content_hashes=q_rows.column(CONTENT_HASH) if CONTENT_HASH in q_rows.column_names else None,
     )
     return scores, quarantine
+
+
+def coverage(rows: pa.Table) -> dict[str, pa.Array]:
+    """The ``scores`` coverage columns of scored work rows (null where the classifier does not
+    record coverage): what ``preprocess`` counted, and the share scored."""
+    n = rows.num_rows
+    cols = {c: rows.column(c) if c in rows.column_names else pa.nulls(n, SCORES_SCHEMA.field(c).type)
+            for c in COVERAGE_COLUMNS}
+    total = pc.cast(cols["units_total"], pa.float64())
+    share = pc.if_else(pc.greater(total, 0), pc.divide(pc.cast(cols["units_scored"], pa.float64()), total), 1.0)
+    cols["coverage"] = pc.if_else(pc.is_valid(total), share, pa.scalar(None, pa.float64())).cast(pa.float32())
+    return cols
 
 
 def quarantine_table(*, run_id: str, model_id: str, item_ids, modalities, stages, reasons, details,

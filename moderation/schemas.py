@@ -47,6 +47,17 @@ SCORES_SCHEMA = pa.schema(
         pa.field("markets", STR_LIST),
         pa.field("explicit", pa.bool_()),
         pa.field("scored_at", TS, nullable=False),
+        # Added with issue 13 (long-form content scored whole); null in older rows, and in rows
+        # of models that do not record it (cover art, audio for now). What share of the item
+        # the model read: units_scored of units_total (text: words of title, description and
+        # body together, after normalisation), coverage = units_scored / units_total, and why
+        # not all of it: null when whole, else "limit_chars" (a field longer than the model's
+        # max_field_chars) and/or "limit_words" (the run's max_item_words), comma-joined.
+        pa.field("units_total", pa.int64()),
+        pa.field("units_scored", pa.int64()),
+        pa.field("unit", pa.string()),  # words
+        pa.field("coverage", pa.float32()),
+        pa.field("coverage_reason", pa.string()),
     ]
 )
 
@@ -145,6 +156,9 @@ RUNS_SCHEMA = pa.schema(
         # backfill/rescan: per cascade model, one JSON object: model_id, band (per-category
         # lower bounds, upper bound), pairs scored, pairs re-scored by the strong model, share.
         pa.field("cascade", STR_LIST),
+        # Added with issue 13; null in older rows. backfill/rescan: the run profile's
+        # max_item_words (words of an item's text scored at most).
+        pa.field("max_item_words", pa.int64()),
     ]
 )
 

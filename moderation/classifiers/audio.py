@@ -256,9 +256,10 @@ class SpeechTextClassifier(Classifier):
         self.max_claimed_s = float(pre.get("max_claimed_s", 6 * 3600.0))
         self.max_bytes = int(pre.get("max_bytes", 200_000_000))
         self.vad_threshold = float(pre.get("vad_threshold", 0.5))
-        # Same artifacts, categories and max_tokens as the text model; only the modality of
+        # Same artifacts, categories and token windows as the text model; only the modality of
         # the rows it sees differs.
-        self._text = MiniLMHeadsClassifier(spec.model_copy(update={"modality": "text"}), batch_size=batch_size)
+        self._text = MiniLMHeadsClassifier(spec.model_copy(update={"modality": "text"}), batch_size=batch_size,
+                                           context=context)
         self._vad: SileroVad | None = None  # loaded on first preprocess, once per worker copy
         self._whisper = None
         self._langid = None
@@ -399,10 +400,17 @@ class SpeechTextClassifier(Classifier):
             # same (tiny.en writes what it hears in English letters) and the evidence says so.
             note = "" if lang == "en" else f" [lang {lang}]"
             rows.append(i)
-            segments.append([t for _, _, t in heard])
-            names.append(
-                [f"window {s / SAMPLE_RATE:.1f}-{e / SAMPLE_RATE:.1f}s{note}: {t[:EVIDENCE_CHARS]}" for s, e, t in heard]
-            )
+            # A window's transcript longer than the text heads read at once (fast speech) is cut
+            # into token windows like any text, each named with its character offsets.
+            segs, nms = [], []
+            for (s, e, t), spans in zip(heard, self._text.windower().spans([t for _, _, t in heard])):
+                span = f"window {s / SAMPLE_RATE:.1f}-{e / SAMPLE_RATE:.1f}s{note}"
+                for a, b in spans:
+                    segs.append(t[a:b])
+                    nms.append(f"{span}: {t[a:b][:EVIDENCE_CHARS]}" if len(spans) == 1
+                               else f"{span} chars {a}-{b}: {t[a:b][:EVIDENCE_CHARS]}")
+            segments.append(segs)
+            names.append(nms)
         if rows:
             table = pa.table({"segments": pa.array(segments, pa.list_(pa.string())),
                               "segment_names": pa.array(names, pa.list_(pa.string()))})

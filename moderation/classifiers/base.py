@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
+from moderation.classifiers.windows import DEFAULT_MAX_ITEM_WORDS
 from moderation.config import Modality, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ CONTENT_HASH = "content_hash"
 
 #: The catalog field holding each media modality's URI.
 MEDIA_FIELDS = {"image": "cover_image", "audio": "audio_clip"}
+
+#: What ``preprocess`` may add for ``scores``: how much of the item is scored (see
+#: classifiers/windows.py; null where a classifier does not record it).
+COVERAGE_COLUMNS = ("units_total", "units_scored", "unit", "coverage_reason")
 
 SCORE_TYPE = pa.map_(pa.string(), pa.float32())
 EVIDENCE_TYPE = pa.map_(pa.string(), pa.string())
@@ -72,6 +77,8 @@ class RunContext:
     hash_bank_version: int | None = None
     #: Media URIs are read only under these roots (None: no restriction; see media.check_root).
     media_roots: tuple[str, ...] | None = None
+    #: Words of an item's text scored at most (the run profile's ``max_item_words``).
+    max_item_words: int = DEFAULT_MAX_ITEM_WORDS
 
 
 class Classifier(abc.ABC):
@@ -187,7 +194,8 @@ class Classifier(abc.ABC):
         # otherwise travel back to the driver.
         from moderation.catalog import WORK_COLUMNS
 
-        out = batch.select([c for c in (*WORK_COLUMNS, "modality", CONTENT_HASH) if c in batch.column_names])
+        out = batch.select([c for c in (*WORK_COLUMNS, "modality", CONTENT_HASH, *COVERAGE_COLUMNS)
+                            if c in batch.column_names])
         return (
             out.append_column("category_scores", pa.array([None if s is None else list(s.items()) for s in scores], SCORE_TYPE))
             .append_column("evidence", pa.array([None if e is None else list(e.items()) for e in evidence], EVIDENCE_TYPE))

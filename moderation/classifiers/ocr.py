@@ -30,11 +30,7 @@ from moderation.classifiers.base import (
     prepared,
 )
 from moderation.classifiers.image import load_cover
-from moderation.classifiers.text import (
-    MiniLMHeadsClassifier,
-    normalize_text,
-    text_segments,
-)
+from moderation.classifiers.text import MiniLMHeadsClassifier, coverage_columns
 from moderation.config import ModelSpec
 from moderation.errors import ConfigError, ModerationError
 from moderation.media import MediaError
@@ -150,15 +146,16 @@ class OcrTextClassifier(Classifier):
                 f"model {spec.model_id}: preprocessing ocr_min_side ({self.ocr_min_side}) must be positive "
                 f"and at most ocr_max_side ({self.ocr_max_side})"
             )
-        # Same artifacts, categories and segmenting as the text model; only the modality of
-        # the rows it sees differs.
-        self._text = MiniLMHeadsClassifier(spec.model_copy(update={"modality": "text"}), batch_size=batch_size)
+        # Same artifacts, categories, windows and word limit as the text model; only the
+        # modality of the rows it sees differs.
+        self._text = MiniLMHeadsClassifier(spec.model_copy(update={"modality": "text"}), batch_size=batch_size,
+                                           context=context)
 
     # ---- CPU side -------------------------------------------------------------------
     def preprocess(self, batch: pa.Table) -> pa.Table:
         binary = tesseract_binary()
         uris = batch.column("cover_image").to_pylist()
-        hashes, texts, segments, names, reasons, details, stages = [], [], [], [], [], [], []
+        hashes, texts, coverage, reasons, details, stages = [], [], [], [], [], []
         for uri in uris:
             data = None
             try:
@@ -170,27 +167,26 @@ class OcrTextClassifier(Classifier):
                 )
             except MediaError as e:
                 hashes.append(media_content_hash(data if data is not None else e.data, uri))
-                texts.append(None), segments.append([]), names.append([])
+                texts.append(None), coverage.append(None)
                 reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
                 continue
-            text = normalize_text(raw)
-            segs = text_segments(
-                {"body_text": text}, segment_words=self._text.segment_words, max_segments=self._text.max_segments
-            )
+            fields, cov = self._text.limited({"body_text": raw}, max_chars=None)
             hashes.append(media_content_hash(data, uri))
-            texts.append(text)
-            segments.append([s for _, s in segs])
-            # The text heads report the winning segment's name as evidence: name each segment
-            # by the words it holds, so the evidence is the OCR text itself.
-            names.append([f"ocr:{s[:EVIDENCE_CHARS]}" for _, s in segs])
+            texts.append(fields["body_text"])
+            coverage.append(cov)
             reasons.append(None), details.append(None), stages.append(None)
+        wins = self._text.windows([{"body_text": t or ""} for t in texts])
         return prepared(
             batch,
             hashes=hashes,
             inputs={
                 "ocr_text": pa.array(texts, pa.string()),  # "" when no text was found
-                "segments": pa.array(segments, pa.list_(pa.string())),
-                "segment_names": pa.array(names, pa.list_(pa.string())),
+                "segments": pa.array([[w.text for w in ws] for ws in wins], pa.list_(pa.string())),
+                # The text heads report the winning segment's name as evidence: name each window
+                # by the words it holds, so the evidence is the OCR text itself.
+                "segment_names": pa.array([[f"ocr:{w.text[:EVIDENCE_CHARS]}" for w in ws] for ws in wins],
+                                          pa.list_(pa.string())),
+                **coverage_columns(coverage),
             },
             reasons=reasons,
             details=details,

@@ -3,9 +3,11 @@
 ``scripts/train_text_heads.py``.
 
 An item's text is split into segments (title, description, windows of the lyrics or
-transcript); each segment is scored and the item's score per category is the maximum over
-segments, with the winning segment kept as evidence. A slur in a title is not diluted by
-three pages of benign transcript.
+transcript; ``windows.py``: measured in the encoder's tokens, overlapping, every word of the item
+within the limits); each segment is scored and the item's score per category is the maximum over
+segments, with the winning segment kept as evidence (``body_text[3]@1520-2310``: the window and
+its character offsets). A slur in a title is not diluted by three pages of benign transcript.
+Each row says how much of the item was scored (``coverage_columns``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ import pyarrow as pa
 
 from moderation.artifacts import read_verified
 from moderation.classifiers.base import Classifier, RunContext, prepared
+from moderation.classifiers.windows import (
+    LIMIT_CHARS,
+    LIMIT_WORDS,
+    Coverage,
+    TokenWindower,
+    Window,
+    WordWindower,
+    count_words,
+    limit_words,
+    window_name,
+)
 from moderation.config import ModelSpec
 from moderation.schemas import TEXT_COLUMNS
 
@@ -36,7 +49,9 @@ def normalize_text(value: str | None) -> str:
 
 
 def text_segments(fields: dict[str, str], *, segment_words: int, max_segments: int) -> list[tuple[str, str]]:
-    """(name, text) segments of one item: title, description, then body windows."""
+    """(name, text) segments of one item as scored before issue 13: title, description, then
+    body windows of ``segment_words`` words, at most ``max_segments`` in all (the rest unscored).
+    Kept for comparisons with the old windowing; classifiers use ``MiniLMHeadsClassifier.windows``."""
     segs: list[tuple[str, str]] = []
     for name in ("title", "description"):
         if fields.get(name):
@@ -47,6 +62,16 @@ def text_segments(fields: dict[str, str], *, segment_words: int, max_segments: i
             break
         segs.append((f"body_text[{w // segment_words}]", " ".join(words[w : w + segment_words])))
     return segs[:max_segments]
+
+
+def coverage_columns(coverage: list[Coverage | None]) -> dict[str, pa.Array]:
+    """The ``scores`` coverage columns of preprocessed rows (None: not recorded for that row)."""
+    return {
+        "units_total": pa.array([c and c.units_total for c in coverage], pa.int64()),
+        "units_scored": pa.array([c and c.units_scored for c in coverage], pa.int64()),
+        "unit": pa.array([c and c.unit for c in coverage], pa.string()),
+        "coverage_reason": pa.array([c and c.reason for c in coverage], pa.string()),
+    }
 
 
 class MiniLMEncoder:
@@ -105,9 +130,18 @@ class MiniLMHeadsClassifier(Classifier):
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
         super().__init__(spec, batch_size=batch_size, context=context)
-        self.segment_words = int(spec.preprocessing.get("segment_words", 160))
-        self.max_segments = int(spec.preprocessing.get("max_segments", 6))
-        self.max_chars = int(spec.preprocessing.get("max_field_chars", 100_000))
+        pre = spec.preprocessing
+        # segment_words / max_segments: the windowing before issue 13 (``text_segments``), no
+        # longer used to score.
+        self.segment_words = int(pre.get("segment_words", 160))
+        self.max_segments = int(pre.get("max_segments", 6))
+        self.max_chars = int(pre.get("max_field_chars", 100_000))
+        self.max_item_words = context.max_item_words
+        self.window_tokens = int(pre.get("window_tokens", pre.get("max_tokens", 128)))
+        self.window_overlap_tokens = int(pre.get("window_overlap_tokens", 16))
+        self.window_words = int(pre.get("window_words", 160))
+        self.window_overlap_words = int(pre.get("window_overlap_words", 16))
+        self._windower: TokenWindower | WordWindower | None = None  # built on first use, per process
         self._encoder: MiniLMEncoder | None = None
         self._weight: np.ndarray | None = None
         self._bias: np.ndarray | None = None
@@ -115,6 +149,10 @@ class MiniLMHeadsClassifier(Classifier):
         self._lexical: LexicalModel | None = None
         self._combine: tuple[np.ndarray, np.ndarray] | None = None
         self._input: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict:
+        # Ray ships the classifier to tasks and actors: the windower's tokenizer is rebuilt there.
+        return {**self.__dict__, "_windower": None}
 
     # ---- CPU side -------------------------------------------------------------------
     def _fields(self, raw: dict[str, str | None]) -> dict[str, str]:
@@ -127,18 +165,57 @@ class MiniLMHeadsClassifier(Classifier):
         cols = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows for c in TEXT_COLUMNS}
         return [text_content_hash(self._fields({c: cols[c][i] for c in TEXT_COLUMNS})) for i in range(batch.num_rows)]
 
+    def windower(self) -> TokenWindower | WordWindower:
+        """How this model's text is cut into windows (see ``windows.py``): MiniLM's own tokens
+        for the kinds that score through MiniLM, words for the others."""
+        if self._windower is None:
+            if self.spec.kind in ("minilm_heads", "ocr_text", "speech_text"):
+                from tokenizers import Tokenizer
+
+                tok = read_verified(self.spec.model_id, "tokenizer", self.spec.artifacts["tokenizer"])
+                self._windower = TokenWindower(Tokenizer.from_str(tok.decode("utf-8")), max_tokens=self.window_tokens,
+                                               overlap=self.window_overlap_tokens)
+            else:
+                self._windower = WordWindower(size=self.window_words, overlap=self.window_overlap_words)
+        return self._windower
+
+    def windows(self, items: list[dict[str, str]]) -> list[list[Window]]:
+        """Each item's windows, field by field (fields in the order given, empty ones skipped)."""
+        keys = [(i, name) for i, fields in enumerate(items) for name, text in fields.items() if text]
+        spans = self.windower().spans([items[i][name] for i, name in keys]) if keys else []
+        out: list[list[Window]] = [[] for _ in items]
+        for (i, name), sp in zip(keys, spans):
+            text = items[i][name]
+            out[i] += [Window(window_name(name, k, a, b, single=len(sp) == 1), text[a:b], a, b) for k, (a, b) in enumerate(sp)]
+        return out
+
+    def limited(self, raw: dict[str, str | None], *, max_chars: int | None) -> tuple[dict[str, str], Coverage]:
+        """An item's normalised fields within the limits (``max_chars`` per field, None: none;
+        the run's ``max_item_words``), and its coverage in words."""
+        fields, total, reasons = {}, 0, []
+        for c, v in raw.items():
+            if v and max_chars is not None and len(v) > max_chars:
+                total += count_words(_CONTROL.sub(" ", v))  # words of the whole field, cut or not
+                fields[c] = normalize_text(v[:max_chars])
+                reasons.append(LIMIT_CHARS)
+            else:
+                fields[c] = normalize_text(v)
+                total += count_words(fields[c])
+        fields, available, kept = limit_words(fields, max_words=self.max_item_words)
+        if kept < available:
+            reasons.append(LIMIT_WORDS)
+        return fields, Coverage(total, kept, reason=",".join(dict.fromkeys(reasons)) or None)
+
     def preprocess(self, batch: pa.Table) -> pa.Table:
         cols = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows for c in TEXT_COLUMNS}
-        hashes, segments, names, reasons, details, stages = [], [], [], [], [], []
+        hashes, items, coverage, reasons, details, stages = [], [], [], [], [], []
         for i in range(batch.num_rows):
             raw = {c: cols[c][i] for c in TEXT_COLUMNS}
-            fields = self._fields(raw)
-            h = text_content_hash(fields)
-            segs = text_segments(fields, segment_words=self.segment_words, max_segments=self.max_segments)
-            hashes.append(h)
-            segments.append([s for _, s in segs])
-            names.append([n for n, _ in segs])
-            if not segs:
+            hashes.append(text_content_hash(self._fields(raw)))
+            fields, cov = self.limited(raw, max_chars=self.max_chars)
+            items.append(fields)
+            coverage.append(cov)
+            if cov.units_total == 0:
                 empty = [c for c in TEXT_COLUMNS if raw[c] is None]
                 reasons.append("no_usable_text")
                 details.append(
@@ -149,12 +226,14 @@ class MiniLMHeadsClassifier(Classifier):
                 reasons.append(None)
                 details.append(None)
                 stages.append(None)
+        wins = self.windows(items)
         return prepared(
             batch,
             hashes=hashes,
             inputs={
-                "segments": pa.array(segments, pa.list_(pa.string())),
-                "segment_names": pa.array(names, pa.list_(pa.string())),
+                "segments": pa.array([[w.text for w in ws] for ws in wins], pa.list_(pa.string())),
+                "segment_names": pa.array([[w.name for w in ws] for ws in wins], pa.list_(pa.string())),
+                **coverage_columns(coverage),
             },
             reasons=reasons,
             details=details,

@@ -208,14 +208,16 @@ def test_decide_is_vectorized_100k_items(tmp_path):
     maps = pa.MapArray.from_arrays(np.arange(0, 3 * n + 1, 3, dtype=np.int32), pa.array(categories * n),
                                    pa.array(rng.random(3 * n).astype("float32")))
     choices = [["US", "DE"], ["BR"], ["DE"], [], None, ["US", "BR", "DE"]]
-    table = pa.table({
+    from moderation.lake import conform
+
+    table = conform(pa.table({
         "run_id": ["r1"] * n, "item_id": [f"i{i}" for i in range(n)], "item_type": ["track"] * n,
         "modality": ["text"] * n, "model_id": [SPEC.model_id] * n, "model_digest": [SPEC.digest] * n,
         "content_hash": ["h"] * n, "category_scores": maps,
         "evidence": pa.nulls(n, pa.map_(pa.string(), pa.string())), "language": ["en"] * n,
         "markets": pa.array([choices[i % 6] for i in range(n)], pa.list_(pa.string())),
         "explicit": np.arange(n) % 7 == 0, "scored_at": pa.array([T0] * n, pa.timestamp("us", tz="UTC")),
-    }).cast(SCORES_SCHEMA)
+    }), SCORES_SCHEMA)  # columns the rows lack (coverage) are null
     loaded = load_policy(POLICY_V4)
     started = time.perf_counter()
     rows = apply_policy(latest_scores(table), loaded, REG, run_id="d", now=T0)

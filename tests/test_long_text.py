@@ -206,6 +206,13 @@ def test_a_field_beyond_max_field_chars_is_visibly_partial(spec):
     assert (total, reason) == (41, LIMIT_CHARS) and scored == 1 + 10
 
 
+def test_windows_longer_than_the_encoder_reads_are_refused(spec):
+    from moderation.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="window_tokens"):
+        MiniLMHeadsClassifier(spec.model_copy(update={"preprocessing": {**spec.preprocessing, "window_tokens": 256}}))
+
+
 def test_the_profile_default_is_generous():
     assert RunProfile().max_item_words == 200_000 == RunContext().max_item_words
     assert word_spans(" a  bc ") == [(1, 2), (4, 6)]

@@ -35,6 +35,7 @@ from moderation.classifiers.windows import (
     window_name,
 )
 from moderation.config import ModelSpec
+from moderation.errors import ConfigError
 from moderation.schemas import TEXT_COLUMNS
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -141,6 +142,9 @@ class MiniLMHeadsClassifier(Classifier):
         self.window_overlap_tokens = int(pre.get("window_overlap_tokens", 16))
         self.window_words = int(pre.get("window_words", 160))
         self.window_overlap_words = int(pre.get("window_overlap_words", 16))
+        if self.window_tokens > int(pre.get("max_tokens", self.window_tokens)):
+            raise ConfigError(f"model {spec.model_id}: preprocessing window_tokens ({self.window_tokens}) exceeds "
+                              f"max_tokens ({pre['max_tokens']}): the encoder would truncate every window")
         self._windower: TokenWindower | WordWindower | None = None  # built on first use, per process
         self._encoder: MiniLMEncoder | None = None
         self._weight: np.ndarray | None = None

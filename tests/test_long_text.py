@@ -227,14 +227,19 @@ def test_a_rescan_rescores_pairs_cut_by_a_lower_limit(tmp_path, spec, transcript
     from moderation.catalog import open_catalog
     from moderation.lake import Lake
     from moderation.rescan import pinned_versions, plan_rescan
+    from moderation.runinfo import run_row
     from moderation.schemas import CATALOG_SCHEMA
 
     catalog = str(tmp_path / "catalog")
     items = {"long": transcript, "short": "a short lyric"}
     write_deltalake(catalog, pa.Table.from_pylist(
         [{"item_id": i, "item_type": "episode", "title": "T", "body_text": b} for i, b in items.items()],
-        schema=CATALOG_SCHEMA))
+        schema=CATALOG_SCHEMA), configuration={"delta.enableChangeDataFeed": "true"})
     lake = Lake(str(tmp_path / "lake"))
+    now = dt.datetime.now(dt.timezone.utc)
+    lake.upsert_run(run_row(run_id="base", kind="backfill", status="succeeded", catalog_uri=catalog, catalog_version=0,
+                            model_ids=[spec.model_id], model_digests=[spec.digest], max_item_words=1_000,
+                            started_at=now, ended_at=now))
     low = MiniLMHeadsClassifier(spec, context=RunContext(max_item_words=1_000))
     rows = low.preprocess(_rows(item_id=list(items), title=["T", "T"], body_text=list(items.values())))
     fake = rows.append_column("category_scores", pa.array([[("hate", 0.1)]] * 2, pa.map_(pa.string(), pa.float32())))
@@ -243,11 +248,13 @@ def test_a_rescan_rescores_pairs_cut_by_a_lower_limit(tmp_path, spec, transcript
     assert scores.column("coverage_reason").to_pylist() == [LIMIT_WORDS, None]
     lake.append_chunk("scores", scores, app_id="test/base", version=0)
 
-    def selected(limit: int) -> list[str]:
+    def selected(limit: int, source: str) -> list[str]:
         plan = plan_rescan(open_catalog(catalog), [spec], lake, context=RunContext(lake_root=lake.root, max_item_words=limit),
-                           versions=pinned_versions(lake), change_source="anti_join")
+                           versions=pinned_versions(lake), change_source=source)
+        assert plan.change_source == source
         return sorted(plan.selections[spec.model_id].keep_ids.to_pylist())
 
-    assert selected(1_000) == []  # same limit: nothing changed
-    assert selected(500) == []  # a lower limit scores no more of it
-    assert selected(200_000) == ["long"]  # raised: the cut item again, the whole one not
+    for source in ("anti_join", "cdf"):  # cdf: the feed lists no change, the limit alone selects
+        assert selected(1_000, source) == []  # same limit: nothing changed
+        assert selected(500, source) == []  # a lower limit scores no more of it
+        assert selected(200_000, source) == ["long"]  # raised: the cut item again, the whole one not

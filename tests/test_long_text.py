@@ -206,6 +206,14 @@ def test_a_field_beyond_max_field_chars_is_visibly_partial(spec):
     assert (total, reason) == (41, LIMIT_CHARS) and scored == 1 + 10
 
 
+def test_text_hidden_past_max_field_chars_is_no_usable_text(spec):
+    from moderation.classifiers.base import QDETAIL, QREASON
+
+    clf = MiniLMHeadsClassifier(spec.model_copy(update={"preprocessing": {**spec.preprocessing, "max_field_chars": 50}}))
+    rows = clf.preprocess(_rows(item_id=["a"], body_text=[" " * 60 + "words after the blank"]))
+    assert rows.column(QREASON)[0].as_py() == "no_usable_text" and "first 50 characters" in rows.column(QDETAIL)[0].as_py()
+
+
 def test_windows_longer_than_the_encoder_reads_are_refused(spec):
     from moderation.errors import ConfigError
 

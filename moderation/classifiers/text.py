@@ -193,19 +193,25 @@ class MiniLMHeadsClassifier(Classifier):
             out[i] += [Window(window_name(name, k, a, b, single=len(sp) == 1), text[a:b], a, b) for k, (a, b) in enumerate(sp)]
         return out
 
-    def limited(self, raw: dict[str, str | None], *, max_chars: int | None) -> tuple[dict[str, str], Coverage]:
+    def limited(self, raw: dict[str, str | None], *, max_chars: int | None,
+                normalized: dict[str, str] | None = None) -> tuple[dict[str, str], Coverage]:
         """An item's normalised fields within the limits (``max_chars`` per field, None: none;
-        the run's ``max_item_words``), and its coverage in words."""
-        fields, total, reasons = {}, 0, []
+        the run's ``max_item_words``), and its coverage in words.
+
+        Args:
+            normalized: the fields already normalised within ``max_chars`` (``_fields``), when
+                the caller has them.
+        """
+        if normalized is None:
+            normalized = {c: normalize_text(v[:max_chars] if v and max_chars is not None else v) for c, v in raw.items()}
+        total, reasons = 0, []
         for c, v in raw.items():
             if v and max_chars is not None and len(v) > max_chars:
                 total += count_words(_CONTROL.sub(" ", v))  # words of the whole field, cut or not
-                fields[c] = normalize_text(v[:max_chars])
                 reasons.append(LIMIT_CHARS)
             else:
-                fields[c] = normalize_text(v)
-                total += count_words(fields[c])
-        fields, available, kept = limit_words(fields, max_words=self.max_item_words)
+                total += count_words(normalized[c])
+        fields, available, kept = limit_words(normalized, max_words=self.max_item_words)
         if kept < available:
             reasons.append(LIMIT_WORDS)
         return fields, Coverage(total, kept, reason=",".join(dict.fromkeys(reasons)) or None)
@@ -215,15 +221,17 @@ class MiniLMHeadsClassifier(Classifier):
         hashes, items, coverage, reasons, details, stages = [], [], [], [], [], []
         for i in range(batch.num_rows):
             raw = {c: cols[c][i] for c in TEXT_COLUMNS}
-            hashes.append(text_content_hash(self._fields(raw)))
-            fields, cov = self.limited(raw, max_chars=self.max_chars)
+            normalized = self._fields(raw)
+            hashes.append(text_content_hash(normalized))
+            fields, cov = self.limited(raw, max_chars=self.max_chars, normalized=normalized)
             items.append(fields)
             coverage.append(cov)
-            if cov.units_total == 0:
+            if cov.units_scored == 0:
                 empty = [c for c in TEXT_COLUMNS if raw[c] is None]
                 reasons.append("no_usable_text")
                 details.append(
                     f"title, description and body_text are empty or whitespace (null: {', '.join(empty) or 'none'})"
+                    + (f" within the first {self.max_chars} characters of each" if cov.units_total else "")
                 )
                 stages.append("preprocess")
             else:

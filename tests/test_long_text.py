@@ -266,3 +266,31 @@ def test_a_rescan_rescores_pairs_cut_by_a_lower_limit(tmp_path, spec, transcript
         assert selected(1_000, source) == []  # same limit: nothing changed
         assert selected(500, source) == []  # a lower limit scores no more of it
         assert selected(200_000, source) == ["long"]  # raised: the cut item again, the whole one not
+
+
+def test_a_lake_from_before_coverage_is_read_and_evolved(tmp_path, spec):
+    """scores written before issue 13 lack the coverage columns: a re-scan's baseline reads them
+    as not cut, and the next append adds the columns (older rows: null)."""
+    from deltalake import write_deltalake
+
+    from moderation.lake import Lake
+    from moderation.rescan import load_baseline, pinned_versions
+    from moderation.schemas import SCORES_SCHEMA
+
+    old_schema = pa.schema([f for f in SCORES_SCHEMA if f.name not in
+                            ("units_total", "units_scored", "unit", "coverage", "coverage_reason")])
+    now = dt.datetime.now(dt.timezone.utc)
+    row = {"run_id": "old", "item_id": "a", "item_type": "episode", "modality": "text", "model_id": spec.model_id,
+           "model_digest": spec.digest, "content_hash": "h", "category_scores": [("hate", 0.1)],
+           "evidence": [("hate", "title")], "scored_at": now}
+    lake = Lake(str(tmp_path / "lake"))
+    write_deltalake(lake.uri("scores"), pa.Table.from_pylist([row], schema=old_schema))
+    base = load_baseline(lake, pinned_versions(lake), [spec])
+    assert base["words_cut"].isna().all() and len(base) == 1
+    later = now + dt.timedelta(seconds=1)
+    new = {**row, "run_id": "new", "scored_at": later, "units_total": 9, "units_scored": 4, "unit": "words",
+           "coverage": 4 / 9, "coverage_reason": LIMIT_WORDS}
+    lake.append_chunk("scores", pa.Table.from_pylist([new], schema=SCORES_SCHEMA), app_id="test/new", version=0)
+    got = {r["run_id"]: r for r in lake.read("scores").to_pylist()}
+    assert got["old"]["units_total"] is None and got["new"]["coverage_reason"] == LIMIT_WORDS
+    assert load_baseline(lake, pinned_versions(lake), [spec])["words_cut"].tolist() == [4.0]

@@ -14,6 +14,12 @@ override merged over the global rule (no row when the category is exempt there).
 the markets it applies to in ``scope_markets``: ``[M]`` for a market row; for ``"*"``, the item's
 markets without an override for the category, in the item's order (null: the item lists none).
 
+Evidence: each row carries the evidence of the scores row that gave its score (the highest among
+the item's rows that count; the first of them, newest first, on a tie) for its category, the
+position that evidence names (:func:`evidence_position`: character offsets of a text window,
+seconds of an audio window) and that row's coverage, so a violation found on an item read only in
+part says so.
+
 Removals: a scores row is retired when ``removals`` holds a row for its (item, modality) removed
 at or after it was scored; retired rows do not count, so the pair's violations disappear in the
 next decide (``retired_rows`` counts the previous decide's rows that went that way).
@@ -26,6 +32,7 @@ runs per item.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,13 +51,49 @@ from moderation.schemas import STR_LIST, VIOLATIONS_SCHEMA
 
 SCORE_COLUMNS = ["item_id", "item_type", "modality", "model_id", "model_digest", "category_scores",
                  "language", "markets", "explicit", "scored_at", "run_id"]
+#: Read with ``SCORE_COLUMNS`` where the scores table has them (coverage: since issue 13).
+EVIDENCE_COLUMNS = ["evidence", "coverage", "coverage_reason"]
 #: Prefix of the per-category score columns of :func:`latest_scores`' frame.
 SCORE_PREFIX = "score:"
+#: Prefix of the per-category evidence columns of :func:`latest_scores`' frame.
+EVIDENCE_PREFIX = "evidence:"
+#: The positions evidence names. Text windows (``classifiers.windows.window_name``):
+#: ``body_text[3]@1520-2310``, character offsets in the field's normalised text; audio windows
+#: (``classifiers.audio``): ``window 30.0-57.2s…: <transcript>``, seconds into the clip.
+_TEXT_POSITION = re.compile(r"^[a-z_]+\[\d+\]@(?P<start>\d+)-(?P<end>\d+)$")
+_AUDIO_POSITION = re.compile(r"^window (?P<start>\d+(?:\.\d+)?)-(?P<end>\d+(?:\.\d+)?)s\b")
 _ITEM_COLUMNS = ["item_type", "language", "markets", "explicit"]
 
 
 def score_column(category: str) -> str:
     return SCORE_PREFIX + category
+
+
+def evidence_column(category: str) -> str:
+    return EVIDENCE_PREFIX + category
+
+
+def evidence_position(evidence: pd.Series) -> pd.DataFrame:
+    """The position each evidence string names.
+
+    Args:
+        evidence: evidence strings (``scores.evidence`` values; None allowed).
+
+    Returns:
+        Aligned with ``evidence``: ``evidence_start`` and ``evidence_end`` (float64) and
+        ``evidence_unit`` (``chars`` for a text window, ``seconds`` for an audio window), all
+        null where the evidence names no position.
+    """
+    text = evidence.astype("string")
+    out = pd.DataFrame({"evidence_start": np.nan, "evidence_end": np.nan, "evidence_unit": None},
+                       index=evidence.index).astype({"evidence_unit": object})
+    for pattern, unit in ((_TEXT_POSITION, "chars"), (_AUDIO_POSITION, "seconds")):
+        found = text.str.extract(pattern)
+        hit = found["start"].notna().to_numpy(dtype=bool) & out["evidence_unit"].isna().to_numpy()
+        out.loc[hit, "evidence_start"] = found.loc[hit, "start"].astype("float64")
+        out.loc[hit, "evidence_end"] = found.loc[hit, "end"].astype("float64")
+        out.loc[hit, "evidence_unit"] = unit
+    return out
 
 
 def latest_scores(scores: pa.Table, removals: pa.Table | None = None) -> pd.DataFrame:
@@ -63,8 +106,9 @@ def latest_scores(scores: pa.Table, removals: pa.Table | None = None) -> pd.Data
     Returns:
         One row per (item_id, modality, model_id), newest first, with the scores' columns except
         the maps, one float64 column ``score:<category>`` per category found in the
-        ``category_scores`` maps (null where a row has no score for it), and ``retired``: the
-        pair was removed at or after the row was scored.
+        ``category_scores`` maps (null where a row has no score for it), when ``scores`` has
+        ``evidence`` one string column ``evidence:<category>`` per category, and ``retired``:
+        the pair was removed at or after the row was scored.
     """
     maps = scores.column("category_scores")
     keys = maps.combine_chunks().keys if scores.num_rows else pa.array([], pa.string())
@@ -74,6 +118,9 @@ def latest_scores(scores: pa.Table, removals: pa.Table | None = None) -> pd.Data
         values = pc.map_lookup(maps, pa.scalar(category, pa.string()), "first")
         # float64: a float32 score compares with the policy's thresholds as it always did.
         base = base.append_column(score_column(category), values.cast(pa.float64()))
+        if "evidence" in scores.column_names:
+            base = base.append_column(evidence_column(category), pc.map_lookup(
+                scores.column("evidence"), pa.scalar(category, pa.string()), "first"))
     df = base.to_pandas()
     if not df.empty:
         df = df.sort_values(["scored_at", "run_id"], ascending=False, kind="stable")
@@ -123,9 +170,17 @@ def _decide_variant(hits: pd.DataFrame, col: str, rule: CategoryRule, *, categor
     """One (category, market scope) variant: a row per item of ``hits`` (its rows at or above
     the rule's review floor)."""
     floor = rule.review_threshold if rule.review_threshold is not None else rule.threshold
-    score = hits.groupby("item_id", sort=True)[col].max()
+    # The row that gave each item's score (the first of the highest, in ``hits``' order).
+    best = hits.loc[hits.groupby("item_id", sort=True)[col].idxmax()]
     refs = hits["model_id"] + "@" + hits["model_digest"].str.slice(0, 12)
-    out = pd.DataFrame({"item_id": score.index.to_numpy(), "score": score.to_numpy()})
+    out = pd.DataFrame({"item_id": best["item_id"].to_numpy(), "score": best[col].to_numpy()})
+    name = evidence_column(category)
+    evidence = best[name] if name in best else pd.Series(None, index=best.index, dtype=object)
+    out["evidence"] = evidence.to_numpy()
+    for name, value in evidence_position(evidence).items():
+        out[name] = value.to_numpy()
+    for name in ("coverage", "coverage_reason"):
+        out[name] = best[name].to_numpy() if name in best else None
     violation = (out["score"] >= rule.threshold).to_numpy()
     out["market_scope"] = scope
     out["category"] = category
@@ -188,8 +243,9 @@ def apply_policy(
     scopes: list[pa.Array] = []  # scope_markets of each part, aligned with its rows
     for category, rule in policy.categories.items():
         col = score_column(category)
+        extra = [c for c in (evidence_column(category), "coverage", "coverage_reason") if c in live]
         part = category_rows(live, loaded, models, category, explicit,
-                             ["item_id", "modality", "model_id", "model_digest"])
+                             ["item_id", "modality", "model_id", "model_digest", *extra])
         if part is None:
             continue
         overrides = policy.market_overrides(category)
@@ -232,6 +288,7 @@ def apply_policy(
     rows["decided_at"] = now
     rows["score"] = rows["score"].astype("float32")
     rows["threshold"] = rows["threshold"].astype("float32")
+    rows["coverage"] = rows["coverage"].astype("float32")
     names = [n for n in VIOLATIONS_SCHEMA.names if n != "scope_markets"]
     table = pa.Table.from_pandas(rows[names], schema=pa.schema([VIOLATIONS_SCHEMA.field(n) for n in names]),
                                  preserve_index=False)
@@ -329,8 +386,10 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
     run_id = run_id or new_run_id("decide")
     started = utcnow()
     status = effective_status(lake, policy.policy_id, policy.version, policy.status)
+    have = set(dt_scores.schema().to_arrow().names)
     scores = dt_scores.to_pyarrow_dataset().to_table(
-        filter=pc.field("model_id").isin(list(policy.models)), columns=SCORE_COLUMNS
+        filter=pc.field("model_id").isin(list(policy.models)),
+        columns=SCORE_COLUMNS + [c for c in EVIDENCE_COLUMNS if c in have],
     )
     removals = lake.read("removals", columns=["item_id", "modality", "removed_at"])
     latest = latest_scores(scores, removals)

@@ -101,6 +101,22 @@ VIOLATIONS_SCHEMA = pa.schema(
         pa.field("model_refs", STR_LIST),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("decided_at", TS, nullable=False),
+        # Added with issue 13 (long-form content scored whole); null in rows decided before.
+        # Where the score came from: the ``evidence`` of the scores row that gave it (the
+        # highest-scoring row among the item's rows for the category) for the category, e.g.
+        # ``body_text[3]@1520-2310`` or ``window 360.0-390.0s: <transcript>``, and the position
+        # it names: [evidence_start, evidence_end) in evidence_unit ``chars`` (offsets in the named
+        # field's normalised text) or ``seconds`` (from the start of the audio); all three null
+        # when the evidence names no position (a title or description read in one window, cover
+        # art, rows scored before windows carried offsets).
+        pa.field("evidence", pa.string()),
+        pa.field("evidence_start", pa.float64()),
+        pa.field("evidence_end", pa.float64()),
+        pa.field("evidence_unit", pa.string()),  # chars | seconds
+        # scores.coverage and scores.coverage_reason of that row: a violation found on an item
+        # the model read only in part says so (null: not recorded, e.g. cover art, audio).
+        pa.field("coverage", pa.float32()),
+        pa.field("coverage_reason", pa.string()),
     ]
 )
 VIOLATIONS_PARTITIONS = ["policy_id", "policy_version"]

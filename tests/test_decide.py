@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -11,7 +12,7 @@ from moderation.config import load_model_registry, load_policy
 from moderation.decide import apply_policy, latest_scores, run_decide
 from moderation.errors import LakeError
 from moderation.lake import Lake
-from moderation.schemas import SCORES_SCHEMA
+from moderation.schemas import SCORES_SCHEMA, VIOLATIONS_SCHEMA
 from tests.conftest import POLICY_V1, POLICY_V2
 
 REG = load_model_registry()
@@ -108,6 +109,86 @@ def test_decide_adds_scope_markets_to_a_violations_table_that_predates_it(tmp_pa
     assert v[2, "old"]["scope_markets"] is None and v[2, "old"]["run_id"] == "decide-old"  # untouched, reads null
     assert v[1, "a"]["scope_markets"] == ["US", "DE"]
     assert run_decide(lake_root=lake.root, policy_path=POLICY_V1).violations == 1  # and again, evolved already
+
+
+def test_evidence_position_of_text_and_audio_windows():
+    import pandas as pd
+
+    from moderation.decide import evidence_position
+
+    got = evidence_position(pd.Series([
+        "body_text[3]@1520-2310", "title[0]@0-312", "title", "window 360.0-387.5s: you people are vermin",
+        "window 30.0-57.2s [lang de] chars 0-120: hallo", "window 2.0-3.0s: window 9.0-9.5s", "no_speech",
+        "ocr:window 1.0-2.0s", "pdq:match:x:d=3", None,
+    ])).to_dict("records")
+    positions = [(r["evidence_start"], r["evidence_end"], r["evidence_unit"]) for r in got]
+    assert positions[:6] == [(1520, 2310, "chars"), (0, 312, "chars"), positions[2], (360.0, 387.5, "seconds"),
+                             (30.0, 57.2, "seconds"), (2.0, 3.0, "seconds")]
+    for start, end, unit in [positions[2], *positions[6:]]:  # no position named
+        assert np.isnan(start) and np.isnan(end) and unit is None
+
+
+def test_violations_carry_the_winning_rows_evidence_position_and_coverage():
+    """Per category, the row that gave the score (here the audio window for hate, the partly read
+    transcript for spam) gives the evidence, its position and its coverage."""
+    audio = REG["audio-speech-text-v1"]
+    rows = scores([
+        ("ep", {"hate": 0.62, "harassment": 0.1, "spam": 0.97}, False, T0),
+        ("ep", {"hate": 0.91, "harassment": 0.1, "spam": 0.2}, False, T0),
+        ("song", {"hate": 0.95, "harassment": 0.1, "spam": 0.1}, False, T0),
+    ]).to_pylist()
+    rows[0].update(evidence=[("hate", "body_text[7]@5012-5790"), ("spam", "body_text[41]@30100-30950")],
+                   coverage=0.5, coverage_reason="limit_words", units_total=80_000, units_scored=40_000, unit="words")
+    rows[1].update(modality="audio", model_id=audio.model_id, model_digest=audio.digest,
+                   evidence=[("hate", "window 360.0-387.5s: you people are vermin")])
+    loaded = load_policy(POLICY_V2.parent / "v3.yaml")  # hate 0.80 / review 0.60, spam 0.95; text + audio
+    v = apply_policy(latest_scores(pa.Table.from_pylist(rows, schema=SCORES_SCHEMA)), loaded, REG,
+                     run_id="d", now=T0)
+    assert v.schema == VIOLATIONS_SCHEMA
+    got = {(r["item_id"], r["category"]): r for r in v.to_pylist()}
+    assert set(got) == {("ep", "hate"), ("ep", "spam"), ("song", "hate")}
+    hate = got["ep", "hate"]
+    assert hate["score"] == pytest.approx(0.91) and hate["evidence_modalities"] == ["audio", "text"]
+    assert hate["evidence"].startswith("window 360.0-387.5s")
+    assert (hate["evidence_start"], hate["evidence_end"], hate["evidence_unit"]) == (360.0, 387.5, "seconds")
+    assert hate["coverage"] is None and hate["coverage_reason"] is None  # audio records none (yet)
+    spam = got["ep", "spam"]
+    assert (spam["evidence"], spam["evidence_start"], spam["evidence_end"], spam["evidence_unit"]) == (
+        "body_text[41]@30100-30950", 30100.0, 30950.0, "chars")
+    assert spam["coverage"] == pytest.approx(0.5) and spam["coverage_reason"] == "limit_words"
+    song = got["song", "hate"]  # a title read whole: named, no position; coverage not recorded in the row
+    assert song["evidence"] == "title" and song["evidence_start"] is None and song["evidence_unit"] is None
+
+
+def test_decide_over_a_lake_from_before_coverage_and_evidence_positions(tmp_path):
+    """scores without the coverage columns and violations without the evidence columns (as an
+    older version wrote them): decide reads the one and evolves the other; older rows read null."""
+    from deltalake import write_deltalake
+
+    from moderation.schemas import VIOLATIONS_PARTITIONS
+
+    lake = Lake(str(tmp_path / "lake"))
+    new_scores = {"units_total", "units_scored", "unit", "coverage", "coverage_reason"}
+    new_violations = {"evidence", "evidence_start", "evidence_end", "evidence_unit", "coverage", "coverage_reason"}
+    old_scores = pa.schema([f for f in SCORES_SCHEMA if f.name not in new_scores])
+    old_violations = pa.schema([f for f in VIOLATIONS_SCHEMA if f.name not in new_violations])
+    rows = scores([("a", {"hate": 0.95, "harassment": 0.1, "spam": 0.1}, False, T0)]).to_pylist()
+    rows[0]["evidence"] = [("hate", "body_text[2]@900-1650")]
+    write_deltalake(lake.uri("scores"), pa.Table.from_pylist(rows, schema=old_scores), mode="append")
+    old_row = {"policy_id": "catalog-safety", "policy_version": 2, "policy_status": "shadow", "item_id": "old",
+               "item_type": "track", "language": "en", "markets": ["US"], "market_scope": "*", "category": "hate",
+               "score": 0.9, "threshold": 0.8, "decision": "violation", "action": "remove", "severity": "high",
+               "evidence_modalities": ["text"], "model_refs": [SPEC.ref], "run_id": "decide-old", "decided_at": T0}
+    write_deltalake(lake.uri("violations"), pa.Table.from_pylist([old_row], schema=old_violations), mode="append",
+                    partition_by=VIOLATIONS_PARTITIONS)
+
+    assert run_decide(lake_root=lake.root, policy_path=POLICY_V1).violations == 1
+    assert new_violations <= set(lake.open("violations").schema().to_arrow().names)
+    v = {r["item_id"]: r for r in lake.read("violations").to_pylist()}
+    assert (v["a"]["evidence"], v["a"]["evidence_start"], v["a"]["evidence_end"], v["a"]["evidence_unit"]) == (
+        "body_text[2]@900-1650", 900.0, 1650.0, "chars")
+    assert v["a"]["coverage"] is None  # the scores row predates coverage
+    assert all(v["old"][c] is None for c in new_violations)
 
 
 def _decided_rows(lake: Lake, version: int) -> dict[tuple[str, str, str], str]:

@@ -1,10 +1,11 @@
-"""The Spark report: violation counts and rates per policy version over the items it covered.
+"""The Spark report: violation counts and rates per policy version over the items it covered, and
+what share of those items the models read.
 
 Three layers: :func:`read_snapshot` turns one exact Delta snapshot into a Spark DataFrame;
 :func:`latest_decides`, :func:`live_scores`, :func:`population`, :func:`violation_rates`,
-:func:`category_totals`, :func:`violations_by_category`, :func:`diff_summary` and
-:func:`diff_totals` are pure DataFrame -> DataFrame functions; :func:`run_report` wires them and
-writes the small aggregates back to the lake with delta-rs.
+:func:`category_totals`, :func:`violations_by_category`, :func:`scoring_coverage`,
+:func:`diff_summary` and :func:`diff_totals` are pure DataFrame -> DataFrame functions;
+:func:`run_report` wires them and writes the small aggregates back to the lake with delta-rs.
 
 pyspark is imported inside the functions, so importing this module stays cheap.
 """
@@ -23,6 +24,7 @@ from moderation.errors import LakeError
 from moderation.lake import Lake, join_uri, storage_options
 from moderation.schemas import (
     CATEGORY_TOTALS_SCHEMA,
+    COVERAGE_SCHEMA,
     DIFF_SUMMARY_SCHEMA,
     TABLE_SCHEMAS,
     VIOLATION_RATES_SCHEMA,
@@ -44,6 +46,9 @@ UNSUPPORTED_READER_FEATURES = frozenset({"columnMapping", "deletionVectors"})
 POPULATION_SCORE_COLUMNS = [
     "item_id", "item_type", "language", "markets", "model_id", "modality", "run_id", "scored_at",
 ]
+#: The scores columns scoring_coverage() needs besides those (null in snapshots from before issue 13).
+COVERAGE_SCORE_COLUMNS = ["coverage", "coverage_reason"]
+COVERAGE_KEYS = ["item_type", "modality", "model_id"]
 DIFF_KEYS = ["policy_id", "from_version", "to_version"]
 #: Distinct changed items per diff x change, for ``ReportResult.summary`` (not written).
 DIFF_TOTALS_SCHEMA = pa.schema(
@@ -445,6 +450,73 @@ def violations_by_category(violations_df: DataFrame, decides_df: DataFrame) -> D
     return _typed(counts, VIOLATIONS_BY_CATEGORY_SCHEMA)
 
 
+def scoring_coverage(scores_df: DataFrame, decides_df: DataFrame, removals_df: DataFrame | None = None) -> DataFrame:
+    """What share of the items each decide covered its models read, per policy version x item
+    type x modality x model.
+
+    Each (item, modality, model) of a decide's models counts once, by its newest live row in the
+    ``scores`` snapshot the decide read (by scored_at, then run_id: the row decide used), so a
+    pair re-scored whole after a raised limit counts as whole. A row with no ``coverage`` (a model
+    that does not record it, or a row scored before coverage existed) is ``unknown``, never
+    ``whole``.
+
+    Args:
+        scores_df: ``scores`` rows (item_id, item_type, modality, model_id, run_id, scored_at,
+            coverage, coverage_reason) tagged with ``scores_version``, as for :func:`population`.
+        decides_df: decide ``runs`` rows (policy_id, policy_version, model_ids, scores_version).
+        removals_df: ``removals`` rows, or None: scores rows they retire do not count.
+
+    Returns:
+        Columns of ``COVERAGE_SCHEMA``; ``partial_reasons`` is empty where nothing was partial.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if removals_df is not None:
+        scores_df = live_scores(scores_df, removals_df)
+    decide_models = decides_df.select(
+        *POLICY_KEYS, "scores_version", F.explode("model_ids").alias("model_id")
+    ).distinct()
+    newest = Window.partitionBy(*POLICY_KEYS, "item_id", "modality", "model_id").orderBy(
+        F.col("scored_at").desc(), F.col("run_id").desc())
+    latest = (
+        scores_df.join(decide_models, on=["scores_version", "model_id"], how="inner")
+        .withColumn("_rank", F.row_number().over(newest))
+        .where(F.col("_rank") == 1)
+        .withColumn("_status", F.when(F.col("coverage").isNull(), F.lit("unknown"))
+                    .when((F.col("coverage") >= 1.0) & F.col("coverage_reason").isNull(), F.lit("whole"))
+                    .otherwise(F.lit("partial")))
+    )
+    group = [*POLICY_KEYS, *COVERAGE_KEYS]
+
+    def counted(status: str) -> Column:
+        return F.count(F.when(F.col("_status") == status, 1))
+
+    totals = latest.groupBy(*group).agg(
+        F.count(F.lit(1)).alias("items"),
+        counted("whole").alias("whole"),
+        counted("partial").alias("partial"),
+        counted("unknown").alias("unknown"),
+        F.avg("coverage").alias("mean_coverage"),
+    )
+    reasons = (
+        latest.where((F.col("_status") == "partial") & F.col("coverage_reason").isNotNull())
+        .select(*group, F.explode(F.split("coverage_reason", ",")).alias("_reason"))
+        .groupBy(*group, "_reason").agg(F.count(F.lit(1)).alias("_n"))
+        .groupBy(*group)
+        .agg(F.map_from_entries(F.array_sort(F.collect_list(F.struct("_reason", "_n")))).alias("partial_reasons"))
+    )
+    empty = F.create_map().cast("map<string,bigint>")
+    out = (
+        # null-safe: an item_type the catalog lacks is null, and its group is still one group.
+        totals.join(reasons, on=[totals[k].eqNullSafe(reasons[k]) for k in group], how="left")
+        .select(*(totals[k] for k in group), "items", "whole", "partial", "unknown", "mean_coverage",
+                F.coalesce(reasons["partial_reasons"], empty).alias("partial_reasons"))
+        .withColumn("whole_share", F.col("whole").cast("double") / F.col("items"))
+    )
+    return _typed(out, COVERAGE_SCHEMA)
+
+
 def _diff_markets(has_scope: bool = True) -> Column:
     """A diff row's markets: its ``scope_markets``; without one, its scope's market, else the
     item's markets, else ``"none"``. ``has_scope``: the diffs table has the column (older
@@ -512,10 +584,13 @@ class ReportResult:
     totals: pa.Table  # CATEGORY_TOTALS_SCHEMA
     diff_summary_uri: str | None = None  # None: the lake has no diffs table
     diff_totals: pa.Table | None = None  # DIFF_TOTALS_SCHEMA
+    coverage_uri: str | None = None
+    coverage: pa.Table | None = None  # COVERAGE_SCHEMA
 
     def summary(self) -> str:
         """A text table: one line per policy version x category, over all item types, markets
-        and languages (items = distinct covered items of the policy version)."""
+        and languages (items = distinct covered items of the policy version); then the coverage
+        table and the diff totals."""
         header = ("policy", "version", "category", "items", "violations", "reviews", "rate %")
         lines = [
             (
@@ -525,10 +600,25 @@ class ReportResult:
             )
             for r in self.totals.to_pylist()
         ]
-        widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-        text = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-                for row in [header, *lines]]
-        return "\n".join([f"report: {self.violation_rates_uri}", *text, *self._diff_lines()])
+        return "\n".join([f"report: {self.violation_rates_uri}", *_text_table(header, lines, left=range(3)),
+                          *self._coverage_lines(), *self._diff_lines()])
+
+    def _coverage_lines(self) -> list[str]:
+        """One line per policy version x item type x modality x model of the coverage table."""
+        if self.coverage_uri is None or self.coverage is None:
+            return []
+        header = ("policy", "version", "item type", "modality", "model", "items", "whole %", "mean", "partial",
+                  "unknown", "partial reasons")
+        lines = [
+            (
+                r["policy_id"], str(r["policy_version"]), r["item_type"] or "-", r["modality"], r["model_id"],
+                str(r["items"]), f"{100.0 * r['whole_share']:.2f}",
+                "-" if r["mean_coverage"] is None else f"{r['mean_coverage']:.3f}", str(r["partial"]),
+                str(r["unknown"]), ", ".join(f"{k} {n}" for k, n in sorted(r["partial_reasons"] or [])) or "-",
+            )
+            for r in self.coverage.to_pylist()
+        ]
+        return ["", f"coverage: {self.coverage_uri}", *_text_table(header, lines, left={0, 1, 2, 3, 4, 10})]
 
     def _diff_lines(self) -> list[str]:
         """One line per diff: distinct changed items per change."""
@@ -545,6 +635,15 @@ class ReportResult:
         return lines
 
 
+def _text_table(header: tuple[str, ...], lines: list[tuple[str, ...]], *, left: range | set[int]) -> list[str]:
+    """Rows of cells padded to their column's width: the columns in ``left`` left-justified
+    (text), the others right-justified (numbers)."""
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+            for row in [header, *lines]]
+
+
 def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkSession | None = None) -> ReportResult:
     """Compute the violation reports of the newest succeeded decide of every policy version and
     write them under ``<lake>/reports/``.
@@ -552,7 +651,7 @@ def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkS
     Each decide is measured against the ``scores`` snapshot it read (its ``scores_version``),
     less the (item, modality) pairs the ``removals`` table retires (when it exists). The report
     tables are small aggregates: they are collected and overwritten in one Delta commit each
-    (``reports/violation_rates``, ``reports/violations_by_category``, and
+    (``reports/violation_rates``, ``reports/violations_by_category``, ``reports/coverage``, and
     ``reports/diff_summary`` when the lake has a ``diffs`` table).
 
     Args:
@@ -562,8 +661,8 @@ def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkS
             :func:`spark_session` and stopped on return unless one was already active.
 
     Returns:
-        The report table URIs, the rates, per-category totals and per-diff totals for
-        ``summary()``.
+        The report table URIs, the rates, per-category totals, the coverage table and per-diff
+        totals for ``summary()``.
 
     Raises:
         LakeError: the lake has no succeeded decide run, a decide run names no scores version,
@@ -596,11 +695,14 @@ def _report(spark: SparkSession, lake: Lake) -> ReportResult:
         rates = _collect(violation_rates(violations, covered, decides), VIOLATION_RATES_SCHEMA)
         totals = _collect(category_totals(violations, covered, decides), CATEGORY_TOTALS_SCHEMA)
         by_category = _collect(violations_by_category(violations, decides), VIOLATIONS_BY_CATEGORY_SCHEMA)
+        read = _collect(scoring_coverage(scores, decides, removals), COVERAGE_SCHEMA)
     finally:
         covered.unpersist()
     rates_uri = _overwrite(lake, "violation_rates", rates)
     by_category_uri = _overwrite(lake, "violations_by_category", by_category)
-    log.info("report: %d rate rows -> %s", rates.num_rows, rates_uri)
+    coverage_uri = _overwrite(lake, "coverage", read)
+    log.info("report: %d rate rows -> %s, %d coverage rows -> %s", rates.num_rows, rates_uri, read.num_rows,
+             coverage_uri)
     diff_summary_uri = diff_totals_table = None
     if lake.exists("diffs"):
         diffs = read_snapshot(spark, lake, "diffs")
@@ -609,7 +711,8 @@ def _report(spark: SparkSession, lake: Lake) -> ReportResult:
         diff_summary_uri = _overwrite(lake, "diff_summary", summary)
         log.info("report: %d diff summary rows -> %s", summary.num_rows, diff_summary_uri)
     return ReportResult(violation_rates_uri=rates_uri, violations_by_category_uri=by_category_uri,
-                        rates=rates, totals=totals, diff_summary_uri=diff_summary_uri, diff_totals=diff_totals_table)
+                        rates=rates, totals=totals, diff_summary_uri=diff_summary_uri, diff_totals=diff_totals_table,
+                        coverage_uri=coverage_uri, coverage=read)
 
 
 def _scores_at(spark: SparkSession, lake: Lake, *, versions: list[int]) -> DataFrame:
@@ -618,7 +721,7 @@ def _scores_at(spark: SparkSession, lake: Lake, *, versions: list[int]) -> DataF
 
     frames = [
         read_snapshot(spark, lake, "scores", version=v)
-        .select(*POPULATION_SCORE_COLUMNS)
+        .select(*POPULATION_SCORE_COLUMNS, *COVERAGE_SCORE_COLUMNS)
         .withColumn("scores_version", F.lit(v).cast("long"))
         for v in versions
     ]
@@ -629,8 +732,10 @@ def _scores_at(spark: SparkSession, lake: Lake, *, versions: list[int]) -> DataF
 
 
 def _collect(df: DataFrame, schema: pa.Schema) -> pa.Table:
-    """A small aggregate as an Arrow table of ``schema``, in a stable row order."""
-    return df.toArrow().select(schema.names).cast(schema).sort_by([(name, "ascending") for name in schema.names])
+    """A small aggregate as an Arrow table of ``schema``, in a stable row order (by its columns
+    other than maps, which do not sort)."""
+    keys = [f.name for f in schema if not pa.types.is_map(f.type)]
+    return df.toArrow().select(schema.names).cast(schema).sort_by([(name, "ascending") for name in keys])
 
 
 def _overwrite(lake: Lake, name: str, table: pa.Table) -> str:

@@ -219,6 +219,28 @@ CATEGORY_TOTALS_SCHEMA = pa.schema(
     ]
 )
 
+#: Report table: what share of the items each decide covered its models read, per policy version x
+#: item type x modality x model (from each (item, modality, model)'s newest live scores row in
+#: the snapshot the decide read). Issue 13.
+COVERAGE_SCHEMA = pa.schema(
+    [
+        pa.field("policy_id", pa.string()),
+        pa.field("policy_version", pa.int32()),
+        pa.field("item_type", pa.string()),
+        pa.field("modality", pa.string()),
+        pa.field("model_id", pa.string()),
+        pa.field("items", pa.int64()),  # items the model scored
+        pa.field("whole", pa.int64()),  # coverage 1.0 and no coverage_reason
+        pa.field("partial", pa.int64()),  # coverage below 1.0, or a coverage_reason
+        pa.field("unknown", pa.int64()),  # coverage not recorded (cover art, audio, rows before issue 13)
+        pa.field("whole_share", pa.float64()),  # whole / items: an unknown item does not count as whole
+        pa.field("mean_coverage", pa.float64()),  # over the items with coverage recorded; null: none
+        # Partial items per coverage_reason value (limit_chars, limit_words, …); an item with
+        # several reasons counts under each.
+        pa.field("partial_reasons", pa.map_(pa.string(), pa.int64())),
+    ]
+)
+
 #: One row per (item, modality) pair a re-scan found gone from the catalog (the item deleted, or
 #: its cover / audio URI removed). ``decide`` ignores scores of a pair older than its removal,
 #: so the pair's violations are retired in the next decide.

@@ -339,3 +339,87 @@ def test_run_report_drops_removed_pairs_and_summarises_diffs(spark, tmp_path):
     text = result.summary()
     assert "P v1 -> v2 (items): cleared 2, newly_violating 3" in text
     assert "P v2 -> v3 (items): action_changed 1" in text
+
+
+def covered(item_id: str, coverage: float | None, reason: str | None = None, **kwargs) -> dict:
+    """A scores row with its coverage (None: not recorded)."""
+    return {**score(item_id, **kwargs), "coverage": coverage, "coverage_reason": reason}
+
+
+def test_scoring_coverage_cells(spark):
+    """Per policy version x item type x modality x model, from each pair's newest live row in the
+    decide's snapshot: whole, partial (with its reasons) and unknown (no coverage recorded)."""
+    from moderation.reporting import scoring_coverage
+    from moderation.schemas import COVERAGE_SCHEMA, REMOVALS_SCHEMA
+
+    rows = [
+        covered("a", 1.0),
+        covered("b", 0.5, "limit_words"),
+        covered("b", 1.0, scored_at=T0 + HOUR, run_id="rescan-2"),  # re-scored whole: the newest row counts
+        covered("c", 0.25, "limit_chars,limit_words"),
+        covered("d", None),  # scored before coverage existed: unknown, not whole
+        covered("g", 0.1, "limit_words"),  # removed later: does not count
+        {**covered("e", None, item_type="episode", model_id="m2"), "modality": "audio"},
+        covered("f", 1.0, item_type=None),
+        covered("h", 0.5, "limit_words", model_id="m3"),  # not one of the decide's models
+    ]
+    tagged = [{**row, "scores_version": 3} for row in rows] + [{**covered("z", 0.5, "limit_words"),
+                                                                "scores_version": 2}]
+    scores = spark.createDataFrame(tagged, spark_schema(SCORES_SCHEMA.append(pa.field("scores_version", pa.int64()))))
+    decides = spark.createDataFrame(
+        [decide_run("decide-1", "P", 1, categories=["hate"], model_ids=["m1", "m2"], scores_version=3, ended_at=T0)],
+        spark_schema(RUNS_SCHEMA),
+    )
+    removals = spark.createDataFrame(
+        [{"run_id": "rescan-1", "item_id": "g", "modality": "text", "reason": "item_deleted", "catalog_uri": "/c",
+          "catalog_version": 4, "removed_at": T0 + HOUR}],
+        spark_schema(REMOVALS_SCHEMA),
+    )
+    df = scoring_coverage(scores, decides, removals)
+    assert df.dtypes == dtypes(COVERAGE_SCHEMA)
+    got = {(r.item_type, r.modality, r.model_id): r.asDict() for r in df.collect()}
+    assert set(got) == {("track", "text", "m1"), ("episode", "audio", "m2"), (None, "text", "m1")}
+    track = got["track", "text", "m1"]
+    assert (track["items"], track["whole"], track["partial"], track["unknown"]) == (4, 2, 1, 1)
+    assert track["whole_share"] == 0.5 and track["mean_coverage"] == pytest.approx((1.0 + 1.0 + 0.25) / 3)
+    assert track["partial_reasons"] == {"limit_chars": 1, "limit_words": 1}
+    audio = got["episode", "audio", "m2"]
+    assert (audio["items"], audio["whole"], audio["unknown"], audio["whole_share"]) == (1, 0, 1, 0.0)
+    assert audio["mean_coverage"] is None and audio["partial_reasons"] == {}
+    assert got[None, "text", "m1"]["whole"] == 1 and got[None, "text", "m1"]["partial_reasons"] == {}
+
+
+def test_run_report_writes_coverage_and_reads_old_snapshots_as_unknown(spark, tmp_path):
+    """A decide that read a scores snapshot from before the coverage columns counts its items as
+    unknown; one that read a later snapshot counts whole and partial items."""
+    from moderation.schemas import COVERAGE_SCHEMA
+
+    lake = Lake(str(tmp_path / "lake"))
+    old = pa.schema([f for f in SCORES_SCHEMA if f.name not in {"units_total", "units_scored", "unit", "coverage",
+                                                                    "coverage_reason"}])
+    write_deltalake(lake.uri("scores"), pa.Table.from_pylist([score("a"), score("b")], schema=old))  # version 0
+    write_deltalake(lake.uri("scores"), pa.Table.from_pylist(
+        [covered("b", 0.4, "limit_words", scored_at=T0 + HOUR, run_id="rescan-2"), covered("c", 1.0)],
+        schema=SCORES_SCHEMA), mode="append", schema_mode="merge")  # version 1
+    append(lake, "runs", [
+        decide_run("decide-p", "P", 1, categories=["hate"], model_ids=["m1"], scores_version=0, ended_at=T0),
+        decide_run("decide-q", "Q", 1, categories=["hate"], model_ids=["m1"], scores_version=1, ended_at=T0),
+    ])
+    append(lake, "violations", [violation("Q", 1, "b", "hate", "violation")])
+
+    result = run_report(lake.root, spark=spark)
+
+    assert result.coverage_uri == lake.uri("reports/coverage")
+    table = DeltaTable(result.coverage_uri).to_pyarrow_table()
+    assert table.schema == COVERAGE_SCHEMA and table.num_rows == 2
+    cells = {r["policy_id"]: r for r in result.coverage.to_pylist()}
+    p, q = cells["P"], cells["Q"]
+    assert (p["items"], p["whole"], p["partial"], p["unknown"], p["whole_share"], p["mean_coverage"]) == (
+        2, 0, 0, 2, 0.0, None)
+    assert (q["items"], q["whole"], q["partial"], q["unknown"], q["whole_share"]) == (3, 1, 1, 1, 1 / 3)
+    assert q["mean_coverage"] == pytest.approx(0.7) and dict(q["partial_reasons"]) == {"limit_words": 1}
+    text = result.summary()
+    assert f"coverage: {lake.uri('reports/coverage')}" in text
+    lines = text.splitlines()
+    line = next(ln for ln in lines[lines.index(f"coverage: {lake.uri('reports/coverage')}"):] if ln.startswith("Q "))
+    assert line.split()[:12] == ["Q", "1", "track", "text", "m1", "3", "33.33", "0.700", "1", "1", "limit_words", "1"]

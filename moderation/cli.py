@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   "decide policy versions from stored scores, report with Spark.")
 
 DEFAULT_LAKE = "demo-lake"
-DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml", "catalog-safety/v3.yaml", "catalog-safety/v8.yaml")
+DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml", "catalog-safety/v3.yaml", "catalog-safety/v9.yaml")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -202,7 +202,7 @@ def report(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Spark job: violation counts and rates by policy version, category, item type, market,
-    language, written under <lake>/reports/."""
+    language, and how much of each item its model read (coverage), written under <lake>/reports/."""
     from moderation.reporting import run_report
 
     _setup_logging(verbose)
@@ -221,8 +221,8 @@ def demo(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Build a demo catalog at <lake>/catalog (with generated media in <lake>/demo-media), bank
-    two stand-in images, backfill with the models of v3 (text, cover art, audio) and of v7 (the
-    multilingual text model), decide v1, v2, v3 and v7 from those scores, and report."""
+    two stand-in images, backfill with the models of v3 (text, cover art, audio) and of v9 (the
+    fine-tuned multilingual text model), decide v1, v2, v3 and v9 from those scores, and report."""
     from moderation.demo_run import run_demo
 
     _setup_logging(verbose)

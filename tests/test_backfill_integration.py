@@ -212,12 +212,12 @@ def test_demo_command_end_to_end(ray_local, spark, data_dir, tmp_path):
     m = re.search(r"selected pairs (\d+) = scored (\d+) \+ quarantined (\d+)  \[OK\]", r.output)
     assert m and int(m[1]) >= 60 and int(m[1]) == int(m[2]) + int(m[3])  # text for all 60, plus media pairs
     assert "modalities audio, image, text" in r.output
-    for version in (1, 2, 3, 8):
+    for version in (1, 2, 3, 9):
         assert f"policy catalog-safety v{version}" in r.output
-    # v8's model (the multilingual e5 heads) is scored by a backfill of its own, and v8's
+    # v9's model (the fine-tuned multilingual e5) is scored by a backfill of its own, and v9's
     # categories appear beside v1's in the summary table.
-    assert "run demo-backfill-v0-policy-v8: succeeded" in r.output
-    assert "violen v8" in r.output and "hate v1" in r.output
+    assert "run demo-backfill-v0-policy-v9: succeeded" in r.output
+    assert "violen v9" in r.output and "hate v1" in r.output
     lake = Lake(str(lake_dir))
     for table in ("catalog", "scores", "quarantine", "violations", "runs", "hash_bank", "reports/violation_rates"):
         assert lake.exists(table), table

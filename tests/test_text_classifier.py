@@ -184,7 +184,8 @@ def test_v2_lexical_model_matches_scikit_learn_tfidf(text_classifier_v2):
     assert start == got.shape[1]
 
 
-MULTILINGUAL = ["text-muse-heads-v1", "text-e5-heads-v1"]
+#: text-e5-heads-v1 (the same encoder, frozen) is scored by tests/test_cascade.py and test_e5_port.py.
+MULTILINGUAL = ["text-muse-heads-v1", "text-e5-ft-v1"]
 
 
 @pytest.fixture(scope="module", params=MULTILINGUAL)
@@ -200,16 +201,16 @@ def multilingual_classifier(request):
 # corpus's held-out test split, floors about 0.05 under what scripts/train_multilingual_heads.py
 # measured (model cards): a regression check per language with data, not a goal.
 HELDOUT_FLOORS = {
-    ("hatexplain", "hate", "en"): {"text-muse-heads-v1": 0.78, "text-e5-heads-v1": 0.80},
-    ("ftr_fr", "hate", "fr"): {"text-muse-heads-v1": 0.72, "text-e5-heads-v1": 0.74},
-    ("offendes", "harassment", "es"): {"text-muse-heads-v1": 0.68, "text-e5-heads-v1": 0.72},
-    ("germeval2019", "harassment", "de"): {"text-muse-heads-v1": 0.62, "text-e5-heads-v1": 0.67},
-    ("told_br", "harassment", "pt"): {"text-muse-heads-v1": 0.64, "text-e5-heads-v1": 0.62},
-    ("sdcnl_suicide", "self_harm", "en"): {"text-muse-heads-v1": 0.58, "text-e5-heads-v1": 0.54},
-    ("youtube_spam", "spam", "en"): {"text-muse-heads-v1": 0.93, "text-e5-heads-v1": 0.93},
+    ("hatexplain", "hate", "en"): {"text-muse-heads-v1": 0.78, "text-e5-ft-v1": 0.82},
+    ("ftr_fr", "hate", "fr"): {"text-muse-heads-v1": 0.72, "text-e5-ft-v1": 0.79},
+    ("offendes", "harassment", "es"): {"text-muse-heads-v1": 0.68, "text-e5-ft-v1": 0.75},
+    ("germeval2019", "harassment", "de"): {"text-muse-heads-v1": 0.62, "text-e5-ft-v1": 0.71},
+    ("told_br", "harassment", "pt"): {"text-muse-heads-v1": 0.64, "text-e5-ft-v1": 0.70},
+    ("sdcnl_suicide", "self_harm", "en"): {"text-muse-heads-v1": 0.58, "text-e5-ft-v1": 0.55},
+    ("youtube_spam", "spam", "en"): {"text-muse-heads-v1": 0.93, "text-e5-ft-v1": 0.94},
 }
 #: functional-suite threats against every other case, violence ROC-AUC floor per model
-THREAT_FLOORS = {"text-muse-heads-v1": 0.82, "text-e5-heads-v1": 0.85}
+THREAT_FLOORS = {"text-muse-heads-v1": 0.82, "text-e5-ft-v1": 0.86}
 
 
 def test_multilingual_model_separates_categories_on_held_out_text(multilingual_classifier, data_dir):

@@ -192,7 +192,7 @@ def test_a_changed_model_version_rescores_its_pairs(env, tmp_path):
     shutil.copytree(default_conf_dir() / "models", models_dir)
     spec_file = models_dir / "text-minilm-heads-v1.yaml"
     spec = yaml.safe_load(spec_file.read_text())
-    spec.setdefault("preprocessing", {})["max_segments"] = 5  # a new model version: new digest
+    spec.setdefault("preprocessing", {})["window_overlap_tokens"] = 8  # a new model version: new digest
     spec_file.write_text(yaml.safe_dump(spec))
     new_digest = load_model_registry(models_dir)["text-minilm-heads-v1"].digest
     assert new_digest != load_model_registry()["text-minilm-heads-v1"].digest

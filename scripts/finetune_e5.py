@@ -42,7 +42,7 @@ import numpy as np
 import typer
 
 from moderation.artifacts import pin_artifact, write_artifact
-from moderation.classifiers.e5 import ADAPTER_LINEARS, QK, E5Encoder
+from moderation.classifiers.e5 import ADAPTER_LINEARS, E5Encoder
 from moderation.classifiers.text import normalize_text
 from moderation.config import PROJECT_ROOT, load_model_spec
 from moderation.corpora import CORPORA, TEXT_CATEGORIES, normalise_key
@@ -56,12 +56,6 @@ BASE_MODEL = "text-e5-heads-v1"  # its heads initialise the fine-tuned heads
 ADAPTER_PATH = "moderation/artifacts/text_e5_ft_v1.adapter.safetensors"
 HEADS_PATH = "moderation/artifacts/text_heads_e5_ft_v1.safetensors"
 BATCH = 32
-
-
-def _attn_mask(mask):
-    import torch
-
-    return torch.zeros((mask.shape[0], 1, 1, mask.shape[1])).masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
 
 
 class LowerStates:
@@ -98,9 +92,8 @@ class LowerStates:
                 for r, j in enumerate(idx):
                     arr[r, : len(ids[j])] = torch.tensor(ids[j])
                     mask[r, : len(ids[j])] = 1
-                x = m.word_codes[arr].float() * m.word_scale[arr].repeat_interleave(QK, dim=-1) + m.pos[:width].unsqueeze(0) + m.type0
-                x = m.eln(x)
-                am = _attn_mask(mask)
+                x = m.embed(arr)
+                am = m.attention_bias(mask, x.dtype)
                 for layer in m.layers[: self.split_at]:
                     x = layer(x, am)
                 for r, j in enumerate(idx):
@@ -165,8 +158,8 @@ def build_trainable(encoder: E5Encoder, heads_np: dict[str, np.ndarray], split_a
     return upper, heads, adapter
 
 
-def embed_upper(upper, states: list, idx) -> "object":
-    """L2-normalised mean-pooled embeddings of rows ``idx`` through the upper layers."""
+def embed_upper(model, upper, states: list, idx) -> "object":
+    """L2-normalised mean-pooled embeddings of rows ``idx`` through the upper layers of ``model``."""
     import torch
 
     width = max(states[j].shape[0] for j in idx)
@@ -176,14 +169,13 @@ def embed_upper(upper, states: list, idx) -> "object":
         n = states[j].shape[0]
         x[r, :n] = states[j].float()
         mask[r, :n] = 1
-    am = _attn_mask(mask)
+    am = model.attention_bias(mask, x.dtype)
     for layer in upper:
         x = layer(x, am)
-    m = mask.unsqueeze(-1).float()
-    return torch.nn.functional.normalize((x * m).sum(1) / m.sum(1), dim=-1)
+    return torch.nn.functional.normalize(model.mean_pool(x, mask), dim=-1)
 
 
-def embed_all(upper, states: list) -> np.ndarray:
+def embed_all(model, upper, states: list) -> np.ndarray:
     import torch
 
     out = np.zeros((len(states), 384), dtype=np.float32)
@@ -191,7 +183,7 @@ def embed_all(upper, states: list) -> np.ndarray:
     with torch.no_grad():
         for start in range(0, len(order), 128):
             idx = order[start : start + 128]
-            out[idx] = embed_upper(upper, states, idx).numpy()
+            out[idx] = embed_upper(model, upper, states, idx).numpy()
     return out
 
 
@@ -266,7 +258,7 @@ def main(
         heads.train()
         t0, total = time.perf_counter(), 0.0
         for b in batches:
-            loss = (loss_fn(heads(embed_upper(upper, flat, xi[b])), yt[b]) * wt[b]).sum() / wt[b].sum().clamp(min=1e-9)
+            loss = (loss_fn(heads(embed_upper(encoder.model, upper, flat, xi[b])), yt[b]) * wt[b]).sum() / wt[b].sum().clamp(min=1e-9)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -280,14 +272,14 @@ def main(
         "hidden.weight": heads.hidden.weight.detach().numpy(), "hidden.bias": heads.hidden.bias.detach().numpy(),
         "weight": heads.out.weight.detach().numpy(), "bias": heads.out.bias.detach().numpy(),
     }
-    enc = {k: heads_script.Encoded(rows, embed_all(upper, states[k]), heads_script._labels(rows)) for k, rows in groups.items()
+    enc = {k: heads_script.Encoded(rows, embed_all(encoder.model, upper, states[k]), heads_script._labels(rows)) for k, rows in groups.items()
            if not k.endswith(".train")}
     thresholds = heads_script.pooled_thresholds(heads_np, [enc[f"{n}.validation"] for n in sorted(CORPORA)])
     print("pooled-validation thresholds (precision >= 0.80): %s" % json.dumps({k: round(v, 3) for k, v in thresholds.items()}))
     held = heads_script.heldout_rows(heads_np, thresholds, {n: enc[f"{n}.test"] for n in sorted(CORPORA)}, MODEL_ID)
     heads_script._print_table(f"held-out test splits ({MODEL_ID}, texts cut at {max_tokens} tokens)", held,
                               ["dataset", "language", "category"])
-    func = heads_script.functional_rows_from(suite, embed_all(upper, states["functional_suite"]), heads_np, thresholds, MODEL_ID)
+    func = heads_script.functional_rows_from(suite, embed_all(encoder.model, upper, states["functional_suite"]), heads_np, thresholds, MODEL_ID)
     heads_script._print_table(f"functional suite, hate ({MODEL_ID})", [r for r in func if r["functionality"] == "*"],
                               ["language", "functionality"])
     if report_dir is not None:

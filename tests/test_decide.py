@@ -86,6 +86,14 @@ def test_decide_replaces_a_version_and_versions_differ(tmp_path):
     assert runs.num_rows == 3 and set(runs.column("status").to_pylist()) == {"succeeded"}
 
 
+def _old_violation_row() -> dict:
+    """A violations row as an older decide wrote it (v2, shadow), for the schema-evolution tests."""
+    return {"policy_id": "catalog-safety", "policy_version": 2, "policy_status": "shadow", "item_id": "old",
+            "item_type": "track", "language": "en", "markets": ["US"], "market_scope": "*", "category": "hate",
+            "score": 0.9, "threshold": 0.8, "decision": "violation", "action": "remove", "severity": "high",
+            "evidence_modalities": ["text"], "model_refs": [SPEC.ref], "run_id": "decide-old", "decided_at": T0}
+
+
 def test_decide_adds_scope_markets_to_a_violations_table_that_predates_it(tmp_path):
     from deltalake import write_deltalake
 
@@ -93,10 +101,7 @@ def test_decide_adds_scope_markets_to_a_violations_table_that_predates_it(tmp_pa
 
     lake = Lake(str(tmp_path / "lake"))
     old_schema = VIOLATIONS_SCHEMA.remove(VIOLATIONS_SCHEMA.get_field_index("scope_markets"))
-    old_row = {"policy_id": "catalog-safety", "policy_version": 2, "policy_status": "shadow", "item_id": "old",
-               "item_type": "track", "language": "en", "markets": ["US"], "market_scope": "*", "category": "hate",
-               "score": 0.9, "threshold": 0.8, "decision": "violation", "action": "remove", "severity": "high",
-               "evidence_modalities": ["text"], "model_refs": [SPEC.ref], "run_id": "decide-old", "decided_at": T0}
+    old_row = _old_violation_row()
     write_deltalake(lake.uri("violations"), pa.Table.from_pylist([old_row], schema=old_schema), mode="append",
                     partition_by=VIOLATIONS_PARTITIONS)
     assert "scope_markets" not in lake.open("violations").schema().to_arrow().names
@@ -175,10 +180,7 @@ def test_decide_over_a_lake_from_before_coverage_and_evidence_positions(tmp_path
     rows = scores([("a", {"hate": 0.95, "harassment": 0.1, "spam": 0.1}, False, T0)]).to_pylist()
     rows[0]["evidence"] = [("hate", "body_text[2]@900-1650")]
     write_deltalake(lake.uri("scores"), pa.Table.from_pylist(rows, schema=old_scores), mode="append")
-    old_row = {"policy_id": "catalog-safety", "policy_version": 2, "policy_status": "shadow", "item_id": "old",
-               "item_type": "track", "language": "en", "markets": ["US"], "market_scope": "*", "category": "hate",
-               "score": 0.9, "threshold": 0.8, "decision": "violation", "action": "remove", "severity": "high",
-               "evidence_modalities": ["text"], "model_refs": [SPEC.ref], "run_id": "decide-old", "decided_at": T0}
+    old_row = _old_violation_row()
     write_deltalake(lake.uri("violations"), pa.Table.from_pylist([old_row], schema=old_violations), mode="append",
                     partition_by=VIOLATIONS_PARTITIONS)
 

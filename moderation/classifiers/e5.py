@@ -251,20 +251,32 @@ def _build_module(image: E5Image):
             self.eln = norm("emb.ln")
             self.layers = nn.ModuleList(Layer(i) for i in range(L))
 
+        def embed(self, ids: torch.Tensor) -> torch.Tensor:
+            """[batch, tokens] ids -> [batch, tokens, H]: word + position + token-type embeddings, layer norm."""
+            dt = self.pos.dtype
+            scale = self.word_scale[ids].repeat_interleave(QK, dim=-1)
+            return self.eln(self.word_codes[ids].to(dt) * scale + self.pos[: ids.shape[1]].unsqueeze(0) + self.type0)
+
+        @staticmethod
+        def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+            """[batch, 1, 1, tokens]: 0 where ``mask`` keeps a token, -inf at padding."""
+            b, t = mask.shape
+            return torch.zeros((b, 1, 1, t), dtype=dtype, device=mask.device).masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+
+        @staticmethod
+        def mean_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            """[batch, H]: the mean of each row's kept tokens (``<s>``/``</s>`` included)."""
+            m = mask.bool().unsqueeze(-1).to(x.dtype)
+            return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
         def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             """ids, mask: [batch, tokens], rows left-aligned. Returns [batch, H] mean-pooled
             (not yet normalised) final hidden states over each row's tokens."""
-            b, t = ids.shape
-            dt = self.pos.dtype
-            scale = self.word_scale[ids].repeat_interleave(QK, dim=-1)
-            x = self.word_codes[ids].to(dt) * scale + self.pos[:t].unsqueeze(0) + self.type0
-            x = self.eln(x)
-            keep = mask.bool()
-            attn_mask = torch.zeros((b, 1, 1, t), dtype=dt, device=ids.device).masked_fill(~keep[:, None, None, :], float("-inf"))
+            x = self.embed(ids)
+            bias = self.attention_bias(mask, x.dtype)
             for layer in self.layers:
-                x = layer(x, attn_mask)
-            m = keep.unsqueeze(-1).to(dt)
-            return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+                x = layer(x, bias)
+            return self.mean_pool(x, mask)
 
     return E5Small()
 

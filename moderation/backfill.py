@@ -309,6 +309,7 @@ def run_scoring(
         roots = list(existing.get("media_roots") or roots)
     # A resume scores with the limit the run started with (a run from before the setting: the profile's).
     max_words = (existing.get("max_item_words") if existing else None) or profile.max_item_words
+    max_seconds = (existing.get("max_item_seconds") if existing else None) or profile.max_item_seconds
     if existing is None:
         gate_fields = _gate(lake, loaded, registry, run_id=run_id, kind=kind, catalog_uri=catalog_uri,
                             policy_path=policy_path, force=force)
@@ -320,7 +321,7 @@ def run_scoring(
     bank_version = (existing["hash_bank_version"] if existing else lake.version("hash_bank")) \
         if any(m.kind == "pdq_bank" for m in models) else None
     context = RunContext(lake_root=lake.root, hash_bank_version=bank_version, media_roots=tuple(roots),
-                         max_item_words=max_words)
+                         max_item_words=max_words, max_item_seconds=max_seconds)
 
     extra: dict = {}
     plan = None
@@ -356,7 +357,7 @@ def run_scoring(
             model_digests=[m.digest for m in models], modalities=list(modalities),
             config_hash=config_hash(policy, profile, *models), code_version=code_version(), started_at=started,
             hash_bank_version=bank_version, catalog_columns=[f"{k}={v}" for k, v in sorted(columns.items())],
-            media_roots=roots, max_item_words=max_words, **extra, **gate_fields,
+            media_roots=roots, max_item_words=max_words, max_item_seconds=max_seconds, **extra, **gate_fields,
         )
         lake.upsert_run(run_row(**base, status="running"))
 

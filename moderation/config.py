@@ -34,6 +34,8 @@ ALL_MARKETS = "*"
 GpuMode = Literal["auto", "never", "always"]
 #: Default of a run profile's ``max_item_words`` (see ``RunProfile``).
 DEFAULT_MAX_ITEM_WORDS = 200_000
+#: Default of a run profile's ``max_item_seconds`` (see ``RunProfile``): 4 hours of audio.
+DEFAULT_MAX_ITEM_SECONDS = 4 * 3600
 
 #: The folder holding conf/ when the project runs from its repository (editable install).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -278,6 +280,17 @@ class RunProfile(_Strict):
     #: re-scan with a higher limit re-scores the items it cut. 200,000 words: a 20-hour
     #: audiobook's transcript.
     max_item_words: int = Field(default=DEFAULT_MAX_ITEM_WORDS, ge=1)
+    #: Seconds of an item's audio decoded and scored at most; an episode beyond it is scored on
+    #: its first ``max_item_seconds`` seconds and its ``scores`` row says so (``coverage_reason =
+    #: limit_seconds``). Recorded in ``runs``; a re-scan with a higher limit re-scores the items it
+    #: cut. 4 hours: the longest podcast episodes (an audiobook is chaptered into items).
+    max_item_seconds: int = Field(default=DEFAULT_MAX_ITEM_SECONDS, ge=1)
+    #: How text is cut into windows: ``tokens`` (windows in the encoder's own units, every word of
+    #: the item within ``max_item_words``; classifiers/windows.py) or ``legacy`` (the windowing
+    #: before issue 13: 160-word segments truncated at the encoder's ``max_tokens``, at most six
+    #: per item), kept only to measure what whole-item scoring costs and finds
+    #: (scripts/bench_long_form.py). ``legacy`` is part of each text model's digest.
+    text_windowing: Literal["tokens", "legacy"] = "tokens"
 
 
 # --------------------------------------------------------------------------------------

@@ -487,7 +487,8 @@ GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("inputs", (
         ("catalog_uri", "catalog"), ("catalog_version", "catalog version"), ("where_expr", "where"),
         ("item_limit", "limit"), ("catalog_columns", "column mapping"), ("media_roots", "media roots"),
-        ("max_item_words", "max words per item"), ("policy_id", "policy id"), ("policy_version", "policy version"),
+        ("max_item_words", "max words per item"),
+        ("max_item_seconds", "max audio seconds per item"), ("policy_id", "policy id"), ("policy_version", "policy version"),
         ("from_version", "from version"),
         ("policy_hash", "policy hash"), ("policy_path", "policy file"), ("model_ids", "models"),
         ("model_digests", "model digests"), ("modalities", "modalities"), ("categories", "categories"),

@@ -175,6 +175,8 @@ RUNS_SCHEMA = pa.schema(
         # Added with issue 13; null in older rows. backfill/rescan: the run profile's
         # max_item_words (words of an item's text scored at most).
         pa.field("max_item_words", pa.int64()),
+        # backfill/rescan: the run profile's max_item_seconds (seconds of an item's audio scored at most).
+        pa.field("max_item_seconds", pa.int64()),
     ]
 )
 

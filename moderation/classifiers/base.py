@@ -23,8 +23,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from moderation.classifiers.windows import DEFAULT_MAX_ITEM_WORDS
-from moderation.config import Modality, ModelSpec
+from moderation.config import DEFAULT_MAX_ITEM_SECONDS, DEFAULT_MAX_ITEM_WORDS, Modality, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +78,8 @@ class RunContext:
     media_roots: tuple[str, ...] | None = None
     #: Words of an item's text scored at most (the run profile's ``max_item_words``).
     max_item_words: int = DEFAULT_MAX_ITEM_WORDS
+    #: Seconds of an item's audio decoded and scored at most (the run profile's ``max_item_seconds``).
+    max_item_seconds: int = DEFAULT_MAX_ITEM_SECONDS
 
 
 class Classifier(abc.ABC):

@@ -8,8 +8,9 @@ newest ``scores`` or ``quarantine`` row of the pair, not retired by a ``removals
 * its model version changed (the registry digest differs from the one that scored it), or
 * the item attributes ``scores`` carries for decide changed (markets, explicit, language, item
   type): decisions per market and explicit exemptions follow the catalog, or
-* it was scored partially under a word limit (``coverage_reason`` has ``limit_words``) that the
-  run's ``max_item_words`` now exceeds: more of it would be scored now (issue 13).
+* it was scored partially under an item limit (``coverage_reason`` has ``limit_words`` or
+  ``limit_seconds``) that the run's ``max_item_words`` / ``max_item_seconds`` now exceeds: more of
+  it would be scored now (issue 13).
 
 Which catalog rows are looked at:
 
@@ -48,6 +49,7 @@ from moderation.catalog import (
     utf8_sanitize,
 )
 from moderation.classifiers.base import RunContext, build_classifier
+from moderation.classifiers.audio import LIMIT_SECONDS
 from moderation.classifiers.windows import LIMIT_WORDS
 from moderation.config import ModelSpec
 from moderation.errors import ModerationError
@@ -111,22 +113,37 @@ def attribute_keys(rows: pa.Table) -> list[str]:
             for t, lang, m, e in zip(cols["item_type"], cols["language"], cols["markets"], cols["explicit"])]
 
 
-def words_cut_at(rows: pa.Table) -> np.ndarray:
-    """Per ``scores`` row, the words scored when ``max_item_words`` cut the item (NaN: not cut
-    by the word limit, or scored before coverage was recorded)."""
+#: ``coverage_reason`` values that mean "cut by the run's item limit" (words of text, seconds of audio).
+ITEM_LIMITS = (LIMIT_WORDS, LIMIT_SECONDS)
+
+
+def cut_at(rows: pa.Table) -> np.ndarray:
+    """Per ``scores`` row, the units scored when an item limit (``max_item_words`` or
+    ``max_item_seconds``) cut the item (NaN: not cut by a limit, or scored before coverage was
+    recorded)."""
     if "coverage_reason" not in rows.column_names or "units_scored" not in rows.column_names:
         return np.full(rows.num_rows, np.nan)
     reasons = rows.column("coverage_reason").to_pylist()
     scored = rows.column("units_scored").to_pylist()
-    return np.array([float(n) if r and LIMIT_WORDS in r.split(",") and n is not None else np.nan
+    return np.array([float(n) if r and any(x in r.split(",") for x in ITEM_LIMITS) and n is not None else np.nan
                      for r, n in zip(reasons, scored)], dtype=np.float64)
 
 
+def item_limit(classifier) -> int | None:
+    """The units of an item ``classifier`` scores at most in this run: words for text models,
+    seconds for audio (None: no item limit)."""
+    for name in ("max_item_words", "max_item_seconds"):
+        if getattr(classifier, name, None) is not None:
+            return getattr(classifier, name)
+    return None
+
+
 def raised_limit(base: pd.DataFrame, limits: dict[str, int | None]) -> pd.Series:
-    """Baseline pairs cut by a word limit below the current one (``limits``: model id -> the
-    words its classifier scores at most now; None: the model has no word limit)."""
+    """Baseline pairs cut by an item limit below the current one (``limits``: model id -> the
+    units its classifier scores at most now; None: the model has no item limit). A model's unit
+    never changes (text: words, audio: seconds), so the comparison is like with like."""
     limit = base["model_id"].map(lambda m: limits.get(m)).astype("float64")
-    return base["words_cut"].notna() & limit.notna() & (base["words_cut"] < limit)
+    return base["cut_at"].notna() & limit.notna() & (base["cut_at"] < limit)
 
 
 # --------------------------------------------------------------------------------------
@@ -146,7 +163,7 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
     the pinned versions: columns digest, state (content hash, or ``catalog:<reason>`` for a pair
     the driver quarantined), present (False when a later ``removals`` row retired it)."""
     model_ids = [m.model_id for m in models]
-    cols = ["item_id", "modality", "model_id", "digest", "state", "event_at", "attrs", "words_cut"]
+    cols = ["item_id", "modality", "model_id", "digest", "state", "event_at", "attrs", "cut_at"]
 
     def flt(extra=None):
         f = pc.field("model_id").isin(model_ids)
@@ -170,7 +187,7 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
             "state": s.column("content_hash").to_numpy(zero_copy_only=False),
             "event_at": s.column("scored_at").to_pandas(),
             "attrs": attribute_keys(s),
-            "words_cut": words_cut_at(s),
+            "cut_at": cut_at(s),
         }))
     if versions.get("quarantine") is not None:
         q = lake.read("quarantine", version=versions["quarantine"], filter=flt() & pc.field("item_id").is_valid())
@@ -182,7 +199,7 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
         parts.append(pd.DataFrame({
             "item_id": qd["item_id"], "modality": qd["modality"], "model_id": qd["model_id"],
             "digest": [digests.get((r, m)) for r, m in zip(qd["run_id"], qd["model_id"])],
-            "state": state, "event_at": qd["quarantined_at"], "attrs": None, "words_cut": np.nan,
+            "state": state, "event_at": qd["quarantined_at"], "attrs": None, "cut_at": np.nan,
         }))
     if not parts:
         return pd.DataFrame(columns=[*cols, "present"])
@@ -302,11 +319,12 @@ def plan_rescan(
 
     classifiers = {m.model_id: build_classifier(m, context=context) for m in models}
     base = load_baseline(lake, versions, models)
-    limits = {m.model_id: getattr(classifiers[m.model_id], "max_item_words", None) for m in models}
+    limits = {m.model_id: item_limit(classifiers[m.model_id]) for m in models}
     raised = raised_limit(base, limits) & base["present"].eq(True)
     if raised.any():
-        notes.append(f"{int(raised.sum())} pair(s) scored partially under a lower max_item_words are re-scored "
-                     f"(max_item_words now {max(v for v in limits.values() if v is not None)})")
+        by_model = base.loc[raised, "model_id"].value_counts()
+        notes.append(f"{int(raised.sum())} pair(s) scored partially under a lower item limit are re-scored ("
+                     + ", ".join(f"{m}: {n}, limit now {limits[m]}" for m, n in by_model.items()) + ")")
         if candidates is not None:  # not changed in the catalog, but to be scored again
             more = pa.array(base.loc[raised, "item_id"].drop_duplicates().tolist(), pa.string())
             candidates = pc.unique(pa.concat_arrays([candidates, more]))
@@ -393,7 +411,7 @@ def plan_rescan(
         dups_here = cur[cur["item_id"].isin(dup_ids)]
         cur = cur[~cur["item_id"].isin(dup_ids)]
         for m in members:
-            b = base[base["model_id"] == m.model_id][["item_id", "digest", "state", "present", "attrs", "words_cut"]]
+            b = base[base["model_id"] == m.model_id][["item_id", "digest", "state", "present", "attrs", "cut_at"]]
             merged = cur.merge(b.rename(columns={"attrs": "attrs_base"}), on="item_id", how="left")
             present = merged["present"].eq(True)
             cut_short = raised_limit(merged.assign(model_id=m.model_id), limits)

@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import wave
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -26,9 +27,11 @@ from moderation.classifiers.audio import (
     SpeechTextClassifier,
     decode_audio,
     pack_windows,
+    scan_audio,
     speech_spans,
+    window_samples,
 )
-from moderation.classifiers.base import QREASON
+from moderation.classifiers.base import QREASON, RunContext
 from moderation.config import default_conf_dir, load_model_spec
 from moderation.errors import ArtifactError
 
@@ -64,7 +67,7 @@ def _classifier(**preprocessing) -> SpeechTextClassifier:
 
 
 def _pcm(path) -> np.ndarray:
-    return decode_audio(path.read_bytes(), uri=str(path), max_audio_s=600, max_claimed_s=1e9)
+    return decode_audio(path.read_bytes(), uri=str(path), max_seconds=600)
 
 
 def _write_wav(path, pcm: np.ndarray) -> str:
@@ -122,9 +125,9 @@ def test_ctranslate2_header_check_refuses_pickle_and_zip():
     assert ctranslate2_spec(struct.pack("<IH", 6, 12) + b"WhisperSpec\0") == "WhisperSpec"
 
 
-def test_decode_reads_only_max_audio_s(audio_dir):
+def test_decode_reads_only_max_seconds(audio_dir):
     path = audio_dir / f"{SONG}.ogg"  # 133 s
-    pcm = decode_audio(path.read_bytes(), uri=str(path), max_audio_s=20, max_claimed_s=1e9)
+    pcm = decode_audio(path.read_bytes(), uri=str(path), max_seconds=20)
     assert pcm.dtype == np.int16 and pcm.size == 20 * SAMPLE_RATE
 
 
@@ -186,7 +189,7 @@ def test_each_bad_audio_kind_has_its_own_reason(bad_audio):
         "empty": "audio_empty",
         "random": "audio_undecodable",
         "cut_in_headers": "audio_undecodable",
-        "cut_in_audio": "audio_undecodable",
+        "cut_in_audio": None,  # scored on what decodes; its coverage says so (test below)
         "no_samples": "audio_no_samples",
         "picture": "audio_undecodable",
         "claims_1000_hours": "audio_too_long",
@@ -194,7 +197,6 @@ def test_each_bad_audio_kind_has_its_own_reason(bad_audio):
         "blank": "audio_missing",
     }
     details = dict(zip(keys, out.column("qdetail").to_pylist()))
-    assert "end-of-stream" in details["cut_in_audio"]
     assert "no audio stream" in details["picture"]
     with open(bad_audio["good"], "rb") as f:
         assert out.column("content_hash")[0].as_py() == hashlib.sha256(f.read()).hexdigest()
@@ -276,7 +278,7 @@ def vad():
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory, audio_dir, vad):
     """Two read-speech clips and a synthetic spam sentence with 11 s of silence after each, as
-    one 16 kHz WAV (62 s); where each part starts and ends, and the speech spans the VAD finds
+    one 16 kHz WAV (72 s); where each part starts and ends, and the speech spans the VAD finds
     in each part on its own, shifted to where the part lies in the long clip."""
     parts = [_pcm(audio_dir / "198-209-0000.ogg"), _pcm(audio_dir / "3436-172162-0000.ogg")]
     espeak = shutil.which("espeak-ng")
@@ -309,19 +311,30 @@ def test_windows_of_a_long_clip_lie_where_its_speech_is(long_clip, window_s):
     path, bounds, spans = long_clip
     row = _classifier(window_s=window_s).prepare(_rows([path])).to_pylist()[0]
     got, want = _windows(row), pack_windows(spans, window=window_s * SAMPLE_RATE)
-    assert len(got) == len(want) >= len(bounds)  # 62 s of clip, 36 s of it speech
+    assert len(got) == len(want) >= len(bounds)  # 72 s of clip, 36 s of it speech
     for (gs, ge), (ws, we) in zip(got, want):
         assert abs(gs - ws) <= 2 * VAD_FRAME and abs(ge - we) <= 2 * VAD_FRAME, (got, want)
         assert 0 < ge - gs <= window_s * SAMPLE_RATE
     assert all(a[1] <= b[0] for a, b in zip(got, got[1:]))
-    # The samples kept are exactly the windows' samples.
-    assert [len(b) // 2 for b in row["speech_pcm"]] == [e - s for s, e in got]
+    # Decoded again, streaming, the windows' samples are exactly those of the whole clip.
+    whole = _pcm(Path(path))
+    again = list(window_samples(open(path, "rb").read(), uri=path, windows=got))
+    assert len(again) == len(got) and all(np.array_equal(a, whole[s:e]) for a, (s, e) in zip(again, got))
+    # A clip scanned whole is covered whole, in seconds.
+    length = round(whole.size / SAMPLE_RATE)
+    assert (row["units_total"], row["units_scored"], row["unit"], row["coverage_reason"]) == (length, length, "seconds",
+                                                                                              None)
 
 
-def test_nothing_past_max_audio_s_is_windowed(long_clip):
+def test_nothing_past_max_item_seconds_is_windowed_and_the_cut_is_recorded(long_clip):
     path, bounds, spans = long_clip
-    row = _classifier(max_audio_s=20).prepare(_rows([path])).to_pylist()[0]
+    clf = SpeechTextClassifier(SPEC, context=RunContext(max_item_seconds=20))
+    row = clf.prepare(_rows([path])).to_pylist()[0]
     assert row["window_end"] and max(row["window_end"]) <= 20 * SAMPLE_RATE
+    # The clip's length comes from the packets past the cut, demuxed but not decoded.
+    length = round(_pcm(Path(path)).size / SAMPLE_RATE)
+    assert (row["units_total"], row["units_scored"], row["unit"], row["coverage_reason"]) == (length, 20, "seconds",
+                                                                                              "limit_seconds")
 
 
 def test_evidence_names_the_violating_window(long_clip, scorer, shared):
@@ -343,3 +356,122 @@ def test_evidence_names_the_violating_window(long_clip, scorer, shared):
     assert len(words & {"followers", "link", "iphone", "subscribe", "channel", "website", "money"}) >= 3, m.group(3)
     # The spoken spam scores far above the read speech of the shared clips.
     assert scores["spam"] > 0.9 > 0.1 > max(shared[n]["scores"]["spam"] for n in SPEECH)
+
+
+# ---- streaming: whole clips in bounded memory ---------------------------------------
+
+
+def test_the_vad_fed_in_chunks_hears_what_it_hears_in_one_piece(long_clip, vad):
+    path, _, _ = long_clip
+    pcm = _pcm(Path(path))
+    stream, rng, at = vad.stream(), np.random.default_rng(3), 0
+    while at < pcm.size:  # chunks of odd sizes, as decoders emit them
+        step = int(rng.integers(1, 5000))
+        stream.feed(pcm[at : at + step])
+        at += step
+    np.testing.assert_allclose(stream.finish(), vad.probabilities(pcm), atol=1e-6)
+
+
+def _encode_flac(path, pcm: np.ndarray) -> str:
+    import av
+
+    with av.open(str(path), "w", format="flac") as c:
+        stream = c.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+        for at in range(0, pcm.size, SAMPLE_RATE):
+            frame = av.AudioFrame.from_ndarray(pcm[None, at : at + SAMPLE_RATE], format="s16", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    return str(path)
+
+
+def test_a_long_episode_is_scanned_and_cut_into_windows_in_bounded_memory(long_clip, vad, tmp_path):
+    """Ten minutes of speech and pauses (19 MB as 16-bit PCM): neither the scan nor the second,
+    windowing decode holds more than a few windows' worth of Python-visible memory."""
+    import tracemalloc
+
+    path, _, _ = long_clip
+    pcm = np.tile(_pcm(Path(path)), 9)[: 600 * SAMPLE_RATE]
+    data = open(_encode_flac(tmp_path / "episode.flac", pcm), "rb").read()
+    tracemalloc.start()
+    try:
+        scan = scan_audio(data, uri="episode.flac", vad=vad, max_seconds=4 * 3600, max_claimed_s=86400,
+                          window=30 * SAMPLE_RATE, threshold=SPEC.preprocessing["vad_threshold"])
+        _, scan_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        sizes = [w.size for w in window_samples(data, uri="episode.flac", windows=scan.windows)]
+        _, window_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert scan.reason is None and scan.samples == pcm.size and scan.coverage.units_total == 600
+    assert sizes == [e - s for s, e in scan.windows] and scan.windows[-1][1] > 590 * SAMPLE_RATE
+    assert scan_peak < 3_000_000, scan_peak  # the waveform alone is 19.2 MB
+    assert window_peak < 6 * 30 * SAMPLE_RATE * 2, window_peak  # a few 30 s windows (0.96 MB each)
+
+
+def test_a_clip_cut_part_way_is_scored_on_what_decodes(bad_audio, scorer):
+    out = scorer.process_batch(scorer.prepare(_rows([bad_audio["cut_in_audio"], bad_audio["good"]])))
+    cut, good = out.to_pylist()
+    assert cut[QREASON] is None and good[QREASON] is None
+    assert cut["coverage_reason"] == "decode_error_after_s" and cut["unit"] == "seconds"
+    assert 0 < cut["units_scored"] < good["units_scored"] == good["units_total"]
+    # The first half of the reading is heard.
+    assert dict(cut["evidence"])["hate"] != NO_SPEECH_EVIDENCE
+
+
+def test_a_clip_changed_between_preprocessing_and_scoring_is_quarantined(audio_dir, scorer, tmp_path):
+    clip = tmp_path / "clip.ogg"
+    clip.write_bytes((audio_dir / "198-209-0000.ogg").read_bytes())
+    work = scorer.prepare(_rows([str(clip)]))
+    clip.write_bytes((audio_dir / "3436-172162-0000.ogg").read_bytes())
+    out = scorer.process_batch(work).to_pylist()[0]
+    assert out[QREASON] == "score_error" and "changed between preprocessing and scoring" in out["qdetail"]
+
+
+def test_the_retired_max_audio_s_setting_is_refused():
+    with pytest.raises(ValueError, match="max_audio_s is retired.*max_item_seconds"):
+        _classifier(max_audio_s=600)
+
+
+def test_a_rescan_rescores_clips_cut_by_a_lower_seconds_limit(tmp_path, long_clip, audio_dir):
+    import datetime as dt
+
+    from deltalake import write_deltalake
+
+    from moderation.catalog import open_catalog
+    from moderation.lake import Lake
+    from moderation.rescan import pinned_versions, plan_rescan
+    from moderation.results import split_results
+    from moderation.runinfo import run_row
+    from moderation.schemas import CATALOG_SCHEMA
+
+    path, _, _ = long_clip  # 72 s
+    catalog = str(tmp_path / "catalog")
+    clips = {"long": path, "short": str(audio_dir / "198-209-0000.ogg")}  # 14 s
+    write_deltalake(catalog, pa.Table.from_pylist(
+        [{"item_id": i, "item_type": "track", "audio_clip": c} for i, c in clips.items()],
+        schema=CATALOG_SCHEMA))
+    lake = Lake(str(tmp_path / "lake"))
+    now = dt.datetime.now(dt.timezone.utc)
+    lake.upsert_run(run_row(run_id="base", kind="backfill", status="succeeded", catalog_uri=catalog, catalog_version=0,
+                            model_ids=[SPEC.model_id], model_digests=[SPEC.digest], max_item_seconds=20,
+                            started_at=now, ended_at=now))
+    low = SpeechTextClassifier(SPEC, context=RunContext(max_item_seconds=20))
+    rows = low.preprocess(_rows(list(clips.values())))
+    fake = rows.append_column("category_scores", pa.array([[("hate", 0.1)]] * 2, pa.map_(pa.string(), pa.float32())))
+    fake = fake.append_column("evidence", pa.array([[("hate", "no_speech")]] * 2, pa.map_(pa.string(), pa.string())))
+    fake = fake.set_column(0, "item_id", pa.array(list(clips), pa.string()))
+    scores, _ = split_results(fake, run_id="base", model=SPEC, now=now)
+    assert scores.column("coverage_reason").to_pylist() == ["limit_seconds", None]
+    lake.append_chunk("scores", scores, app_id="test/base", version=0)
+
+    def selected(limit: int) -> list[str]:
+        plan = plan_rescan(open_catalog(catalog), [SPEC], lake, versions=pinned_versions(lake),
+                           context=RunContext(lake_root=lake.root, max_item_seconds=limit))
+        return sorted(plan.selections[SPEC.model_id].keep_ids.to_pylist())
+
+    assert selected(20) == []  # same limit: nothing changed
+    assert selected(10) == []  # a lower limit scores no more of it
+    assert selected(4 * 3600) == ["long"]  # raised: the cut clip again, the whole one not

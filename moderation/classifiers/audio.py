@@ -1,19 +1,32 @@
-"""Speech in a track's audio (``audio_clip``), transcribed and scored by the project's text heads.
+"""Speech in a track's or episode's audio (``audio_clip``), transcribed and scored by the
+project's text heads, for the clip's whole length.
 
-Per clip, on CPU in preprocessing:
+Per clip, on CPU in preprocessing (``scan_audio``), streaming:
 
 1. read the bytes (``read_media``; ``content_hash`` is their SHA-256);
 2. check the duration the container claims (metadata, before decoding) against ``max_claimed_s``;
-3. decode the first ``max_audio_s`` seconds, and no more, to 16 kHz mono (PyAV, bundled FFmpeg);
-4. find speech with silero-vad, run from its ONNX file by onnxruntime;
-5. pack the speech into windows of at most ``window_s`` seconds (Whisper hears 30 s at a time)
-   and keep only those windows' samples, as 16-bit PCM.
+3. decode packet by packet to 16 kHz mono (PyAV, bundled FFmpeg), up to the run profile's
+   ``max_item_seconds`` (4 h by default);
+4. feed each decoded chunk to silero-vad (ONNX, run by onnxruntime; its state carries over from
+   chunk to chunk) and drop it: what is kept is one probability per 32 ms frame;
+5. pack the speech into windows of at most ``window_s`` seconds (Whisper hears 30 s at a time).
 
-Per batch, on the actor's device: Whisper tiny.en (faster-whisper on CTranslate2) transcribes
-every window, py3langid names the transcript's language, and a ``MiniLMHeadsClassifier`` built
-from the same registry entry (the artifacts of text-minilm-heads-v1) scores each window's
-transcript. An item's score per category is the maximum over its windows; the evidence is that
-window's span and the start of its transcript: ``window 30.0-57.2s: <text>``.
+Only the windows' sample offsets travel to the actor. Per batch, on the actor's device, the
+clips are decoded again, streaming, on a thread that stays two Whisper batches ahead
+(``window_samples``: only the audio from the next window's start is held); Whisper tiny.en
+(faster-whisper on CTranslate2) transcribes a batch of windows at a time, py3langid names the
+transcript's language, and a ``MiniLMHeadsClassifier`` built from the same registry entry (the
+artifacts of text-minilm-heads-v1) scores each window's transcript. An item's score per
+category is the maximum over its windows; the evidence is that window's span in seconds and the
+start of its transcript: ``window 30.0-57.2s: <text>``. Memory stays flat in the clip's length:
+a 3-hour episode costs what a 3-minute one does, plus its compressed bytes.
+
+Coverage (``scores`` columns, unit ``seconds``): a clip decoded to its end has ``units_scored ==
+units_total`` (its length, rounded). One longer than ``max_item_seconds`` is scored on its first
+``max_item_seconds`` with ``coverage_reason = limit_seconds`` and ``units_total`` its length (read
+from the timestamps of the packets not decoded). One whose decoding fails part way (a damaged or
+cut file) is scored on what decoded, with ``decode_error_after_s`` and ``units_scored`` the
+seconds that decoded.
 
 A clip without speech (instrumental music, birdsong) is scored, not quarantined: 0.0 in every
 category with evidence ``no_speech``. That covers both a clip in which the VAD finds no speech
@@ -22,7 +35,7 @@ and one in which Whisper, hearing the VAD's speech, finds no words.
 Quarantine reasons (the audio modality only; the item's text and image are still scored):
 
   audio_missing, audio_empty, audio_too_large, audio_unreadable   (reading the bytes)
-  audio_undecodable   (not audio, corrupt or truncated container, no audio stream)
+  audio_undecodable   (not audio, corrupt container, no audio stream, nothing decodes)
   audio_too_long      (the container claims more than ``max_claimed_s`` seconds)
   audio_no_samples    (decodes to zero samples)
 """
@@ -30,7 +43,13 @@ Quarantine reasons (the audio modality only; the item's text and image are still
 from __future__ import annotations
 
 import io
+import logging
+import queue
 import re
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -38,12 +57,14 @@ import pyarrow as pa
 
 from moderation.artifacts import ctranslate2_spec, read_verified
 from moderation.classifiers.base import (
+    CONTENT_HASH,
     Classifier,
     RunContext,
     media_content_hash,
     prepared,
 )
-from moderation.classifiers.text import MiniLMHeadsClassifier, normalize_text
+from moderation.classifiers.text import MiniLMHeadsClassifier, coverage_columns, normalize_text
+from moderation.classifiers.windows import Coverage
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError, ModerationError
 from moderation.media import MediaError, read_media
@@ -81,60 +102,150 @@ ASR_BATCH_GPU = 32
 
 _WORD = re.compile(r"\w{2,}")
 
+#: ``scores.unit`` of audio rows, and the ``coverage_reason`` values of a clip scored in part:
+#: cut at the run's ``max_item_seconds``, or its decoding failed part way (what decoded is scored).
+SECONDS = "seconds"
+LIMIT_SECONDS = "limit_seconds"
+DECODE_ERROR_AFTER_S = "decode_error_after_s"
+
+log = logging.getLogger(__name__)
+
 
 # --------------------------------------------------------------------------------------
-# CPU side: decoding, speech detection, windows
+# CPU side: streaming decode, speech detection, windows
 # --------------------------------------------------------------------------------------
 
 
-def decode_audio(data: bytes, *, uri: str, max_audio_s: float, max_claimed_s: float) -> np.ndarray:
-    """The first ``max_audio_s`` seconds of ``data`` as 16 kHz mono 16-bit PCM.
+class AudioStream:
+    """One file's audio, decoded a packet at a time to 16 kHz mono 16-bit PCM chunks.
 
-    Decoding stops once that much audio is out, so a long file costs no more than a short one.
+    Nothing holds the waveform: ``chunks()`` yields each resampled frame as it is decoded (a few
+    thousand samples), so a 3-hour episode costs the memory of one frame plus its compressed
+    bytes. A packet that fails to decode is skipped, as players do; an error that ends decoding
+    after some audio came out stops the stream there and is kept in ``error`` (the caller scores
+    what decoded and says so); one before any audio is ``audio_undecodable``.
+
+    Raises (on opening):
+        MediaError: ``audio_undecodable`` (not audio, no audio stream) or ``audio_too_long``.
+    """
+
+    def __init__(self, data: bytes, *, uri: str, max_claimed_s: float) -> None:
+        import av
+
+        self.uri = uri
+        self.samples = 0  #: samples yielded so far
+        self.bad_packets = 0
+        self.error: str | None = None  #: why decoding ended before the end of the stream
+        self._ogg_cut = False
+        try:
+            self._container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        except Exception as e:  # noqa: BLE001 - FFmpeg on untrusted bytes: any failure is this clip's
+            raise MediaError("audio_undecodable", f"{uri}: {type(e).__name__}: {e}") from e
+        try:
+            if not self._container.streams.audio:
+                raise MediaError("audio_undecodable", f"{uri}: no audio stream (format {self._container.format.name})")
+            self._stream = self._container.streams.audio[0]
+            self.claimed_s = _claimed_seconds(self._container, self._stream)
+            if self.claimed_s is not None and self.claimed_s > max_claimed_s:
+                raise MediaError("audio_too_long", f"{uri}: claims {self.claimed_s:.0f} s > limit {max_claimed_s:.0f} s")
+            # A cut Ogg file decodes up to the cut and its claimed duration shrinks with it;
+            # only its missing end-of-stream page shows the damage.
+            self._ogg_cut = self._container.format.name == "ogg" and _ogg_truncated(data)
+            self._packets = self._container.demux(self._stream)  # the last, empty packet flushes
+        except BaseException:
+            self._container.close()
+            raise
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._container.close()
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The decoded audio, chunk by chunk (int16, 16 kHz mono), to the end or the first error."""
+        import av
+
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        try:
+            for packet in self._packets:
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    self.bad_packets += 1  # a damaged packet: skip it, as players do
+                    continue
+                for frame in frames:
+                    for out in resampler.resample(frame):
+                        chunk = out.to_ndarray().reshape(-1)
+                        self.samples += chunk.size
+                        yield chunk
+            for out in resampler.resample(None):
+                chunk = out.to_ndarray().reshape(-1)
+                self.samples += chunk.size
+                yield chunk
+        except Exception as e:  # noqa: BLE001 - FFmpeg on untrusted bytes: any failure is this clip's
+            if self.samples == 0:
+                raise MediaError("audio_undecodable", f"{self.uri}: {type(e).__name__}: {e}") from e
+            self.error = f"{type(e).__name__}: {e}"
+            return
+        if self.samples == 0:
+            if self.bad_packets:
+                raise MediaError("audio_undecodable", f"{self.uri}: none of {self.bad_packets} packets decodes")
+            raise MediaError("audio_no_samples", f"{self.uri}: decodes to zero samples")
+        if self._ogg_cut:
+            self.error = "Ogg stream ends without its end-of-stream page (truncated)"
+
+    def end_seconds(self) -> float | None:
+        """Where the stream ends, in seconds, read from the timestamps of the packets not yet
+        decoded (demuxed, not decoded: a few milliseconds for an hour of audio); else what the
+        container claims."""
+        end = None
+        try:
+            for packet in self._packets:
+                if packet.pts is not None and packet.time_base is not None:
+                    t = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                    end = t if end is None else max(end, t)
+        except Exception:  # noqa: BLE001 - a damaged tail: fall back on the claim
+            pass
+        if end is not None and self._stream.start_time is not None and self._stream.time_base is not None:
+            end -= float(self._stream.start_time * self._stream.time_base)
+        return end if end is not None else self.claimed_s
+
+
+def decode_audio(data: bytes, *, uri: str, max_seconds: float, max_claimed_s: float = float("inf")) -> np.ndarray:
+    """The first ``max_seconds`` seconds of ``data`` as 16 kHz mono 16-bit PCM, in one array
+    (for tests and tools; the classifier never holds a whole clip: see ``scan_audio``).
 
     Raises:
         MediaError: ``audio_undecodable``, ``audio_too_long`` or ``audio_no_samples``.
     """
-    import av
+    limit, out, n = int(max_seconds * SAMPLE_RATE), [], 0
+    with AudioStream(data, uri=uri, max_claimed_s=max_claimed_s) as stream:
+        for chunk in stream.chunks():
+            out.append(chunk[: limit - n])
+            n += out[-1].size
+            if n >= limit:
+                break
+    return np.concatenate(out)
 
-    limit = int(max_audio_s * SAMPLE_RATE)
-    chunks: list[np.ndarray] = []
-    n = bad = 0
-    try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
-            if not container.streams.audio:
-                raise MediaError("audio_undecodable", f"{uri}: no audio stream (format {container.format.name})")
-            stream = container.streams.audio[0]
-            claimed = _claimed_seconds(container, stream)
-            if claimed is not None and claimed > max_claimed_s:
-                raise MediaError("audio_too_long", f"{uri}: claims {claimed:.0f} s > limit {max_claimed_s:.0f} s")
-            if container.format.name == "ogg" and _ogg_truncated(data):
-                raise MediaError("audio_undecodable", f"{uri}: Ogg stream ends without its end-of-stream page (truncated)")
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            for packet in container.demux(stream):  # the last, empty packet flushes the decoder
-                try:
-                    frames = packet.decode()
-                except av.error.InvalidDataError:
-                    bad += 1  # a damaged packet: skip it, as players do
-                    continue
-                for frame in frames:
-                    for out in resampler.resample(frame):
-                        chunks.append(out.to_ndarray().reshape(-1))
-                        n += chunks[-1].size
-                if n >= limit:
-                    break
-            else:
-                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-                n = sum(c.size for c in chunks)
-    except MediaError:
-        raise
-    except Exception as e:  # noqa: BLE001 - FFmpeg on untrusted bytes: any failure is this clip's
-        raise MediaError("audio_undecodable", f"{uri}: {type(e).__name__}: {e}") from e
-    if n == 0:
-        if bad:
-            raise MediaError("audio_undecodable", f"{uri}: none of {bad} packets decodes")
-        raise MediaError("audio_no_samples", f"{uri}: decodes to zero samples")
-    return np.concatenate(chunks)[:limit]
+
+@dataclass(frozen=True)
+class AudioScan:
+    """What ``scan_audio`` found in one clip: its speech windows and how much of it was heard."""
+
+    windows: list[tuple[int, int]]  #: (start, end) sample offsets of each speech window
+    samples: int  #: samples decoded and searched for speech
+    total_s: float | None  #: the clip's length in seconds (None: unknown, decoding failed early)
+    reason: str | None = None  #: None, ``limit_seconds`` or ``decode_error_after_s``
+    detail: str | None = None
+
+    @property
+    def coverage(self) -> Coverage:
+        scored = round(self.samples / SAMPLE_RATE)
+        if self.reason is None:
+            return Coverage(scored, scored, unit=SECONDS)
+        total = round(self.total_s) if self.total_s is not None else None
+        return Coverage(max(total, scored) if total is not None else None, scored, unit=SECONDS, reason=self.reason)
 
 
 def _claimed_seconds(container, stream) -> float | None:
@@ -148,11 +259,7 @@ def _claimed_seconds(container, stream) -> float | None:
 
 
 def _ogg_truncated(data: bytes) -> bool:
-    """Whether an Ogg file lacks a complete last page flagged end-of-stream.
-
-    A cut Ogg file still decodes up to the cut and its claimed duration shrinks with it, so
-    neither decoding nor the duration shows the damage; the missing EOS page does.
-    """
+    """Whether an Ogg file lacks a complete last page flagged end-of-stream."""
     last = data.rfind(b"OggS")
     if last < 0 or len(data) < last + 27:
         return True
@@ -173,21 +280,153 @@ class SileroVad:
         opts.inter_op_num_threads = 1
         self._session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
+    def stream(self) -> VadStream:
+        """A fresh stream: feed it audio in chunks of any size, in order."""
+        return VadStream(self._session)
+
     def probabilities(self, pcm: np.ndarray) -> np.ndarray:
         """Speech probability of each ``VAD_FRAME``-sample frame (the last one zero-padded)."""
-        x = pcm.astype(np.float32) / 32768.0
-        n = -(-x.size // VAD_FRAME)
-        x = np.pad(x, (0, n * VAD_FRAME - x.size))
-        state = np.zeros((2, 1, 128), np.float32)
-        context = np.zeros((1, VAD_CONTEXT), np.float32)
-        sr = np.array(SAMPLE_RATE, np.int64)
-        probs = np.empty(n, np.float32)
-        for i in range(n):
-            frame = np.concatenate([context, x[None, i * VAD_FRAME : (i + 1) * VAD_FRAME]], axis=1)
-            out, state = self._session.run(None, {"input": frame, "state": state, "sr": sr})
+        stream = self.stream()
+        stream.feed(pcm)
+        return stream.finish()
+
+
+class VadStream:
+    """silero-vad over audio that arrives in chunks: the model's state and the samples of an
+    unfinished frame carry over, so the probabilities equal those of the whole clip at once,
+    and what is kept is one float per 32 ms frame (1.4 MB for 3 hours), never the audio."""
+
+    def __init__(self, session) -> None:
+        self._session = session
+        self._state = np.zeros((2, 1, 128), np.float32)
+        self._context = np.zeros((1, VAD_CONTEXT), np.float32)
+        self._rest = np.zeros(0, np.float32)
+        self._sr = np.array(SAMPLE_RATE, np.int64)
+        self._probs: list[np.ndarray] = []
+
+    def feed(self, pcm: np.ndarray) -> None:
+        x = np.concatenate([self._rest, pcm.astype(np.float32) / 32768.0])
+        n = x.size // VAD_FRAME
+        self._rest = x[n * VAD_FRAME :]
+        if n:
+            self._probs.append(self._run(x[: n * VAD_FRAME].reshape(n, VAD_FRAME)))
+
+    def finish(self) -> np.ndarray:
+        """The probabilities of every frame fed, the last partial frame zero-padded."""
+        if self._rest.size:
+            self._probs.append(self._run(np.pad(self._rest, (0, VAD_FRAME - self._rest.size))[None]))
+            self._rest = np.zeros(0, np.float32)
+        return np.concatenate(self._probs) if self._probs else np.zeros(0, np.float32)
+
+    def _run(self, frames: np.ndarray) -> np.ndarray:
+        probs = np.empty(len(frames), np.float32)
+        for i, f in enumerate(frames):
+            frame = np.concatenate([self._context, f[None]], axis=1)
+            out, self._state = self._session.run(None, {"input": frame, "state": self._state, "sr": self._sr})
             probs[i] = out[0, 0]
-            context = frame[:, -VAD_CONTEXT:]
+            self._context = frame[:, -VAD_CONTEXT:]
         return probs
+
+
+def scan_audio(data: bytes, *, uri: str, vad: SileroVad, max_seconds: float, max_claimed_s: float,
+               window: int, threshold: float) -> AudioScan:
+    """One clip's speech windows, found streaming: each decoded chunk goes through the VAD and
+    is dropped; decoding stops after ``max_seconds`` (``limit_seconds``, the rest of the stream
+    demuxed only to learn its length) or at an error after some audio (``decode_error_after_s``).
+
+    Raises:
+        MediaError: ``audio_undecodable``, ``audio_too_long`` or ``audio_no_samples``.
+    """
+    limit = int(max_seconds * SAMPLE_RATE)
+    vad_stream = vad.stream()
+    n, cut = 0, False
+    with AudioStream(data, uri=uri, max_claimed_s=max_claimed_s) as stream:
+        for chunk in stream.chunks():
+            if n >= limit:
+                cut = True
+                break
+            part = chunk[: limit - n]
+            cut = part.size < chunk.size
+            vad_stream.feed(part)
+            n += part.size
+            if cut:
+                break
+        spans = speech_spans(vad_stream.finish(), threshold=threshold, n_samples=n)
+        windows = pack_windows(spans, window=window)
+        if cut:
+            return AudioScan(windows, n, stream.end_seconds(), LIMIT_SECONDS,
+                             f"{uri}: scored the first {max_seconds:.0f} s (max_item_seconds)")
+        if stream.error is not None:
+            claimed = stream.claimed_s
+            return AudioScan(windows, n, claimed if claimed and claimed * SAMPLE_RATE > n else None,
+                             DECODE_ERROR_AFTER_S, f"{uri}: decoding stopped after {n / SAMPLE_RATE:.1f} s: {stream.error}")
+        return AudioScan(windows, n, n / SAMPLE_RATE)
+
+
+def window_samples(data: bytes, *, uri: str, windows: list[tuple[int, int]]) -> Iterator[np.ndarray]:
+    """The samples of each window (sorted, disjoint sample offsets, as ``scan_audio`` found them),
+    decoded again streaming: only the audio from the next window's start is buffered, and
+    decoding stops at the last window's end.
+
+    Raises:
+        ModerationError: the clip decodes to less audio than the windows need (it changed).
+    """
+    held: deque[tuple[int, np.ndarray]] = deque()  # (offset, chunk), from the next window's start on
+    n = k = 0
+    with AudioStream(data, uri=uri, max_claimed_s=float("inf")) as stream:
+        for chunk in stream.chunks():
+            held.append((n, chunk))
+            n += chunk.size
+            while k < len(windows) and windows[k][1] <= n:
+                s, e = windows[k]
+                first = held[0][0]
+                yield np.concatenate([c for _, c in held])[s - first : e - first]
+                k += 1
+            if k == len(windows):
+                return
+            while held and held[0][0] + held[0][1].size <= windows[k][0]:
+                held.popleft()  # wholly before the next window
+    raise ModerationError(f"{uri}: decodes to {n} samples now, but window {k} ends at sample {windows[k][1]}")
+
+
+def _prefetched(items: Iterator, depth: int) -> Iterator:
+    """``items`` produced on a thread, at most ``depth`` ahead: decoding (PyAV releases the GIL)
+    overlaps transcription; an exception is raised where the item would have been."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put((done, e))
+
+    thread = threading.Thread(target=run, name="audio-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def speech_spans(probs: np.ndarray, *, threshold: float, n_samples: int) -> list[tuple[int, int]]:
@@ -252,7 +491,11 @@ class SpeechTextClassifier(Classifier):
         self.window_s = float(pre.get("window_s", MAX_WINDOW_S))
         if not 0 < self.window_s <= MAX_WINDOW_S:
             raise ValueError(f"model {spec.model_id}: window_s {self.window_s} must be in (0, {MAX_WINDOW_S}]")
-        self.max_audio_s = float(pre.get("max_audio_s", 600.0))
+        if "max_audio_s" in pre:
+            raise ValueError(f"model {spec.model_id}: preprocessing.max_audio_s is retired: how much of each clip is "
+                             "scored is the run profile's max_item_seconds")
+        #: Seconds of a clip decoded and scored at most (the run's ``max_item_seconds``).
+        self.max_item_seconds = context.max_item_seconds
         self.max_claimed_s = float(pre.get("max_claimed_s", 6 * 3600.0))
         self.max_bytes = int(pre.get("max_bytes", 200_000_000))
         self.vad_threshold = float(pre.get("vad_threshold", 0.5))
@@ -275,34 +518,35 @@ class SpeechTextClassifier(Classifier):
             self._vad = SileroVad(read_verified(self.spec.model_id, "vad", self.spec.artifacts["vad"]))
         window = int(self.window_s * SAMPLE_RATE)
         uris = batch.column("audio_clip").to_pylist()
-        hashes, pcm, starts, ends, reasons, details, stages = [], [], [], [], [], [], []
+        hashes, starts, ends, coverage, reasons, details, stages = [], [], [], [], [], [], []
         for uri in uris:
             data = None
             try:
                 if not uri:
                     raise MediaError("audio_missing", "audio_clip is null or empty")
                 data = read_media(uri, max_bytes=self.max_bytes, kind="audio", roots=self.context.media_roots)
-                samples = decode_audio(data, uri=uri, max_audio_s=self.max_audio_s, max_claimed_s=self.max_claimed_s)
+                scan = scan_audio(data, uri=uri, vad=self._vad, max_seconds=self.max_item_seconds,
+                                  max_claimed_s=self.max_claimed_s, window=window, threshold=self.vad_threshold)
             except MediaError as e:
                 hashes.append(media_content_hash(data, uri))
-                pcm.append([]), starts.append([]), ends.append([])
+                starts.append([]), ends.append([]), coverage.append(None)
                 reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
                 continue
-            spans = speech_spans(self._vad.probabilities(samples), threshold=self.vad_threshold, n_samples=samples.size)
-            windows = pack_windows(spans, window=window)
+            if scan.reason is not None:
+                log.warning("%s: %s (%s)", self.spec.model_id, scan.detail, scan.reason)
             hashes.append(media_content_hash(data, uri))
-            # Only speech travels to the actor, as 16-bit PCM (what FFmpeg's resampler gives;
-            # half of float32): at most max_audio_s x 32 kB/s per row, 19 MB for 600 s.
-            pcm.append([samples[s:e].tobytes() for s, e in windows])
-            starts.append([s for s, _ in windows]), ends.append([e for _, e in windows])
+            # Only where the speech is travels to the actor (sample offsets, not samples): the
+            # actor decodes the clip again, streaming, and keeps just those windows' audio.
+            starts.append([s for s, _ in scan.windows]), ends.append([e for _, e in scan.windows])
+            coverage.append(scan.coverage)
             reasons.append(None), details.append(None), stages.append(None)
         return prepared(
             batch,
             hashes=hashes,
             inputs={
-                "speech_pcm": pa.array(pcm, pa.list_(pa.binary())),
                 "window_start": pa.array(starts, pa.list_(pa.int64())),  # sample offsets
                 "window_end": pa.array(ends, pa.list_(pa.int64())),
+                **coverage_columns(coverage),
             },
             reasons=reasons,
             details=details,
@@ -377,16 +621,45 @@ class SpeechTextClassifier(Classifier):
             texts += [normalize_text(" ".join(t)) for t in heard]
         return [t if _WORD.search(t) else "" for t in texts]
 
+    def transcribe_rows(self, uris: list[str], hashes: list[str], windows: list[list[tuple[int, int]]]) -> list[str]:
+        """Each row's windows transcribed, in order (all rows' windows in one flat list).
+
+        The clips are read and decoded again, streaming, on a thread that stays at most two
+        Whisper batches ahead: at any time the actor holds one batch of windows (8 x 30 s on
+        CPU, 1 MB each), never a whole episode.
+
+        Raises:
+            ModerationError: a clip's bytes differ from those preprocessing hashed.
+        """
+
+        def audio() -> Iterator[np.ndarray]:
+            for uri, want, wins in zip(uris, hashes, windows):
+                if not wins:
+                    continue
+                data = read_media(uri, max_bytes=self.max_bytes, kind="audio", roots=self.context.media_roots)
+                if media_content_hash(data, uri) != want:
+                    raise ModerationError(f"{uri}: changed between preprocessing and scoring (content hash differs)")
+                yield from window_samples(data, uri=uri, windows=wins)
+
+        texts: list[str] = []
+        group: list[np.ndarray] = []
+        for pcm in _prefetched(audio(), depth=2 * self._asr_batch):
+            group.append(pcm)
+            if len(group) == self._asr_batch:
+                texts += self.transcribe(group)
+                group = []
+        return texts + (self.transcribe(group) if group else [])
+
     def to_half(self) -> None:
         self._text.to_half()
 
     def score(self, batch: pa.Table) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
         categories = self.spec.categories
         n = batch.num_rows
-        pcm = batch.column("speech_pcm").to_pylist()
         starts = batch.column("window_start").to_pylist()
         ends = batch.column("window_end").to_pylist()
-        texts = self.transcribe([np.frombuffer(b, dtype=np.int16) for row in pcm for b in row])
+        texts = self.transcribe_rows(batch.column("audio_clip").to_pylist(), batch.column(CONTENT_HASH).to_pylist(),
+                                     [list(zip(s, e)) for s, e in zip(starts, ends)])
         scores = [dict.fromkeys(categories, 0.0) for _ in range(n)]
         evidence = [dict.fromkeys(categories, NO_SPEECH_EVIDENCE) for _ in range(n)]
         rows, segments, names, k = [], [], [], 0

@@ -339,7 +339,7 @@ def scan_audio(data: bytes, *, uri: str, vad: SileroVad, max_seconds: float, max
     """
     limit = int(max_seconds * SAMPLE_RATE)
     vad_stream = vad.stream()
-    n, cut = 0, False
+    n, cut, pending, held = 0, False, [], 0
     with AudioStream(data, uri=uri, max_claimed_s=max_claimed_s) as stream:
         for chunk in stream.chunks():
             if n >= limit:
@@ -347,10 +347,17 @@ def scan_audio(data: bytes, *, uri: str, vad: SileroVad, max_seconds: float, max
                 break
             part = chunk[: limit - n]
             cut = part.size < chunk.size
-            vad_stream.feed(part)
+            pending.append(part)
             n += part.size
+            held += part.size
+            # Decoders emit a few hundred samples at a time: the VAD gets them a second at a time.
+            if held >= SAMPLE_RATE:
+                vad_stream.feed(np.concatenate(pending))
+                pending, held = [], 0
             if cut:
                 break
+        if pending:
+            vad_stream.feed(np.concatenate(pending))
         spans = speech_spans(vad_stream.finish(), threshold=threshold, n_samples=n)
         windows = pack_windows(spans, window=window)
         if cut:

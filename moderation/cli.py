@@ -249,34 +249,42 @@ def models_list() -> None:
     for spec in registry.values():
         typer.echo(f"{spec.model_id}  modality={spec.modality}  categories={','.join(spec.categories)}  digest={spec.digest}")
         for name, ref in sorted(spec.artifacts.items()):
-            typer.echo(f"    {name:16} {ref.sha256[:16]}…  {ref.uri}")
+            derived = f" (converted by {ref.convert})" if ref.convert else ""
+            typer.echo(f"    {name:16} {ref.sha256[:16]}…  {ref.uri}{derived}")
 
 
 @models_app.command("verify")
-def models_verify(model_id: Optional[str] = typer.Argument(None, help="one model id (default: all)")) -> None:
-    """Check every artifact's SHA-256 against the registry; exit 1 on any mismatch or missing file."""
-    from moderation.artifacts import read_verified
+def models_verify(
+    model_id: Optional[str] = typer.Argument(None, help="one model id (default: all)"),
+    policy: Optional[Path] = typer.Option(None, help="only the models of this policy version file"),
+    on_cluster: bool = typer.Option(False, "--on-cluster", help="check from a Ray task on every alive node of the "
+                                    "cluster, each reading the artifacts as a scoring actor there would"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default $RAY_ADDRESS or a local Ray)"),
+) -> None:
+    """Check every artifact's SHA-256 against the registry (derived artifacts built from their
+    pinned source first); exit 1 on any mismatch or missing file, on any node with --on-cluster."""
     from moderation.config import load_model_registry
+    from moderation.model_verify import check_artifacts, check_on_cluster, format_checks, format_nodes, select_models
 
     try:
-        registry = load_model_registry()
+        specs = select_models(load_model_registry(), model_id=model_id, policy=policy)
+        if on_cluster:
+            reports = check_on_cluster(specs, address=ray_address)
     except ModerationError as e:
         _fail(e)
-    if model_id is not None and model_id not in registry:
-        _fail(ModerationError(f"unknown model {model_id!r}; registered: {sorted(registry)}"))
-    failures = 0
-    for spec in registry.values():
-        if model_id is not None and spec.model_id != model_id:
-            continue
-        for name, ref in sorted(spec.artifacts.items()):
-            try:
-                read_verified(spec.model_id, name, ref)
-                typer.echo(f"OK    {spec.model_id} {name}")
-            except ModerationError as e:
-                failures += 1
-                typer.echo(f"FAIL  {e}")
+    if on_cluster:
+        for line in format_nodes(reports):
+            typer.echo(line)
+        failures = sum(not r.ok for r in reports)
+        what = "node(s)"
+    else:
+        checks = check_artifacts(specs)
+        for line in format_checks(checks):
+            typer.echo(line)
+        failures = sum(not c.ok for c in checks)
+        what = "artifact(s)"
     if failures:
-        typer.echo(f"{failures} artifact(s) failed verification", err=True)
+        typer.echo(f"{failures} {what} failed verification", err=True)
         raise typer.Exit(code=1)
 
 

@@ -14,7 +14,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -168,10 +168,28 @@ class LoadedPolicy(BaseModel):
 #: Suffixes of formats that can execute code when loaded (pickle and friends): refused.
 REFUSED_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 
+#: Named, deterministic converters a derived artifact may name (``convert:``), implemented in
+#: ``moderation.artifacts.CONVERTERS``. ``onnx_graph``: an ONNX file (weights inside it) to the
+#: safetensors graph image ``moderation/classifiers/onnx_graph.py`` runs in torch.
+Converter = Literal["onnx_graph"]
+
 
 class ArtifactRef(_Strict):
+    """Where one artifact of a model comes from and the SHA-256 of the bytes that are loaded.
+
+    A *derived* artifact (``convert`` set) is built on the node that needs it: the file at
+    ``uri`` is checked against ``source_sha256``, converted by the named deterministic
+    converter, and the result checked against ``sha256`` (then cached per node; see
+    ``moderation.artifacts.read_verified``). So nothing node-local has to exist beforehand.
+    """
+
     uri: str
+    #: SHA-256 of the bytes that are loaded (for a derived artifact: the converter's output).
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: The converter that derives the artifact from the file at ``uri`` (None: loaded as is).
+    convert: Converter | None = None
+    #: SHA-256 of the file at ``uri`` when it is a derived artifact's source (required then).
+    source_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     #: Declares a tensor format whose file name ends like a refused one, so it is not refused:
     #: CTranslate2's ``model.bin`` is a flat binary (version, spec name, then name, shape, dtype
     #: and raw bytes of each variable; ctranslate2/specs/model_spec.py ``_serialize``), read by
@@ -186,6 +204,16 @@ class ArtifactRef(_Strict):
 
     @model_validator(mode="after")
     def _no_pickle(self) -> ArtifactRef:
+        if self.convert is None and self.source_sha256 is not None:
+            raise ValueError(f"artifact {self.uri!r}: source_sha256 is the pin of a derived artifact's "
+                             f"source; it needs convert (one of: {', '.join(get_args(Converter))})")
+        if self.convert is not None:
+            if self.source_sha256 is None:
+                raise ValueError(f"artifact {self.uri!r}: convert {self.convert!r} needs source_sha256, "
+                                 "the SHA-256 of the file that is converted")
+            if self.format is not None:
+                raise ValueError(f"artifact {self.uri!r}: format describes a file loaded as is; a derived "
+                                 f"artifact's format is its converter's ({self.convert!r})")
         if self.format == "ctranslate2":
             if not self.uri.endswith("/model.bin"):
                 raise ValueError(f"artifact {self.uri!r}: format ctranslate2 is a file named model.bin")
@@ -224,7 +252,9 @@ class ModelSpec(_Strict):
     def digest(self) -> str:
         """One digest for the model version: SHA-256 over its kind, preprocessing parameters and
         artifacts' pinned digests (two entries sharing weights but reading inputs differently,
-        like the text heads and OCR-through-text-heads, get different digests)."""
+        like the text heads and OCR-through-text-heads, get different digests). For a derived
+        artifact that is the digest of the converted bytes, the ones that are loaded; where they
+        come from (``uri``, ``convert``, ``source_sha256``) is no more part of it than a path."""
         h = hashlib.sha256()
         h.update(f"kind:{self.kind}\n".encode())
         h.update(f"preprocessing:{json.dumps(self.preprocessing, sort_keys=True)}\n".encode())

@@ -7,6 +7,8 @@ The CLI turns these into one line on stderr and a non-zero exit, before anything
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class ModerationError(Exception):
     """Base class for errors the user can act on."""
@@ -21,7 +23,17 @@ class CatalogError(ModerationError):
 
 
 class ArtifactError(ModerationError):
-    """A model artifact is missing, has the wrong digest or is in a refused format."""
+    """A model artifact is missing, has the wrong digest or is in a refused format.
+
+    ``problem`` says which (``moderation models verify`` reports it per artifact): ``missing``
+    (no such file, package or S3 object, also for a derived artifact's source), ``digest
+    mismatch`` (the bytes, or a derived artifact's source, do not have the pinned SHA-256) or
+    ``refused`` (a format that could run code, a converter that failed).
+    """
+
+    def __init__(self, message: str, *, problem: Literal["missing", "digest mismatch", "refused"] = "refused") -> None:
+        super().__init__(message)
+        self.problem = problem  # an instance attribute: pickled with the exception (Ray actors)
 
 
 class LakeError(ModerationError):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,12 @@ from moderation.datasets import default_data_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Derived model artifacts (conf/models/*.yaml `convert:`) are cached in this session's own folder,
+# not in the user's ~/.cache; Ray workers and subprocesses started by the tests inherit it.
+if "MODERATION_ARTIFACT_CACHE" not in os.environ:
+    os.environ["MODERATION_ARTIFACT_CACHE"] = _cache = tempfile.mkdtemp(prefix="moderation-artifacts-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 POLICY_V1 = default_conf_dir() / "policies" / "catalog-safety" / "v1.yaml"
 POLICY_V2 = default_conf_dir() / "policies" / "catalog-safety" / "v2.yaml"

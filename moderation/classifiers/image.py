@@ -1,5 +1,6 @@
 """Image classifier for cover art: Yahoo's open_nsfw network, run in torch (GPU when the actor
-has one) from weights converted once by ``scripts/convert_open_nsfw.py`` into safetensors.
+has one) from safetensors weights that each node derives from the packaged ONNX (a derived
+artifact, ``convert: onnx_graph``: built, digest-checked and cached by ``read_verified``).
 
 Decoding happens on CPU in preprocessing and every failure mode becomes a quarantine reason
 for the image modality only (the item's other modalities are still scored):

@@ -55,6 +55,12 @@ def _json(value: object) -> str:
 
 
 def graph_to_safetensors(onnx_path: Path) -> bytes:
+    """``onnx_to_safetensors`` of the ONNX file at ``onnx_path`` (errors name the path; OSError
+    when it cannot be read)."""
+    return onnx_to_safetensors(Path(onnx_path).read_bytes(), name=str(onnx_path))
+
+
+def onnx_to_safetensors(raw: bytes, *, name: str = "<onnx>") -> bytes:
     """Convert an ONNX model into safetensors bytes that ``load_graph_module`` can run.
 
     Every initializer is stored as a tensor under its ONNX name with its dtype unchanged; the
@@ -63,8 +69,9 @@ def graph_to_safetensors(onnx_path: Path) -> bytes:
     (of the ONNX file's bytes). The result is byte-for-byte reproducible for a given file.
 
     Args:
-        onnx_path: the ``.onnx`` file. Its weights must be inside it, so that
+        raw: the ``.onnx`` file's bytes. Its weights must be inside it, so that
             ``source_sha256`` covers everything that was converted.
+        name: where the bytes came from, for error messages.
 
     Returns:
         The safetensors file contents.
@@ -73,33 +80,31 @@ def graph_to_safetensors(onnx_path: Path) -> bytes:
         ValueError: the model has external or sparse initializers, duplicate initializer
             names, nodes outside the default ONNX domain, an attribute with no plain JSON
             form, or Softmax nodes at an opset whose semantics ``GraphModule`` does not implement.
-        OSError: the file cannot be read.
     """
     import numpy as np
     import onnx
     from onnx import numpy_helper
     from safetensors.numpy import save
 
-    raw = Path(onnx_path).read_bytes()
     model = onnx.load_model_from_string(raw)
     graph = model.graph
     if len(graph.sparse_initializer):
-        raise ValueError(f"{onnx_path}: sparse initializers are not supported")
+        raise ValueError(f"{name}: sparse initializers are not supported")
 
     tensors: dict[str, np.ndarray] = {}
     for init in graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             raise ValueError(
-                f"{onnx_path}: initializer {init.name!r} is stored in an external file, which "
+                f"{name}: initializer {init.name!r} is stored in an external file, which "
                 "source_sha256 would not cover; save the model with its weights inside it"
             )
         if init.name in tensors:
-            raise ValueError(f"{onnx_path}: initializer {init.name!r} appears twice")
+            raise ValueError(f"{name}: initializer {init.name!r} appears twice")
         tensors[init.name] = np.ascontiguousarray(numpy_helper.to_array(init))
 
     nodes: list[NodeSpec] = []
     for index, node in enumerate(graph.node):
-        where = f"{onnx_path}: node {index} ({node.op_type}, name {node.name!r})"
+        where = f"{name}: node {index} ({node.op_type}, name {node.name!r})"
         if node.domain not in ("", "ai.onnx"):
             raise ValueError(f"{where}: domain {node.domain!r} is not the default ONNX domain")
         attrs = {attr.name: _attr_to_json(attr, where=where) for attr in node.attribute}
@@ -109,7 +114,7 @@ def graph_to_safetensors(onnx_path: Path) -> bytes:
     if opset >= _SOFTMAX_OPSET_CHANGE and any(n["op"] == "Softmax" for n in nodes):
         # GraphModule implements the opset < 13 Softmax (input coerced to 2-D around axis);
         # converting a newer graph would silently change what its Softmax computes.
-        raise ValueError(f"{onnx_path}: Softmax at opset {opset} (>= 13) is not supported")
+        raise ValueError(f"{name}: Softmax at opset {opset} (>= 13) is not supported")
 
     metadata = {
         "format": FORMAT,

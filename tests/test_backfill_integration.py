@@ -28,7 +28,10 @@ def env(tmp_path_factory, ray_local, data_dir):
     root = tmp_path_factory.mktemp("e2e")
     profile = root / "profile.yaml"
     profile.write_text(yaml.safe_dump({"batch_size": 32, "actors": 1, "actor_num_cpus": 1.0,
-                                       "torch_threads": 2, "chunk_pairs": 64}))
+                                       "torch_threads": 2, "chunk_pairs": 64,
+                                       # The demo's items are far shorter; the 2 MB transcript below
+                                       # is cut here (its 400,000 words would cost minutes of CPU).
+                                       "max_item_words": 20_000}))
     catalog = write_demo_catalog(str(root / "catalog"), items=ITEMS, data_dir=data_dir)
     lake = Lake(str(root / "lake"))
     result = run_backfill(catalog_uri=catalog.uri, lake_root=lake.root, policy_path=POLICY_V1,
@@ -200,6 +203,8 @@ def test_bad_rows_are_quarantined_with_reasons_not_dropped(env, tmp_path):
     q = {r["item_id"]: r["reason"] for r in lake.read("quarantine").to_pylist()}
     assert q == {None: "missing_item_id", "blank": "no_usable_text", "ctrl": "no_usable_text"}
     assert sorted(lake.read("scores").column("item_id").to_pylist()) == ["huge", "ok1"]
+    huge = lake.read("scores", filter=pc.field("item_id") == "huge").to_pylist()[0]
+    assert (huge["units_scored"], huge["units_total"], huge["coverage_reason"]) == (20_000, 400_002, "limit_words")
 
 
 @pytest.mark.spark

@@ -64,7 +64,10 @@ def bad_run(tmp_path_factory, ray_local, data_dir):
     }))
     profile = root / "profile.yaml"
     profile.write_text(yaml.safe_dump({"batch_size": 8, "actors": 1, "actor_num_cpus": 1.0, "torch_threads": 2,
-                                       "chunk_pairs": 5}))
+                                       "chunk_pairs": 5,
+                                       # The 10 MB transcript is cut at this (scoring the default
+                                       # 200,000 words costs minutes of CPU: see the README's costs).
+                                       "max_item_words": 5_000}))
     lake = Lake(str(root / "lake"))
     result = run_backfill(catalog_uri=str(folder), lake_root=lake.root, policy_path=policy, run_id="bad",
                           profile_path=profile, progress=False)
@@ -103,6 +106,10 @@ def test_good_and_odd_rows_are_scored(bad_run):
     lake = bad_run["lake"]
     scores = {(r["item_id"], r["modality"]): r for r in lake.read("scores", filter=pc.field("run_id") == "bad").to_pylist()}
     assert {("ok-1", "text"), ("ok-1", "image"), ("ok-2", "text"), ("ctrl", "text"), ("huge", "text")} <= set(scores)
+    # The 10 MB transcript is scored on what the limits allow, and its row says so.
+    huge = scores[("huge", "text")]
+    assert huge["coverage_reason"] == "limit_chars,limit_words" and huge["units_scored"] == 5_000
+    assert huge["units_total"] == 2_000_002 and huge["coverage"] == pytest.approx(5_000 / 2_000_002)
     evidence = " ".join(dict(scores[("ctrl", "text")]["evidence"]).values())
     assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in evidence)
     # Nothing about a refused URI was opened: its detail names the roots, not file contents.

@@ -20,6 +20,11 @@ def test_demo_catalog_from_shared_data(data_dir):
     assert all(r["cover_image"].startswith(str(data_dir.resolve())) for r in rows)
     assert sum(1 for r in rows if not (r["title"] or "").strip() and not r["description"] and not r["body_text"]) == 20
     assert {r["language"] for r in rows} == {"en", "de", "es"}
+    # Long-form items (tests/test_long_form.py): 8 transcripts of thousands of words, 4 with a
+    # plant whose position is recorded; no audio ones without media_dir.
+    assert sum(1 for r in rows if len((r["body_text"] or "").split()) >= 3_000) == 8
+    assert Counter(r["planted_unit"] for r in rows) == {None: 1996, "chars": 4}
+    assert all((r["planted_start"] is None) == (r["planted_unit"] is None) for r in rows)
 
 
 def test_demo_falls_back_to_generated_text(tmp_path):
@@ -30,8 +35,8 @@ def test_demo_falls_back_to_generated_text(tmp_path):
 
 
 def test_demo_is_deterministic(data_dir):
-    a, _ = build_demo_table(items=100, data_dir=data_dir, seed=3)
-    b, _ = build_demo_table(items=100, data_dir=data_dir, seed=3)
+    a, _ = build_demo_table(items=100, data_dir=data_dir, seed=3, long_form=2)
+    b, _ = build_demo_table(items=100, data_dir=data_dir, seed=3, long_form=2)
     assert a.equals(b)
 
 

@@ -40,6 +40,10 @@ class LakeError(ModerationError):
     """An output table is missing or inconsistent with what a command needs."""
 
 
+class ClusterError(ModerationError):
+    """The Ray cluster named by ``--ray-address`` or ``$RAY_ADDRESS`` cannot be joined."""
+
+
 class StorageError(ModerationError):
     """The lake's or catalog's store failed mid-run (unreachable, timed out). Committed chunks
     are kept; running the same command again resumes the run."""

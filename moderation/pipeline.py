@@ -18,25 +18,66 @@ import pyarrow as pa
 from moderation.catalog import CatalogSnapshot, to_work_rows
 from moderation.classifiers.base import RunContext
 from moderation.config import ModelSpec, RunProfile
+from moderation.errors import ClusterError, one_line
 from moderation.selection import Selection
 
 log = logging.getLogger(__name__)
 
 
+def ensure_ray(address: str | None = None, *, object_store_mb: int | None = None) -> str:
+    """Connect this process to Ray by the project's one rule, and say which way it went.
 
-def ensure_ray(address: str | None = None, *, object_store_mb: int | None = None) -> None:
-    """Join ``address`` (or $RAY_ADDRESS), else start a local Ray sized to this machine, with
-    an object store of ``object_store_mb`` MiB (default: Ray's, 30% of RAM)."""
+    - ``address`` (``--ray-address``), else ``$RAY_ADDRESS`` (set by ``ray job submit`` and
+      KubeRay for the job's driver): join that cluster. ``auto`` means the cluster the last
+      ``ray start`` on this machine started (never another process's private Ray). Joining
+      passes no resource or memory setting: the cluster's own ``ray start`` sized its object
+      store (``object_store_mb`` is then only Ray Data's in-flight budget, see ``score_stream``).
+    - neither: start a private local Ray for this process (``address="local"``), with an object
+      store of ``object_store_mb`` MiB (default: Ray's, 30% of RAM). A ``ray start`` cluster
+      running on the machine is ignored, never joined by accident; it stops with the process.
+
+    Returns:
+        ``"joined"``, ``"local"`` or ``"already"`` (this process was connected before the call).
+
+    Raises:
+        ClusterError: the cluster at the address cannot be joined (none running there, refused,
+            another Ray version, a missing token), with the address and the rule in the message.
+    """
     import ray
 
     if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING,
+        return "already"
+    source = "--ray-address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
                  object_store_memory=object_store_mb * 2**20 if object_store_mb else None)
+        log.info("started a private local Ray (any `ray start` cluster on this machine is not joined; "
+                 "pass --ray-address auto or set RAY_ADDRESS to join it)")
+        return "local"
+    cannot_join = (f"could not join the Ray cluster at {address!r} (from {source}): {{}}. Without --ray-address "
+                   "and RAY_ADDRESS a private local Ray is started instead")
+    target = _ray_start_address() if address == "auto" else address
+    if target is None:
+        raise ClusterError(cannot_join.format("no `ray start` cluster on this machine (no address file in Ray's "
+                                              "temp dir)"))
+    try:
+        ray.init(address=target, logging_level=logging.WARNING)
+    except Exception as e:  # ConnectionError, a version mismatch, an auth error: all mean "cannot join"
+        raise ClusterError(cannot_join.format(f"{type(e).__name__}: {one_line(e)}")) from e
+    log.info("joined the Ray cluster at %s", address if target == address else f"{address} ({target})")
+    return "joined"
+
+
+def _ray_start_address() -> str | None:
+    """The head address the last ``ray start`` on this machine wrote to Ray's temp dir, if any.
+
+    ``ray.init(address="auto")`` falls back to any Ray found running on the machine, which may be
+    another process's private one; ``auto`` here means only the ``ray start`` cluster.
+    """
+    from ray._private.services import find_bootstrap_address
+
+    return find_bootstrap_address(None)
 
 
 def _quiet_ray_data() -> None:

@@ -45,6 +45,17 @@ def _fail(err: ModerationError) -> None:
     raise typer.Exit(code=getattr(err, "exit_code", 2))
 
 
+def _progress() -> bool:
+    """A progress bar only for a person at a terminal, not in a job's log."""
+    return sys.stderr.isatty()
+
+
+def _default_master() -> str | None:
+    """None (the master spark-submit set) when spark-submit launched this process: it starts
+    the JVM first and hands over its gateway in $PYSPARK_GATEWAY_PORT. Else local[*]."""
+    return None if os.environ.get("PYSPARK_GATEWAY_PORT") else "local[*]"
+
+
 def _abs_uri(uri: str) -> str:
     return uri if "://" in uri else str(Path(uri).resolve())
 
@@ -63,6 +74,29 @@ _MAP_HELP = ("FIELD=COLUMN: read catalog field FIELD from the catalog's column C
              "profile's catalog_columns)")
 _ROOT_HELP = ("folder or s3:// prefix media URIs may lie under (repeatable; default: the profile's media_roots, "
               "else the catalog's folder)")
+_RAY_HELP = ("Ray cluster to join: HOST:PORT of its head, or auto for the `ray start` cluster on this machine "
+             "(default $RAY_ADDRESS, which `ray job submit` sets; neither: a private local Ray, never a running "
+             "cluster)")
+_PROFILE_HELP = "run profile (default conf/jobs/local.yaml; conf/jobs/cluster.yaml for a GPU cluster)"
+_DECIDE_HELP = "after the run, decide this policy version from the stored scores (as `moderation decide`)"
+_ENFORCE_HELP = "after --decide, export the live version's actions (as `moderation enforce`; refused unless live)"
+
+
+def _check_follow_ups(decide: bool, enforce: bool) -> None:
+    if enforce and not decide:
+        raise ModerationError("--enforce exports what a decide wrote: pass --decide too")
+
+
+def _follow_ups(*, lake: str, policy: Path, decide: bool, enforce: bool) -> None:
+    """``--decide`` / ``--enforce`` after a scoring run: the same calls as those commands."""
+    if decide:
+        from moderation.decide import run_decide
+
+        typer.echo(run_decide(lake_root=lake, policy_path=policy).summary())
+    if enforce:
+        from moderation.enforcement import run_enforce
+
+        typer.echo(run_enforce(lake_root=lake, policy_path=policy).summary())
 
 
 @app.command()
@@ -75,12 +109,14 @@ def backfill(
     limit: Optional[int] = typer.Option(None, min=1, help="score at most N items"),
     catalog_version: Optional[int] = typer.Option(None, min=0, help="read this Delta version of the catalog "
                                                    "(time travel; default the latest), e.g. to reproduce a past run"),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default $RAY_ADDRESS or a local Ray)"),
-    profile: Optional[Path] = typer.Option(None, help="run profile (default conf/jobs/local.yaml)"),
+    ray_address: Optional[str] = typer.Option(None, help=_RAY_HELP),
+    profile: Optional[Path] = typer.Option(None, help=_PROFILE_HELP),
     map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
     media_root: list[str] = typer.Option([], help=_ROOT_HELP),
     force: bool = typer.Option(False, "--force", help="run although the evaluation gate blocks this policy version "
                                "or model (conf/eval/gate.yaml); the override is recorded in runs"),
+    decide: bool = typer.Option(False, "--decide", help=_DECIDE_HELP),
+    enforce: bool = typer.Option(False, "--enforce", help=_ENFORCE_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score the catalog with the policy's models into <lake>/scores and <lake>/quarantine."""
@@ -88,15 +124,17 @@ def backfill(
 
     _setup_logging(verbose)
     try:
+        _check_follow_ups(decide, enforce)
         result = run_backfill(
             catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
             where=where, limit=limit, catalog_version=catalog_version, ray_address=ray_address,
             profile_path=profile, column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root],
-            force=force,
+            force=force, progress=_progress(),
         )
+        typer.echo(result.summary())
+        _follow_ups(lake=_abs_uri(lake), policy=policy, decide=decide, enforce=enforce)
     except ModerationError as e:
         _fail(e)
-    typer.echo(result.summary())
 
 
 @app.command()
@@ -107,12 +145,14 @@ def rescan(
     run_id: Optional[str] = typer.Option(None, help="run id; re-using an unfinished one resumes it"),
     change_source: str = typer.Option("auto", help="auto (the catalog's change data feed when usable, else "
                                       "content hashes), cdf, or anti_join"),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default $RAY_ADDRESS or a local Ray)"),
-    profile: Optional[Path] = typer.Option(None, help="run profile (default conf/jobs/local.yaml)"),
+    ray_address: Optional[str] = typer.Option(None, help=_RAY_HELP),
+    profile: Optional[Path] = typer.Option(None, help=_PROFILE_HELP),
     map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
     media_root: list[str] = typer.Option([], help=_ROOT_HELP),
     force: bool = typer.Option(False, "--force", help="run although the evaluation gate blocks this policy version "
                                "or model (conf/eval/gate.yaml); the override is recorded in runs"),
+    decide: bool = typer.Option(False, "--decide", help=_DECIDE_HELP + " (also when nothing changed)"),
+    enforce: bool = typer.Option(False, "--enforce", help=_ENFORCE_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score only what changed since the last successful run: new items, changed content,
@@ -122,14 +162,17 @@ def rescan(
 
     _setup_logging(verbose)
     try:
+        _check_follow_ups(decide, enforce)
         result = run_rescan(
             catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
             change_source=change_source, ray_address=ray_address, profile_path=profile,
             column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root], force=force,
+            progress=_progress(),
         )
+        typer.echo(result.summary())
+        _follow_ups(lake=_abs_uri(lake), policy=policy, decide=decide, enforce=enforce)
     except ModerationError as e:
         _fail(e)
-    typer.echo(result.summary())
 
 
 @app.command()
@@ -198,16 +241,18 @@ def enforce(
 @app.command()
 def report(
     lake: str = typer.Option(..., help="lake root URI"),
-    master: str = typer.Option("local[*]", help="Spark master"),
+    master: Optional[str] = typer.Option(None, help="Spark master (default: spark-submit's under spark-submit, "
+                                         "else local[*])"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Spark job: violation counts and rates by policy version, category, item type, market,
-    language, and how much of each item its model read (coverage), written under <lake>/reports/."""
+    language, and how much of each item its model read (coverage), written under <lake>/reports/.
+    Also the spark-submit entrypoint (jobs/report.py)."""
     from moderation.reporting import run_report
 
     _setup_logging(verbose)
     try:
-        result = run_report(_abs_uri(lake), master=master)
+        result = run_report(_abs_uri(lake), master=master or _default_master())
     except ModerationError as e:
         _fail(e)
     typer.echo(result.summary())
@@ -259,7 +304,7 @@ def models_verify(
     policy: Optional[Path] = typer.Option(None, help="only the models of this policy version file"),
     on_cluster: bool = typer.Option(False, "--on-cluster", help="check from a Ray task on every alive node of the "
                                     "cluster, each reading the artifacts as a scoring actor there would"),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default $RAY_ADDRESS or a local Ray)"),
+    ray_address: Optional[str] = typer.Option(None, help=_RAY_HELP),
 ) -> None:
     """Check every artifact's SHA-256 against the registry (derived artifacts built from their
     pinned source first); exit 1 on any mismatch or missing file, on any node with --on-cluster."""
@@ -667,13 +712,19 @@ def review_queue(
     typer.echo(result.summary())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and exit the process with its status.
+
+    The one entrypoint for people and schedulers alike (``moderation``, ``python -m moderation``,
+    ``jobs/*.py``): the same options, exit codes (2 user error, 3 storage failed mid-run, 1 a
+    failed check) and exit guard. Never returns.
+    """
     from moderation.redact import install
 
     install()  # before deltalake is imported: secrets never reach logs or printed errors
     code = 0
     try:
-        app()
+        app(args=argv, prog_name="moderation")
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:

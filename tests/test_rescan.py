@@ -79,14 +79,14 @@ def test_unchanged_catalog_rescan_writes_nothing(env):
                                    "--policy", str(POLICY_V1), "--profile", str(env["profile"])])
     assert out.exit_code == 0, out.output
     assert "nothing changed since run base" in out.output and "nothing written" in out.output
-    # The cluster entrypoint (ray job submit) does the same.
-    import importlib.util
+    # The cluster entrypoint (what ray job submit and the nightly RayCronJob run) does the same.
+    import subprocess
+    import sys
 
-    spec = importlib.util.spec_from_file_location("job", ROOT / "jobs" / "backfill.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    assert job.main(["--rescan", "--catalog", env["catalog"], "--lake", lake.root, "--policy", str(POLICY_V1),
-                     "--profile", str(env["profile"])]) == 0
+    job = subprocess.run([sys.executable, "-m", "moderation", "rescan", "--catalog", env["catalog"], "--lake",
+                          lake.root, "--policy", str(POLICY_V1), "--profile", str(env["profile"])],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert job.returncode == 0 and "nothing written" in job.stdout, job.stderr
     assert _lake_state(lake) == before
 
 

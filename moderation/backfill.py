@@ -18,7 +18,9 @@ import pyarrow.compute as pc
 
 from moderation.catalog import open_catalog, select_ids
 from moderation.classifiers.base import RunContext
+from moderation.classifiers.windows import WINDOWINGS, Windowing, with_windowing
 from moderation.config import (
+    ModelSpec,
     config_hash,
     load_model_registry,
     load_policy,
@@ -236,6 +238,20 @@ def _gate(lake: Lake, loaded, registry, *, run_id: str, kind: str, catalog_uri: 
     return gate_run_fields(gate, force=force)
 
 
+def run_models(registry: dict[str, ModelSpec], model_ids: tuple[str, ...], *, windowing: Windowing,
+               existing: dict | None = None) -> list[ModelSpec]:
+    """The registry entries a run scores with: under the run profile's text ``windowing``, which is
+    part of each text model's digest (``windows.with_windowing``). A resume (``existing``: its
+    ``runs`` row) keeps the windowing it started with, the one giving the digests it recorded."""
+    models = [with_windowing(registry[m], windowing) for m in model_ids]
+    if existing is not None and [m.digest for m in models] != list(existing.get("model_digests") or []):
+        for other in WINDOWINGS:
+            again = [with_windowing(registry[m], other) for m in model_ids]
+            if [m.digest for m in again] == list(existing.get("model_digests") or []):
+                return again
+    return models
+
+
 def run_scoring(
     *,
     kind: str,
@@ -276,7 +292,7 @@ def run_scoring(
     loaded = load_policy(policy_path, registry)
     policy = loaded.policy
     profile = load_run_profile(profile_path)
-    models = [registry[m] for m in policy.models]
+    models = run_models(registry, policy.models, windowing=profile.text_windowing)
     modalities = tuple(sorted({m.modality for m in models}))
     lake = Lake(lake_root)
     check_immutable(lake, loaded)
@@ -307,6 +323,7 @@ def run_scoring(
         where, limit = existing["where_expr"], existing["item_limit"]
         columns = dict(c.split("=", 1) for c in existing.get("catalog_columns") or [])
         roots = list(existing.get("media_roots") or roots)
+        models = run_models(registry, policy.models, windowing=profile.text_windowing, existing=existing)
     # A resume scores with the limit the run started with (a run from before the setting: the profile's).
     max_words = (existing.get("max_item_words") if existing else None) or profile.max_item_words
     max_seconds = (existing.get("max_item_seconds") if existing else None) or profile.max_item_seconds

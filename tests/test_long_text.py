@@ -286,11 +286,106 @@ def test_a_lake_from_before_coverage_is_read_and_evolved(tmp_path, spec):
     lake = Lake(str(tmp_path / "lake"))
     write_deltalake(lake.uri("scores"), pa.Table.from_pylist([row], schema=old_schema))
     base = load_baseline(lake, pinned_versions(lake), [spec])
-    assert base["words_cut"].isna().all() and len(base) == 1
+    assert base["cut_at"].isna().all() and len(base) == 1
     later = now + dt.timedelta(seconds=1)
     new = {**row, "run_id": "new", "scored_at": later, "units_total": 9, "units_scored": 4, "unit": "words",
            "coverage": 4 / 9, "coverage_reason": LIMIT_WORDS}
     lake.append_chunk("scores", pa.Table.from_pylist([new], schema=SCORES_SCHEMA), app_id="test/new", version=0)
     got = {r["run_id"]: r for r in lake.read("scores").to_pylist()}
     assert got["old"]["units_total"] is None and got["new"]["coverage_reason"] == LIMIT_WORDS
-    assert load_baseline(lake, pinned_versions(lake), [spec])["words_cut"].tolist() == [4.0]
+    assert load_baseline(lake, pinned_versions(lake), [spec])["cut_at"].tolist() == [4.0]
+
+
+# ---- the windowing of before issue 13, kept to measure against (text_windowing: legacy) -------
+
+
+def test_legacy_windowing_is_part_of_the_digest_and_off_by_default(spec):
+    from moderation.classifiers.windows import with_windowing
+
+    registry = load_model_registry()
+    assert RunProfile().text_windowing == "tokens"
+    assert with_windowing(spec, "tokens") is spec and MiniLMHeadsClassifier(spec).windowing == "tokens"
+    legacy = with_windowing(spec, "legacy")
+    assert legacy.preprocessing["windowing"] == "legacy" and legacy.digest != spec.digest
+    assert "windowing" not in spec.preprocessing  # the registry entry itself is untouched
+    for model_id in ("text-muse-heads-v1", "text-e5-ft-v1", "text-cascade-muse-e5-v1", "text-profanity-check-v1",
+                     "image-ocr-text-v1"):
+        assert with_windowing(registry[model_id], "legacy").digest != registry[model_id].digest, model_id
+    for model_id in ("image-open-nsfw-v1", "audio-speech-text-v1"):  # no text windows of their own
+        assert with_windowing(registry[model_id], "legacy") is registry[model_id]
+
+
+def test_an_unknown_windowing_is_refused(spec):
+    from moderation.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="windowing"):
+        MiniLMHeadsClassifier(spec.model_copy(update={"preprocessing": {**spec.preprocessing, "windowing": "whole"}}))
+
+
+def test_legacy_reads_six_truncated_segments_and_says_so(spec, transcript):
+    from moderation.classifiers.windows import LEGACY_WINDOWING, with_windowing
+
+    clf = MiniLMHeadsClassifier(with_windowing(spec, "legacy"))
+    rows = clf.preprocess(_rows(item_id=["long", "short"], title=["Episode 12", "Short"], description=["A chat", None],
+                                body_text=[transcript, "just a few words"]))
+    segs, names = (rows.column(c).to_pylist() for c in ("segments", "segment_names"))
+    assert names[0][:2] == ["title", "description"] and len(segs[0]) == 6  # title, description, four body windows
+    body = normalize_text(transcript)
+    win = clf.windower()
+    read = 4  # title and description
+    for k, (name, seg) in enumerate(zip(names[0][2:], segs[0][2:])):
+        a, b = map(int, name.partition("@")[2].split("-"))
+        assert name.startswith(f"body_text[{k}]@") and body[a:b] == seg
+        # Each 160-word segment, cut where MiniLM's 128 tokens end: the encoder reads it all.
+        assert len(seg.split(" ")) < 160 and win.token_count([seg])[0] <= 128
+        whole = body[a:].split(" ")[:160]
+        assert win.token_count([" ".join(whole)])[0] > 128
+        words = seg.split(" ")
+        read += len(words) - (words[-1] != whole[len(words) - 1])  # a word cut by the truncation is not read
+    total, scored, reason = (rows.column(c).to_pylist() for c in ("units_total", "units_scored", "coverage_reason"))
+    assert total[0] == 4 + len(transcript.split(" ")) and reason[0] == LEGACY_WINDOWING
+    assert scored[0] == read <= 4 + 4 * 126  # at most one word per token read
+    assert total[1] == scored[1] == 5 and reason[1] is None  # a short item is read whole either way
+
+
+def test_legacy_word_windows_read_four_body_segments_whole(transcript):
+    from moderation.classifiers.text import E5HeadsClassifier
+    from moderation.classifiers.windows import LEGACY_WINDOWING, with_windowing
+
+    e5 = load_model_registry()["text-e5-ft-v1"]
+    clf = E5HeadsClassifier(with_windowing(e5, "legacy"), context=RunContext(max_item_words=3_000))
+    rows = clf.preprocess(_rows(item_id=["long"], title=["Episode 12"], body_text=[transcript]))
+    names = rows.column("segment_names")[0].as_py()
+    assert names[0] == "title" and [n.partition("@")[0] for n in names[1:]] == [f"body_text[{k}]" for k in range(5)]
+    assert [len(s.split(" ")) for s in rows.column("segments")[0].as_py()[1:]] == [160] * 5
+    total, scored, reason = (rows.column(c)[0].as_py() for c in ("units_total", "units_scored", "coverage_reason"))
+    # Both cuts are named: the run's word limit first, then what the old windowing left unread.
+    assert (total, scored, reason) == (2 + len(transcript.split(" ")), 2 + 5 * 160, f"{LIMIT_WORDS},{LEGACY_WINDOWING}")
+
+
+def test_legacy_misses_what_lies_at_word_5000(minilm, spec, planted):
+    from moderation.classifiers.windows import with_windowing
+
+    legacy = MiniLMHeadsClassifier(with_windowing(spec, "legacy"))
+    legacy.setup("cpu")
+    rows = _rows(item_id=["planted"], title=["Episode 12"], body_text=[planted])
+    (old,) = _score(legacy, legacy.prepare(rows))
+    (new,) = _score(minilm, minilm.prepare(rows))
+    assert old["model_digest"] != new["model_digest"]
+    assert old["category_scores"]["hate"] < REVIEW <= new["category_scores"]["hate"]
+    assert old["coverage"] < 0.1 and new["coverage"] == 1.0
+
+
+def test_a_run_scores_with_the_profile_windowing_and_a_resume_keeps_its_own():
+    from moderation.backfill import run_models
+
+    registry = load_model_registry()
+    ids = ("text-minilm-heads-v1", "image-open-nsfw-v1")
+    tokens = run_models(registry, ids, windowing="tokens")
+    legacy = run_models(registry, ids, windowing="legacy")
+    assert [m.digest for m in tokens] == [registry[m].digest for m in ids]
+    assert legacy[0].preprocessing["windowing"] == "legacy" and legacy[1] is registry[ids[1]]
+    started_legacy = {"model_digests": [m.digest for m in legacy]}
+    assert [m.digest for m in run_models(registry, ids, windowing="tokens", existing=started_legacy)] == \
+        [m.digest for m in legacy]
+    assert run_models(registry, ids, windowing="legacy", existing={"model_digests": [m.digest for m in tokens]}) == tokens

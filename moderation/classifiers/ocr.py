@@ -175,7 +175,7 @@ class OcrTextClassifier(Classifier):
             texts.append(fields["body_text"])
             coverage.append(cov)
             reasons.append(None), details.append(None), stages.append(None)
-        wins = self._text.windows([{"body_text": t or ""} for t in texts])
+        wins, coverage = self._text.scored_windows([{"body_text": t or ""} for t in texts], coverage)
         return prepared(
             batch,
             hashes=hashes,

@@ -7,11 +7,15 @@ transcript; ``windows.py``: measured in the encoder's tokens, overlapping, every
 within the limits); each segment is scored and the item's score per category is the maximum over
 segments, with the winning segment kept as evidence (``body_text[3]@1520-2310``: the window and
 its character offsets). A slur in a title is not diluted by three pages of benign transcript.
-Each row says how much of the item was scored (``coverage_columns``).
+Each row says how much of the item was scored (``coverage_columns``). A model whose preprocessing
+says ``windowing: legacy`` (a run profile's ``text_windowing``) scores the segments of before
+issue 13 instead (``MiniLMHeadsClassifier.scored_windows``).
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import hashlib
 import json
 import re
@@ -24,15 +28,20 @@ import pyarrow as pa
 from moderation.artifacts import read_verified
 from moderation.classifiers.base import Classifier, RunContext, prepared
 from moderation.classifiers.windows import (
+    LEGACY_WINDOWING,
     LIMIT_CHARS,
     LIMIT_WORDS,
+    WINDOWING_KEY,
+    WINDOWINGS,
     Coverage,
     TokenWindower,
     Window,
     WordWindower,
     count_words,
+    legacy_spans,
     limit_words,
     window_name,
+    word_spans,
 )
 from moderation.config import ModelSpec
 from moderation.errors import ConfigError
@@ -52,7 +61,8 @@ def normalize_text(value: str | None) -> str:
 def text_segments(fields: dict[str, str], *, segment_words: int, max_segments: int) -> list[tuple[str, str]]:
     """(name, text) segments of one item as scored before issue 13: title, description, then
     body windows of ``segment_words`` words, at most ``max_segments`` in all (the rest unscored).
-    Kept for comparisons with the old windowing; classifiers use ``MiniLMHeadsClassifier.windows``."""
+    Kept for comparisons with the old windowing; classifiers use
+    ``MiniLMHeadsClassifier.scored_windows`` (``windows.legacy_spans`` under ``windowing: legacy``)."""
     segs: list[tuple[str, str]] = []
     for name in ("title", "description"):
         if fields.get(name):
@@ -128,14 +138,22 @@ def text_content_hash(fields: dict[str, str]) -> str:
 
 class MiniLMHeadsClassifier(Classifier):
     modality: ClassVar = "text"
+    #: Kinds whose text is read by the MiniLM encoder (windows in its tokens; it truncates at
+    #: ``max_tokens``).
+    MINILM_KINDS: ClassVar[tuple[str, ...]] = ("minilm_heads", "ocr_text", "speech_text")
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
         super().__init__(spec, batch_size=batch_size, context=context)
         pre = spec.preprocessing
-        # segment_words / max_segments: the windowing before issue 13 (``text_segments``), no
-        # longer used to score.
+        # segment_words / max_segments / max_tokens: the windowing before issue 13, used only
+        # under ``windowing: legacy`` (a run profile's text_windowing; see windows.py).
         self.segment_words = int(pre.get("segment_words", 160))
         self.max_segments = int(pre.get("max_segments", 6))
+        self.max_tokens = int(pre.get("max_tokens", 128))
+        self.windowing = pre.get(WINDOWING_KEY, "tokens")
+        if self.windowing not in WINDOWINGS:
+            raise ConfigError(f"model {spec.model_id}: preprocessing {WINDOWING_KEY} is {self.windowing!r}; "
+                              f"expected one of {', '.join(WINDOWINGS)}")
         self.max_chars = int(pre.get("max_field_chars", 100_000))
         self.max_item_words = context.max_item_words
         self.window_tokens = int(pre.get("window_tokens", pre.get("max_tokens", 128)))
@@ -173,7 +191,7 @@ class MiniLMHeadsClassifier(Classifier):
         """How this model's text is cut into windows (see ``windows.py``): MiniLM's own tokens
         for the kinds that score through MiniLM, words for the others."""
         if self._windower is None:
-            if self.spec.kind in ("minilm_heads", "ocr_text", "speech_text"):
+            if self.spec.kind in self.MINILM_KINDS:
                 from tokenizers import Tokenizer
 
                 tok = read_verified(self.spec.model_id, "tokenizer", self.spec.artifacts["tokenizer"])
@@ -192,6 +210,44 @@ class MiniLMHeadsClassifier(Classifier):
             text = items[i][name]
             out[i] += [Window(window_name(name, k, a, b, single=len(sp) == 1), text[a:b], a, b) for k, (a, b) in enumerate(sp)]
         return out
+
+    def scored_windows(self, items: list[dict[str, str]],
+                       coverage: list[Coverage | None]) -> tuple[list[list[Window]], list[Coverage | None]]:
+        """Each item's windows as this model scores them, and its coverage (``limited``'s, with
+        what the windowing leaves unread taken off).
+
+        ``windowing: tokens`` (the default): ``windows`` and the coverage unchanged.
+        ``windowing: legacy``: the segments of before issue 13 (``windows.legacy_spans``), each
+        window's text what the encoder reads of it (MiniLM truncates a segment at ``max_tokens``;
+        the other encoders read it whole); the coverage counts only words read whole and says
+        ``legacy_windowing`` when that is fewer than the limits kept.
+        """
+        if self.windowing == "tokens":
+            return self.windows(items), coverage
+        segs = [legacy_spans(f, segment_words=self.segment_words, max_segments=self.max_segments) for f in items]
+        flat = [items[i][name][a:b] for i, ss in enumerate(segs) for name, _, a, b in ss]
+        if self.spec.kind in self.MINILM_KINDS and flat:
+            reads = iter(self.windower().read_ends(flat, max_tokens=self.max_tokens))
+        else:
+            reads = iter(len(t) for t in flat)
+        wins: list[list[Window]] = []
+        out: list[Coverage | None] = []
+        for fields, ss, cov in zip(items, segs, coverage):
+            # Word starts and ends per field (both sorted: words do not overlap).
+            bounds = {name: tuple(zip(*word_spans(text))) for name, text in fields.items() if text}
+            ws, read = [], 0
+            for name, k, a, b in ss:
+                end = a + next(reads)
+                starts, ends = bounds[name]
+                read += max(bisect.bisect_right(ends, end) - bisect.bisect_left(starts, a), 0)  # words read whole
+                ws.append(Window(window_name(name, k, a, end, single=name != "body_text" and end == b),
+                                 fields[name][a:end], a, end))
+            wins.append(ws)
+            if cov is not None and read < cov.units_scored:
+                reasons = [*(cov.reason.split(",") if cov.reason else []), LEGACY_WINDOWING]
+                cov = dataclasses.replace(cov, units_scored=read, reason=",".join(dict.fromkeys(reasons)))
+            out.append(cov)
+        return wins, out
 
     def limited(self, raw: dict[str, str | None], *, max_chars: int | None,
                 normalized: dict[str, str] | None = None) -> tuple[dict[str, str], Coverage]:
@@ -238,7 +294,7 @@ class MiniLMHeadsClassifier(Classifier):
                 reasons.append(None)
                 details.append(None)
                 stages.append(None)
-        wins = self.windows(items)
+        wins, coverage = self.scored_windows(items, coverage)
         return prepared(
             batch,
             hashes=hashes,

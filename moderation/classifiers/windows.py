@@ -32,20 +32,39 @@ word lies in some window.
 
 Character offsets in window names are offsets into the field's normalised text (NFC, control
 characters removed, runs of whitespace collapsed to one space), in code points.
+
+The windowing before issue 13 stays available to measure what whole-item scoring costs and finds
+(``scripts/bench_long_form.py``): a run profile's ``text_windowing: legacy`` puts
+``windowing: legacy`` in each text model's preprocessing (``with_windowing``), so the model's
+digest differs and its scores are never taken for whole-item scores. Such a model scores title,
+description and 160-word body segments, at most six per item, each truncated by MiniLM's
+tokenizer at ``max_tokens`` (``legacy_spans``, ``TokenWindower.read_ends``); its coverage counts
+the words the encoder read whole (``coverage_reason`` ``legacy_windowing`` when not all).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
-from moderation.config import DEFAULT_MAX_ITEM_WORDS
+from moderation.config import DEFAULT_MAX_ITEM_WORDS, ModelSpec
 
 #: ``coverage_reason`` values: the item's fields were longer than ``max_field_chars``, or the item
 #: had more words than ``max_item_words``. Several are joined by ``,`` in this order.
 LIMIT_CHARS = "limit_chars"
 LIMIT_WORDS = "limit_words"
+#: ``coverage_reason`` of an item scored under ``windowing: legacy`` whose words were not all read.
+LEGACY_WINDOWING = "legacy_windowing"
 WORDS = "words"
+
+Windowing = Literal["tokens", "legacy"]
+#: The preprocessing key naming a text model's windowing (absent: ``tokens``).
+WINDOWING_KEY = "windowing"
+WINDOWINGS: tuple[Windowing, ...] = ("tokens", "legacy")
+#: Kinds whose text windows the run profile's ``text_windowing`` sets. ``speech_text`` cuts its
+#: transcripts itself (classifiers/audio.py) and is left as it is.
+WINDOWED_KINDS = ("minilm_heads", "muse_heads", "e5_heads", "cascade_heads", "profanity_check", "ocr_text")
 
 _WORD = re.compile(r"\S+")
 
@@ -131,6 +150,39 @@ def limit_words(fields: dict[str, str], *, max_words: int) -> tuple[dict[str, st
     return out, total, kept
 
 
+def with_windowing(spec: ModelSpec, windowing: Windowing) -> ModelSpec:
+    """``spec`` as a run with the profile's ``text_windowing`` scores it: unchanged for
+    ``tokens`` and for kinds outside ``WINDOWED_KINDS``; otherwise with ``windowing: legacy`` in
+    its preprocessing, hence another digest.
+
+    Raises:
+        ValueError: ``windowing`` is not one of ``WINDOWINGS``.
+    """
+    if windowing not in WINDOWINGS:
+        raise ValueError(f"text windowing {windowing!r}: expected one of {', '.join(WINDOWINGS)}")
+    if windowing == "tokens" or spec.kind not in WINDOWED_KINDS:
+        return spec
+    # Validated afresh rather than model_copy'd: model_copy would carry the cached digest over.
+    return type(spec).model_validate({**spec.model_dump(), "role": spec.role,
+                                      "preprocessing": {**spec.preprocessing, WINDOWING_KEY: windowing}})
+
+
+def legacy_spans(fields: dict[str, str], *, segment_words: int, max_segments: int) -> list[tuple[str, int, int, int]]:
+    """The segments an item was scored on before issue 13 (``text.text_segments``), as
+    (field, body window index, start, end) character offsets in the field: title and description
+    whole, then body windows of ``segment_words`` words, at most ``max_segments`` in all."""
+    out: list[tuple[str, int, int, int]] = []
+    for name in ("title", "description"):
+        if fields.get(name):
+            out.append((name, 0, 0, len(fields[name])))
+    words = word_spans(fields.get("body_text") or "")
+    for k, w in enumerate(range(0, len(words), segment_words)):
+        if len(out) >= max_segments:
+            break
+        out.append(("body_text", k, words[w][0], words[min(w + segment_words, len(words)) - 1][1]))
+    return out[:max_segments]
+
+
 class WordWindower:
     """Windows of ``size`` words sharing ``overlap`` words (encoders without a token limit)."""
 
@@ -174,6 +226,14 @@ class TokenWindower:
         """Tokens of each text as the encoder reads it, special tokens included."""
         return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
 
+    def read_ends(self, texts: list[str], *, max_tokens: int) -> list[int]:
+        """Per text, the character offset at which an encoder that truncates at ``max_tokens``
+        tokens (special tokens included) stops reading it: ``len(text)`` when it reads it all."""
+        keep = max_tokens - self.tokenizer.num_special_tokens_to_add(False)
+        encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [len(t) if len(e.offsets) <= keep else (e.offsets[keep - 1][1] if keep > 0 else 0)
+                for t, e in zip(texts, encs)]
+
     def spans(self, texts: list[str]) -> list[list[tuple[int, int]]]:
         """Per text, the (start, end) character offsets of its windows."""
         encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
@@ -211,6 +271,7 @@ class TokenWindower:
 
 
 __all__ = [
-    "DEFAULT_MAX_ITEM_WORDS", "LIMIT_CHARS", "LIMIT_WORDS", "Coverage", "TokenWindower", "Window", "WordWindower",
-    "count_words", "index_windows", "limit_words", "window_name", "word_spans",
+    "DEFAULT_MAX_ITEM_WORDS", "LEGACY_WINDOWING", "LIMIT_CHARS", "LIMIT_WORDS", "WINDOWED_KINDS", "WINDOWINGS",
+    "WINDOWING_KEY", "Coverage", "TokenWindower", "Window", "Windowing", "WordWindower", "count_words",
+    "index_windows", "legacy_spans", "limit_words", "window_name", "with_windowing", "word_spans",
 ]

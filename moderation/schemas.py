@@ -48,14 +48,17 @@ SCORES_SCHEMA = pa.schema(
         pa.field("explicit", pa.bool_()),
         pa.field("scored_at", TS, nullable=False),
         # Added with issue 13 (long-form content scored whole); null in older rows, and in rows
-        # of models that do not record it (cover art, audio for now). What share of the item
-        # the model read: units_scored of units_total (text: words of title, description and
-        # body together, after normalisation), coverage = units_scored / units_total, and why
-        # not all of it: null when whole, else "limit_chars" (a field longer than the model's
-        # max_field_chars) and/or "limit_words" (the run's max_item_words), comma-joined.
+        # of models that do not record it (cover art). What share of the item the model read:
+        # units_scored of units_total in `unit` (text: "words" of title, description and body
+        # together, after normalisation; audio: "seconds" of the clip), coverage = units_scored /
+        # units_total, and why not all of it: null when whole, else comma-joined "limit_chars" (a
+        # field longer than the model's max_field_chars), "limit_words" (the run's
+        # max_item_words), "legacy_windowing" (a run with text_windowing: legacy, which reads at
+        # most six truncated segments), "limit_seconds" (the run's max_item_seconds) or
+        # "decode_error_after_s" (the audio stopped decoding part way; what decoded was scored).
         pa.field("units_total", pa.int64()),
         pa.field("units_scored", pa.int64()),
-        pa.field("unit", pa.string()),  # words
+        pa.field("unit", pa.string()),  # words | seconds
         pa.field("coverage", pa.float32()),
         pa.field("coverage_reason", pa.string()),
     ]

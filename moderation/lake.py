@@ -186,7 +186,8 @@ class Lake:
         return None if dt is None else dt.transaction_version(app_id)
 
     def append_chunk(
-        self, table: TableName, rows: pa.Table, *, app_id: str, version: int, expect_previous: int | None | object = ANY
+        self, table: TableName, rows: pa.Table, *, app_id: str, version: int, expect_previous: int | None | object = ANY,
+        writer: str | None = None,
     ) -> bool:
         """Append ``rows`` in one commit tagged (app_id, version), unless already committed.
 
@@ -200,32 +201,57 @@ class Lake:
         Args:
             expect_previous: when given, the app transaction version the caller expects the
                 table to hold now (its own last chunk). Anything else means another process
-                has committed chunks of this app since: ``ChunkFenced`` is raised and nothing
-                is committed, so two workers of one run never both commit.
+                has committed chunks of this app since, the same chunk number included:
+                ``ChunkFenced`` is raised and nothing is committed, so two workers of one run
+                never both commit, and the loser of a race for one chunk number stops there
+                instead of dropping its rows. The one exception is this call's own commit
+                (its acknowledgement lost, found landed on the retry): that is success.
+            writer: identifies the caller's commits (a ``ChunkWriter`` passes one per writer).
+                Each fenced commit also records the app transaction ``(<app_id>#<writer>,
+                version)``, which is how a retry tells its own landed commit from another
+                process's commit of the same chunk number. With ``expect_previous`` and no
+                ``writer`` a token for this call is made up.
 
-        Returns True when this call committed, False when the table already held it.
+        Returns True when this call committed, False when the table already held it (only
+        without ``expect_previous``: a replayed chunk is skipped idempotently).
+
+        Raises:
+            ChunkFenced: ``expect_previous`` was given and the table holds another version.
         """
+        import uuid
+
         from deltalake import CommitProperties, Transaction
 
+        fenced = expect_previous is not ANY
+        mine = f"{app_id}#{writer or uuid.uuid4().hex}" if fenced else None
         data = conform(rows, TABLE_SCHEMAS[table])
-        props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=version)])
+        txns = [Transaction(app_id=app_id, version=version)]
+        if mine is not None:
+            txns.append(Transaction(app_id=mine, version=version))
+        props = CommitProperties(app_transactions=txns)
         add = None
         # OSError too: a commit can fail on the wire after it landed; the check above it tells.
         for attempt in _commit_retrying(OSError):
             with attempt:
                 dt = self.open(table)
                 if dt is None:
+                    if fenced and expect_previous is not None:
+                        raise ChunkFenced(self._fenced_message(table, app_id, version, None, expect_previous))
                     self._create(table, data, commit_properties=props)
                     return True
                 committed = dt.transaction_version(app_id)
-                if committed is not None and committed >= version:
+                if fenced:
+                    # The fence comes before the "already committed" skip: a chunk number another
+                    # process committed is a lost race, not a replay (issue 15).
+                    if committed != expect_previous:
+                        if committed == version and dt.transaction_version(mine) == version:
+                            log.info("%s chunk %s/%d: this writer's commit landed (its answer was lost)",
+                                     table, app_id, version)
+                            return True
+                        raise ChunkFenced(self._fenced_message(table, app_id, version, committed, expect_previous))
+                elif committed is not None and committed >= version:
                     log.info("skip %s chunk %s/%d: already committed", table, app_id, version)
                     return False
-                if expect_previous is not ANY and committed != expect_previous:
-                    raise ChunkFenced(
-                        f"{self.uri(table)}: app {app_id} is at chunk {committed}, this process expected "
-                        f"{expect_previous}: another process is committing this run; stopping without committing"
-                    )
                 _evolve(dt, TABLE_SCHEMAS[table])
                 if add is None:
                     add = self._write_data_file(table, data)
@@ -234,6 +260,17 @@ class Lake:
                 fault_point("after_commit")
                 return True
         raise AssertionError("unreachable")
+
+    def _fenced_message(self, table: str, app_id: str, version: int, committed: int | None,
+                        expect_previous: object) -> str:
+        held = "no chunk" if committed is None else f"chunk {committed}"
+        expected = "no chunk" if expect_previous is None else f"chunk {expect_previous}"
+        return (
+            f"{self.uri(table)}: app {app_id} already holds {held}, this process expected {expected} before "
+            f"committing chunk {version}: another process is committing this run (a resumed run took it over, "
+            f"or this process had lost its lease). Stopping at chunk {version} without committing it; its rows "
+            f"are not written, so the run that goes on (or the same command run again) scores them"
+        )
 
     def _write_data_file(self, table: str, data: pa.Table):
         """Write ``data`` as one new Parquet file in the table folder; its Delta add action."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -12,7 +13,7 @@ import pyarrow.compute as pc
 from moderation.classifiers.base import CONTENT_HASH, COVERAGE_COLUMNS, QDETAIL, QREASON, QSTAGE
 from moderation.config import ModelSpec
 from moderation.faults import fault_point
-from moderation.lake import Lake
+from moderation.lake import ChunkFenced, Lake
 from moderation.schemas import QUARANTINE_SCHEMA, SCORES_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,9 @@ class ChunkWriter:
         # The app transaction version each table holds now; a commit expects exactly this (its
         # own last chunk), so chunks committed by another process fence this writer off.
         self.last = {t: lake.transaction_version(t, self.app_id) for t in ("scores", "quarantine")}
+        # Marks this writer's own commits (see Lake.append_chunk), so a retry whose commit landed
+        # is told apart from another process's commit of the same chunk number.
+        self.writer = uuid.uuid4().hex
         self.next_chunk = max([v for v in self.last.values() if v is not None], default=-1) + 1
         self.chunks_committed = 0
         self.pending: list[pa.Table] = []
@@ -131,12 +135,16 @@ class ChunkWriter:
     def _commit(self, batch: pa.Table) -> None:
         scores, quarantine = split_results(batch, run_id=self.run_id, model=self.model, now=utcnow())
         for table, rows in (("quarantine", quarantine), ("scores", scores)):
-            if rows.num_rows and self.lake.append_chunk(
-                table, rows, app_id=self.app_id, version=self.next_chunk, expect_previous=self.last[table]
-            ):
-                self.rows_written[table] += rows.num_rows
-            if rows.num_rows:
-                self.last[table] = self.next_chunk
+            if not rows.num_rows:
+                continue
+            # Fenced: another process's commit of this chunk number (or a later one) raises
+            # ChunkFenced here, so this writer stops at its first contested chunk with nothing
+            # dropped; it never advances past a chunk it did not commit itself.
+            if not self.lake.append_chunk(table, rows, app_id=self.app_id, version=self.next_chunk,
+                                          expect_previous=self.last[table], writer=self.writer):
+                raise ChunkFenced(f"internal: chunk {self.next_chunk} of {self.app_id} was skipped by a fenced commit")
+            self.rows_written[table] += rows.num_rows
+            self.last[table] = self.next_chunk
         log.info("committed chunk %d: %d scores, %d quarantine", self.next_chunk, scores.num_rows, quarantine.num_rows)
         self.next_chunk += 1
         self.chunks_committed += 1

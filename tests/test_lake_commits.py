@@ -71,6 +71,135 @@ def test_other_worker_of_the_run_fences_this_one_off(tmp_path):
     assert lake.read("quarantine").num_rows == 2
 
 
+def test_same_chunk_number_committed_by_another_writer_fences_this_one_off(tmp_path):
+    """The race the real writer makes (issue 15): both writers last saw chunk 0 and both commit
+    chunk 1. The one that comes second must stop, not skip its rows as "already committed"."""
+    lake = Lake(str(tmp_path))
+    assert lake.append_chunk("quarantine", _rows(["a"]), app_id="app", version=0, expect_previous=None, writer="w1")
+    assert lake.append_chunk("quarantine", _rows(["b"]), app_id="app", version=1, expect_previous=0, writer="w1")
+    with pytest.raises(ChunkFenced, match="already holds chunk 1, this process expected chunk 0 before committing chunk 1"):
+        lake.append_chunk("quarantine", _rows(["c"]), app_id="app", version=1, expect_previous=0, writer="w2")
+    # The same for the first chunk of a run: another writer created the table with it.
+    with pytest.raises(ChunkFenced, match="expected no chunk before committing chunk 0"):
+        lake.append_chunk("quarantine", _rows(["d"]), app_id="app", version=0, expect_previous=None, writer="w2")
+    assert sorted(lake.read("quarantine").column("item_id").to_pylist()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("writer", ["w1", None])
+def test_own_commit_whose_answer_was_lost_is_success_not_fenced(tmp_path, monkeypatch, writer):
+    """A fenced commit that landed but raised on the wire is found on the retry and counted as
+    this writer's (its ``<app_id>#<writer>`` transaction), neither fenced nor committed twice."""
+    import moderation.lake as lake_module
+
+    lake = Lake(str(tmp_path))
+    lake.append_chunk("quarantine", _rows(["a"]), app_id="app", version=0, expect_previous=None, writer="w0")
+    lost = []
+
+    def fault(name: str) -> None:
+        if name == "after_commit" and not lost:
+            lost.append(name)
+            raise OSError("connection reset after the commit landed")
+
+    monkeypatch.setattr(lake_module, "fault_point", fault)
+    assert lake.append_chunk("quarantine", _rows(["b"]), app_id="app", version=1, expect_previous=0, writer=writer)
+    assert lost and lake.transaction_version("quarantine", "app") == 1
+    assert sorted(lake.read("quarantine").column("item_id").to_pylist()) == ["a", "b"]
+
+
+def _scored(ids: list[str]) -> pa.Table:
+    """Scored work rows as the pipeline yields them; ``i01``, ``i05``, ... are quarantined."""
+    from moderation.classifiers.base import EVIDENCE_TYPE, SCORE_TYPE
+
+    n, bad = len(ids), [int(i[1:]) % 4 == 1 for i in ids]
+    return pa.table({
+        "item_id": ids, "item_type": ["track"] * n, "language": ["en"] * n,
+        "markets": pa.array([["US"]] * n, pa.list_(pa.string())), "explicit": [False] * n, "modality": ["text"] * n,
+        "content_hash": ["h" + i for i in ids],
+        "category_scores": pa.array([None if b else [("hate", 0.5)] for b in bad], SCORE_TYPE),
+        "evidence": pa.array([None if b else [("hate", "title")] for b in bad], EVIDENCE_TYPE),
+        "qreason": [("no_usable_text" if b else None) for b in bad],
+        "qdetail": [("empty" if b else None) for b in bad],
+        "qstage": [("preprocess" if b else None) for b in bad],
+    })
+
+
+RACE_IDS = [f"i{n:02d}" for n in range(20)]  # chunk_pairs 4: chunks 0-4, each with one quarantined item
+
+
+def _race_worker(root: str, role: str, first_chunks_done, barrier, results) -> None:
+    """One process of the race: ``stale`` commits chunks 0 and 1 and goes on (its lease lost,
+    it does not know); ``resumer`` starts after them, as a resume with the same run id does.
+    Both reach the commit of chunk 2 together (the barrier sits after the fence check, before
+    the Delta commit), then go on to the end of the run unless fenced."""
+    import moderation.lake as lake_module
+    from moderation.backfill import _done_ids
+    from moderation.config import load_model_registry
+    from moderation.results import ChunkWriter
+
+    armed = []
+    real_fault_point = lake_module.fault_point
+
+    def at_commit(name: str) -> None:
+        if name == "before_commit" and armed:
+            armed.clear()
+            barrier.wait(timeout=60)
+        real_fault_point(name)
+
+    lake_module.fault_point = at_commit
+    lake = Lake(root)
+    model = load_model_registry()["text-minilm-heads-v1"]
+    if role == "stale":
+        writer = ChunkWriter(lake, run_id="r", model=model, chunk_pairs=4)
+        writer.add(_scored(RACE_IDS[:8]))
+        first_chunks_done.set()
+    else:
+        assert first_chunks_done.wait(timeout=60)
+        writer = ChunkWriter(lake, run_id="r", model=model, chunk_pairs=4)
+    done = _done_ids(lake, "r", model.model_id)
+    assert set(done.to_pylist()) == set(RACE_IDS[:8]) and writer.next_chunk == 2, (done, writer.next_chunk)
+    armed.append(True)
+    try:
+        for start in range(8, len(RACE_IDS), 4):
+            writer.add(_scored(RACE_IDS[start:start + 4]))
+        writer.flush()
+    except ChunkFenced as e:
+        results.put((role, "fenced", writer.next_chunk, writer.rows_written, str(e)))
+    else:
+        results.put((role, "finished", writer.next_chunk, writer.rows_written, ""))
+
+
+def test_two_processes_racing_for_one_chunk_number_the_loser_stops_there(tmp_path):
+    """A stale worker and a resumer of one run commit chunk 2 at the same moment (two real
+    processes). Exactly one commit lands; the other process raises ChunkFenced at chunk 2,
+    having committed nothing of it, and the table holds every pair exactly once."""
+    import multiprocessing
+
+    from moderation.backfill import run_accounting
+
+    ctx = multiprocessing.get_context("spawn")
+    first_chunks_done, barrier, results = ctx.Event(), ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_race_worker, args=(str(tmp_path), role, first_chunks_done, barrier, results))
+             for role in ("stale", "resumer")]
+    [p.start() for p in procs]
+    outcomes = {}
+    for _ in procs:
+        role, outcome, chunk, rows_written, message = results.get(timeout=120)
+        outcomes[role] = (outcome, chunk, rows_written, message)
+    [p.join(timeout=60) for p in procs]
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(o[0] for o in outcomes.values()) == ["fenced", "finished"], outcomes
+    (loser, (_, chunk, _, message)), = [(r, o) for r, o in outcomes.items() if o[0] == "fenced"]
+    winner = "stale" if loser == "resumer" else "resumer"
+    assert chunk == 2 and "before committing chunk 2" in message and "another process is committing this run" in message
+    assert outcomes[loser][2] == ({"scores": 6, "quarantine": 2} if loser == "stale" else {"scores": 0, "quarantine": 0})
+    assert outcomes[winner][1] == 5  # the winner committed chunks 2, 3 and 4
+    lake = Lake(str(tmp_path))
+    scored, quarantined, dupes = run_accounting(lake, "r")
+    assert (scored, quarantined, dupes) == (15, 5, 0)
+    ids = lake.read("scores").column("item_id").to_pylist() + lake.read("quarantine").column("item_id").to_pylist()
+    assert sorted(ids) == RACE_IDS
+
+
 def test_concurrent_writers_of_different_runs_all_land(tmp_path):
     """Eight threads append chunks of their own runs at once: every chunk lands exactly once."""
     lake = Lake(str(tmp_path))

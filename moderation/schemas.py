@@ -180,6 +180,10 @@ RUNS_SCHEMA = pa.schema(
         pa.field("max_item_words", pa.int64()),
         # backfill/rescan: the run profile's max_item_seconds (seconds of an item's audio scored at most).
         pa.field("max_item_seconds", pa.int64()),
+        # Added with issue 15; null in older rows. backfill/rescan: the run profile's max_error_share
+        # (above it, the share of score_error pairs fails the run) and the run's score_error pairs.
+        pa.field("max_error_share", pa.float64()),
+        pa.field("score_error_pairs", pa.int64()),
     ]
 )
 

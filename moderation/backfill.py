@@ -27,7 +27,15 @@ from moderation.config import (
     load_policy,
     load_run_profile,
 )
-from moderation.errors import LakeError, ModerationError, StorageError, one_line
+from moderation.errors import (
+    LakeError,
+    ModerationError,
+    ScoringFailed,
+    StorageError,
+    is_storage_failure,  # noqa: F401 - also imported from here by older callers
+    one_line,
+    storage_boundary,
+)
 from moderation.faults import fault_point
 from moderation.lake import Lake
 from moderation.results import ChunkWriter, utcnow
@@ -56,6 +64,8 @@ class BackfillResult:
     #: A re-scan that found nothing to score or remove (and wrote nothing).
     nothing_changed: bool = False
     notes: tuple[str, ...] = ()
+    #: Pairs quarantined as ``score_error`` (the model failed on them after the in-run retries).
+    score_error_pairs: int | None = None
 
     def summary(self) -> str:
         if self.nothing_changed:
@@ -73,6 +83,9 @@ class BackfillResult:
             lines.append(f"  unchanged pairs {self.unchanged_pairs} (skipped), removed pairs {self.removed_pairs} "
                          f"(retired at the next decide); changes found by {self.change_source}"
                          + (f" since run {self.baseline_run_id}" if self.baseline_run_id else ""))
+        if self.score_error_pairs:
+            lines.append(f"  score errors {self.score_error_pairs} (the model failed after retries; quarantined as "
+                         f"score_error, retried by the next rescan)")
         lines.append(f"  chunks committed this invocation: {self.chunks_committed}")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
@@ -107,6 +120,33 @@ def run_accounting(lake: Lake, run_id: str) -> tuple[int, int, int]:
                f"GROUP BY item_id, modality, model_id HAVING count(*) > 1)")
         dupes = pa.table(qb.execute(sql).read_all()).column("d")[0].as_py() or 0
     return counts["scores"], counts["quarantine"], int(dupes)
+
+
+def run_score_errors(lake: Lake, run_id: str) -> int:
+    """Pairs of ``run_id`` quarantined as ``score_error`` (counted by DataFusion in the lake)."""
+    from deltalake import QueryBuilder
+
+    from moderation.classifiers.base import SCORE_ERROR
+
+    dt = lake.open("quarantine")
+    if dt is None:
+        return 0
+    qb = QueryBuilder()
+    qb.register("quarantine", dt)
+    rid = run_id.replace("'", "''")
+    sql = f"SELECT count(*) AS n FROM quarantine WHERE run_id = '{rid}' AND reason = '{SCORE_ERROR}'"
+    return int(pa.table(qb.execute(sql).read_all()).column("n")[0].as_py())
+
+
+def error_share_failure(*, score_errors: int, selected: int, max_share: float) -> str | None:
+    """``runs.error`` of a run whose share of ``score_error`` pairs is above ``max_share`` (the
+    run profile's ``max_error_share``), else None."""
+    share = score_errors / selected if selected else 0.0
+    if share <= max_share:
+        return None
+    return (f"error share {share:.2%} above max_error_share {max_share:g}: the model failed on {score_errors} of "
+            f"{selected} selected pairs after retries (quarantined as score_error); the rows are committed, "
+            f"`moderation rescan` retries the failed pairs")
 
 
 def cascade_accounting(lake: Lake, run_id: str, models: list) -> list[str] | None:
@@ -159,19 +199,6 @@ def default_media_roots(catalog_uri: str) -> list[str]:
     if media.is_dir():
         roots.append(str(media.resolve()))
     return roots
-
-
-#: How delta-rs words an object-store failure it wraps in its generic DeltaError (not an OSError),
-#: e.g. an S3 endpoint answering 500 while it goes down.
-_OBJECT_STORE_FAILURE = "Error interacting with object store"
-
-
-def is_storage_failure(e: BaseException) -> bool:
-    """True for an unreachable or failing store: pyarrow and delta-rs raise OSError for most,
-    delta-rs a DeltaError naming the object store for some (a 500 during an S3 outage)."""
-    from deltalake.exceptions import DeltaError
-
-    return isinstance(e, OSError) or (isinstance(e, DeltaError) and _OBJECT_STORE_FAILURE in str(e))
 
 
 def run_backfill(
@@ -253,7 +280,24 @@ def run_models(registry: dict[str, ModelSpec], model_ids: tuple[str, ...], *, wi
     return models
 
 
-def run_scoring(
+def run_scoring(*, kind: str, run_id: str | None = None, **options) -> BackfillResult:
+    """A backfill (every selected pair) or a re-scan (only changed pairs; rescan.py): select,
+    then score model by model in idempotent chunks, then check the accounting and the error share.
+    Takes ``_run_scoring``'s options.
+
+    Raises:
+        StorageError: the store failed anywhere (reading the catalog or the lake, the lease,
+            a commit, the accounting), classified by ``errors.is_storage_failure``.
+        ScoringFailed: the run finished, but its ``score_error`` share is above the profile's
+            ``max_error_share`` (recorded as failed in ``runs``; its rows stay committed).
+    """
+    what = f"run {run_id}" if run_id else kind
+    with storage_boundary(what, hint="nothing committed is lost; run the same command again"
+                                     + (" (same --run-id) to resume" if run_id else "")):
+        return _run_scoring(kind=kind, run_id=run_id, **options)
+
+
+def _run_scoring(
     *,
     kind: str,
     catalog_uri: str,
@@ -272,8 +316,7 @@ def run_scoring(
     change_source: str = "auto",
     force: bool = False,
 ) -> BackfillResult:
-    """A backfill (every selected pair) or a re-scan (only changed pairs; rescan.py): select,
-    then score model by model in idempotent chunks, then check the accounting."""
+    """The body of ``run_scoring``."""
     from tqdm import tqdm
 
     from moderation.lease import RunLease
@@ -328,6 +371,8 @@ def run_scoring(
     # A resume scores with the limit the run started with (a run from before the setting: the profile's).
     max_words = (existing.get("max_item_words") if existing else None) or profile.max_item_words
     max_seconds = (existing.get("max_item_seconds") if existing else None) or profile.max_item_seconds
+    max_share = existing.get("max_error_share") if existing else None
+    max_share = profile.max_error_share if max_share is None else max_share
     if existing is None:
         gate_fields = _gate(lake, loaded, registry, run_id=run_id, kind=kind, catalog_uri=catalog_uri,
                             policy_path=policy_path, force=force)
@@ -375,7 +420,8 @@ def run_scoring(
             model_digests=[m.digest for m in models], modalities=list(modalities),
             config_hash=config_hash(policy, profile, *models), code_version=code_version(), started_at=started,
             hash_bank_version=bank_version, catalog_columns=[f"{k}={v}" for k, v in sorted(columns.items())],
-            media_roots=roots, max_item_words=max_words, max_item_seconds=max_seconds, **extra, **gate_fields,
+            media_roots=roots, max_item_words=max_words, max_item_seconds=max_seconds, max_error_share=max_share,
+            **extra, **gate_fields,
         )
         lake.upsert_run(run_row(**base, status="running"))
 
@@ -387,7 +433,8 @@ def run_scoring(
                 lake.append_chunk("removals", removals, app_id=f"moderation/rescan/{run_id}/removals", version=0)
             if any(selections[m.model_id].stream_pairs.get(m.modality, 0) for m in models):
                 ensure_ray(ray_address, object_store_mb=profile.object_store_mb)
-            with tqdm(total=selected, unit="pair", desc=f"{kind} {run_id}", disable=not progress) as bar:
+            # disable=None: no bar unless stderr is a terminal (a job's log gets no \r or escapes).
+            with tqdm(total=selected, unit="pair", desc=f"{kind} {run_id}", disable=None if progress else True) as bar:
                 for model in models:
                     selection = selections[model.model_id]
                     if not selection.selected(model.modality):
@@ -409,19 +456,24 @@ def run_scoring(
                     writer.flush()
                     chunks += writer.chunks_committed
             scored, quarantined, dupes = run_accounting(lake, run_id)
+            score_errors = run_score_errors(lake, run_id)
             ok = dupes == 0 and scored + quarantined == selected
             error = None if ok else (
                 f"accounting mismatch: selected {selected} pairs, scores {scored} + quarantine {quarantined}, "
                 f"duplicated {dupes}"
             )
-            status = "succeeded" if ok else "failed"
+            too_many = error_share_failure(score_errors=score_errors, selected=selected, max_share=max_share)
+            status = "succeeded" if ok and too_many is None else "failed"
             lake.upsert_run(run_row(
                 **base, status=status, selected_pairs=selected, scored_pairs=scored, quarantined_pairs=quarantined,
-                chunks_committed=chunks, ended_at=utcnow(), error=error, cascade=cascade_accounting(lake, run_id, models),
+                score_error_pairs=score_errors, chunks_committed=chunks, ended_at=utcnow(), error=error or too_many,
+                cascade=cascade_accounting(lake, run_id, models),
             ))
             if not ok:
                 raise LakeError(f"run {run_id}: {error}")
-        except LakeError:
+            if too_many is not None:
+                raise ScoringFailed(f"run {run_id} failed: {too_many}")
+        except (LakeError, ScoringFailed):
             raise
         except Exception as e:
             _record_failure(lake, base, chunks, e)
@@ -439,7 +491,7 @@ def run_scoring(
         scored_pairs=scored, quarantined_pairs=quarantined, chunks_committed=chunks, modalities=modalities,
         kind=kind, unchanged_pairs=extra.get("unchanged_pairs"), removed_pairs=extra.get("removed_pairs"),
         change_source=extra.get("change_source"), baseline_run_id=extra.get("baseline_run_id"),
-        notes=tuple(plan.notes) if plan else (),
+        notes=tuple(plan.notes) if plan else (), score_error_pairs=score_errors,
     )
 
 

@@ -321,6 +321,12 @@ class RunProfile(_Strict):
     #: per item), kept only to measure what whole-item scoring costs and finds
     #: (scripts/bench_long_form.py). ``legacy`` is part of each text model's digest.
     text_windowing: Literal["tokens", "legacy"] = "tokens"
+    #: Largest share of a scoring run's selected pairs the model may fail on (``score_error``
+    #: quarantine rows, after the in-run retries) for the run to succeed: above it the run ends
+    #: ``failed`` with the share in ``runs.error`` and the command exits 4 (its rows stay
+    #: committed; ``moderation rescan`` retries the failed pairs). Recorded in ``runs``.
+    #: 0.01: a broken model or device fails the run instead of quietly quarantining the catalog.
+    max_error_share: float = Field(default=0.01, ge=0, le=1)
 
 
 # --------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ The CLI turns these into one line on stderr and a non-zero exit, before anything
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 
@@ -51,8 +54,73 @@ class StorageError(ModerationError):
     exit_code = 3
 
 
+class ScoringFailed(ModerationError):
+    """A scoring run finished but too many of its pairs failed in the model (``score_error``
+    share above the run profile's ``max_error_share``). Its rows stay committed; the run is
+    recorded as failed, and ``moderation rescan`` retries the failed pairs."""
+
+    exit_code = 4
+
+
+#: How the object-store layer words a failure inside the generic errors delta-rs and DataFusion
+#: raise (``DeltaError``, or a bare ``Exception`` from ``QueryBuilder``): object_store's own
+#: ``Generic S3 error``, DataFusion's ``Object Store error``, delta-rs' ``Error interacting with
+#: object store``. Schema, parse and "no table" errors carry none, nor do Ray's messages about
+#: its own object store (``ObjectStoreFullError``).
+_STORE_MARKERS = re.compile(
+    r"Object Store error|interacting with object store|\bObjectStore\b"
+    r"|Generic (?:S3|GCS|MicrosoftAzure|LocalFileSystem|HTTP) error|Error performing (?:GET|PUT|POST|DELETE|HEAD|list)"
+    r"|Object at location \S+ not found"
+)
+
+
+def is_storage_failure(error: BaseException) -> bool:
+    """True when ``error`` (or an exception it was raised from) is the store failing rather than
+    the data or the code: every command turns it into a ``StorageError`` (exit 3, one line).
+
+    What counts, as the libraries raise it (tests/test_storage_errors.py holds real messages):
+
+    * ``OSError`` and its kin (pyarrow's ``ArrowIOError``, delta-rs' "Kernel error -> Generic S3
+      error" on opening a table, ``ConnectionError``, ``TimeoutError``);
+    * any botocore/boto3 error (``EndpointConnectionError``, read/connect timeouts, a 5xx or
+      throttling ``ClientError``, missing credentials): boto3 is only used to reach the store;
+    * delta-rs' ``DeltaError`` and DataFusion's bare ``Exception`` (``QueryBuilder``) when the
+      message names the object store (``_STORE_MARKERS``), e.g. the accounting count during an
+      S3 outage: "External error: Parquet error: … Object Store error: Generic S3 error: …".
+
+    A Ray task error wrapping one of these counts too (its text carries the cause).
+    """
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ModerationError):
+            return isinstance(e, StorageError)
+        if isinstance(e, OSError):
+            return True
+        module = type(e).__module__ or ""
+        if module.startswith(("botocore", "boto3", "s3transfer")):
+            return True
+        if _STORE_MARKERS.search(str(e)):
+            return True
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return False
+
+
+@contextmanager
+def storage_boundary(what: str, *, hint: str = "run the same command again") -> Iterator[None]:
+    """Turn a store failure raised inside the block (``is_storage_failure``) into one
+    ``StorageError`` naming ``what`` failed; every other error passes through unchanged."""
+    try:
+        yield
+    except ModerationError:
+        raise
+    except Exception as e:
+        if not is_storage_failure(e):
+            raise
+        raise StorageError(f"{what}: storage failed: {one_line(e)}; {hint}") from e
+
+
 def one_line(error: BaseException, limit: int = 500) -> str:
     """An exception's text on one line, without the ANSI colours delta-rs puts in it."""
-    import re
-
     return re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(error).split()))[:limit]

@@ -10,7 +10,11 @@ newest ``scores`` or ``quarantine`` row of the pair, not retired by a ``removals
   type): decisions per market and explicit exemptions follow the catalog, or
 * it was scored partially under an item limit (``coverage_reason`` has ``limit_words`` or
   ``limit_seconds``) that the run's ``max_item_words`` / ``max_item_seconds`` now exceeds: more of
-  it would be scored now (issue 13).
+  it would be scored now (issue 13), or
+* its last word is a quarantine row with a reason that may pass on its own
+  (``classifiers.base.RETRIED_REASONS``: ``score_error``, an OCR timeout, an unreadable media
+  read): the model or the store may work now though the content did not change (issue 15).
+  Permanent reasons (too large, empty, no usable text, bad ids) wait for the content to change.
 
 Which catalog rows are looked at:
 
@@ -48,7 +52,7 @@ from moderation.catalog import (
     to_work_rows,
     utf8_sanitize,
 )
-from moderation.classifiers.base import RunContext, build_classifier
+from moderation.classifiers.base import RETRIED_REASONS, RunContext, build_classifier
 from moderation.classifiers.audio import LIMIT_SECONDS
 from moderation.classifiers.windows import LIMIT_WORDS
 from moderation.config import ModelSpec
@@ -161,9 +165,10 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
                   ids: pa.Array | None = None) -> pd.DataFrame:
     """The newest event per (item_id, modality, model_id) among ``scores`` and ``quarantine`` at
     the pinned versions: columns digest, state (content hash, or ``catalog:<reason>`` for a pair
-    the driver quarantined), present (False when a later ``removals`` row retired it)."""
+    the driver quarantined), retry (a quarantine row with one of ``RETRIED_REASONS``), present
+    (False when a later ``removals`` row retired it)."""
     model_ids = [m.model_id for m in models]
-    cols = ["item_id", "modality", "model_id", "digest", "state", "event_at", "attrs", "cut_at"]
+    cols = ["item_id", "modality", "model_id", "digest", "state", "event_at", "attrs", "cut_at", "retry"]
 
     def flt(extra=None):
         f = pc.field("model_id").isin(model_ids)
@@ -188,6 +193,7 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
             "event_at": s.column("scored_at").to_pandas(),
             "attrs": attribute_keys(s),
             "cut_at": cut_at(s),
+            "retry": False,
         }))
     if versions.get("quarantine") is not None:
         q = lake.read("quarantine", version=versions["quarantine"], filter=flt() & pc.field("item_id").is_valid())
@@ -200,6 +206,7 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
             "item_id": qd["item_id"], "modality": qd["modality"], "model_id": qd["model_id"],
             "digest": [digests.get((r, m)) for r, m in zip(qd["run_id"], qd["model_id"])],
             "state": state, "event_at": qd["quarantined_at"], "attrs": None, "cut_at": np.nan,
+            "retry": (qd["reason"].isin(sorted(RETRIED_REASONS)) & (qd["stage"] != "catalog")).to_numpy(dtype=bool),
         }))
     if not parts:
         return pd.DataFrame(columns=[*cols, "present"])
@@ -321,6 +328,13 @@ def plan_rescan(
     base = load_baseline(lake, versions, models)
     limits = {m.model_id: item_limit(classifiers[m.model_id]) for m in models}
     raised = raised_limit(base, limits) & base["present"].eq(True)
+    retry = base["retry"].eq(True) & base["present"].eq(True)
+    if retry.any():
+        notes.append(f"{int(retry.sum())} pair(s) quarantined for a reason that may pass "
+                     f"({', '.join(sorted(RETRIED_REASONS))}) are retried")
+        if candidates is not None:  # unchanged in the catalog, but to be scored again
+            more = pa.array(base.loc[retry, "item_id"].drop_duplicates().tolist(), pa.string())
+            candidates = pc.unique(pa.concat_arrays([candidates, more]))
     if raised.any():
         by_model = base.loc[raised, "model_id"].value_counts()
         notes.append(f"{int(raised.sum())} pair(s) scored partially under a lower item limit are re-scored ("
@@ -411,7 +425,8 @@ def plan_rescan(
         dups_here = cur[cur["item_id"].isin(dup_ids)]
         cur = cur[~cur["item_id"].isin(dup_ids)]
         for m in members:
-            b = base[base["model_id"] == m.model_id][["item_id", "digest", "state", "present", "attrs", "cut_at"]]
+            b = base[base["model_id"] == m.model_id][["item_id", "digest", "state", "present", "attrs", "cut_at",
+                                                      "retry"]]
             merged = cur.merge(b.rename(columns={"attrs": "attrs_base"}), on="item_id", how="left")
             present = merged["present"].eq(True)
             cut_short = raised_limit(merged.assign(model_id=m.model_id), limits)
@@ -419,7 +434,7 @@ def plan_rescan(
             # compared where the baseline is a scores row (quarantine rows carry none).
             moved = merged["attrs_base"].notna() & (merged["attrs_base"] != merged["attrs"])
             changed = (~present | (merged["digest"] != m.digest) | (merged["state"] != merged["hash"]) | moved
-                       | cut_short)
+                       | cut_short | merged["retry"].eq(True))
             keep = merged.loc[changed, "item_id"]
             unchanged += int((~changed).sum())
             prelude = list(missing.get(m.modality, []))

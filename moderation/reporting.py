@@ -12,13 +12,16 @@ pyspark is imported inside the functions, so importing this module stays cheap.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from moderation.errors import LakeError
 from moderation.lake import Lake, join_uri, storage_options
@@ -26,6 +29,7 @@ from moderation.schemas import (
     CATEGORY_TOTALS_SCHEMA,
     COVERAGE_SCHEMA,
     DIFF_SUMMARY_SCHEMA,
+    REPORT_SNAPSHOT_SCHEMA,
     TABLE_SCHEMAS,
     VIOLATION_RATES_SCHEMA,
     VIOLATIONS_BY_CATEGORY_SCHEMA,
@@ -50,6 +54,11 @@ POPULATION_SCORE_COLUMNS = [
 COVERAGE_SCORE_COLUMNS = ["coverage", "coverage_reason"]
 COVERAGE_KEYS = ["item_type", "modality", "model_id"]
 DIFF_KEYS = ["policy_id", "from_version", "to_version"]
+#: The lake tables a report reads, in the order their versions are pinned: ``runs`` first, since
+#: a decide commits its violations before its runs row (see :func:`pin_snapshot`).
+PINNED_TABLES = ("runs", "violations", "scores", "removals", "diffs")
+#: Pinning attempts before a report gives up on a lake whose decides keep moving under it.
+PIN_ATTEMPTS = 5
 #: Distinct changed items per diff x change, for ``ReportResult.summary`` (not written).
 DIFF_TOTALS_SCHEMA = pa.schema(
     [
@@ -334,7 +343,7 @@ def _flagged(violations_df: DataFrame, population_df: DataFrame, decides_df: Dat
 
     categories = decides_df.select(*POLICY_KEYS, F.explode("categories").alias("category")).distinct()
     flags = (
-        violations_df.join(decides_df.select(*POLICY_KEYS), on=POLICY_KEYS, how="left_semi")
+        _decided(violations_df, decides_df)
         .select(*POLICY_KEYS, "item_id", "category", F.explode(_row_markets()).alias("market"), "decision")
         .groupBy(*POLICY_KEYS, "item_id", "category", "market")
         .agg(
@@ -349,6 +358,13 @@ def _flagged(violations_df: DataFrame, population_df: DataFrame, decides_df: Dat
         cells.join(categories, on=POLICY_KEYS, how="inner")
         .join(flags, on=[*POLICY_KEYS, "item_id", "category", "market"], how="left")
     )
+
+
+def _decided(violations_df: DataFrame, decides_df: DataFrame) -> DataFrame:
+    """The ``violations`` rows the reported decide runs wrote: joined on the decide's run id, not
+    only its policy version, so rows of another decide of the same version never count."""
+    return violations_df.join(decides_df.select(*POLICY_KEYS, "run_id"), on=[*POLICY_KEYS, "run_id"],
+                              how="left_semi")
 
 
 def _distinct_items(flag: str | None = None) -> Column:
@@ -372,8 +388,8 @@ def violation_rates(violations_df: DataFrame, population_df: DataFrame, decides_
     population, zero violations included. An item counts once in each of its markets
     (null or empty markets: ``"none"``); a null language counts as ``"unknown"``. A violations
     row counts only in the markets it applies to (``scope_markets``; see :func:`_row_markets`):
-    an item flagged only in DE is a violation in DE only. Only violations rows of the policy
-    versions in ``decides_df`` are counted.
+    an item flagged only in DE is a violation in DE only. Only violations rows written by the
+    decide runs in ``decides_df`` (same policy version and ``run_id``) are counted.
 
     Args:
         violations_df: ``violations`` rows.
@@ -437,13 +453,13 @@ def violations_by_category(violations_df: DataFrame, decides_df: DataFrame) -> D
 
     Args:
         violations_df: ``violations`` rows.
-        decides_df: the decide runs reported on; other policy versions are left out.
+        decides_df: the decide runs reported on; rows of other runs are left out.
 
     Returns:
         Columns of ``VIOLATIONS_BY_CATEGORY_SCHEMA``.
     """
     counts = (
-        violations_df.join(decides_df.select(*POLICY_KEYS), on=POLICY_KEYS, how="left_semi")
+        _decided(violations_df, decides_df)
         .groupBy(*POLICY_KEYS, "category", "decision", "action")
         .agg(_distinct_items().alias("items"))
     )
@@ -586,6 +602,8 @@ class ReportResult:
     diff_totals: pa.Table | None = None  # DIFF_TOTALS_SCHEMA
     coverage_uri: str | None = None
     coverage: pa.Table | None = None  # COVERAGE_SCHEMA
+    snapshot_uri: str | None = None  # reports/snapshot: the Delta version of each table read
+    versions: dict[str, int | None] | None = None  # the same, table -> version (None: no table)
 
     def summary(self) -> str:
         """A text table: one line per policy version x category, over all item types, markets
@@ -648,10 +666,15 @@ def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkS
     """Compute the violation reports of the newest succeeded decide of every policy version and
     write them under ``<lake>/reports/``.
 
-    Each decide is measured against the ``scores`` snapshot it read (its ``scores_version``),
-    less the (item, modality) pairs the ``removals`` table retires (when it exists). The report
-    tables are small aggregates: they are collected and overwritten in one Delta commit each
-    (``reports/violation_rates``, ``reports/violations_by_category``, ``reports/coverage``, and
+    The Delta version of every table read (``runs``, ``violations``, ``scores``, ``removals``,
+    ``diffs``) is pinned once, before any read, and every read is at its pinned version, so a
+    decide, re-scan or diff committing while the report runs changes nothing in it; the versions
+    are written to ``reports/snapshot``. A decide's violations are the rows carrying its run id,
+    so two decides of one version never mix. Each decide is measured against the ``scores``
+    snapshot it read (its ``scores_version``), less the (item, modality) pairs the pinned
+    ``removals`` retires. The report tables are small aggregates: they are collected and
+    overwritten in one Delta commit each (``reports/violation_rates``,
+    ``reports/violations_by_category``, ``reports/coverage``, ``reports/snapshot``, and
     ``reports/diff_summary`` when the lake has a ``diffs`` table).
 
     Args:
@@ -666,7 +689,8 @@ def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkS
 
     Raises:
         LakeError: the lake has no succeeded decide run, a decide run names no scores version,
-            or a snapshot cannot be read.
+            a snapshot cannot be read, or the newest succeeded decide's violations were replaced
+            by a decide that never recorded success.
     """
     from pyspark.sql import SparkSession
 
@@ -679,17 +703,84 @@ def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkS
             session.stop()
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The Delta version of each lake table one report reads (None: the table does not exist)."""
+
+    versions: dict[str, int | None]
+    pinned_at: dt.datetime
+
+    def table(self) -> pa.Table:
+        """The ``reports/snapshot`` rows (``REPORT_SNAPSHOT_SCHEMA``), one per table."""
+        return pa.Table.from_pylist(
+            [{"table_name": t, "version": v, "reported_at": self.pinned_at} for t, v in self.versions.items()],
+            schema=REPORT_SNAPSHOT_SCHEMA,
+        )
+
+
+def pin_snapshot(lake: Lake) -> Snapshot:
+    """Pin the current Delta version of every table the report reads, once, before any read.
+
+    ``runs`` is pinned first: a decide commits its violations before its runs row, so every
+    decide the pinned ``runs`` calls succeeded has its rows in the ``violations`` pinned after it,
+    unless a newer decide of the same version replaced them in between (see
+    :func:`_check_decided_rows`)."""
+    pinned_at = dt.datetime.now(dt.timezone.utc)
+    return Snapshot(versions={t: lake.version(t) for t in PINNED_TABLES}, pinned_at=pinned_at)
+
+
+def _check_decided_rows(lake: Lake, snapshot: Snapshot, decides: list) -> list[str]:
+    """Reported decides whose rows the pinned ``violations`` does not hold as they wrote them
+    (the row count their runs row records; runs rows without one are not checked): a newer
+    decide of the same version replaced them after ``runs`` was pinned. Returns one line each."""
+    expected = {r["run_id"]: r for r in decides if r["violation_rows"] is not None}
+    if not expected:
+        return []
+    run_ids = lake.read("violations", columns=["run_id"], filter=pc.field("run_id").isin(sorted(expected)),
+                        version=snapshot.versions["violations"]).column("run_id")
+    found = {k: 0 for k in expected}
+    for run_id, n in zip(*pc.value_counts(run_ids).flatten()):
+        found[run_id.as_py()] = n.as_py()
+    return [
+        f"{r['policy_id']} v{r['policy_version']}: decide {run_id} recorded {r['violation_rows']} violations "
+        f"rows, violations version {snapshot.versions['violations']} holds {found[run_id]} of them"
+        for run_id, r in sorted(expected.items()) if found[run_id] != r["violation_rows"]
+    ]
+
+
+def _pinned_decides(spark: SparkSession, lake: Lake) -> tuple[Snapshot, DataFrame, list]:
+    """A snapshot whose ``violations`` holds exactly the rows of the decides its ``runs`` reports,
+    the decide rows (DataFrame and collected). Re-pinned (bounded) while a decide commits between
+    the pins of ``runs`` and ``violations``."""
+    for attempt in range(1, PIN_ATTEMPTS + 1):
+        snapshot = pin_snapshot(lake)
+        decides = latest_decides(read_snapshot(spark, lake, "runs", version=snapshot.versions["runs"])).cache()
+        rows = decides.select(*POLICY_KEYS, "run_id", "scores_version", "violation_rows").collect()
+        if not rows:
+            raise LakeError(f"{lake.uri('runs')}: no succeeded decide run; run `moderation decide` first")
+        torn = _check_decided_rows(lake, snapshot, rows)
+        if not torn:
+            return snapshot, decides, rows
+        decides.unpersist()
+        log.info("report: a decide committed while the report pinned its snapshot (%s); pinning again",
+                 "; ".join(torn))
+        time.sleep(0.2 * attempt)
+    raise LakeError(
+        f"{lake.uri('violations')}: the violations of the newest succeeded decide were replaced by a decide "
+        f"that has not recorded success ({'; '.join(torn)}); wait for it to finish, or re-run `moderation decide`"
+    )
+
+
 def _report(spark: SparkSession, lake: Lake) -> ReportResult:
-    decides = latest_decides(read_snapshot(spark, lake, "runs"))
-    keys = decides.select("run_id", "scores_version").collect()
-    if not keys:
-        raise LakeError(f"{lake.uri('runs')}: no succeeded decide run; run `moderation decide` first")
+    snapshot, decides, keys = _pinned_decides(spark, lake)
     unversioned = sorted(r["run_id"] for r in keys if r["scores_version"] is None)
     if unversioned:
         raise LakeError(f"{lake.uri('runs')}: decide runs {unversioned} record no scores_version")
+    pinned = snapshot.versions
     scores = _scores_at(spark, lake, versions=sorted({r["scores_version"] for r in keys}))
-    violations = read_snapshot(spark, lake, "violations")
-    removals = read_snapshot(spark, lake, "removals") if lake.exists("removals") else None
+    violations = read_snapshot(spark, lake, "violations", version=pinned["violations"])
+    removals = None if pinned["removals"] is None else read_snapshot(spark, lake, "removals",
+                                                                     version=pinned["removals"])
     covered = population(scores, decides, removals).cache()
     try:
         rates = _collect(violation_rates(violations, covered, decides), VIOLATION_RATES_SCHEMA)
@@ -698,21 +789,25 @@ def _report(spark: SparkSession, lake: Lake) -> ReportResult:
         read = _collect(scoring_coverage(scores, decides, removals), COVERAGE_SCHEMA)
     finally:
         covered.unpersist()
+        decides.unpersist()
+    diff_summary_uri = diff_totals_table = summary = None
+    if pinned["diffs"] is not None:
+        diffs = read_snapshot(spark, lake, "diffs", version=pinned["diffs"])
+        summary = _collect(diff_summary(diffs), DIFF_SUMMARY_SCHEMA)
+        diff_totals_table = _collect(diff_totals(diffs), DIFF_TOTALS_SCHEMA)
     rates_uri = _overwrite(lake, "violation_rates", rates)
     by_category_uri = _overwrite(lake, "violations_by_category", by_category)
     coverage_uri = _overwrite(lake, "coverage", read)
     log.info("report: %d rate rows -> %s, %d coverage rows -> %s", rates.num_rows, rates_uri, read.num_rows,
              coverage_uri)
-    diff_summary_uri = diff_totals_table = None
-    if lake.exists("diffs"):
-        diffs = read_snapshot(spark, lake, "diffs")
-        summary = _collect(diff_summary(diffs), DIFF_SUMMARY_SCHEMA)
-        diff_totals_table = _collect(diff_totals(diffs), DIFF_TOTALS_SCHEMA)
+    if summary is not None:
         diff_summary_uri = _overwrite(lake, "diff_summary", summary)
         log.info("report: %d diff summary rows -> %s", summary.num_rows, diff_summary_uri)
+    snapshot_uri = _overwrite(lake, "snapshot", snapshot.table())
     return ReportResult(violation_rates_uri=rates_uri, violations_by_category_uri=by_category_uri,
                         rates=rates, totals=totals, diff_summary_uri=diff_summary_uri, diff_totals=diff_totals_table,
-                        coverage_uri=coverage_uri, coverage=read)
+                        coverage_uri=coverage_uri, coverage=read, snapshot_uri=snapshot_uri,
+                        versions=dict(pinned))
 
 
 def _scores_at(spark: SparkSession, lake: Lake, *, versions: list[int]) -> DataFrame:

@@ -250,6 +250,16 @@ COVERAGE_SCHEMA = pa.schema(
     ]
 )
 
+#: Report table: the Delta version of each lake table one report read (pinned once, before any
+#: read, so every report table describes one consistent state of the lake). Issue 15.
+REPORT_SNAPSHOT_SCHEMA = pa.schema(
+    [
+        pa.field("table_name", pa.string(), nullable=False),  # runs, violations, scores, removals, diffs
+        pa.field("version", pa.int64()),  # the Delta version read; null: the table did not exist
+        pa.field("reported_at", TS, nullable=False),  # when the versions were pinned
+    ]
+)
+
 #: One row per (item, modality) pair a re-scan found gone from the catalog (the item deleted, or
 #: its cover / audio URI removed). ``decide`` ignores scores of a pair older than its removal,
 #: so the pair's violations are retired in the next decide.

@@ -46,23 +46,25 @@ def score(item_id: str, *, model_id: str = "m1", item_type: str = "track", langu
 
 def violation(policy_id: str, policy_version: int, item_id: str, category: str, decision: str, *,
               item_type: str = "track", language: str | None = "en", markets: list[str] | None = ("US",),
-              scope: str = "*", scope_markets: list[str] | None = None) -> dict:
+              scope: str = "*", scope_markets: list[str] | None = None, run_id: str = "decide-1") -> dict:
     """A violations row; ``scope_markets`` None: as written before that column existed."""
     return {
         "policy_id": policy_id, "policy_version": policy_version, "policy_status": "active", "item_id": item_id,
         "item_type": item_type, "language": language, "markets": None if markets is None else list(markets),
         "market_scope": scope, "scope_markets": scope_markets, "category": category, "score": 0.9, "threshold": 0.8, "decision": decision,
         "action": "remove" if decision == "violation" else "human_review", "severity": "high",
-        "evidence_modalities": ["text"], "model_refs": ["m1@dddddddddddd"], "run_id": "decide-x", "decided_at": T0,
+        "evidence_modalities": ["text"], "model_refs": ["m1@dddddddddddd"], "run_id": run_id, "decided_at": T0,
     }
 
 
 def decide_run(run_id: str, policy_id: str, policy_version: int, *, categories: list[str], model_ids: list[str],
-               scores_version: int, ended_at: dt.datetime, status: str = "succeeded") -> dict:
+               scores_version: int, ended_at: dt.datetime, status: str = "succeeded",
+               violation_rows: int | None = None) -> dict:
     return {
         "run_id": run_id, "kind": "decide", "status": status, "policy_id": policy_id,
         "policy_version": policy_version, "model_ids": model_ids, "categories": categories,
         "scores_version": scores_version, "started_at": ended_at - HOUR, "ended_at": ended_at,
+        "violation_rows": violation_rows,
     }
 
 
@@ -223,10 +225,10 @@ def test_run_report_end_to_end(spark, tmp_path):
         decide_run("decide-q", "Q", 1, categories=["spam"], model_ids=["m2"], scores_version=1, ended_at=T0),
     ])
     append(lake, "violations", [
-        violation("P", 1, "a", "hate", "violation", markets=["US", "GB"]),
-        violation("P", 1, "b", "hate", "violation"),
-        violation("P", 1, "c", "sexual", "review", language=None),
-        violation("Q", 1, "e", "spam", "violation", item_type="book", markets=[]),
+        violation("P", 1, "a", "hate", "violation", markets=["US", "GB"], run_id="decide-new"),
+        violation("P", 1, "b", "hate", "violation", run_id="decide-new"),
+        violation("P", 1, "c", "sexual", "review", language=None, run_id="decide-new"),
+        violation("Q", 1, "e", "spam", "violation", item_type="book", markets=[], run_id="decide-q"),
         violation("P", 2, "b", "hate", "violation"),  # no decide of P v2
     ])
 
@@ -405,7 +407,7 @@ def test_run_report_writes_coverage_and_reads_old_snapshots_as_unknown(spark, tm
         decide_run("decide-p", "P", 1, categories=["hate"], model_ids=["m1"], scores_version=0, ended_at=T0),
         decide_run("decide-q", "Q", 1, categories=["hate"], model_ids=["m1"], scores_version=1, ended_at=T0),
     ])
-    append(lake, "violations", [violation("Q", 1, "b", "hate", "violation")])
+    append(lake, "violations", [violation("Q", 1, "b", "hate", "violation", run_id="decide-q")])
 
     result = run_report(lake.root, spark=spark)
 
@@ -423,3 +425,97 @@ def test_run_report_writes_coverage_and_reads_old_snapshots_as_unknown(spark, tm
     lines = text.splitlines()
     line = next(ln for ln in lines[lines.index(f"coverage: {lake.uri('reports/coverage')}"):] if ln.startswith("Q "))
     assert line.split()[:12] == ["Q", "1", "track", "text", "m1", "3", "33.33", "0.700", "1", "1", "limit_words", "1"]
+
+
+# A decide racing the report (issue 15, point 3).
+
+def race_lake(root) -> Lake:
+    """Scores a, b, c (version 0); decide-1 of P v1 read them and flagged a."""
+    lake = Lake(str(root))
+    append(lake, "scores", [score("a"), score("b"), score("c")])
+    append(lake, "runs", [decide_run("decide-1", "P", 1, categories=["hate"], model_ids=["m1"], scores_version=0,
+                                     ended_at=T0, violation_rows=1)])
+    append(lake, "violations", [violation("P", 1, "a", "hate", "violation")])
+    return lake
+
+
+def second_decide(lake: Lake, *, record: bool = True) -> None:
+    """A newer decide of P v1 over a newer scores version (d added): flags b, c and d instead of a.
+    ``record=False``: it replaces the violations but dies before its runs row."""
+    from moderation.runinfo import run_row
+
+    append(lake, "scores", [score("d", scored_at=T0 + HOUR, run_id="backfill-2")])
+    rows = pa.Table.from_pylist([violation("P", 1, i, "hate", "violation", run_id="decide-2") for i in "bcd"],
+                                schema=VIOLATIONS_SCHEMA)
+    lake.replace_violations(rows, policy_id="P", policy_version=1, run_id="decide-2")
+    if record:
+        lake.upsert_run(run_row(**decide_run("decide-2", "P", 1, categories=["hate"], model_ids=["m1"],
+                                             scores_version=lake.version("scores"), ended_at=T0 + 2 * HOUR,
+                                             violation_rows=3)))
+
+
+def test_a_decide_committing_during_the_report_changes_nothing_in_it(spark, tmp_path, monkeypatch):
+    """Every table is pinned before the first read: a decide committing after the report read
+    ``runs`` leaves the report equal to the one computed before it, and its violations (another
+    run of the same policy version) are not counted with the first decide's population."""
+    from moderation import reporting
+
+    lake = race_lake(tmp_path / "lake")
+    before = run_report(lake.root, spark=spark)
+    assert [(r["category"], r["items"], r["violations"]) for r in before.totals.to_pylist()] == [("hate", 3, 1)]
+
+    original = reporting.read_snapshot
+    raced = []
+
+    def read_then_race(*args, **kwargs):
+        df = original(*args, **kwargs)
+        if not raced:
+            raced.append(args[2])
+            second_decide(lake)
+        return df
+
+    monkeypatch.setattr(reporting, "read_snapshot", read_then_race)
+    during = run_report(lake.root, spark=spark)
+
+    assert raced == ["runs"]
+    assert set(DeltaTable(lake.uri("violations")).to_pandas()["run_id"]) == {"decide-2"}  # the race happened
+    assert during.rates.equals(before.rates) and during.totals.equals(before.totals)
+    assert during.coverage.equals(before.coverage)
+    assert during.versions == before.versions == {"runs": 0, "violations": 0, "scores": 0, "removals": None,
+                                                  "diffs": None}
+    snapshot = DeltaTable(during.snapshot_uri).to_pyarrow_table()
+    assert during.snapshot_uri == lake.uri("reports/snapshot")
+    assert {r["table_name"]: r["version"] for r in snapshot.to_pylist()} == during.versions
+
+
+def test_a_decide_committing_between_the_pins_is_pinned_again(spark, tmp_path, monkeypatch):
+    """A decide whose violations land after ``runs`` was pinned but before ``violations`` was:
+    the pinned violations no longer hold the reported decide's rows, so the report pins again and
+    reports the new decide whole, never one decide's population with the other's violations."""
+    lake = race_lake(tmp_path / "lake")
+    original = Lake.version
+    raced = []
+
+    def version_racing(self, table):
+        if table == "violations" and not raced:
+            raced.append(table)
+            second_decide(lake)
+        return original(self, table)
+
+    monkeypatch.setattr(Lake, "version", version_racing)
+    result = run_report(lake.root, spark=spark)
+
+    assert raced
+    assert [(r["category"], r["items"], r["violations"]) for r in result.totals.to_pylist()] == [("hate", 4, 3)]
+    assert result.versions["runs"] == 1 and result.versions["scores"] == 1
+
+
+def test_violations_replaced_by_an_unrecorded_decide_are_refused(spark, tmp_path, monkeypatch):
+    from moderation import reporting
+
+    lake = race_lake(tmp_path / "lake")
+    second_decide(lake, record=False)
+    monkeypatch.setattr(reporting, "PIN_ATTEMPTS", 2)
+    with pytest.raises(LakeError, match=r"P v1: decide decide-1 recorded 1 violations rows, violations version 1 "
+                                        r"holds 0 of them"):
+        run_report(lake.root, spark=spark)

@@ -8,16 +8,18 @@ checks the columns the pipeline needs before anything is written.
 Delta tables are read from the snapshot's add actions, not through a generic Parquet reader,
 so that what Spark/Databricks write is read exactly: column mapping (physical column names in
 the files differ from the logical ones), partition columns (values live in the log, not the
-files), checkpoints, change data feed (its ``_change_data`` files are not data files), and
-schema evolution (files written before a column was added read it as null). Reader features
-that cannot be honoured here, deletion vectors above all (rows deleted by a vector would be
-read back), are refused with a clear error.
+files), checkpoints, change data feed (its ``_change_data`` files are not data files), schema
+evolution (files written before a column was added read it as null) and deletion vectors (the
+rows a file's vector deletes at the pinned version are dropped as the file is read, so a
+resume pinned to the same version reads the same rows). Reader features that cannot be
+honoured here are refused with a clear error naming them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -27,6 +29,9 @@ import pyarrow.types as pat
 from moderation.errors import CatalogError
 from moderation.lake import arrow_filesystem, join_uri, storage_options
 from moderation.schemas import CATALOG_SCHEMA, REQUIRED_CATALOG_COLUMNS, TEXT_COLUMNS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Columns copied from the catalog into each (item, modality) work row.
 WORK_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit", *TEXT_COLUMNS, "cover_image", "audio_clip")
@@ -40,19 +45,58 @@ MODALITY_INPUTS = {"text": TEXT_COLUMNS, "image": ("cover_image",), "audio": ("a
 INVALID_UTF8 = "invalid_utf8_fields"
 
 #: Delta reader features this reader honours. Anything else a table declares is refused.
-SUPPORTED_READER_FEATURES = frozenset({"columnMapping", "timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"})
+SUPPORTED_READER_FEATURES = frozenset(
+    {"columnMapping", "deletionVectors", "timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"})
+
 
 def _as_string_ok(t: pa.DataType) -> bool:
     """Types a string field accepts and reads as their canonical string (integer ids, dates)."""
     return pat.is_integer(t) or pat.is_date(t)
 
 
+def _is_binary(t: pa.DataType) -> bool:
+    return pat.is_binary(t) or pat.is_large_binary(t) or pat.is_binary_view(t)
+
+
+def _id_as_string_ok(t: pa.DataType) -> bool:
+    """Further types ``item_id`` accepts: whole-number decimals (exported numeric ids, read as
+    their digits) and binary (read as UTF-8; a value that is not is quarantined as
+    ``invalid_item_id`` like any other non-UTF-8 id)."""
+    return (pat.is_decimal(t) and t.scale == 0) or _is_binary(t)
+
+
+def _id_to_string(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """An ``item_id`` column as ``string``. Binary is reinterpreted, not validated, so invalid
+    UTF-8 reaches ``utf8_sanitize`` (and the quarantine) instead of failing the whole batch."""
+    t = col.type
+    if pat.is_string(t):
+        return col
+    if _is_binary(t):
+        as_text = pa.large_string() if pat.is_large_binary(t) else pa.string()
+        if pat.is_binary_view(t):
+            col = col.cast(pa.binary())
+        col = col.view(as_text) if isinstance(col, pa.Array) else pa.chunked_array(
+            [c.view(as_text) for c in col.chunks], as_text)
+    return pc.cast(col, pa.string())
+
+
 @dataclass(frozen=True)
 class CatalogFile:
-    """One data file of the snapshot and the partition values the log gives it."""
+    """One data file of the snapshot, the partition values the log gives it and the rows its
+    deletion vector deletes at the snapshot's version."""
 
     path: str  # absolute URI
     partition: tuple[tuple[str, str | None], ...] = ()  # (catalog field, raw value)
+    #: Positions (0-based, in file order) of the rows deleted by the file's deletion vector, as
+    #: sorted little-endian uint64; empty when it has none. Bytes keep the snapshot small and
+    #: picklable for the read tasks.
+    deleted: bytes = b""
+
+    @property
+    def deleted_rows(self) -> np.ndarray:
+        import numpy as np
+
+        return np.frombuffer(self.deleted, dtype="<u8")
 
 
 @dataclass(frozen=True)
@@ -97,8 +141,17 @@ class CatalogSnapshot:
             raise CatalogError(f"catalog {self.uri}: data file {catalog_file.path} cannot be read: {e}") from e
         in_file = set(pf.schema_arrow.names)
         read_cols = [self.physical[f] for f in data_fields if self.physical[f] in in_file]
+        deleted = catalog_file.deleted_rows
+        if len(deleted) and int(deleted[-1]) >= pf.metadata.num_rows:
+            raise CatalogError(f"catalog {self.uri} version {self.version}: the deletion vector of data file "
+                               f"{catalog_file.path} deletes row {int(deleted[-1])} but the file has "
+                               f"{pf.metadata.num_rows} rows")
+        start = 0  # position of the batch's first row in the file: deletion vectors index rows so
         for rb in pf.iter_batches(batch_size=batch_rows, columns=read_cols):
-            yield self._normalize(pa.Table.from_batches([rb]), fields, part)
+            raw = pa.Table.from_batches([rb])
+            raw, start = _drop_deleted(raw, deleted, start)
+            if raw.num_rows:
+                yield self._normalize(raw, fields, part)
 
     def _normalize(self, raw: pa.Table, fields: list[str], part: dict[str, str | None]) -> pa.Table:
         n = raw.num_rows
@@ -112,9 +165,26 @@ class CatalogSnapshot:
                 cols[f] = col if col.type.equals(typ) else col.cast(typ)
             else:
                 cols[f] = pa.nulls(n, typ)
-            if pat.is_string(CATALOG_SCHEMA.field(f).type) and _as_string_ok(typ):
+            if f == "item_id":
+                cols[f] = _id_to_string(cols[f])
+            elif pat.is_string(CATALOG_SCHEMA.field(f).type) and _as_string_ok(typ):
                 cols[f] = pc.cast(cols[f], pa.string())
         return pa.table(cols)
+
+
+def _drop_deleted(batch: pa.Table, deleted: np.ndarray, start: int) -> tuple[pa.Table, int]:
+    """(``batch`` without the rows ``deleted`` names, the file position after it). ``batch``
+    holds the file's rows ``start`` .. ``start + num_rows - 1``."""
+    import numpy as np
+
+    n = batch.num_rows
+    if len(deleted):
+        lo, hi = np.searchsorted(deleted, [start, start + n])
+        if hi > lo:
+            keep = np.ones(n, dtype=bool)
+            keep[(deleted[lo:hi] - start).astype(np.int64)] = False
+            batch = batch.filter(pa.array(keep))
+    return batch, start + n
 
 
 def modality_mask(batch: pa.Table, modality: str) -> pa.ChunkedArray | None:
@@ -137,7 +207,7 @@ def modality_mask(batch: pa.Table, modality: str) -> pa.ChunkedArray | None:
 
 def _type_ok(name: str, actual: pa.DataType, expected: pa.DataType) -> bool:
     if pat.is_string(expected):
-        if _as_string_ok(actual):
+        if _as_string_ok(actual) or (name == "item_id" and _id_as_string_ok(actual)):
             return True
         return pat.is_string(actual) or pat.is_large_string(actual) or pat.is_string_view(actual)
     if pat.is_list(expected):
@@ -170,6 +240,11 @@ def validate_schema(uri: str, schema: pa.Schema, source: dict[str, str] | None =
     for fld in CATALOG_SCHEMA:
         if fld.name in schema.names:
             actual = schema.field(fld.name).type
+            if fld.name == "item_id" and pat.is_decimal(actual) and actual.scale != 0:
+                raise CatalogError(
+                    f"catalog {uri}: column {named(fld.name)} has type {actual}, expected {fld.type}: a decimal "
+                    f"id needs scale 0 (it is read as its integer digits); scale {actual.scale} gives "
+                    f"fractional values, which are not ids (cast the column to decimal(38,0) or string)")
             if not _type_ok(fld.name, actual, fld.type):
                 raise CatalogError(f"catalog {uri}: column {named(fld.name)} has type {actual}, expected {fld.type}")
 
@@ -199,11 +274,9 @@ def _delta_snapshot(uri: str, version: int | None, column_map: dict[str, str] | 
     features = set(dt.protocol().reader_features or ())
     unsupported = sorted(features - SUPPORTED_READER_FEATURES)
     if unsupported:
-        hint = (" (rows deleted through a deletion vector would be read back; rewrite the files first, e.g. "
-                "REORG TABLE … APPLY (PURGE) in Spark/Databricks, or give a purged copy)"
-                if "deletionVectors" in unsupported else "")
         raise CatalogError(f"catalog {uri}: version {dt.version()} uses Delta reader feature(s) {unsupported} "
-                           f"that this reader does not support{hint}")
+                           f"that this reader does not support (it reads {sorted(SUPPORTED_READER_FEATURES)}); "
+                           f"its rows cannot be read exactly")
     logical = pa.schema(dt.schema().to_arrow())
     physical_of = {}
     for f in logical:
@@ -219,10 +292,12 @@ def _delta_snapshot(uri: str, version: int | None, column_map: dict[str, str] | 
     part_values = {
         by_source[p]: actions.column(f"partition.{p}").to_pylist() for p in partitions if p in by_source
     } if actions.num_rows else {}
+    deleted = _deleted_rows(dt, uri, paths) if "deletionVectors" in features else {}
     files = tuple(
         CatalogFile(
             path=p if "://" in p or p.startswith("/") else join_uri(uri, p),
             partition=tuple((f, None if vals[i] is None else str(vals[i])) for f, vals in part_values.items()),
+            deleted=deleted.get(p, b""),
         )
         for i, p in enumerate(paths)
     )
@@ -231,6 +306,41 @@ def _delta_snapshot(uri: str, version: int | None, column_map: dict[str, str] | 
         physical={f: physical_of[src] for f, src in source.items()}, schema=schema, files=files,
         partition_fields=frozenset(by_source[p] for p in partitions if p in by_source),
     )
+
+
+def _deleted_rows(dt, uri: str, paths: list[str]) -> dict[str, bytes]:
+    """Add-action path -> the rows its deletion vector deletes at ``dt``'s version (sorted
+    uint64 positions, see ``CatalogFile.deleted``), for each file that has one.
+
+    delta-rs (delta-kernel) decodes the vectors, inline or in ``deletion_vector_*.bin`` files,
+    into keep masks over each file's rows. A vector that cannot be read, or one for a file the
+    snapshot does not list, is an error: reading on would bring deleted rows back.
+    """
+    import numpy as np
+
+    try:
+        masks = pa.RecordBatchReader.from_stream(dt.deletion_vectors())
+        batches = list(masks)
+    except Exception as e:  # delta-rs: missing DV file, bad checksum, no numRecords in the stats
+        raise CatalogError(f"catalog {uri}: the deletion vectors of version {dt.version()} cannot be read, so its "
+                           f"rows cannot be read exactly: {e}") from e
+    root = unquote(dt.table_uri).rstrip("/") + "/"
+    by_uri = {p if "://" in p else root + p.lstrip("/"): p for p in paths}
+    by_uri.update({"file://" + p: p for p in paths if p.startswith("/")})
+    out: dict[str, bytes] = {}
+    for batch in batches:
+        keep = batch.column("selection_vector")
+        offsets = keep.offsets.to_numpy()
+        dropped = ~np.asarray(keep.values.to_numpy(zero_copy_only=False), dtype=bool)
+        for i, file_uri in enumerate(batch.column("filepath").to_pylist()):
+            path = by_uri.get(unquote(file_uri))
+            if path is None:
+                raise CatalogError(f"catalog {uri}: version {dt.version()} has a deletion vector for {file_uri}, "
+                                   f"which is not one of its data files")
+            rows = np.flatnonzero(dropped[offsets[i]:offsets[i + 1]]).astype("<u8")
+            if len(rows):
+                out[path] = rows.tobytes()
+    return out
 
 
 def _parquet_snapshot(uri: str, column_map: dict[str, str] | None) -> CatalogSnapshot:
@@ -267,8 +377,11 @@ def open_catalog(uri: str, version: int | None = None, column_map: dict[str, str
     """
     from deltalake import DeltaTable
 
-    try:
-        is_delta = DeltaTable.is_deltatable(uri, storage_options=storage_options(uri))
+    import os
+
+    try:  # a local Parquet file: delta-rs fails looking for <file>/_delta_log
+        is_delta = not (("://" not in uri or uri.startswith("file://")) and os.path.isfile(uri.removeprefix("file://"))) \
+            and DeltaTable.is_deltatable(uri, storage_options=storage_options(uri))
     except Exception as e:  # noqa: BLE001 - delta-rs raises generic errors for unreachable stores
         raise CatalogError(f"catalog {uri}: cannot be reached: {e}") from e
     if is_delta:
@@ -296,7 +409,8 @@ def select_ids(snapshot: CatalogSnapshot, where: str) -> pa.Array:
         ids = pa.table(reader.read_all()).column("item_id")
     except Exception as e:  # DataFusion reports parse and plan errors as generic exceptions
         raise CatalogError(f"catalog {snapshot.uri}: --where {where!r} is not a valid SQL predicate: {e}") from e
-    return pc.unique(ids.combine_chunks().cast(pa.string()).drop_null())
+    ids, _ = utf8_sanitize(_id_to_string(ids.combine_chunks()))  # ids not UTF-8: never selected
+    return pc.unique(ids.drop_null())
 
 
 def utf8_sanitize(col: pa.ChunkedArray | pa.Array) -> tuple[pa.ChunkedArray | pa.Array, list[int]]:

@@ -58,3 +58,76 @@ def test_work_rows_fill_optional_columns():
     assert rows.column(INVALID_UTF8).to_pylist() == [[]]
     assert rows.column("markets").to_pylist() == [None]
     assert rows.column("modality").to_pylist() == ["text"]
+
+
+# Id types other than string (issue 15, point 8): exported numeric ids as decimal(38,0),
+# binary ids, large strings. Each reads as the string id the rest of the pipeline keys on.
+
+
+def _ids(snap) -> list:
+    return [i for f in snap.files for t in snap.read(f, ["item_id"]) for i in t.column("item_id").to_pylist()]
+
+
+def test_decimal_ids_read_as_their_integer_digits(tmp_path):
+    from decimal import Decimal
+
+    big = Decimal("12345678901234567890123456789012345678")  # 38 digits: past int64
+    uri = _catalog(tmp_path, item_id=pa.array([big, Decimal(7), Decimal(-5), None], pa.decimal128(38, 0)),
+                   title=["a", "b", "c", "d"])
+    snap = open_catalog(uri)
+    assert _ids(snap) == [str(big), "7", "-5", None]  # no ".0", no exponent
+    assert sorted(select_ids(snap, "title IN ('a', 'b')").to_pylist()) == [str(big), "7"]
+    assert to_work_rows(next(snap.read(snap.files[0], snap.columns)), "text").column("item_id").type == pa.string()
+
+
+def test_parquet_catalog_with_decimal_ids(tmp_path):
+    import pyarrow.parquet as pq
+    from decimal import Decimal
+
+    pq.write_table(pa.table({"item_id": pa.array([Decimal(10), Decimal(2)], pa.decimal128(20, 0)),
+                             "title": ["a", "b"]}), tmp_path / "c.parquet")
+    assert _ids(open_catalog(str(tmp_path / "c.parquet"))) == ["10", "2"]
+
+
+def test_decimal_ids_with_a_scale_are_refused_naming_the_column(tmp_path):
+    from decimal import Decimal
+
+    uri = _catalog(tmp_path, track_no=pa.array([Decimal("12.50")], pa.decimal128(38, 2)), title=["a"])
+    with pytest.raises(CatalogError, match=r"column 'item_id' \(catalog column 'track_no'\) has type "
+                                           r"decimal128\(38, 2\).*needs scale 0") as e:
+        open_catalog(uri, column_map={"item_id": "track_no"})
+    assert uri in str(e.value)
+
+
+def test_binary_ids_read_as_utf8_and_invalid_ones_are_quarantined(tmp_path):
+    from moderation.selection import plan_selection
+
+    uri = _catalog(tmp_path, item_id=pa.array([b"track:1", "caf\u00e9".encode(), b"bad\xc3(id", None], pa.binary()),
+                   title=["a", "b", "c", "d"])
+    snap = open_catalog(uri)
+    ids = next(snap.read(snap.files[0], ["item_id"])).column("item_id")
+    assert ids.type == pa.string()  # the invalid value keeps its bytes, for the quarantine to name
+    assert ids.cast(pa.binary()).to_pylist() == [b"track:1", "caf\u00e9".encode(), b"bad\xc3(id", None]
+    sel = plan_selection(snap, ["text"])
+    # Not UTF-8: the same quarantine reason as a string id with invalid bytes; null: missing.
+    assert sorted((r.reason, r.item_id or "") for r in sel.prelude["text"]) == [
+        ("invalid_item_id", "bad\\xc3(id"), ("missing_item_id", "")]
+    assert sel.stream_pairs == {"text": 2} and sel.selected("text") == 4
+    assert sorted(select_ids(snap, "title IN ('a', 'b', 'c')").to_pylist()) == ["caf\u00e9", "track:1"]
+    batch = next(snap.read(snap.files[0], snap.columns))
+    assert sel.filter(batch, "text").column("item_id").to_pylist() == ["track:1", "caf\u00e9"]
+
+
+@pytest.mark.parametrize("typ", [pa.large_string(), pa.large_binary(), pa.string_view()])
+def test_large_and_view_string_ids(tmp_path, typ):
+    import pyarrow.parquet as pq
+
+    from moderation.selection import plan_selection
+
+    pq.write_table(pa.table({"item_id": pa.array(["b", "a", "c"]).cast(typ), "title": ["x", "y", "z"]}),
+                   tmp_path / "c.parquet")
+    snap = open_catalog(str(tmp_path / "c.parquet"))
+    assert snap.schema.field("item_id").type == typ  # the catalog's own type, read as string
+    assert _ids(snap) == ["b", "a", "c"]
+    sel = plan_selection(snap, ["text"], limit=2)  # --limit: the 2 smallest ids, compared as strings
+    assert sel.keep_ids.to_pylist() == ["a", "b"] and sel.selected("text") == 2

@@ -75,11 +75,13 @@ def test_change_data_feed_table_reads_current_rows_only(delta_dir):
     assert len(rows) == 9 and _key(rows) == _key(expected)  # _change_data files are not data
 
 
-def test_deletion_vectors_are_refused_not_read_wrongly(delta_dir):
+def test_deletion_vectors_table_reads_its_logical_rows(delta_dir):
+    # Deleted rows excluded (tests/test_deletion_vectors.py covers more shapes).
     uri = str(delta_dir / "table-with-dv-small")
-    with pytest.raises(CatalogError, match=r"deletionVectors.*deleted through a deletion vector") as e:
-        open_catalog(uri, column_map={"item_id": "value", "title": "value"})
-    assert uri in str(e.value)
+    snap = open_catalog(uri, column_map={"item_id": "value", "title": "value"})
+    rows = _rows(snap, ["item_id"])
+    expected = _reference(uri, "CAST(value AS VARCHAR) AS item_id")
+    assert len(rows) == 8 and _key(rows) == _key(expected)
 
 
 def test_column_mapping_errors_name_field_and_column(delta_dir):
@@ -128,10 +130,10 @@ def test_parquet_folder_catalog(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_backfill_through_the_column_mapping_and_a_refused_table(delta_dir, tmp_path):
+def test_backfill_through_the_column_mapping(delta_dir, tmp_path):
     """The command a user runs, end to end (its own local Ray): the Spark-written,
-    column-mapped, partitioned table is scored through --map; the deletion-vector table is
-    refused with one line and nothing is written."""
+    column-mapped, partitioned table is scored through --map. (Deletion-vector tables go
+    through the same per-file reader the read tasks call: tests/test_deletion_vectors.py.)"""
     import subprocess
     import sys
 
@@ -151,8 +153,3 @@ def test_backfill_through_the_column_mapping_and_a_refused_table(delta_dir, tmp_
     assert {r["item_type"] for r in scores} == {"BMS", "BME"}
     assert Lake(str(lake)).get_run("cm")["catalog_columns"] == [
         "item_id=Super Name", "item_type=Company Very Short", "title=Super Name"]
-    refused = subprocess.run(base + ["--catalog", str(delta_dir / "table-with-dv-small"), "--run-id", "dv",
-                                     "--map", "item_id=value", "--map", "title=value"],
-                             capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "deletionVectors" in refused.stderr
-    assert Lake(str(lake)).get_run("dv") is None

@@ -716,8 +716,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and exit the process with its status.
 
     The one entrypoint for people and schedulers alike (``moderation``, ``python -m moderation``,
-    ``jobs/*.py``): the same options, exit codes (2 user error, 3 storage failed mid-run, 1 a
-    failed check) and exit guard. Never returns.
+    ``jobs/*.py``): the same options, exit codes (2 user error, 3 storage failed mid-run, 4 a
+    scoring run over its error share, 1 a failed check) and exit guard. Never returns.
     """
     from moderation.redact import install
 
@@ -729,9 +729,11 @@ def main(argv: list[str] | None = None) -> None:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
         code = 130
-    except OSError as e:  # a store that cannot be reached outside a run (opening the lake, ...)
-        from moderation.errors import one_line
+    except Exception as e:  # a store failing outside a run (opening the lake, a decide's read, ...)
+        from moderation.errors import is_storage_failure, one_line
 
+        if not is_storage_failure(e):
+            raise
         print(f"error: storage failed: {one_line(e)}", file=sys.stderr)
         code = 3
     _exit(code)

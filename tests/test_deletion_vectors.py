@@ -60,7 +60,9 @@ def _bitmap(rows) -> bytes:
         by_high.setdefault(r >> 32, []).append(r & 0xFFFFFFFF)
     out = struct.pack("<iq", _MAGIC, len(by_high))
     for high, lows in sorted(by_high.items()):
-        out += struct.pack("<I", high) + BitMap(lows).serialize()
+        bm = BitMap(lows)
+        bm.run_optimize()  # as Delta writers do: runs of deleted rows become run containers
+        out += struct.pack("<I", high) + bm.serialize()
     return out
 
 
@@ -189,14 +191,14 @@ def test_databricks_table_reads_logical_rows_at_each_version(data_dir):
 
 @pytest.fixture()
 def three_files(tmp_path) -> Path:
-    """Three data files: 'a' (5,000 rows in row groups of 1,000), 'b' (6 rows), 'c' (4 rows)."""
+    """Three data files: 'a' (70,000 rows in row groups of 10,000), 'b' (6 rows), 'c' (4 rows)."""
     from deltalake import WriterProperties
 
     table = tmp_path / "catalog"
-    for name, n in (("a", 5000), ("b", 6), ("c", 4)):
+    for name, n in (("a", 70_000), ("b", 6), ("c", 4)):
         write_deltalake(str(table), pa.table({"item_id": [f"{name}{i}" for i in range(n)],
                                               "title": [f"title {name}{i}" for i in range(n)]}),
-                        mode="append", writer_properties=WriterProperties(max_row_group_size=1000))
+                        mode="append", writer_properties=WriterProperties(max_row_group_size=10_000))
     return table
 
 
@@ -207,16 +209,21 @@ def _by_first_id(table: Path) -> dict[str, str]:
 def test_vectors_on_some_files_inline_and_on_disk(three_files):
     table, uri = three_files, str(three_files)
     files = _by_first_id(table)
-    # 'a': 2,600 rows (every other row up to 4,000, then a run): a bitmap container, spanning
-    # row groups and read batches; 'b': an inline vector; 'c': none.
-    a_deleted = set(range(0, 4000, 2)) | set(range(4300, 4900))
+    # 'a': every other row below 10,000 (a bitmap container) and rows 66,000-67,999 (a run
+    # container), across row groups and read batches; 'b': an inline vector; 'c': none.
+    a_deleted = set(range(0, 10_000, 2)) | set(range(66_000, 68_000))
     b_deleted = {0, 5}
+    from pyroaring import BitMap
+
+    stats = BitMap.deserialize(_bitmap(a_deleted)[16:]).get_statistics()  # after magic, count, key
+    assert (stats["n_bitset_containers"], stats["n_run_containers"]) == (1, 1)
     _commit_deletes(table, {files["a"]: _deletion_vector(table, a_deleted, prefix="ab"),
                             files["b"]: _deletion_vector(table, b_deleted, inline=True)})
     snap = open_catalog(uri)
     rows = _rows(snap, ["item_id", "title"], batch_rows=777)
-    expected = {f"a{i}" for i in range(5000) if i not in a_deleted} | {"b1", "b2", "b3", "b4"} | {f"c{i}" for i in range(4)}
-    assert len(rows) == len(expected) == 2400 + 4 + 4
+    expected = ({f"a{i}" for i in range(70_000) if i not in a_deleted} | {"b1", "b2", "b3", "b4"}
+                | {f"c{i}" for i in range(4)})
+    assert len(rows) == len(expected) == 63_000 + 4 + 4
     assert {r["item_id"] for r in rows} == expected
     assert all(r["title"] == f"title {r['item_id']}" for r in rows)
     assert _key(rows) == _key(_reference(uri, "item_id, title"))
@@ -243,7 +250,7 @@ def test_a_later_version_deletes_more_and_a_resume_reads_its_pinned_version(thre
     for version, expected in ((v1, at_v1), (v2, at_v2)):
         assert b_and_c(_reference(uri, "item_id", version)) == expected
     # The run's selection counts only the logical rows (the accounting invariant's left side).
-    assert plan_selection(latest, ["text"]).selected("text") == 5000 + 6
+    assert plan_selection(latest, ["text"]).selected("text") == 70_000 + 6
     assert sorted(select_ids(latest, "item_id LIKE 'b%'").to_pylist()) == ["b0", "b3", "b5"]
 
 
@@ -293,3 +300,17 @@ def test_reader_features_still_unsupported_are_refused_by_name(tmp_path):
     with pytest.raises(CatalogError, match=r"reader feature\(s\) \['typeWidening'\] that this reader does not") as e:
         open_catalog(uri)
     assert uri in str(e.value)
+
+
+def test_rescan_change_feed_lists_rows_a_vector_deleted(tmp_path):
+    from moderation.rescan import cdf_item_ids
+
+    table, uri = tmp_path / "catalog", str(tmp_path / "catalog")
+    write_deltalake(uri, pa.table({"item_id": ["a", "b", "c"], "title": ["x", "y", "z"]}),
+                    configuration={"delta.enableChangeDataFeed": "true"})
+    (path,) = _live_adds(table)
+    _commit_deletes(table, {path: _deletion_vector(table, {_file_rows(table)[path].index("b")})})
+    snap = open_catalog(uri)
+    assert sorted(r["item_id"] for r in _rows(snap, ["item_id"])) == ["a", "c"]
+    ids, why = cdf_item_ids(snap, 0)  # a re-scan through the feed sees the vector's delete
+    assert why == "" and ids.to_pylist() == ["b"]

@@ -311,3 +311,21 @@ def test_labels_to_dataset_versions_with_new_reviews_only(tmp_path):
     old, _ = read_dataset(lake, "catalog_reviews", version=version)
     assert {r["example_id"]: r["label_spam"] for r in old.to_pylist()}["b#text"] == 0  # time travel keeps it
     assert "v" in again.summary()
+
+
+def test_a_failed_labels_import_stores_its_error_masked(tmp_path, monkeypatch):
+    """runs.error of a labels import whose commit failed holds no secret of the environment
+    (issue 15, point 5b): masked as backfill masks it."""
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    lake = Lake(str(tmp_path / "lake"))
+
+    def failing(*args, **kwargs):
+        raise OSError(f"PUT refused: signature for key AKIAIOSFODNN7EXAMPLE with secret {secret} rejected")
+
+    monkeypatch.setattr(Lake, "append_chunk", failing)
+    with pytest.raises(OSError):
+        import_labels(lake, write_csv(tmp_path / "l.csv", LABELS_1), import_id="imp-1")
+    error = lake.get_run("imp-1")["error"]
+    assert "PUT refused" in error and "***" in error
+    assert secret not in error and "AKIAIOSFODNN7EXAMPLE" not in error

@@ -63,6 +63,7 @@ from moderation.evaluation.datasets import (
     write_dataset,
 )
 from moderation.lake import Lake
+from moderation.redact import mask
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
 from moderation.schemas import LABELS_SCHEMA, REVIEW_QUEUE_SCHEMA
@@ -360,7 +361,7 @@ def import_labels(lake: Lake | str, path: str | Path, *, column_map: dict[str, s
         try:
             committed = lake.append_chunk("labels", table, app_id=app_id, version=0)
         except Exception as e:
-            record("failed", 0, 0, error=one_line(e))
+            record("failed", 0, 0, error=mask(one_line(e)))
             raise
         if not committed:  # another import of the same file committed first
             record("succeeded", 0, len(rows))

@@ -17,6 +17,7 @@ honoured here are refused with a clear error naming them.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -87,16 +88,29 @@ class CatalogFile:
 
     path: str  # absolute URI
     partition: tuple[tuple[str, str | None], ...] = ()  # (catalog field, raw value)
-    #: Positions (0-based, in file order) of the rows deleted by the file's deletion vector, as
-    #: sorted little-endian uint64; empty when it has none. Bytes keep the snapshot small and
-    #: picklable for the read tasks.
+    #: The rows the file's deletion vector deletes (see ``deleted_rows``), packed by
+    #: ``pack_rows``; empty when it has none. Compressed bytes keep the snapshot small: it is
+    #: pickled to every read task.
     deleted: bytes = b""
 
     @property
     def deleted_rows(self) -> np.ndarray:
+        """Positions (0-based, in file order) of the deleted rows, sorted, as uint64."""
         import numpy as np
 
-        return np.frombuffer(self.deleted, dtype="<u8")
+        if not self.deleted:
+            return np.zeros(0, dtype=np.uint64)
+        return np.cumsum(np.frombuffer(zlib.decompress(self.deleted), dtype="<u8"), dtype=np.uint64)
+
+
+def pack_rows(rows: np.ndarray) -> bytes:
+    """Sorted row positions -> ``CatalogFile.deleted`` (deflated gaps: runs and regular
+    patterns of deleted rows shrink to almost nothing)."""
+    import numpy as np
+
+    if not len(rows):
+        return b""
+    return zlib.compress(np.diff(rows.astype(np.uint64), prepend=np.uint64(0)).astype("<u8").tobytes(), 1)
 
 
 @dataclass(frozen=True)
@@ -309,8 +323,8 @@ def _delta_snapshot(uri: str, version: int | None, column_map: dict[str, str] | 
 
 
 def _deleted_rows(dt, uri: str, paths: list[str]) -> dict[str, bytes]:
-    """Add-action path -> the rows its deletion vector deletes at ``dt``'s version (sorted
-    uint64 positions, see ``CatalogFile.deleted``), for each file that has one.
+    """Add-action path -> the rows its deletion vector deletes at ``dt``'s version (packed,
+    see ``CatalogFile.deleted``), for each file that has one.
 
     delta-rs (delta-kernel) decodes the vectors, inline or in ``deletion_vector_*.bin`` files,
     into keep masks over each file's rows. A vector that cannot be read, or one for a file the
@@ -337,9 +351,9 @@ def _deleted_rows(dt, uri: str, paths: list[str]) -> dict[str, bytes]:
             if path is None:
                 raise CatalogError(f"catalog {uri}: version {dt.version()} has a deletion vector for {file_uri}, "
                                    f"which is not one of its data files")
-            rows = np.flatnonzero(dropped[offsets[i]:offsets[i + 1]]).astype("<u8")
+            rows = np.flatnonzero(dropped[offsets[i]:offsets[i + 1]])
             if len(rows):
-                out[path] = rows.tobytes()
+                out[path] = pack_rows(rows)
     return out
 
 

@@ -496,3 +496,57 @@ def test_an_image_dataset_measures_false_positives_on_benign_covers(tmp_path, da
     assert pd.isna(row["pr_auc"]) and 0.0 <= row["fpr"] <= 0.2
     preds = lake.read("eval/predictions").to_pandas()
     assert len(preds) == len(images) and preds["score"].between(0, 1).all()
+
+
+def test_evaluate_refuses_media_outside_the_media_roots(tmp_path):
+    """An imported dataset's media_uri is confined to the media roots as a backfill's catalog
+    media are (issue 15, point 5a): a path outside them is refused, naming the dataset, row and
+    value, before any model loads or any byte is read."""
+    lake = Lake(str(tmp_path / "lake"))
+    outside = tmp_path / "elsewhere" / "cover.png"
+    outside.parent.mkdir()
+    outside.write_bytes(b"not read")
+    f = tmp_path / "covers.csv"
+    f.write_text(f"path,sexual\n{outside},0\n")
+    cli("eval", "import", f, "--lake", lake.root, "--name", "covers", "--modality", "image",
+        "--media-column", "path", "--label-column", "sexual")
+    err = cli("evaluate", "--lake", lake.root, "--model", "image-open-nsfw-v1", "--dataset", "covers",
+              "--no-baselines", "--bootstrap", 0, code=2)
+    assert "dataset covers v0: row 1" in err and str(outside) in err and "media roots" in err
+    assert not lake.exists("eval/predictions")
+
+    from moderation.evaluation.evaluate import check_media_uris
+
+    rows, _ = ds.read_dataset(lake, "covers")
+    check_media_uris(rows, dataset="covers", version=0, roots=(str(outside.parent),))  # allowed: no error
+    for uri in (f"{outside.parent}/../elsewhere/../../etc/passwd", "file:///etc/passwd", "http://x/y.png"):
+        with pytest.raises(ds.DatasetError, match=r"dataset covers v0: row 1 .*media_uri"):
+            check_media_uris(rows.set_column(rows.schema.get_field_index("media_uri"), "media_uri",
+                                             pa.array([uri])), dataset="covers", version=0,
+                             roots=(str(outside.parent),))
+
+
+def test_scoring_progress_writes_no_control_sequences_to_a_log(monkeypatch, capsys):
+    """With stderr not a terminal (a job's log), scoring prints no progress bar (issue 15, point 5f)."""
+    from moderation.evaluation import evaluate as ev
+
+    class Fake:
+        def setup(self, device):
+            pass
+
+        def prepare(self, batch):
+            return batch
+
+        def process_batch(self, batch):
+            n = batch.num_rows
+            return pa.table({"item_id": batch.column("item_id"),
+                             "category_scores": pa.array([[("hate", 0.5)]] * n, pa.map_(pa.string(), pa.float64())),
+                             ev.QREASON: pa.nulls(n, pa.string())})
+
+    monkeypatch.setattr(ev, "build_classifier", lambda *a, **k: Fake())
+    rows = pa.table({"example_id": [f"e{i}" for i in range(600)], "modality": ["text"] * 600,
+                     "text": ["hello"] * 600})
+    out = ev.score_examples(load_model_registry()["text-minilm-heads-v1"], rows, progress=True)
+    assert len(out) == 600
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err and "scoring" not in err

@@ -28,8 +28,9 @@ from moderation.config import LoadedPolicy, ModelSpec, load_model_registry, load
 from moderation.errors import ConfigError, ModerationError
 from moderation.evaluation.datasets import (
     LABEL_PREFIX,
-    dataset_digest,
     SLICE_PREFIX,
+    DatasetError,
+    dataset_digest,
     label_categories,
     read_dataset,
     slice_columns,
@@ -82,17 +83,56 @@ def _work_table(rows: pa.Table, spec: ModelSpec) -> pa.Table:
     })
 
 
+def default_media_roots() -> list[str]:
+    """Where evaluation examples' media may lie by default: the data directory's ``media``."""
+    from moderation.datasets import default_data_dir
+
+    media = default_data_dir() / "media"
+    return [str(media.resolve())] if media.is_dir() else []
+
+
+def check_media_uris(rows: pa.Table, *, dataset: str, version: int, roots: tuple[str, ...]) -> None:
+    """Refuse a dataset whose media examples name a ``media_uri`` outside ``roots`` (the same
+    check a backfill applies to catalog media, ``media.check_root``), before anything is read.
+
+    Raises:
+        DatasetError: naming the dataset and version, the row, its example_id and the URI.
+    """
+    from moderation.media import MediaError, check_root
+
+    if "media_uri" not in rows.column_names:
+        return
+    for i, (example_id, modality, uri) in enumerate(zip(rows.column("example_id").to_pylist(),
+                                                        rows.column("modality").to_pylist(),
+                                                        rows.column("media_uri").to_pylist())):
+        if modality == "text" or not uri:
+            continue
+        try:
+            check_root(uri, roots, kind=modality)
+        except MediaError as e:
+            raise DatasetError(
+                f"dataset {dataset} v{version}: row {i + 1} (example_id {example_id!r}): media_uri {uri[:200]!r} "
+                f"is not under the media roots {list(roots)} ({e.reason}); pass --media-root to allow its folder"
+            ) from e
+
+
 def score_examples(spec: ModelSpec, rows: pa.Table, *, lake_root: str | None = None,
-                   batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
-    """One row per example: example_id, category_scores (dict or None), quarantine reason."""
+                   batch_size: int = 64, progress: bool = True,
+                   media_roots: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """One row per example: example_id, category_scores (dict or None), quarantine reason.
+
+    ``media_roots``: media are read only under these (None: no restriction; callers check the
+    dataset first, see :func:`check_media_uris`). ``progress``: a progress bar on a terminal
+    only, so logs of a job get no control sequences."""
     from tqdm import tqdm
 
-    clf = build_classifier(spec, batch_size=batch_size, context=RunContext(lake_root=lake_root))
+    clf = build_classifier(spec, batch_size=batch_size,
+                           context=RunContext(lake_root=lake_root, media_roots=media_roots))
     clf.setup("cpu")
     work = _work_table(rows, spec)
     parts = []
     for start in tqdm(range(0, work.num_rows, SCORE_CHUNK), desc=f"scoring {spec.model_id}", unit="chunk",
-                      disable=not progress):
+                      disable=None if progress else True):
         out = clf.process_batch(clf.prepare(work.slice(start, SCORE_CHUNK)))
         parts.append(out.select(["item_id", "category_scores", QREASON]))
     table = pa.concat_tables(parts) if parts else pa.table({"item_id": [], "category_scores": [], QREASON: []})
@@ -117,13 +157,20 @@ def _key_sql(spec: ModelSpec, dataset: str, version: int) -> str:
 
 def predictions(lake: Lake, spec: ModelSpec, dataset: str, *, version: int | None = None,
                 batch_size: int = 64, progress: bool = True,
-                read: tuple[pa.Table, int] | None = None) -> tuple[pd.DataFrame, int, bool]:
+                read: tuple[pa.Table, int] | None = None,
+                media_roots: list[str] | None = None) -> tuple[pd.DataFrame, int, bool]:
     """(predictions, dataset version, newly scored) of ``spec`` on ``dataset``.
 
     Stored predictions of the same model digest, dataset version and dataset content digest,
     covering every category to evaluate, are reused (whatever code version made them: it is
     recorded in each row); otherwise the dataset is scored and the key's predictions replaced
-    in one commit. ``read``: the (rows, version) the caller already read."""
+    in one commit. ``read``: the (rows, version) the caller already read. ``media_roots``: where
+    media examples may lie (default: :func:`default_media_roots`); a dataset naming media
+    elsewhere is refused (:func:`check_media_uris`) before anything is scored.
+
+    Raises:
+        DatasetError: a media example outside the media roots.
+        ModerationError: the model scores nothing the dataset labels, or another modality."""
     rows, version = read or read_dataset(lake, dataset, version)
     cats = [c for c in spec.categories if c in label_categories(rows)]
     if not cats:
@@ -142,7 +189,10 @@ def predictions(lake: Lake, spec: ModelSpec, dataset: str, *, version: int | Non
     if stored.num_rows and set(cats) <= set(stored.column("category").to_pylist()):
         return stored.to_pandas(), version, False
     examples = rows.filter(pc.equal(rows.column("modality"), spec.modality))
-    scored = score_examples(spec, examples, lake_root=lake.root, batch_size=batch_size, progress=progress)
+    roots = tuple(default_media_roots() if media_roots is None else media_roots)
+    check_media_uris(rows, dataset=dataset, version=version, roots=roots)
+    scored = score_examples(spec, examples, lake_root=lake.root, batch_size=batch_size, progress=progress,
+                            media_roots=roots)
     labels = {c: examples.column(LABEL_PREFIX + c).to_pylist() for c in cats}
     now, cv = utcnow(), code_version()
     out = []
@@ -315,7 +365,7 @@ def baseline_models(registry: dict[str, ModelSpec], spec: ModelSpec, labelled: l
 def evaluate(*, lake_root: str, model_id: str, dataset: str, policy_path: str | Path | None = None,
              dataset_version: int | None = None, baselines: bool = True, target_precision: float = 0.9,
              bootstrap: int = 1000, seed: int = 0, batch_size: int = 64, models_dir: Path | None = None,
-             progress: bool = True) -> EvaluateResult:
+             progress: bool = True, media_roots: list[str] | None = None) -> EvaluateResult:
     """Evaluate ``model_id`` (and the registry's baselines) on ``dataset``; write the results.
 
     Args:
@@ -325,6 +375,11 @@ def evaluate(*, lake_root: str, model_id: str, dataset: str, policy_path: str | 
         baselines: also evaluate the registry's ``role: baseline`` models.
         target_precision: for ``recall_at_precision``.
         bootstrap: resamples for the 95% intervals (0: none).
+        media_roots: folders or ``s3://`` prefixes image and audio examples may lie under
+            (default: the data directory's ``media``).
+
+    Raises:
+        DatasetError: a media example's ``media_uri`` lies outside ``media_roots``.
     """
     if not 0 < target_precision <= 1:
         raise ConfigError(f"--target-precision {target_precision}: must be in (0, 1]")
@@ -341,7 +396,7 @@ def evaluate(*, lake_root: str, model_id: str, dataset: str, policy_path: str | 
     specs = [spec] + (baseline_models(registry, spec, label_categories(rows)) if baselines else [])
     for m in specs:
         preds, _, newly = predictions(lake, m, dataset, batch_size=batch_size, progress=progress,
-                                      read=(rows, version))
+                                      read=(rows, version), media_roots=media_roots)
         cats = sorted(preds["category"].unique())
         thresholds = _thresholds(policy, cats)
         mrows = metric_rows(preds, rows, thresholds=thresholds, target_precision=target_precision,

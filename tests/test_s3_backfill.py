@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import pyarrow.compute as pc
@@ -76,17 +77,61 @@ def test_killed_backfill_resumes_on_s3(s3, tmp_path):
     assert report.ok and report.lost == report.duplicated == 0 and report.reference_pairs == ITEMS, report.summary()
 
 
-def test_s3_outage_mid_run_fails_clearly_then_resume_completes(s3):
+#: Runs the CLI with the accounting's first DataFusion query held until the test says go: the
+#: test stops the S3 server there, so the outage strikes the accounting step every time (it once
+#: struck it by chance, and its "Object Store error" ended the command with a traceback, exit 1).
+_PAUSE_AT_ACCOUNTING = """
+import os, sys, time
+
+from moderation.redact import install
+
+install()  # before deltalake is imported, as cli.main does
+import deltalake
+
+gate, release = sys.argv[1], sys.argv[2]
+real = deltalake.QueryBuilder
+
+
+class HeldQueryBuilder:
+    def __init__(self):
+        self._qb = real()
+
+    def register(self, name, table):
+        self._qb.register(name, table)
+        return self
+
+    def execute(self, sql):
+        if "count(*) AS n FROM scores WHERE run_id" in sql and not os.path.exists(gate):
+            open(gate, "w").close()
+            while not os.path.exists(release):
+                time.sleep(0.1)
+        return self._qb.execute(sql)
+
+
+deltalake.QueryBuilder = HeldQueryBuilder
+from moderation.cli import main
+
+main(sys.argv[3:])
+"""
+
+
+def test_s3_outage_mid_run_fails_clearly_then_resume_completes(s3, tmp_path):
+    """The outage strikes after every chunk is committed, at the accounting's count over S3
+    (tables opened, data files read by DataFusion): exit 3 with one line, then the resume
+    completes. Deterministic: the accounting waits for the test to stop the server."""
     server, lake = s3["server"], s3["lake"]
+    gate, release = tmp_path / "at-accounting", tmp_path / "go"
     cmd = backfill_command(s3["catalog"], lake.root, POLICY_V1, "s3-outage", s3["profile"])
+    assert cmd[1:3] == ["-m", "moderation.cli"]
+    cmd = [sys.executable, "-c", _PAUSE_AT_ACCOUNTING, str(gate), str(release), *cmd[3:]]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:  # wait for the first committed chunk
-        if lake.transaction_version("scores", "moderation/backfill/s3-outage/text-minilm-heads-v1") is not None:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, "the run ended before the outage could be injected"
+    while time.monotonic() < deadline and proc.poll() is None and not gate.exists():
+        time.sleep(0.2)
+    assert gate.exists(), f"the run never reached its accounting: {proc.poll()}"
+    assert lake.transaction_version("scores", "moderation/backfill/s3-outage/text-minilm-heads-v1") is not None
     server.stop()
+    release.touch()
     t0 = time.monotonic()
     try:
         out = proc.communicate(timeout=300)[0]
@@ -96,6 +141,7 @@ def test_s3_outage_mid_run_fails_clearly_then_resume_completes(s3):
     assert proc.returncode == 3, out[-3000:]
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: run s3-outage: storage failed:") and "run the same command again" in last, last
+    assert "Object Store error" in last  # the accounting's DataFusion error, as it struck
     assert "Traceback" not in out and "\x1b[" not in last
     assert failed_after < 240  # bounded retries, not a hang
     # The tables are readable right away, at a committed version; the resume completes the run.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -54,6 +55,20 @@ def _default_master() -> str | None:
     """None (the master spark-submit set) when spark-submit launched this process: it starts
     the JVM first and hands over its gateway in $PYSPARK_GATEWAY_PORT. Else local[*]."""
     return None if os.environ.get("PYSPARK_GATEWAY_PORT") else "local[*]"
+
+
+#: What a --run-id may be: it names Delta app transactions, leases and SQL predicates, and is
+#: printed in logs, so only a plain, bounded token is accepted.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _checked_run_id(value: str | None) -> str | None:
+    """typer callback: a --run-id outside ``RUN_ID_PATTERN`` is one error line and exit 2."""
+    if value is not None and not RUN_ID_PATTERN.fullmatch(value):
+        typer.echo(f"error: --run-id {value[:200]!r}: a run id is 1 to 128 characters from A-Z a-z 0-9 . _ -, "
+                   f"starting with a letter or digit", err=True)
+        raise typer.Exit(code=2)
+    return value
 
 
 def _abs_uri(uri: str) -> str:
@@ -104,7 +119,8 @@ def backfill(
     catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: path or s3://"),
     lake: str = typer.Option(..., help="lake root URI: path or s3://"),
     policy: Path = typer.Option(..., help="policy version file, e.g. conf/policies/catalog-safety/v1.yaml"),
-    run_id: Optional[str] = typer.Option(None, help="run id; re-using a finished one writes nothing, an unfinished one resumes"),
+    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id,
+                                         help="run id; re-using a finished one writes nothing, an unfinished one resumes"),
     where: Optional[str] = typer.Option(None, help="SQL predicate selecting a catalog slice, e.g. \"item_type = 'track'\""),
     limit: Optional[int] = typer.Option(None, min=1, help="score at most N items"),
     catalog_version: Optional[int] = typer.Option(None, min=0, help="read this Delta version of the catalog "
@@ -142,7 +158,7 @@ def rescan(
     catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: path or s3://"),
     lake: str = typer.Option(..., help="lake root URI: path or s3://"),
     policy: Path = typer.Option(..., help="policy version file"),
-    run_id: Optional[str] = typer.Option(None, help="run id; re-using an unfinished one resumes it"),
+    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id, help="run id; re-using an unfinished one resumes it"),
     change_source: str = typer.Option("auto", help="auto (the catalog's change data feed when usable, else "
                                       "content hashes), cdf, or anti_join"),
     ray_address: Optional[str] = typer.Option(None, help=_RAY_HELP),
@@ -179,7 +195,7 @@ def rescan(
 def decide(
     lake: str = typer.Option(..., help="lake root URI"),
     policy: Path = typer.Option(..., help="policy version file"),
-    run_id: Optional[str] = typer.Option(None),
+    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Apply a policy version to the stored scores (no model) and replace its violations."""
@@ -201,7 +217,7 @@ def diff(
     to_version: int = typer.Option(..., "--to", help="the version compared to (the candidate)"),
     sample_per_stratum: int = typer.Option(20, min=0, help="review-sample rows per category x change"),
     seed: int = typer.Option(0, help="review-sample seed"),
-    run_id: Optional[str] = typer.Option(None),
+    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Compare two decided versions of a policy (no model): write <lake>/diffs (newly violating,
@@ -222,7 +238,7 @@ def diff(
 def enforce(
     lake: str = typer.Option(..., help="lake root URI"),
     policy: Path = typer.Option(..., help="the live policy version file"),
-    run_id: Optional[str] = typer.Option(None),
+    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Export the actions the live version takes to <lake>/enforcement (one row per item,
@@ -375,7 +391,7 @@ def policy_promote(
     to: str = typer.Option("live", help="live or shadow"),
     force: bool = typer.Option(False, "--force", help="promote although the version was not decided or not "
                                "compared (moderation diff) with the live one; recorded in runs"),
-    run_id: Optional[str] = typer.Option(None),
+    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Make a policy version live (the previous live one is retired) or shadow; recorded in
@@ -472,6 +488,8 @@ def evaluate(
     bootstrap: int = typer.Option(1000, min=0, help="bootstrap resamples for the 95% intervals"),
     seed: int = typer.Option(0),
     slices: bool = typer.Option(True, help="print the per-slice rows too"),
+    media_root: list[str] = typer.Option([], help="folder or s3:// prefix image/audio examples may lie under "
+                                         "(repeatable; default: the data directory's media)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score an evaluation dataset with a model (and the baselines) and print per-category and
@@ -482,7 +500,8 @@ def evaluate(
     try:
         result = run_evaluate(lake_root=_abs_uri(lake), model_id=model, dataset=dataset, policy_path=policy,
                               dataset_version=dataset_version, baselines=baselines,
-                              target_precision=target_precision, bootstrap=bootstrap, seed=seed)
+                              target_precision=target_precision, bootstrap=bootstrap, seed=seed,
+                              media_roots=[_abs_uri(r) for r in media_root] or None)
     except ModerationError as e:
         _fail(e)
     typer.echo(result.summary(slices=slices))

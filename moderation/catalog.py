@@ -17,6 +17,7 @@ honoured here are refused with a clear error naming them.
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -160,7 +161,7 @@ class CatalogSnapshot:
             raise CatalogError(f"catalog {self.uri} version {self.version}: the deletion vector of data file "
                                f"{catalog_file.path} deletes row {int(deleted[-1])} but the file has "
                                f"{pf.metadata.num_rows} rows")
-        start = 0  # position of the batch's first row in the file: deletion vectors index rows so
+        start = 0  # file position of the batch's first row: a deletion vector names rows by position
         for rb in pf.iter_batches(batch_size=batch_rows, columns=read_cols):
             raw = pa.Table.from_batches([rb])
             raw, start = _drop_deleted(raw, deleted, start)
@@ -391,11 +392,9 @@ def open_catalog(uri: str, version: int | None = None, column_map: dict[str, str
     """
     from deltalake import DeltaTable
 
-    import os
-
-    try:  # a local Parquet file: delta-rs fails looking for <file>/_delta_log
-        is_delta = not (("://" not in uri or uri.startswith("file://")) and os.path.isfile(uri.removeprefix("file://"))) \
-            and DeltaTable.is_deltatable(uri, storage_options=storage_options(uri))
+    local_file = "://" not in uri and os.path.isfile(uri)  # delta-rs fails looking for <file>/_delta_log
+    try:
+        is_delta = not local_file and DeltaTable.is_deltatable(uri, storage_options=storage_options(uri))
     except Exception as e:  # noqa: BLE001 - delta-rs raises generic errors for unreachable stores
         raise CatalogError(f"catalog {uri}: cannot be reached: {e}") from e
     if is_delta:

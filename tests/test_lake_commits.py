@@ -171,14 +171,20 @@ def _race_worker(root: str, role: str, first_chunks_done, barrier, results) -> N
 def test_two_processes_racing_for_one_chunk_number_the_loser_stops_there(tmp_path):
     """A stale worker and a resumer of one run commit chunk 2 at the same moment (two real
     processes). Exactly one commit lands; the other process raises ChunkFenced at chunk 2,
-    having committed nothing of it, and the table holds every pair exactly once."""
+    having committed nothing of it, and the table holds every pair exactly once. (The same on
+    S3: tests/test_lease.py.)"""
+    race_for_one_chunk(str(tmp_path))
+
+
+def race_for_one_chunk(root: str) -> None:
+    """The race of the test above on the lake at ``root``, with its assertions."""
     import multiprocessing
 
     from moderation.backfill import run_accounting
 
     ctx = multiprocessing.get_context("spawn")
     first_chunks_done, barrier, results = ctx.Event(), ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_race_worker, args=(str(tmp_path), role, first_chunks_done, barrier, results))
+    procs = [ctx.Process(target=_race_worker, args=(root, role, first_chunks_done, barrier, results))
              for role in ("stale", "resumer")]
     [p.start() for p in procs]
     outcomes = {}
@@ -193,7 +199,7 @@ def test_two_processes_racing_for_one_chunk_number_the_loser_stops_there(tmp_pat
     assert chunk == 2 and "before committing chunk 2" in message and "another process is committing this run" in message
     assert outcomes[loser][2] == ({"scores": 6, "quarantine": 2} if loser == "stale" else {"scores": 0, "quarantine": 0})
     assert outcomes[winner][1] == 5  # the winner committed chunks 2, 3 and 4
-    lake = Lake(str(tmp_path))
+    lake = Lake(root)
     scored, quarantined, dupes = run_accounting(lake, "r")
     assert (scored, quarantined, dupes) == (15, 5, 0)
     ids = lake.read("scores").column("item_id").to_pylist() + lake.read("quarantine").column("item_id").to_pylist()

@@ -3,7 +3,7 @@ tests/s3_server.py). A second worker is refused; a stale lease is taken over aft
 several resumers racing to take one stale lease over (real processes) exactly one wins; the
 heartbeat is a compare-and-swap, so a holder whose lease was taken over (paused past the TTL)
 learns it and stops without writing over the new holder; an S3 server that ignores conditional
-writes is refused."""
+writes is refused. And the chunk fencing of Lake.append_chunk on S3."""
 
 from __future__ import annotations
 
@@ -240,6 +240,16 @@ def test_s3_server_that_ignores_conditional_writes_is_refused(s3, monkeypatch):
     with pytest.raises(LeaseUnsupported, match=r"ignores If-None-Match: \* .* and If-Match"):
         lease.acquire()
     assert _holder_now(root, run_id) is None
+
+
+@pytest.mark.integration
+def test_two_processes_racing_for_one_chunk_number_on_s3_the_loser_stops_there(s3):
+    """Fencing on S3 (delta-rs commits are If-None-Match PUTs there): a stale worker and a
+    resumer commit chunk 2 at the same moment; the loser raises ChunkFenced at chunk 2 and the
+    tables hold every pair exactly once (tests/test_lake_commits.py runs it on a local folder)."""
+    from tests.test_lake_commits import race_for_one_chunk
+
+    race_for_one_chunk(f"s3://{s3.bucket}/race-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.mark.integration

@@ -96,7 +96,20 @@ class ChunkWriter:
     """Accumulates scored rows and commits every ``chunk_pairs`` of them as one idempotent
     chunk: quarantine rows first, then scores rows, each tagged with the app transaction
     ``(app_id, chunk)``. Chunks are numbered monotonically; on resume numbering continues
-    after the highest chunk either table recorded, so a re-run never re-commits a chunk."""
+    after the highest chunk either table recorded, so a re-run never re-commits a chunk.
+
+    Every commit is fenced (``expect_previous``: the writer's own last chunk in that table), so
+    when two processes of one run race (a worker that lost its lease and the run's resumer),
+    whichever commits a chunk number second to a table raises ``ChunkFenced`` at that chunk
+    instead of skipping its rows as already there. (When the other process had not written the
+    other table's part of that chunk yet, this writer's part there may have landed first; then
+    that process is fenced at its next commit to that table. Either way no pair is committed
+    twice, and what is not committed is scored by whoever resumes the run.)
+
+    Raises:
+        ChunkFenced: from ``add``/``flush``, when another process committed chunks of this run
+            and model since this writer last did.
+    """
 
     def __init__(self, lake: Lake, *, run_id: str, model: ModelSpec, chunk_pairs: int) -> None:
         self.lake = lake

@@ -103,8 +103,10 @@ class ChunkWriter:
     whichever commits a chunk number second to a table raises ``ChunkFenced`` at that chunk
     instead of skipping its rows as already there. (When the other process had not written the
     other table's part of that chunk yet, this writer's part there may have landed first; then
-    that process is fenced at its next commit to that table. Either way no pair is committed
-    twice, and what is not committed is scored by whoever resumes the run.)
+    that process is fenced at its next commit to that table. A pair is then committed twice
+    only if the two processes gave it different outcomes, scored by one and quarantined by the
+    other: the two tables cannot be fenced in one atomic step, and the run's accounting check
+    reports such a duplicate. What is not committed is scored by whoever resumes the run.)
 
     Raises:
         ChunkFenced: from ``add``/``flush``, when another process committed chunks of this run

@@ -48,21 +48,37 @@ def resolve_local(uri: str) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
-def _fetch_s3(uri: str) -> bytes:
+#: The most bytes one artifact file may have (the largest shipped, Whisper's weights, is well under
+#: 1 GiB): an S3 object is read at most this much plus one byte, so a wrong or growing object
+#: cannot fill a node's memory before its digest is checked.
+MAX_ARTIFACT_BYTES = 4 << 30
+
+
+def _fetch_s3(uri: str, *, max_bytes: int | None = None) -> bytes:
+    """The object's bytes, read at most ``max_bytes`` (default ``MAX_ARTIFACT_BYTES``) plus one.
+
+    Raises:
+        ArtifactError: ``missing`` (no such object or bucket), ``refused`` (over the limit).
+    """
     import boto3
     from botocore.exceptions import ClientError
 
     from moderation.lake import storage_options
+    from moderation.media import get_bounded
 
+    max_bytes = MAX_ARTIFACT_BYTES if max_bytes is None else max_bytes
     bucket, _, key = uri[len("s3://") :].partition("/")
     opts = storage_options(uri) or {}
     client = boto3.client("s3", endpoint_url=opts.get("AWS_ENDPOINT_URL"))
     try:
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        data = get_bounded(client, bucket, key, max_bytes=max_bytes)
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404"):
             raise ArtifactError(f"no object at {uri}", problem="missing") from e
         raise
+    if len(data) > max_bytes:
+        raise ArtifactError(f"object {uri} is larger than {max_bytes} bytes; refused", problem="refused")
+    return data
 
 
 def _read_uri(model_id: str, name: str, uri: str) -> tuple[bytes, str]:
@@ -72,7 +88,8 @@ def _read_uri(model_id: str, name: str, uri: str) -> tuple[bytes, str]:
             return _fetch_s3(uri), uri
         path = resolve_local(uri)
     except ArtifactError as e:
-        raise ArtifactError(f"model {model_id}: artifact {name} not found: {e}", problem=e.problem) from e
+        what = "not found" if e.problem == "missing" else "refused"
+        raise ArtifactError(f"model {model_id}: artifact {name} {what}: {e}", problem=e.problem) from e
     if not path.is_file():
         raise ArtifactError(f"model {model_id}: artifact {name} not found at {path}", problem="missing")
     return path.read_bytes(), str(path)

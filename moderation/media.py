@@ -82,9 +82,11 @@ def read_media(uri: str, *, max_bytes: int, kind: str, roots: tuple[str, ...] | 
     _check_size(uri, size, max_bytes=max_bytes, kind=kind)
     try:
         with open(path, "rb") as f:
-            return f.read(max_bytes + 1)
+            data = f.read(max_bytes + 1)
     except OSError as e:
         raise MediaError(f"{kind}_unreadable", f"{uri}: {e.strerror}") from e
+    _check_read(uri, data, max_bytes=max_bytes, kind=kind)
+    return data
 
 
 def _check_size(uri: str, size: int, *, max_bytes: int, kind: str) -> None:
@@ -92,6 +94,15 @@ def _check_size(uri: str, size: int, *, max_bytes: int, kind: str) -> None:
         raise MediaError(f"{kind}_empty", f"{uri}: zero bytes")
     if size > max_bytes:
         raise MediaError(f"{kind}_too_large", f"{uri}: {size} bytes > limit {max_bytes}")
+
+
+def _check_read(uri: str, data: bytes, *, max_bytes: int, kind: str) -> None:
+    """The size check again on what was read: the file or object may have grown (or been
+    replaced) since its size was checked, and reads stop at ``max_bytes + 1`` bytes."""
+    if len(data) > max_bytes:
+        raise MediaError(f"{kind}_too_large", f"{uri}: more than {max_bytes} bytes read (limit {max_bytes}; it grew "
+                         f"after its size was checked)")
+    _check_size(uri, len(data), max_bytes=max_bytes, kind=kind)
 
 
 def _read_s3(uri: str, *, max_bytes: int, kind: str) -> bytes:
@@ -105,9 +116,49 @@ def _read_s3(uri: str, *, max_bytes: int, kind: str) -> bytes:
     try:
         head = client.head_object(Bucket=bucket, Key=key)
         _check_size(uri, int(head["ContentLength"]), max_bytes=max_bytes, kind=kind)
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        data = get_bounded(client, bucket, key, max_bytes=max_bytes)
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchKey", "NotFound"):
             raise MediaError(f"{kind}_missing", f"{uri}: no such object") from e
         raise MediaError(f"{kind}_unreadable", f"{uri}: {code}") from e
+    _check_read(uri, data, max_bytes=max_bytes, kind=kind)
+    return data
+
+
+#: Bytes read from an S3 response body at a time.
+READ_CHUNK = 1 << 20
+
+
+def get_bounded(client, bucket: str, key: str, *, max_bytes: int) -> bytes:
+    """At most ``max_bytes + 1`` bytes of an S3 object, so an object larger than the caller's
+    limit (one that grew after a HEAD, or a store that ignores ``Range``) never fills memory:
+    a result longer than ``max_bytes`` means the object is over the limit.
+
+    The GET asks for ``Range: bytes=0-max_bytes`` and the body is read in bounded chunks and
+    closed after ``max_bytes + 1`` bytes, whatever the store sends.
+
+    Raises:
+        botocore.exceptions.ClientError: as ``get_object`` raises it (an empty object answers a
+            ranged GET with 416 InvalidRange on some stores: that is read as zero bytes).
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max_bytes}")["Body"]
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "InvalidRange":
+            return b""
+        raise
+    parts: list[bytes] = []
+    left = max_bytes + 1
+    try:
+        while left > 0:
+            chunk = body.read(min(READ_CHUNK, left))
+            if not chunk:
+                break
+            parts.append(chunk)
+            left -= len(chunk)
+    finally:
+        body.close()
+    return b"".join(parts)

@@ -101,3 +101,118 @@ def test_every_model_refuses_a_tampered_artifact(tmp_path):
                 clf.preprocess(to_work_rows(pa.table({"item_id": pa.array([], pa.string())}), spec.modality))
             checked += 1
     assert checked >= 8
+
+
+# S3 reads bounded by max_bytes (issue 15, point 5d).
+
+class _EndlessBody:
+    """A response body that never ends (an object far larger than it said), counting what is read."""
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+        self.closed = False
+
+    def read(self, amt=None):
+        n = 64 << 20 if amt is None else amt  # read() without a size: the whole (huge) object
+        self.read_bytes += n
+        return b"x" * n
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _GrowingObjectClient:
+    """An S3 client whose object was 10 bytes at HEAD and is endless at GET."""
+
+    def __init__(self) -> None:
+        self.body = _EndlessBody()
+        self.ranges: list[str | None] = []
+
+    def head_object(self, **kwargs):
+        return {"ContentLength": 10}
+
+    def get_object(self, **kwargs):
+        self.ranges.append(kwargs.get("Range"))
+        return {"Body": self.body}
+
+
+def test_an_s3_object_that_grew_after_its_head_is_read_at_most_max_bytes_plus_one(monkeypatch):
+    import boto3
+
+    client = _GrowingObjectClient()
+    monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
+    with pytest.raises(MediaError) as e:
+        read_media("s3://media/covers/a.jpg", max_bytes=1000, kind="image", roots=("s3://media/covers",))
+    assert e.value.reason == "image_too_large" and "limit 1000" in e.value.detail
+    assert client.ranges == ["bytes=0-1000"]
+    assert client.body.read_bytes == 1001 and client.body.closed
+
+
+def test_an_s3_artifact_is_read_at_most_its_cap_plus_one(monkeypatch):
+    import boto3
+
+    from moderation import artifacts
+    from moderation.errors import ArtifactError
+
+    client = _GrowingObjectClient()
+    monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
+    monkeypatch.setattr(artifacts, "MAX_ARTIFACT_BYTES", 5000)
+    ref = artifacts.ArtifactRef(uri="s3://models/m/heads.safetensors", sha256="0" * 64)
+    with pytest.raises(ArtifactError, match="larger than 5000 bytes") as e:
+        artifacts.read_verified("m", "heads", ref)
+    assert e.value.problem == "refused"
+    assert client.ranges == ["bytes=0-5000"] and client.body.read_bytes == 5001
+
+
+def test_a_local_file_that_grew_after_its_size_check_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x" * 2000)
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: os.stat_result((0,) * 6 + (10,) + (0,) * 3)
+                        if str(p) == str(path) else real_stat(p, *a, **k))
+    with pytest.raises(MediaError) as e:
+        read_media(str(path), max_bytes=1000, kind="image", roots=(str(tmp_path),))
+    assert e.value.reason == "image_too_large"
+
+
+@pytest.mark.integration
+def test_bounded_s3_reads_on_a_real_server(tmp_path, monkeypatch):
+    """SeaweedFS honours the ranged GET: an object over the limit is refused having sent at most
+    max_bytes + 1 bytes (its HEAD faked small, as if it grew in between); exact and empty objects."""
+    from tests.s3_server import SeaweedS3
+
+    with SeaweedS3(tmp_path / "s3") as s3:
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        client = s3.client()
+        client.put_object(Bucket=s3.bucket, Key="m/big.jpg", Body=b"b" * 5000)
+        client.put_object(Bucket=s3.bucket, Key="m/exact.jpg", Body=b"e" * 1000)
+        client.put_object(Bucket=s3.bucket, Key="m/empty.jpg", Body=b"")
+        roots = (f"s3://{s3.bucket}/m",)
+        assert read_media(f"s3://{s3.bucket}/m/exact.jpg", max_bytes=1000, kind="image", roots=roots) == b"e" * 1000
+        with pytest.raises(MediaError) as e:
+            read_media(f"s3://{s3.bucket}/m/empty.jpg", max_bytes=1000, kind="image", roots=roots)
+        assert e.value.reason == "image_empty"
+
+        import boto3
+        from botocore.client import BaseClient
+
+        from moderation.media import get_bounded
+
+        assert get_bounded(client, s3.bucket, "m/empty.jpg", max_bytes=10) == b""
+        got = []
+        real_get = BaseClient._make_api_call
+
+        def small_head(self, operation, params):
+            answer = real_get(self, operation, params)
+            if operation == "HeadObject":
+                answer["ContentLength"] = 10
+            if operation == "GetObject":
+                got.append(answer["ContentLength"])
+            return answer
+
+        monkeypatch.setattr(BaseClient, "_make_api_call", small_head)
+        with pytest.raises(MediaError) as e:
+            read_media(f"s3://{s3.bucket}/m/big.jpg", max_bytes=1000, kind="image", roots=roots)
+        assert e.value.reason == "image_too_large" and got == [1001]
+        assert boto3  # the client read_media builds is a botocore BaseClient, patched above

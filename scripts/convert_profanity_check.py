@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
 import pickle
 import sys
 import zipfile
@@ -60,6 +61,11 @@ ALLOWED_GLOBALS = frozenset({
     ("sklearn.svm._classes", "LinearSVC"),
 })
 MAX_ARTIFACT_BYTES = 5_000_000
+#: The joblib whose source was read for this: its ``NumpyArrayWrapper.read_array`` unpickles an
+#: object array's nested stream with ``find_class`` routed through the outer unpickler (older
+#: releases called a bare ``pickle.load`` there, bypassing any allow-list: GHSA-m62q-453p-gv66).
+#: Pinned in pyproject.toml; ``check_unpickler`` also proves it on a crafted stream before use.
+JOBLIB_VERSION = "1.6.0"
 
 
 class SourceError(Exception):
@@ -80,6 +86,39 @@ def _restricted_unpickler_class():
             return super().find_class(module, name)
 
     return RestrictedUnpickler
+
+
+class _Canary:
+    """Reduces to a call of ``os.getpid`` (harmless), a global outside the allow-list."""
+
+    def __reduce__(self):
+        return (os.getpid, ())
+
+
+def check_unpickler() -> None:
+    """Refuse to unpickle anything unless joblib is the pinned version and the restricted
+    unpickler refuses a disallowed global both at the top of a stream and inside an object
+    array (joblib's nested pickle, which older joblib releases read with a bare ``pickle.load``).
+
+    Raises:
+        SourceError: another joblib, or a crafted stream that got past the allow-list.
+    """
+    import joblib
+    import numpy as np
+
+    if joblib.__version__ != JOBLIB_VERSION:
+        raise SourceError(f"joblib {joblib.__version__} is installed; this script was checked against joblib "
+                          f"{JOBLIB_VERSION} (pip install joblib=={JOBLIB_VERSION})")
+    array = np.empty(1, dtype=object)
+    array[0] = _Canary()
+    for what, obj in (("a global at the top of a stream", _Canary()), ("a global inside an object array", array)):
+        buffer = io.BytesIO()
+        joblib.dump(obj, buffer)
+        try:
+            restricted_joblib_loads(buffer.getvalue())
+        except pickle.UnpicklingError:
+            continue
+        raise SourceError(f"the restricted unpickler let {what} through; refusing to unpickle")
 
 
 def restricted_joblib_loads(data: bytes):
@@ -111,8 +150,9 @@ def load_source(directory: Path | None = None) -> tuple[object, object]:
 
     Raises:
         SourceError: a file is missing, has another digest, or references a global outside the
-            allow-list.
+            allow-list; or the unpickler fails :func:`check_unpickler`.
     """
+    check_unpickler()
     directory = directory or package_dir()
     objects = []
     for name, (rel, want) in SOURCE_SHA256.items():

@@ -83,3 +83,15 @@ def test_run_profile_rejects_unknown_keys(tmp_path):
     assert load_run_profile().actor_num_cpus < 2
     with pytest.raises(ConfigError, match="field 'num_actors'"):
         load_run_profile(_write(tmp_path, {"num_actors": 3}, "p.yaml"))
+
+
+def test_run_profile_max_error_share(tmp_path):
+    """Issue 15: the share of score_error pairs above which a scoring run fails."""
+    conf = Path(__file__).parents[1] / "conf" / "jobs"
+    assert load_run_profile().max_error_share == 0.01
+    for name in ("local.yaml", "cluster.yaml"):
+        assert load_run_profile(conf / name).max_error_share == 0.01
+    assert load_run_profile(_write(tmp_path, {"max_error_share": 0}, "p.yaml")).max_error_share == 0
+    for bad in (-0.1, 1.5, "some"):
+        with pytest.raises(ConfigError, match="field 'max_error_share'"):
+            load_run_profile(_write(tmp_path, {"max_error_share": bad}, "p.yaml"))

@@ -34,7 +34,7 @@ import sys
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from functools import cache, partial
+from functools import cache, lru_cache, partial
 from pathlib import Path
 from typing import Literal
 
@@ -438,7 +438,15 @@ def read_corpus(data_dir: Path | None, name: str) -> list[LabelledText]:
         ValueError: ``name`` is not in ``CORPORA`` (the message lists the valid names).
         FileNotFoundError: the corpus's files are not under ``data_dir / "text"``.
     """
-    return _corpus(name).read(default_data_dir() if data_dir is None else data_dir)
+    _corpus(name)
+    return list(_read_cached(name, str(Path(default_data_dir() if data_dir is None else data_dir).resolve())))
+
+
+@lru_cache(maxsize=32)
+def _read_cached(name: str, data_dir: str) -> tuple[LabelledText, ...]:
+    """One read of a corpus per process (rows are frozen): tests, evaluation and training read
+    the same corpora many times, and a read parses, normalises and splits every row."""
+    return tuple(CORPORA[name].read(Path(data_dir)))
 
 
 def read_all(
@@ -458,4 +466,4 @@ def read_all(
         names = [names]
     corpora = [_corpus(n) for n in (CORPORA if names is None else names)]
     data_dir = default_data_dir() if data_dir is None else data_dir
-    return [r for c in corpora if c.permissive or not permissive_only for r in c.read(data_dir)]
+    return [r for c in corpora if c.permissive or not permissive_only for r in read_corpus(data_dir, c.name)]

@@ -24,6 +24,7 @@ the units ``violations.evidence_start``/``evidence_end``/``evidence_unit`` use.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 import re
 import shutil
@@ -119,6 +120,17 @@ def speak(text: str, out: Path) -> None:
                    check=True, capture_output=True, timeout=60)
 
 
+@functools.lru_cache(maxsize=4)
+def _music_bed(music: str):
+    """``music`` decoded to 16 kHz mono once per process: a demo mixes dozens of clips over the
+    same few tracks, and decoding a whole track was most of the demo catalog's build time."""
+    from faster_whisper import decode_audio
+
+    bed = decode_audio(music)
+    bed.flags.writeable = False  # shared between callers
+    return bed
+
+
 def mix_over_music(speech_wav: Path, music: str, out: Path, *, music_gain: float = 0.3) -> None:
     """``speech_wav`` spoken over the start of ``music`` (looped if shorter), 16 kHz mono WAV:
     the way lyrics or a voice-over sit on a track."""
@@ -128,7 +140,7 @@ def mix_over_music(speech_wav: Path, music: str, out: Path, *, music_gain: float
     from faster_whisper import decode_audio  # PyAV: any container, resampled to 16 kHz mono
 
     speech = decode_audio(str(speech_wav))
-    bed = decode_audio(music)
+    bed = _music_bed(music)
     bed = np.tile(bed, int(np.ceil(len(speech) / max(1, len(bed))))) if len(bed) < len(speech) else bed
     mix = np.clip(speech + music_gain * bed[: len(speech)], -1.0, 1.0)
     with wave.open(str(out), "wb") as w:

@@ -60,8 +60,16 @@ def _image_probs(device: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def texts(data_dir) -> list[str]:
+    """320 held-out posts (240 HateXplain, 80 YouTube spam): the CUDA check scores them all."""
     posts = [r.text for r in read_hatexplain(data_dir, "test")[:240]]
     return posts + [r.text for r in read_youtube_spam(data_dir) if r.split == "test"][:80]
+
+
+@pytest.fixture(scope="module")
+def cpu_texts(texts) -> list[str]:
+    """Every fifth of them on CPU, whose float16 kernels are slow (6x float32 on this AVX2 CPU):
+    64 posts, 16 of them spam. The tolerance is per probability, so fewer posts lose no precision."""
+    return texts[::5]
 
 
 def _check_text(p32, p16, model_id: str = "text-minilm-heads-v1"):
@@ -75,13 +83,13 @@ def _check_text(p32, p16, model_id: str = "text-minilm-heads-v1"):
 
 
 @pytest.mark.parametrize("model_id", TEXT_MODELS)
-def test_text_heads_in_float16(texts, model_id):
-    _check_text(*_text_probs("cpu", texts, model_id), model_id)
+def test_text_heads_in_float16(cpu_texts, model_id):
+    _check_text(*_text_probs("cpu", cpu_texts, model_id), model_id)
 
 
-def test_multilingual_heads_stay_in_float32(texts):
+def test_multilingual_heads_stay_in_float32(cpu_texts):
     """text-muse-heads-v1 declines float16 (see MuseHeadsClassifier.to_half): same scores."""
-    p32, p16 = _text_probs("cpu", texts, "text-muse-heads-v1")
+    p32, p16 = _text_probs("cpu", cpu_texts, "text-muse-heads-v1")
     np.testing.assert_array_equal(p32, p16)
 
 

@@ -197,9 +197,11 @@ def multilingual_classifier(request):
     return clf
 
 
-# (corpus, category, language) -> ROC-AUC floor per model: the shipped heads on 400 rows of each
-# corpus's held-out test split, floors about 0.05 under what scripts/train_multilingual_heads.py
-# measured (model cards): a regression check per language with data, not a goal.
+# (corpus, category, language) -> ROC-AUC floor per model: the shipped heads on HELDOUT_ROWS rows
+# of each corpus's held-out test split (a fixed sample), floors about 0.05 under what
+# scripts/train_multilingual_heads.py measured (model cards): a regression check per language with
+# data, not a goal. The model cards and `moderation evaluate` report the full splits.
+HELDOUT_ROWS = 200
 HELDOUT_FLOORS = {
     ("hatexplain", "hate", "en"): {"text-muse-heads-v1": 0.78, "text-e5-ft-v1": 0.82},
     ("ftr_fr", "hate", "fr"): {"text-muse-heads-v1": 0.72, "text-e5-ft-v1": 0.79},
@@ -225,7 +227,7 @@ def test_multilingual_model_separates_categories_on_held_out_text(multilingual_c
     assert cats == ["hate", "harassment", "violence", "self_harm", "spam"]
     for (corpus, category, language), floors in HELDOUT_FLOORS.items():
         rows = [r for r in read_corpus(data_dir, corpus) if r.split == "test" and r.language == language]
-        rows = random.Random(0).sample(rows, min(400, len(rows)))
+        rows = random.Random(0).sample(rows, min(HELDOUT_ROWS, len(rows)))
         y = [r.categories[category] for r in rows]
         p = clf.predict_proba([normalize_text(r.text) for r in rows])[:, cats.index(category)]
         assert roc_auc_score(y, p) > floors[clf.spec.model_id], (clf.spec.model_id, corpus, category)

@@ -223,6 +223,7 @@ class Lake:
         from deltalake import CommitProperties, Transaction
 
         fenced = expect_previous is not ANY
+        # One more app transaction in the table's state per writer (a few per run), not per chunk.
         mine = f"{app_id}#{writer or uuid.uuid4().hex}" if fenced else None
         data = conform(rows, TABLE_SCHEMAS[table])
         txns = [Transaction(app_id=app_id, version=version)]

@@ -519,3 +519,29 @@ def test_violations_replaced_by_an_unrecorded_decide_are_refused(spark, tmp_path
     with pytest.raises(LakeError, match=r"P v1: decide decide-1 recorded 1 violations rows, violations version 1 "
                                         r"holds 0 of them"):
         run_report(lake.root, spark=spark)
+
+
+def test_report_of_real_decides_counts_each_versions_own_run(spark, tmp_path):
+    """moderation decide writes what the report joins on: its run id on every violations row and
+    the row count in runs. Two decides of v1 and one of v2: each version reports its newest
+    decide's rows, and the check of the pinned violations passes."""
+    from moderation.decide import run_decide
+    from tests.test_decide import scores as decide_scores
+    from tests.conftest import POLICY_V1, POLICY_V2
+
+    lake = Lake(str(tmp_path / "lake"))
+    lake.append_chunk("scores", decide_scores([
+        ("a", {"hate": 0.80, "harassment": 0.1, "spam": 0.1}, False, T0),  # v1 review, v2 violation
+        ("b", {"hate": 0.95, "harassment": 0.1, "spam": 0.1}, False, T0),
+        ("c", {"hate": 0.1, "harassment": 0.1, "spam": 0.2}, False, T0),
+    ]), app_id="t", version=0)
+    run_decide(lake_root=lake.root, policy_path=POLICY_V1, run_id="v1-first")
+    run_decide(lake_root=lake.root, policy_path=POLICY_V1, run_id="v1-second")
+    run_decide(lake_root=lake.root, policy_path=POLICY_V2, run_id="v2-only")
+
+    result = run_report(lake.root, spark=spark)
+
+    totals = {(r["policy_version"], r["category"]): (r["items"], r["violations"], r["reviews"])
+              for r in result.totals.to_pylist()}
+    assert totals[(1, "hate")] == (3, 1, 1) and totals[(2, "hate")] == (3, 2, 0)
+    assert result.versions == {"runs": 2, "violations": 2, "scores": 0, "removals": None, "diffs": None}

@@ -618,7 +618,10 @@ class ReportResult:
             )
             for r in self.totals.to_pylist()
         ]
-        return "\n".join([f"report: {self.violation_rates_uri}", *_text_table(header, lines, left=range(3)),
+        pins = ", ".join(f"{t} v{v}" for t, v in (self.versions or {}).items() if v is not None)
+        snapshot = [f"snapshot read: {pins}"] if pins else []
+        return "\n".join([f"report: {self.violation_rates_uri}", *snapshot,
+                          *_text_table(header, lines, left=range(3)),
                           *self._coverage_lines(), *self._diff_lines()])
 
     def _coverage_lines(self) -> list[str]:
@@ -729,6 +732,15 @@ def pin_snapshot(lake: Lake) -> Snapshot:
     return Snapshot(versions={t: lake.version(t) for t in PINNED_TABLES}, pinned_at=pinned_at)
 
 
+def read_pinned(spark: SparkSession, lake: Lake, table: str, snapshot: Snapshot) -> DataFrame:
+    """``table`` at its pinned version; empty (with its declared schema) when it did not exist at
+    the pin, even if it was created since."""
+    version = snapshot.versions[table]
+    if version is None:
+        return spark.createDataFrame([], spark_schema(TABLE_SCHEMAS[table]))
+    return read_snapshot(spark, lake, table, version=version)
+
+
 def _check_decided_rows(lake: Lake, snapshot: Snapshot, decides: list) -> list[str]:
     """Reported decides whose rows the pinned ``violations`` does not hold as they wrote them
     (the row count their runs row records; runs rows without one are not checked): a newer
@@ -736,8 +748,11 @@ def _check_decided_rows(lake: Lake, snapshot: Snapshot, decides: list) -> list[s
     expected = {r["run_id"]: r for r in decides if r["violation_rows"] is not None}
     if not expected:
         return []
-    run_ids = lake.read("violations", columns=["run_id"], filter=pc.field("run_id").isin(sorted(expected)),
-                        version=snapshot.versions["violations"]).column("run_id")
+    if snapshot.versions["violations"] is None:
+        run_ids = pa.chunked_array([], pa.string())
+    else:
+        run_ids = lake.read("violations", columns=["run_id"], filter=pc.field("run_id").isin(sorted(expected)),
+                            version=snapshot.versions["violations"]).column("run_id")
     found = {k: 0 for k in expected}
     for run_id, n in zip(*pc.value_counts(run_ids).flatten()):
         found[run_id.as_py()] = n.as_py()
@@ -754,9 +769,10 @@ def _pinned_decides(spark: SparkSession, lake: Lake) -> tuple[Snapshot, DataFram
     the pins of ``runs`` and ``violations``."""
     for attempt in range(1, PIN_ATTEMPTS + 1):
         snapshot = pin_snapshot(lake)
-        decides = latest_decides(read_snapshot(spark, lake, "runs", version=snapshot.versions["runs"])).cache()
+        decides = latest_decides(read_pinned(spark, lake, "runs", snapshot)).cache()
         rows = decides.select(*POLICY_KEYS, "run_id", "scores_version", "violation_rows").collect()
         if not rows:
+            decides.unpersist()
             raise LakeError(f"{lake.uri('runs')}: no succeeded decide run; run `moderation decide` first")
         torn = _check_decided_rows(lake, snapshot, rows)
         if not torn:
@@ -773,26 +789,27 @@ def _pinned_decides(spark: SparkSession, lake: Lake) -> tuple[Snapshot, DataFram
 
 def _report(spark: SparkSession, lake: Lake) -> ReportResult:
     snapshot, decides, keys = _pinned_decides(spark, lake)
-    unversioned = sorted(r["run_id"] for r in keys if r["scores_version"] is None)
-    if unversioned:
-        raise LakeError(f"{lake.uri('runs')}: decide runs {unversioned} record no scores_version")
     pinned = snapshot.versions
-    scores = _scores_at(spark, lake, versions=sorted({r["scores_version"] for r in keys}))
-    violations = read_snapshot(spark, lake, "violations", version=pinned["violations"])
-    removals = None if pinned["removals"] is None else read_snapshot(spark, lake, "removals",
-                                                                     version=pinned["removals"])
-    covered = population(scores, decides, removals).cache()
     try:
-        rates = _collect(violation_rates(violations, covered, decides), VIOLATION_RATES_SCHEMA)
-        totals = _collect(category_totals(violations, covered, decides), CATEGORY_TOTALS_SCHEMA)
-        by_category = _collect(violations_by_category(violations, decides), VIOLATIONS_BY_CATEGORY_SCHEMA)
-        read = _collect(scoring_coverage(scores, decides, removals), COVERAGE_SCHEMA)
+        unversioned = sorted(r["run_id"] for r in keys if r["scores_version"] is None)
+        if unversioned:
+            raise LakeError(f"{lake.uri('runs')}: decide runs {unversioned} record no scores_version")
+        scores = _scores_at(spark, lake, versions=sorted({r["scores_version"] for r in keys}))
+        violations = read_pinned(spark, lake, "violations", snapshot)
+        removals = None if pinned["removals"] is None else read_pinned(spark, lake, "removals", snapshot)
+        covered = population(scores, decides, removals).cache()
+        try:
+            rates = _collect(violation_rates(violations, covered, decides), VIOLATION_RATES_SCHEMA)
+            totals = _collect(category_totals(violations, covered, decides), CATEGORY_TOTALS_SCHEMA)
+            by_category = _collect(violations_by_category(violations, decides), VIOLATIONS_BY_CATEGORY_SCHEMA)
+            read = _collect(scoring_coverage(scores, decides, removals), COVERAGE_SCHEMA)
+        finally:
+            covered.unpersist()
     finally:
-        covered.unpersist()
         decides.unpersist()
     diff_summary_uri = diff_totals_table = summary = None
     if pinned["diffs"] is not None:
-        diffs = read_snapshot(spark, lake, "diffs", version=pinned["diffs"])
+        diffs = read_pinned(spark, lake, "diffs", snapshot)
         summary = _collect(diff_summary(diffs), DIFF_SUMMARY_SCHEMA)
         diff_totals_table = _collect(diff_totals(diffs), DIFF_TOTALS_SCHEMA)
     rates_uri = _overwrite(lake, "violation_rates", rates)

@@ -486,6 +486,7 @@ def test_a_decide_committing_during_the_report_changes_nothing_in_it(spark, tmp_
     snapshot = DeltaTable(during.snapshot_uri).to_pyarrow_table()
     assert during.snapshot_uri == lake.uri("reports/snapshot")
     assert {r["table_name"]: r["version"] for r in snapshot.to_pylist()} == during.versions
+    assert "snapshot read: runs v0, violations v0, scores v0" in during.summary()
 
 
 def test_a_decide_committing_between_the_pins_is_pinned_again(spark, tmp_path, monkeypatch):

@@ -268,10 +268,11 @@ def cdf_item_ids(snapshot: CatalogSnapshot, since_version: int) -> tuple[pa.Arra
         changes = pa.table(reader.read_all())
     except Exception as e:  # noqa: BLE001 - versions vacuumed, feed enabled later, column mapping, ...
         return None, f"the change data feed from version {since_version + 1} cannot be read ({e})"
-    ids = changes.column(id_col)
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-        ids = ids.cast(pa.string())
-    return pc.unique(ids.combine_chunks().cast(pa.string()).drop_null()), ""
+    from moderation.catalog import _id_to_string, utf8_sanitize
+
+    # As the catalog reads ids (decimal digits, binary as UTF-8); an id not UTF-8 is never selected.
+    ids, _ = utf8_sanitize(_id_to_string(changes.column(id_col).combine_chunks()))
+    return pc.unique(ids.drop_null()), ""
 
 
 # --------------------------------------------------------------------------------------

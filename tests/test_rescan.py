@@ -265,3 +265,21 @@ def test_a_past_run_is_reproduced_from_its_runs_row(env, tmp_path):
     for item, r in old.items():
         assert new[item]["content_hash"] == r["content_hash"]
         assert dict(new[item]["category_scores"]) == pytest.approx(dict(r["category_scores"]), abs=1e-4)
+
+
+@pytest.mark.parametrize("ids, want", [
+    (pa.array([b"a1", b"\xff\xfe", b"c3"], pa.binary()), ["a1", "c3"]),  # not UTF-8: never selected
+    (pa.array([10**37, -5, 7], pa.decimal128(38, 0)), ["10000000000000000000000000000000000000", "-5", "7"]),
+])
+def test_change_feed_ids_read_like_the_catalog_reads_them(tmp_path, ids, want):
+    """The change data feed's ids become the strings the catalog's rows carry (binary as UTF-8,
+    decimal digits), and a binary id that is not UTF-8 does not fail the re-scan's planning."""
+    from moderation.catalog import open_catalog
+    from moderation.rescan import cdf_item_ids
+
+    uri = str(tmp_path / "catalog")
+    write_deltalake(uri, pa.table({"item_id": ids.slice(0, 1), "title": ["x"]}),
+                    configuration={"delta.enableChangeDataFeed": "true"})
+    write_deltalake(uri, pa.table({"item_id": ids.slice(1), "title": ["y", "z"]}), mode="append")
+    got, why = cdf_item_ids(open_catalog(uri), 0)
+    assert why == "" and sorted(got.to_pylist()) == sorted(want[1:])

@@ -749,12 +749,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     except Exception as e:  # a store failing outside a run (opening the lake, a decide's read, ...)
-        from moderation.errors import is_storage_failure, one_line
+        from moderation.errors import is_storage_failure, moderation_cause, one_line
 
-        if not is_storage_failure(e):
+        if is_storage_failure(e):
+            print(f"error: storage failed: {one_line(e)}", file=sys.stderr)
+            code = 3
+        elif (cause := moderation_cause(e)) is not None:  # e.g. an actor refused an artifact, inside Ray
+            print(f"error: {one_line(cause, 2000)} (raised inside {type(e).__name__})", file=sys.stderr)
+            code = getattr(cause, "exit_code", 2)
+        else:
             raise
-        print(f"error: storage failed: {one_line(e)}", file=sys.stderr)
-        code = 3
     _exit(code)
 
 

@@ -124,3 +124,41 @@ def storage_boundary(what: str, *, hint: str = "run the same command again") -> 
 def one_line(error: BaseException, limit: int = 500) -> str:
     """An exception's text on one line, without the ANSI colours delta-rs puts in it."""
     return re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(error).split()))[:limit]
+
+
+#: ``Name: message`` lines of a traceback as Ray prints an actor's creation error into the text
+#: of the ``ActorDiedError`` it raises in the driver (the original exception object is not kept).
+_TRACEBACK_CAUSE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Failed)): (.+)$", re.M)
+
+
+def _moderation_errors() -> dict[str, type[ModerationError]]:
+    out, todo = {}, [ModerationError]
+    while todo:
+        cls = todo.pop()
+        out[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+def moderation_cause(error: BaseException) -> ModerationError | None:
+    """The ``ModerationError`` behind ``error`` when Ray (or a chain of ``raise … from``)
+    wrapped one: a scoring actor refusing a tampered artifact surfaces in the driver as Ray's
+    ``RayTaskError`` (the cause kept as ``.cause``) or ``ActorDiedError`` (only its traceback's
+    text kept: the last ``SomeError: message`` line naming one of this module's classes is
+    rebuilt). None when no such cause is found: the error is a bug, not the user's to act on."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ModerationError):
+            return e
+        cause = getattr(e, "cause", None)
+        todo += [e.__cause__, e.__context__, cause if isinstance(cause, BaseException) else None]
+    known = _moderation_errors()
+    for name, message in reversed(_TRACEBACK_CAUSE.findall(re.sub(r"\x1b\[[0-9;]*m", "", str(error)))):
+        if name in known:
+            return known[name](message.strip())
+    return None

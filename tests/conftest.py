@@ -22,6 +22,23 @@ if "MODERATION_ARTIFACT_CACHE" not in os.environ:
     os.environ["MODERATION_ARTIFACT_CACHE"] = _cache = tempfile.mkdtemp(prefix="moderation-artifacts-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
+#: The suite runs on two pytest-xdist workers, a file at a time (``-n 2 --dist loadfile``, see the
+#: README), and the files are handed out in collection order: the slowest first, so the workers
+#: finish together instead of one starting the multi-node test as the other runs out of work.
+#: Order only: every file runs, and a file not listed keeps its place after these.
+SLOWEST_FILES = (
+    "test_multinode.py", "test_s3_backfill.py", "test_backfill_integration.py", "test_resume_faults.py",
+    "test_text_classifier.py", "test_reporting.py", "test_audio_classifier.py", "test_secrets.py",
+    "test_rescan.py", "test_demo.py", "test_concurrency.py", "test_long_form.py", "test_long_text.py",
+    "test_corpora.py", "test_half_precision.py", "test_evaluation.py", "test_lease.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+
+
 POLICY_V1 = default_conf_dir() / "policies" / "catalog-safety" / "v1.yaml"
 POLICY_V2 = default_conf_dir() / "policies" / "catalog-safety" / "v2.yaml"
 

@@ -289,6 +289,10 @@ def build_classifier(spec: ModelSpec, *, batch_size: int = 64, context: RunConte
         from moderation.classifiers.audio import SpeechTextClassifier
 
         return SpeechTextClassifier(spec, batch_size=batch_size, context=context)
+    if spec.kind == "benchmark_null":  # only loadable after benchmark.register() (config.ModelSpec)
+        from moderation.classifiers.benchmark import NullClassifier
+
+        return NullClassifier(spec, batch_size=batch_size, context=context)
     if spec.kind == "profanity_check":
         from moderation.classifiers.lexical import ProfanityCheckClassifier
 

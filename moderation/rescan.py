@@ -197,7 +197,11 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
             "retry": False,
         }))
     if versions.get("quarantine") is not None:
-        q = lake.read("quarantine", version=versions["quarantine"], filter=flt() & pc.field("item_id").is_valid())
+        # Only the columns the baseline needs (``content_hash`` exists in lakes written since it was added).
+        have = set(lake.open("quarantine", version=versions["quarantine"]).schema().to_arrow().names)
+        q = lake.read("quarantine", version=versions["quarantine"], filter=flt() & pc.field("item_id").is_valid(),
+                      columns=[c for c in ("item_id", "modality", "model_id", "run_id", "stage", "reason",
+                                           "content_hash", "quarantined_at") if c in have])
         qd = q.to_pandas()
         if "content_hash" not in qd.columns:
             qd["content_hash"] = None

@@ -2,7 +2,7 @@
 
 A thin layer over the pure stages: ``to_work_rows`` and ``Classifier.preprocess`` run as
 Ray tasks, ``Classifier.process_batch`` runs in an actor pool whose actors load the model
-once. The driver consumes the scored batches as they stream out (see backfill.py).
+once. The driver consumes the scored batches as they stream out (see scoring/run.py).
 """
 
 from __future__ import annotations

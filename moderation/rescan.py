@@ -59,13 +59,14 @@ from moderation.config import ModelSpec
 from moderation.errors import ModerationError
 from moderation.lake import Lake, storage_options
 from moderation.schemas import REMOVALS_SCHEMA
+from moderation.scoring.plan import CHANGE_SOURCES, ChangeSource, ScoringPlan, ScoringRequest, ScoringResult
+from moderation.scoring.run import PreparedRun, execute
 from moderation.selection import SCAN_ROWS, PreludeRow, Selection, _usable_id_mask
 
 log = logging.getLogger(__name__)
 
 #: The lake tables a re-scan compares with (their versions are pinned in ``runs``).
 BASELINE_TABLES = ("scores", "quarantine", "removals")
-ChangeSource = str  # "auto" | "cdf" | "anti_join"
 
 
 @dataclass
@@ -196,7 +197,11 @@ def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[Mode
             "retry": False,
         }))
     if versions.get("quarantine") is not None:
-        q = lake.read("quarantine", version=versions["quarantine"], filter=flt() & pc.field("item_id").is_valid())
+        # Only the columns the baseline needs (``content_hash`` exists in lakes written since it was added).
+        have = set(lake.open("quarantine", version=versions["quarantine"]).schema().to_arrow().names)
+        q = lake.read("quarantine", version=versions["quarantine"], filter=flt() & pc.field("item_id").is_valid(),
+                      columns=[c for c in ("item_id", "modality", "model_id", "run_id", "stage", "reason",
+                                           "content_hash", "quarantined_at") if c in have])
         qd = q.to_pandas()
         if "content_hash" not in qd.columns:
             qd["content_hash"] = None
@@ -496,6 +501,27 @@ def plan_rescan(
     )
 
 
+def plan_rescan_run(prepared: PreparedRun) -> ScoringPlan:
+    """The ``ScoringPlan`` of a re-scan run: ``plan_rescan`` against the baseline versions the run
+    pins (a resume: those its ``runs`` row recorded, with its change source), so a killed re-scan
+    resumes with exactly the same selection. A new re-scan that finds nothing to score or remove
+    is planned as ``write_nothing``."""
+    existing, request = prepared.existing, prepared.request
+    versions = decode_versions(existing.get("baseline_versions")) if existing else pinned_versions(prepared.lake)
+    models = list(prepared.models)
+    plan = plan_rescan(prepared.snapshot, models, prepared.lake, context=prepared.context, versions=versions,
+                       exclude_run=prepared.run_id,
+                       change_source=(existing.get("change_source") if existing else None) or request.change_source)
+    return ScoringPlan(
+        kind="rescan", models=prepared.models, selections=plan.selections, snapshot=prepared.snapshot,
+        removals=plan.removals, where_expr=prepared.where, item_limit=prepared.limit,
+        change_source=plan.change_source, baseline_run_id=plan.baseline_run_id,
+        baseline_versions=tuple(encode_versions(versions)), unchanged_pairs=plan.unchanged_pairs,
+        notes=tuple(plan.notes),
+        write_nothing=existing is None and plan.selected(models) == 0 and plan.removed_pairs == 0,
+    )
+
+
 def run_rescan(
     *,
     catalog_uri: str,
@@ -510,9 +536,10 @@ def run_rescan(
     media_roots: list[str] | None = None,
     progress: bool = True,
     force: bool = False,
-):
+) -> ScoringResult:
     """Score only the pairs that changed since the last successful run (see the module
-    docstring); record removed pairs. Same resume and exactly-once guarantees as a backfill.
+    docstring); record removed pairs. Same resume and exactly-once guarantees as a backfill
+    (the same ``run_scoring`` runs the plan).
 
     Args:
         change_source: ``auto`` (the change data feed when usable, else the content-hash
@@ -520,14 +547,13 @@ def run_rescan(
         force: go on when the evaluation gate blocks the policy version (recorded in ``runs``).
 
     Returns:
-        A ``BackfillResult`` with ``kind='rescan'`` (``nothing_changed`` when nothing was written).
+        A ``ScoringResult`` with ``kind='rescan'`` (``nothing_changed`` when nothing was written).
     """
-    from moderation.backfill import run_scoring
-
-    if change_source not in ("auto", "cdf", "anti_join"):
+    if change_source not in CHANGE_SOURCES:
         raise ModerationError(f"--change-source {change_source!r}: expected auto, cdf or anti_join")
-    return run_scoring(
-        kind="rescan", catalog_uri=catalog_uri, lake_root=lake_root, policy_path=policy_path, run_id=run_id,
-        ray_address=ray_address, profile_path=profile_path, models_dir=models_dir, column_map=column_map,
-        media_roots=media_roots, progress=progress, change_source=change_source, force=force,
+    request = ScoringRequest(
+        catalog_uri=catalog_uri, lake_root=lake_root, policy_path=policy_path, run_id=run_id,
+        change_source=change_source, ray_address=ray_address, profile_path=profile_path, models_dir=models_dir,
+        column_map=column_map, media_roots=media_roots, progress=progress, force=force,
     )
+    return execute(request, kind="rescan", planner=plan_rescan_run)

@@ -221,19 +221,19 @@ def test_profile_flag_selects_the_cluster_profile(command, tmp_path, monkeypatch
     """--profile reaches the run and is the profile it runs with (stopped right after loading it)."""
     from typer.testing import CliRunner
 
-    import moderation.backfill
+    import moderation.scoring.run
 
     class Loaded(ModerationError):
         pass
 
-    real = moderation.backfill.load_run_profile
+    real = moderation.scoring.run.load_run_profile
     seen = []
 
     def load(path=None):
         seen.append((path, real(path)))
         raise Loaded("profile loaded")
 
-    monkeypatch.setattr(moderation.backfill, "load_run_profile", load)
+    monkeypatch.setattr(moderation.scoring.run, "load_run_profile", load)
     r = CliRunner().invoke(app, [command, "--catalog", str(tmp_path / "catalog"), "--lake", str(tmp_path / "lake"),
                                  "--policy", str(default_conf_dir() / "policies/catalog-safety/v1.yaml"),
                                  "--profile", str(CLUSTER_PROFILE)])

@@ -165,10 +165,10 @@ def _down(*_a, **_k):
 
 def test_a_store_failure_in_the_accounting_is_a_resumable_storage_error(tmp_path, model, monkeypatch):
     """The flaky half of test_s3_outage_mid_run...: an outage striking the accounting count."""
-    import moderation.backfill as backfill
+    import moderation.scoring.run as scoring_run
 
     catalog, lake = _catalog(tmp_path / "catalog"), Lake(str(tmp_path / "lake"))
-    monkeypatch.setattr(backfill, "run_accounting", _down)
+    monkeypatch.setattr(scoring_run, "run_accounting", _down)
     with pytest.raises(StorageError, match=r"^run r1: storage failed: External error: .*Object Store error.*"
                                            r"run the same command again \(same --run-id\) to resume"):
         run_backfill(catalog_uri=catalog, lake_root=lake.root, policy_path=POLICY_V1, run_id="r1",

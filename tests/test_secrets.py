@@ -42,7 +42,7 @@ from tests.conftest import POLICY_V1
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 ROOT = Path(__file__).resolve().parents[1]
-ITEMS = 30
+ITEMS = 12
 S3_BUCKET = "leak-test-bucket"
 
 LOG4J2_DEBUG = """\

@@ -121,14 +121,26 @@ def storage_boundary(what: str, *, hint: str = "run the same command again") -> 
         raise StorageError(f"{what}: storage failed: {one_line(e)}; {hint}") from e
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: ``Name: message`` lines of a traceback, as Ray prints a task's or an actor's error into the
+#: text of the error it raises in the driver (an ``ActorDiedError`` keeps no exception object).
+_TRACEBACK_CAUSE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Failed)): (.+)$", re.M)
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without the terminal colour codes delta-rs and Ray put in their messages."""
+    return _ANSI.sub("", text)
+
+
+def traceback_causes(text: str) -> list[tuple[str, str]]:
+    """The (class name, message) of every ``SomeError: message`` line in ``text``, in order:
+    the last is the root cause of a traceback Ray wrapped."""
+    return _TRACEBACK_CAUSE.findall(strip_ansi(text))
+
+
 def one_line(error: BaseException, limit: int = 500) -> str:
-    """An exception's text on one line, without the ANSI colours delta-rs puts in it."""
-    return re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(error).split()))[:limit]
-
-
-#: ``Name: message`` lines of a traceback as Ray prints an actor's creation error into the text
-#: of the ``ActorDiedError`` it raises in the driver (the original exception object is not kept).
-_TRACEBACK_CAUSE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Failed)): (.+)$", re.M)
+    """An exception's text on one line, without terminal colour codes."""
+    return strip_ansi(" ".join(str(error).split()))[:limit]
 
 
 def _moderation_errors() -> dict[str, type[ModerationError]]:
@@ -158,7 +170,7 @@ def moderation_cause(error: BaseException) -> ModerationError | None:
         cause = getattr(e, "cause", None)
         todo += [e.__cause__, e.__context__, cause if isinstance(cause, BaseException) else None]
     known = _moderation_errors()
-    for name, message in reversed(_TRACEBACK_CAUSE.findall(re.sub(r"\x1b\[[0-9;]*m", "", str(error)))):
+    for name, message in reversed(traceback_causes(str(error))):
         if name in known:
             return known[name](message.strip())
     return None

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -462,17 +461,14 @@ def run_scoring(prepared: PreparedRun, plan: ScoringPlan) -> ScoringResult:
     )
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-#: The last "SomeError: message" line of a traceback Ray wraps in its own error.
-_CAUSE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", re.M)
-
-
 def error_text(error: BaseException, limit: int = 2000) -> str:
     """``runs.error`` for a failed run: the exception's class and message, led by the root cause
     when Ray wrapped it (an actor's traceback can run past the limit before it names its error),
     without terminal colour codes."""
-    text = _ANSI.sub("", f"{type(error).__name__}: {error}")
-    causes = _CAUSE.findall(text)
+    from moderation.errors import strip_ansi, traceback_causes
+
+    text = strip_ansi(f"{type(error).__name__}: {error}")
+    causes = traceback_causes(text)
     if causes and causes[-1][0] != type(error).__name__:
         text = f"{causes[-1][0]}: {causes[-1][1]} (raised inside {type(error).__name__}) | {text}"
     return text[:limit]

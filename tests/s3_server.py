@@ -13,6 +13,7 @@ are SigV4-authenticated against a fake key pair, so clients need the AWS variabl
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import importlib.metadata
 import json
@@ -172,3 +173,15 @@ class SeaweedS3:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def serving(root: Path):
+    """A ``SeaweedS3`` under ``root`` whose endpoint and keys are in this process's environment
+    for the block (boto3, delta-rs and spawned processes read them from there), then stopped."""
+    import pytest
+
+    with SeaweedS3(root) as server, pytest.MonkeyPatch.context() as mp:
+        for key, value in server.env.items():
+            mp.setenv(key, value)
+        yield server

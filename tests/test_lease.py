@@ -19,16 +19,14 @@ import uuid
 import pytest
 
 from moderation.lease import LeaseHeld, LeaseUnsupported, RunLease, _Holder
-from tests.s3_server import SeaweedS3
+from tests.s3_server import serving
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    with SeaweedS3(tmp_path_factory.mktemp("seaweed-lease")) as server, pytest.MonkeyPatch.context() as mp:
-        for key, value in server.env.items():  # boto3 and the spawned processes read these
-            mp.setenv(key, value)
+    with serving(tmp_path_factory.mktemp("seaweed-lease")) as server:
         yield server
 
 

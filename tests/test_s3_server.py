@@ -16,16 +16,14 @@ import time
 import pyarrow as pa
 import pytest
 
-from tests.s3_server import DELTA_S3_BOUNDED_RETRY_OPTIONS, DELTA_S3_OPTIONS, SeaweedS3
+from tests.s3_server import DELTA_S3_BOUNDED_RETRY_OPTIONS, DELTA_S3_OPTIONS, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server, pytest.MonkeyPatch.context() as mp:
-        for key, value in server.env.items():  # credentials reach every client only through env
-            mp.setenv(key, value)
+    with serving(tmp_path_factory.mktemp("seaweed")) as server:
         yield server
 
 

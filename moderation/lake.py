@@ -132,6 +132,14 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
+def file_stats(data: pa.Table) -> dict:
+    """Delta ``stats`` of one data file: its row count only. Min/max of some columns would let
+    readers skip files, but delta-rs' ``to_pyarrow_dataset`` (1.6) reads a column missing from
+    ``minValues`` as all-null and prunes the file for any filter on it: stats must cover every
+    column or none."""
+    return {"numRecords": data.num_rows}
+
+
 @dataclass(frozen=True)
 class Lake:
     """Handle on the lake root. Cheap and picklable."""
@@ -189,11 +197,23 @@ class Lake:
         self, table: TableName, rows: pa.Table, *, app_id: str, version: int, expect_previous: int | None | object = ANY,
         writer: str | None = None,
     ) -> bool:
-        """Append ``rows`` in one commit tagged (app_id, version), unless already committed.
+        """Append ``rows`` in one commit tagged (app_id, version), unless already committed
+        (``append_files`` with the rows written as one data file first; same arguments, same
+        result)."""
+        return self._append(table, app_id=app_id, version=version, expect_previous=expect_previous, writer=writer,
+                            data=conform(rows, TABLE_SCHEMAS[table]))
 
-        Two phases: the data file is written into the table folder, then one Delta commit adds
-        it with the app transaction. A process killed between them leaves an unreferenced
-        file, which no reader sees. The app transaction version is checked before every
+    def append_files(
+        self, table: TableName, adds: list, *, app_id: str, version: int, expect_previous: int | None | object = ANY,
+        writer: str | None = None,
+    ) -> bool:
+        """Commit data files already written into the table folder (``write_data_file``: by the
+        Ray write tasks, see pipeline.write_results) in one commit tagged (app_id, version),
+        unless already committed. A table not created yet is created empty first.
+
+        Two phases: the data files are written into the table folder, then one Delta commit adds
+        them with the app transaction. A process killed between them leaves unreferenced
+        files, which no reader sees. The app transaction version is checked before every
         commit attempt (delta-rs records but does not skip duplicates); a CommitFailedError
         (another writer committed the same app id, or the store failed) is handled by
         reloading and checking again, with bounded exponential backoff.
@@ -218,6 +238,12 @@ class Lake:
         Raises:
             ChunkFenced: ``expect_previous`` was given and the table holds another version.
         """
+        return self._append(table, app_id=app_id, version=version, expect_previous=expect_previous, writer=writer,
+                            adds=list(adds))
+
+    def _append(self, table: TableName, *, app_id: str, version: int, expect_previous: int | None | object,
+                writer: str | None, data: pa.Table | None = None, adds: list | None = None) -> bool:
+        """``append_chunk`` (``data``) or ``append_files`` (``adds``)."""
         import uuid
 
         from deltalake import CommitProperties, Transaction
@@ -225,12 +251,10 @@ class Lake:
         fenced = expect_previous is not ANY
         # One more app transaction in the table's state per writer (a few per run), not per chunk.
         mine = f"{app_id}#{writer or uuid.uuid4().hex}" if fenced else None
-        data = conform(rows, TABLE_SCHEMAS[table])
         txns = [Transaction(app_id=app_id, version=version)]
         if mine is not None:
             txns.append(Transaction(app_id=mine, version=version))
         props = CommitProperties(app_transactions=txns)
-        add = None
         # OSError too: a commit can fail on the wire after it landed; the check above it tells.
         for attempt in _commit_retrying(OSError):
             with attempt:
@@ -238,8 +262,10 @@ class Lake:
                 if dt is None:
                     if fenced and expect_previous is not None:
                         raise ChunkFenced(self._fenced_message(table, app_id, version, None, expect_previous))
-                    self._create(table, data, commit_properties=props)
-                    return True
+                    if data is not None:
+                        self._create(table, data, commit_properties=props)
+                        return True
+                    dt = self._create_empty(table)
                 committed = dt.transaction_version(app_id)
                 if fenced:
                     # The fence comes before the "already committed" skip: a chunk number another
@@ -254,10 +280,10 @@ class Lake:
                     log.info("skip %s chunk %s/%d: already committed", table, app_id, version)
                     return False
                 _evolve(dt, TABLE_SCHEMAS[table])
-                if add is None:
-                    add = self._write_data_file(table, data)
+                if adds is None:
+                    adds = [self.write_data_file(table, data)]
                 fault_point("before_commit")
-                dt.create_write_transaction([add], mode="append", schema=TABLE_SCHEMAS[table], commit_properties=props)
+                dt.create_write_transaction(adds, mode="append", schema=TABLE_SCHEMAS[table], commit_properties=props)
                 fault_point("after_commit")
                 return True
         raise AssertionError("unreachable")
@@ -273,8 +299,10 @@ class Lake:
             f"are not written, so the run that goes on (or the same command run again) scores them"
         )
 
-    def _write_data_file(self, table: str, data: pa.Table):
-        """Write ``data`` as one new Parquet file in the table folder; its Delta add action."""
+    def write_data_file(self, table: TableName, rows: pa.Table):
+        """Write ``rows`` (conformed to the table's schema) as one new Parquet file in the table
+        folder, committing nothing; its Delta add action, for ``append_files``. Safe in any
+        process that can reach the lake (a Ray worker): a file never committed is never read."""
         import json
         import time
         import uuid
@@ -282,12 +310,27 @@ class Lake:
         import pyarrow.parquet as pq
         from deltalake.transaction import AddAction
 
+        data = conform(rows, TABLE_SCHEMAS[table])
         name = f"part-00000-{uuid.uuid4()}-c000.zstd.parquet"
         fs, path = arrow_filesystem(join_uri(self.uri(table), name))
+        if fs is None:  # a local table not created yet (its first chunk): the folder comes first
+            os.makedirs(os.path.dirname(path), exist_ok=True)
         pq.write_table(data, path, filesystem=fs, compression="zstd")
         size = fs.get_file_info(path).size if fs is not None else os.stat(path).st_size
         return AddAction(path=name, size=size, partition_values={}, modification_time=int(time.time() * 1000),
-                         data_change=True, stats=json.dumps({"numRecords": data.num_rows}))
+                         data_change=True, stats=json.dumps(file_stats(data)))
+
+    def _create_empty(self, table: TableName):
+        """Create ``table`` with no rows (its schema only), or open it when another writer just did."""
+        from deltalake import DeltaTable
+
+        try:
+            return DeltaTable.create(self.uri(table), schema=TABLE_SCHEMAS[table], mode="ignore",
+                                     storage_options=self.options)
+        except Exception as e:  # noqa: BLE001 - another writer may have created it
+            if self.exists(table):
+                raise _TableCreated() from e
+            raise
 
     def _create(self, table: str, data: pa.Table, **kwargs) -> None:
         """The first write of ``table``. When another writer created it at the same moment, raise

@@ -12,8 +12,14 @@ scheme) is refused before anything is opened: ``{kind}_outside_roots``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Callable, Hashable, Iterator
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
+
+T = TypeVar("T")
 
 
 class MediaError(Exception):
@@ -26,6 +32,43 @@ class MediaError(Exception):
         #: The bytes, when they were read before the item proved unusable (it cannot be
         #: decoded): its content hash is theirs, as for a usable item.
         self.data: bytes | None = None
+
+
+#: The reads (and decodes) of the innermost ``shared_reads`` block, by key; None outside one.
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("moderation_shared_reads", default=None)
+
+
+@contextlib.contextmanager
+def shared_reads() -> Iterator[None]:
+    """Inside this block each media item is read, and each cover decoded, once, however many
+    classifiers ask for it: a modality's models prepare the same rows in one block (see
+    ``pipeline.prepare_batch``), so a cover is fetched and decoded once for open_nsfw, OCR and
+    PDQ. The cache lives only as long as the block (the caller keeps blocks small: a few rows).
+    Callers must not modify what they get (Pillow's operations return new images)."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def shared(key: Hashable, compute: Callable[[], T]) -> T:
+    """``compute()``, or inside ``shared_reads`` the value (or ``MediaError``) it gave for ``key``."""
+    cache = _SHARED.get()
+    if cache is None:
+        return compute()
+    if key in cache:
+        value = cache[key]
+        if isinstance(value, MediaError):
+            raise value
+        return value
+    try:
+        value = compute()
+    except MediaError as e:
+        cache[key] = e
+        raise
+    cache[key] = value
+    return value
 
 
 def check_root(uri: str, roots: tuple[str, ...] | None, *, kind: str) -> str:
@@ -70,6 +113,10 @@ def read_media(uri: str, *, max_bytes: int, kind: str, roots: tuple[str, ...] | 
             file/object), ``{kind}_empty`` (zero bytes), ``{kind}_too_large`` (over
             ``max_bytes``), ``{kind}_unreadable`` (I/O error).
     """
+    return shared(("read", uri, max_bytes, kind, roots), lambda: _read(uri, max_bytes=max_bytes, kind=kind, roots=roots))
+
+
+def _read(uri: str, *, max_bytes: int, kind: str, roots: tuple[str, ...] | None) -> bytes:
     path = check_root(uri, roots, kind=kind)
     if path.startswith("s3://"):
         return _read_s3(uri, max_bytes=max_bytes, kind=kind)

@@ -1,8 +1,12 @@
-"""Ray Data adapter: catalog snapshot -> preprocess (CPU tasks) -> score (actor pool).
+"""Ray Data adapter: one job per modality of a run (a ``ModalityPass``), catalog snapshot ->
+read -> prepare (CPU tasks) -> score (actor pool) -> write (CPU tasks).
 
-A thin layer over the pure stages: ``to_work_rows`` and ``Classifier.preprocess`` run as
-Ray tasks, ``Classifier.process_batch`` runs in an actor pool whose actors load the model
-once. The driver consumes the scored batches as they stream out (see scoring/run.py).
+A thin layer over the pure stages: ``Selection.mask`` in the read tasks; ``to_work_rows`` and
+``Classifier.prepare`` of every model of the modality in the prepare tasks (each cover or clip
+read and decoded once, ``media.shared_reads``); ``Classifier.process_batch`` in an actor pool
+whose actors load all the modality's models once; ``results.written_files`` in the write tasks,
+which put the ``scores`` / ``quarantine`` Parquet files straight into the lake. The driver gets
+only the files' metadata and commits them (scoring/run.py): scored rows never pass through it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from moderation.catalog import CatalogSnapshot, to_work_rows
 from moderation.classifiers.base import RunContext
 from moderation.config import ModelSpec, RunProfile
 from moderation.errors import ClusterError, one_line
+from moderation.results import MODEL_COLUMN
 from moderation.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -120,30 +125,129 @@ def plan_placement(profile: RunProfile, cluster: dict[str, float], *, uses_gpu: 
     return Placement(device="cpu", actors=actors, num_cpus=num_cpus, num_gpus=0.0)
 
 
-def read_files(batch: dict, *, snapshot: CatalogSnapshot, selection: Selection, modality: str,
-               skip_ids: pa.Array | None, batch_rows: int) -> Iterator[pa.Table]:
-    """Ray read task body: data files of the snapshot (by index) -> the catalog rows the run
-    streams for ``modality`` (see ``Selection.filter``), in bounded batches."""
+#: Prefix of the read stage's per-model boolean columns: whether that model scores the row.
+WANT_PREFIX = "__want__"
+#: Rows of a media batch prepared under one ``media.shared_reads`` block (their bytes and
+#: decoded covers are kept until the block ends).
+SHARED_DECODE_ROWS = 8
+
+
+@dataclass(frozen=True)
+class ModalityPass:
+    """One Ray Data job of a run: every model of one modality over the catalog rows any of them
+    scores, each row read and decoded once (issue 16). Picklable; travels to every stage.
+
+    Attributes:
+        selections: model id -> the model's ``Selection``.
+        skip_ids: model id -> the item ids already committed for the model (a resume), or None.
+    """
+
+    run_id: str
+    lake_root: str
+    modality: str
+    models: tuple[ModelSpec, ...]
+    selections: dict[str, Selection]
+    skip_ids: dict[str, pa.Array | None]
+
+    def wanted(self, batch: pa.Table) -> dict[str, pa.Array]:
+        """Model id -> the mask of ``batch``'s rows that model scores. Models sharing one
+        selection and skip set (a backfill's) share one mask computation."""
+        out: dict[str, pa.Array] = {}
+        seen: dict[tuple[int, int], pa.Array] = {}
+        for m in self.models:
+            sel, skip = self.selections[m.model_id], self.skip_ids.get(m.model_id)
+            key = (id(sel), id(skip))
+            if key not in seen:
+                seen[key] = sel.mask(batch, self.modality, skip)
+            out[m.model_id] = seen[key]
+        return out
+
+
+def want_column(model_id: str) -> str:
+    return WANT_PREFIX + model_id
+
+
+def read_files(batch: dict, *, snapshot: CatalogSnapshot, pass_: ModalityPass, batch_rows: int) -> Iterator[pa.Table]:
+    """Ray read task body: data files of the snapshot (by index) -> the catalog rows some model
+    of the pass scores, with a ``__want__<model id>`` mask column per model, in bounded batches."""
+    import pyarrow.compute as pc
+
     for index in batch["index"]:
         for table in snapshot.read(snapshot.files[int(index)], snapshot.columns, batch_rows=batch_rows):
-            table = selection.filter(table, modality, skip_ids)
+            wanted = pass_.wanted(table)
+            masks = list(wanted.values())
+            any_ = masks[0]
+            for m in masks[1:]:
+                any_ = pc.or_(any_, m)
+            for model_id, mask in wanted.items():
+                table = table.append_column(want_column(model_id), mask)
+            table = table.filter(any_)
             if table.num_rows:
                 yield table
 
 
-def preprocess_batch(batch: pa.Table, *, spec: ModelSpec, context: RunContext) -> pa.Table:
-    """Ray task body: catalog rows -> preprocessed work rows (no model loaded)."""
-    from moderation.classifiers.base import build_classifier
+def prepare_batch(batch: pa.Table, *, pass_: ModalityPass, context: RunContext) -> pa.Table:
+    """Ray task body: catalog rows (with the read stage's masks) -> preprocessed work rows, one
+    per (row, model that scores it), with a ``model_id`` column (no model loaded).
 
-    classifier = build_classifier(spec, context=context)
-    return classifier.prepare(to_work_rows(batch, classifier.modality))
+    Media rows are prepared a few at a time under ``media.shared_reads``: each cover or clip is
+    read, and each cover decoded, once for all of the pass's models."""
+    from moderation.classifiers.base import build_classifier
+    from moderation.media import shared_reads
+
+    classifiers = [build_classifier(spec, context=context) for spec in pass_.models]
+    wants = [batch.column(want_column(spec.model_id)) for spec in pass_.models]
+    work = to_work_rows(batch.drop_columns([want_column(s.model_id) for s in pass_.models]), pass_.modality)
+    step = batch.num_rows if pass_.modality == "text" else SHARED_DECODE_ROWS
+    parts = []
+    for start in range(0, batch.num_rows, max(1, step)):
+        rows = work.slice(start, step)
+        with shared_reads():
+            for clf, want in zip(classifiers, wants):
+                mine = rows.filter(want.slice(start, step))
+                if mine.num_rows:
+                    out = clf.prepare(mine)
+                    parts.append(out.append_column(MODEL_COLUMN, pa.array([clf.spec.model_id] * out.num_rows,
+                                                                          pa.string())))
+    return pa.concat_tables(parts, promote_options="permissive") if parts else _empty_prepared()
+
+
+def _empty_prepared() -> pa.Table:
+    return pa.table({"item_id": pa.array([], pa.string()), MODEL_COLUMN: pa.array([], pa.string())})
+
+
+def score_rows(classifiers: dict, batch: pa.Table) -> pa.Table:
+    """Prepared rows of several models -> scored work rows (``Classifier.process_batch``, each
+    model's rows by its own classifier), with the ``model_id`` column kept."""
+    import pyarrow.compute as pc
+
+    parts = []
+    ids = batch.column(MODEL_COLUMN)
+    for model_id in pc.unique(ids).to_pylist():
+        rows = batch.filter(pc.equal(ids, model_id))
+        out = classifiers[model_id].process_batch(rows)
+        parts.append(out.append_column(MODEL_COLUMN, pa.array([model_id] * out.num_rows, pa.string())))
+    return pa.concat_tables(parts, promote_options="permissive") if parts else batch.slice(0, 0)
+
+
+def write_results(batch: pa.Table, *, pass_: ModalityPass) -> pa.Table:
+    """Ray task body: scored work rows -> ``scores`` / ``quarantine`` Parquet files written into
+    the lake's table folders (one per model and table), and their metadata as rows
+    (``results.FILES_SCHEMA``): what the driver commits. Nothing is committed here, so a file
+    whose commit never comes (the run was killed) is an orphan no reader sees, rescored on resume."""
+    from moderation.lake import Lake
+    from moderation.results import written_files
+
+    return written_files(batch, lake=Lake(pass_.lake_root), run_id=pass_.run_id,
+                         models={m.model_id: m for m in pass_.models})
 
 
 class ScoreActor:
-    """Ray actor body: loads the model once (digest-checked), scores each batch."""
+    """Ray actor body: loads every model of a pass once (digest-checked), scores each batch."""
 
     def __init__(
-        self, spec: ModelSpec, device: str, batch_size: int, torch_threads: int, context: RunContext, half: bool
+        self, specs: tuple[ModelSpec, ...], device: str, batch_size: int, torch_threads: int, context: RunContext,
+        half: bool,
     ) -> None:
         import torch
 
@@ -155,13 +259,16 @@ class ScoreActor:
         self.batches = 0
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.classifier = build_classifier(spec, batch_size=batch_size, context=context)
-        self.classifier.setup(device)
-        if half and device.startswith("cuda"):
-            self.classifier.to_half()
+        self.classifiers = {}
+        for spec in specs:
+            clf = build_classifier(spec, batch_size=batch_size, context=context)
+            clf.setup(device if clf.uses_gpu else "cpu")
+            if half and device.startswith("cuda") and clf.uses_gpu:
+                clf.to_half()
+            self.classifiers[spec.model_id] = clf
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = self.classifier.process_batch(batch)
+        out = score_rows(self.classifiers, batch)
         self.batches += 1
         if self.batches % TRIM_EVERY == 0:
             _trim_malloc()
@@ -201,15 +308,15 @@ def _trim_malloc() -> None:
 
 def score_stream(
     snapshot: CatalogSnapshot,
-    spec: ModelSpec,
+    pass_: ModalityPass,
     profile: RunProfile,
     *,
-    selection: Selection,
-    skip_ids: pa.Array | None = None,
     context: RunContext = RunContext(),
 ) -> Iterator[pa.Table]:
-    """Stream scored work rows: one per pair ``selection`` streams for ``spec``'s modality,
-    less the items in ``skip_ids``."""
+    """Run one pass (every model of one modality) as one Ray Data job: read -> prepare (CPU
+    tasks; media read and decoded once per row) -> score (one actor pool holding all the
+    pass's models) -> write (CPU tasks writing Parquet files into the lake). Yields only the
+    written files' metadata (``results.FILES_SCHEMA``); scored rows never reach the driver."""
     import ray
     import ray.data
 
@@ -227,29 +334,31 @@ def score_stream(
     )
     from moderation.classifiers.base import build_classifier
 
-    placement = plan_placement(profile, ray.cluster_resources(), uses_gpu=build_classifier(spec).uses_gpu)
-    log.info("scoring %s on %s: %d actor(s), %.2f CPU, %.0f GPU each", spec.model_id, placement.device,
-             placement.actors, placement.num_cpus, placement.num_gpus)
+    uses_gpu = any(build_classifier(m).uses_gpu for m in pass_.models)
+    placement = plan_placement(profile, ray.cluster_resources(), uses_gpu=uses_gpu)
+    log.info("scoring %s (%s) on %s: %d actor(s), %.2f CPU, %.0f GPU each", pass_.modality,
+             ", ".join(m.model_id for m in pass_.models), placement.device, placement.actors, placement.num_cpus,
+             placement.num_gpus)
 
-    if not snapshot.has_modality(spec.modality) or not snapshot.files:
+    if not snapshot.has_modality(pass_.modality) or not snapshot.files:
         return
     _quiet_ray_data()
+    n = len(pass_.models)
     # Text rows are small; a decoded image is 600 KB and an audio row's speech windows up
     # to ~19 MB, so their blocks stay small.
-    rows = {"text": profile.batch_size * 4, "image": profile.batch_size}.get(spec.modality, 8)
+    rows = {"text": profile.batch_size * 4, "image": profile.batch_size}.get(pass_.modality, 8)
     ds = ray.data.from_items([{"index": i} for i in range(len(snapshot.files))],
                              override_num_blocks=min(len(snapshot.files), 1000))
     ds = ds.map_batches(
         read_files,
-        fn_kwargs={"snapshot": snapshot, "selection": selection, "modality": spec.modality, "skip_ids": skip_ids,
-                   "batch_rows": max(rows, 256)},
+        fn_kwargs={"snapshot": snapshot, "pass_": pass_, "batch_rows": max(rows, 256)},
         batch_size=1,
         batch_format="numpy",
         num_cpus=0.5,
     )
     ds = ds.map_batches(
-        preprocess_batch,
-        fn_kwargs={"spec": spec, "context": context},
+        prepare_batch,
+        fn_kwargs={"pass_": pass_, "context": context},
         batch_format="pyarrow",
         batch_size=rows,
         num_cpus=0.5,
@@ -257,7 +366,7 @@ def score_stream(
     ds = ds.map_batches(
         ScoreActor,
         fn_constructor_kwargs={
-            "spec": spec,
+            "specs": pass_.models,
             "device": placement.device,
             "batch_size": profile.batch_size,
             "torch_threads": profile.torch_threads,
@@ -265,9 +374,18 @@ def score_stream(
             "half": profile.half_precision,
         },
         batch_format="pyarrow",
-        batch_size=profile.batch_size,
+        # Each model of the pass sees about batch_size rows of a batch.
+        batch_size=profile.batch_size * n,
         compute=ray.data.ActorPoolStrategy(size=placement.actors),
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus,
+    )
+    # About one chunk of each model per write task: one file per model and table.
+    ds = ds.map_batches(
+        write_results,
+        fn_kwargs={"pass_": pass_},
+        batch_format="pyarrow",
+        batch_size=profile.chunk_pairs * n,
+        num_cpus=0.5,
     )
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)

@@ -1,5 +1,6 @@
-"""Turning scored work rows into ``scores`` and ``quarantine`` rows, and committing them in
-idempotent chunks. Pure Arrow; no Ray, so it is tested on its own."""
+"""Turning scored work rows into ``scores`` and ``quarantine`` rows, writing them as data files
+(in the Ray write tasks) and committing them in idempotent chunks (in the driver). Pure Arrow;
+no Ray, so it is tested on its own."""
 
 from __future__ import annotations
 
@@ -19,8 +20,50 @@ from moderation.schemas import QUARANTINE_SCHEMA, SCORES_SCHEMA
 log = logging.getLogger(__name__)
 
 
+#: Column of scored work rows naming the model they are for (a modality's pass holds several).
+MODEL_COLUMN = "model_id"
+
+#: One row per data file a write task put into the lake, uncommitted (``written_files``): all
+#: the driver receives of a run's scored rows.
+FILES_SCHEMA = pa.schema([
+    pa.field("model_id", pa.string(), nullable=False),
+    pa.field("table", pa.string(), nullable=False),  # "scores" or "quarantine"
+    pa.field("path", pa.string(), nullable=False),  # relative to the table folder
+    pa.field("size", pa.int64(), nullable=False),
+    pa.field("rows", pa.int64(), nullable=False),
+    pa.field("modification_time", pa.int64(), nullable=False),
+    pa.field("stats", pa.string(), nullable=False),  # Delta stats JSON (lake.file_stats)
+])
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def written_files(batch: pa.Table, *, lake: Lake, run_id: str, models: dict[str, ModelSpec]) -> pa.Table:
+    """Scored work rows of one or more models (``MODEL_COLUMN``) -> one ``scores`` and one
+    ``quarantine`` data file per model written into the lake (nothing committed), as
+    ``FILES_SCHEMA`` rows. Every input row lands in exactly one file."""
+    now = utcnow()
+    out = []
+    ids = batch.column(MODEL_COLUMN)
+    for model_id in pc.unique(ids).to_pylist():
+        rows = batch.filter(pc.equal(ids, model_id))
+        scores, quarantine = split_results(rows, run_id=run_id, model=models[model_id], now=now)
+        for table, data in (("quarantine", quarantine), ("scores", scores)):
+            if data.num_rows:
+                add = lake.write_data_file(table, data)
+                out.append({"model_id": model_id, "table": table, "path": add.path, "size": add.size,
+                            "rows": data.num_rows, "modification_time": add.modification_time, "stats": add.stats})
+    return pa.Table.from_pylist(out, schema=FILES_SCHEMA)
+
+
+def add_action(row: dict):
+    """The Delta add action of a ``FILES_SCHEMA`` row."""
+    from deltalake.transaction import AddAction
+
+    return AddAction(path=row["path"], size=row["size"], partition_values={},
+                     modification_time=row["modification_time"], data_change=True, stats=row["stats"])
 
 
 def split_results(batch: pa.Table, *, run_id: str, model: ModelSpec, now: dt.datetime) -> tuple[pa.Table, pa.Table]:
@@ -93,10 +136,15 @@ def quarantine_table(*, run_id: str, model_id: str, item_ids, modalities, stages
 
 
 class ChunkWriter:
-    """Accumulates scored rows and commits every ``chunk_pairs`` of them as one idempotent
-    chunk: quarantine rows first, then scores rows, each tagged with the app transaction
-    ``(app_id, chunk)``. Chunks are numbered monotonically; on resume numbering continues
-    after the highest chunk either table recorded, so a re-run never re-commits a chunk.
+    """Commits one model's scored rows of a run in idempotent chunks: quarantine files first,
+    then scores files, each commit tagged with the app transaction ``(app_id, chunk)``. Chunks
+    are numbered monotonically; on resume numbering continues after the highest chunk either
+    table recorded, so a re-run never re-commits a chunk.
+
+    Two ways in: ``add_files`` takes data files the Ray write tasks wrote (``written_files``;
+    the run's path, the driver never holds the rows) and commits them once at least
+    ``chunk_pairs`` pairs are buffered (a chunk is whole files, so it may hold a little more);
+    ``add`` takes rows, writes them here and commits exactly ``chunk_pairs`` per chunk.
 
     Every commit is fenced (``expect_previous``: the writer's own last chunk in that table), so
     when two processes of one run race (a worker that lost its lease and the run's resumer),
@@ -109,8 +157,8 @@ class ChunkWriter:
     reports such a duplicate. What is not committed is scored by whoever resumes the run.)
 
     Raises:
-        ChunkFenced: from ``add``/``flush``, when another process committed chunks of this run
-            and model since this writer last did.
+        ChunkFenced: from ``add``/``add_files``/``flush``, when another process committed
+            chunks of this run and model since this writer last did.
     """
 
     def __init__(self, lake: Lake, *, run_id: str, model: ModelSpec, chunk_pairs: int) -> None:
@@ -129,6 +177,8 @@ class ChunkWriter:
         self.chunks_committed = 0
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
+        self.pending_files: list[dict] = []
+        self.pending_file_rows = 0
         self.rows_written = {"scores": 0, "quarantine": 0}
 
     def add(self, batch: pa.Table) -> None:
@@ -137,30 +187,58 @@ class ChunkWriter:
         self.pending_rows += batch.num_rows
         while self.pending_rows >= self.chunk_pairs:
             buffered = pa.concat_tables(self.pending, promote_options="permissive")
-            self._commit(buffered.slice(0, self.chunk_pairs))
+            self._commit_rows(buffered.slice(0, self.chunk_pairs))
             rest = buffered.slice(self.chunk_pairs)
             self.pending, self.pending_rows = [rest], rest.num_rows
+
+    def add_files(self, files: list[dict]) -> None:
+        """Buffer written data files of this model (``FILES_SCHEMA`` rows); commit them as one
+        chunk once they hold ``chunk_pairs`` pairs or more."""
+        for f in files:
+            if f["model_id"] != self.model.model_id:
+                raise ValueError(f"internal: file of {f['model_id']} given to the writer of {self.model.model_id}")
+            self.pending_files.append(f)
+            self.pending_file_rows += f["rows"]
+            if self.pending_file_rows >= self.chunk_pairs:
+                self._commit_files()
 
     def flush(self) -> None:
         """Commit whatever is buffered as a final (possibly short) chunk."""
         if self.pending_rows:
-            self._commit(pa.concat_tables(self.pending, promote_options="permissive"))
+            self._commit_rows(pa.concat_tables(self.pending, promote_options="permissive"))
         self.pending, self.pending_rows = [], 0
+        if self.pending_files:
+            self._commit_files()
 
-    def _commit(self, batch: pa.Table) -> None:
+    def _commit_rows(self, batch: pa.Table) -> None:
         scores, quarantine = split_results(batch, run_id=self.run_id, model=self.model, now=utcnow())
-        for table, rows in (("quarantine", quarantine), ("scores", scores)):
-            if not rows.num_rows:
+        adds = {t: [self.lake.write_data_file(t, rows)] if rows.num_rows else []
+                for t, rows in (("quarantine", quarantine), ("scores", scores))}
+        self._commit(adds, {"quarantine": quarantine.num_rows, "scores": scores.num_rows})
+
+    def _commit_files(self) -> None:
+        adds: dict[str, list] = {"quarantine": [], "scores": []}
+        rows = {"quarantine": 0, "scores": 0}
+        for f in self.pending_files:
+            adds[f["table"]].append(add_action(f))
+            rows[f["table"]] += f["rows"]
+        self._commit(adds, rows)
+        self.pending_files, self.pending_file_rows = [], 0
+
+    def _commit(self, adds: dict[str, list], rows: dict[str, int]) -> None:
+        for table in ("quarantine", "scores"):
+            if not adds[table]:
                 continue
             # Fenced: another process's commit of this chunk number (or a later one) raises
             # ChunkFenced here, so this writer stops at its first contested chunk with nothing
             # dropped; it never advances past a chunk it did not commit itself.
-            if not self.lake.append_chunk(table, rows, app_id=self.app_id, version=self.next_chunk,
+            if not self.lake.append_files(table, adds[table], app_id=self.app_id, version=self.next_chunk,
                                           expect_previous=self.last[table], writer=self.writer):
                 raise ChunkFenced(f"internal: chunk {self.next_chunk} of {self.app_id} was skipped by a fenced commit")
-            self.rows_written[table] += rows.num_rows
+            self.rows_written[table] += rows[table]
             self.last[table] = self.next_chunk
-        log.info("committed chunk %d: %d scores, %d quarantine", self.next_chunk, scores.num_rows, quarantine.num_rows)
+        log.info("committed chunk %d of %s: %d scores, %d quarantine", self.next_chunk, self.model.model_id,
+                 rows["scores"], rows["quarantine"])
         self.next_chunk += 1
         self.chunks_committed += 1
         fault_point("between_chunks")

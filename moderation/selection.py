@@ -57,18 +57,23 @@ class Selection:
         """The rows of a catalog batch that the stream scores for ``modality``: selected, with a
         usable unique id, with this modality's media, and not in ``skip_ids`` (committed by an
         earlier attempt of the run)."""
+        return batch.filter(self.mask(batch, modality, skip_ids))
+
+    def mask(self, batch: pa.Table, modality: str, skip_ids: pa.Array | None = None) -> pa.Array:
+        """``filter``'s rows as a boolean mask over ``batch`` (no nulls)."""
+        ids = batch.column("item_id")
+        mask = _usable_id_mask(ids)
         if self.keep_ids is not None:
-            batch = batch.filter(pc.is_in(batch.column("item_id"), value_set=self.keep_ids))
-        batch = batch.filter(_usable_id_mask(batch.column("item_id")))
+            mask = pc.and_(mask, pc.is_in(ids, value_set=self.keep_ids))
         if len(self.excluded):
-            raw = batch.column("item_id").cast(pa.binary())
-            batch = batch.filter(pc.invert(pc.is_in(raw, value_set=self.excluded)))
-        mask = modality_mask(batch, modality)
-        if mask is not None:
-            batch = batch.filter(mask)
+            mask = pc.and_(mask, pc.invert(pc.is_in(ids.cast(pa.binary()), value_set=self.excluded)))
+        media = modality_mask(batch, modality)
+        if media is not None:
+            mask = pc.and_(mask, pc.fill_null(media, False))
         if skip_ids is not None and len(skip_ids):
-            batch = batch.filter(pc.invert(pc.is_in(batch.column("item_id"), value_set=skip_ids)))
-        return batch
+            mask = pc.and_(mask, pc.invert(pc.is_in(ids, value_set=skip_ids)))
+        mask = pc.fill_null(mask, False)
+        return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
 
 
 def _usable_id_mask(ids: pa.ChunkedArray, sanitized: tuple | None = None) -> pa.ChunkedArray:

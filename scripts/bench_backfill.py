@@ -9,6 +9,7 @@ last scored batch (it writes nothing). The loop also splits its time into prepro
 
     .venv/bin/python scripts/bench_backfill.py [--items 2000] [--policy conf/policies/catalog-safety/v1.yaml]
     .venv/bin/python scripts/bench_backfill.py --items 300 --policy conf/policies/catalog-safety/v3.yaml
+        # + one pass per modality (the image models in one job) against one job per model
     .venv/bin/python scripts/bench_backfill.py --policy conf/policies/catalog-safety/v1.yaml \
         --policy conf/policies/catalog-safety/v7.yaml   # models of several policies, side by side
     .venv/bin/python scripts/bench_backfill.py --items 2000 --peer spark   # + the Spark peer (text models)
@@ -97,15 +98,17 @@ def spark_peer(catalog_uri: str, spec, profile, tasks: int, out: str) -> tuple[i
     return n, time.perf_counter() - t0
 
 
-def single_model_policy(policy_path: Path, model_id: str, registry, out: Path) -> Path:
-    """A copy of the policy restricted to one model and the categories it can decide."""
+def single_model_policy(policy_path: Path, model_id: str | list[str], registry, out: Path) -> Path:
+    """A copy of the policy restricted to one model (or several of one modality) and the
+    categories they can decide."""
     data = yaml.safe_load(policy_path.read_text())
-    spec = registry[model_id]
-    data["models"] = [model_id]
+    ids = [model_id] if isinstance(model_id, str) else list(model_id)
+    specs = [registry[m] for m in ids]
+    data["models"] = ids
     data["categories"] = {
-        c: {**rule, "modalities": [spec.modality]}
+        c: {**rule, "modalities": sorted({s.modality for s in specs if c in s.categories})}
         for c, rule in data["categories"].items()
-        if c in spec.categories and spec.modality in rule.get("modalities", ["text"])
+        if any(c in s.categories and s.modality in rule.get("modalities", ["text"]) for s in specs)
     }
     data["exemptions"] = {"explicit": [c for c in data.get("exemptions", {}).get("explicit", []) if c in data["categories"]]}
     out.write_text(yaml.safe_dump(data))
@@ -135,7 +138,7 @@ def main(
     policies = policy or [default_conf_dir() / "policies/catalog-safety/v1.yaml"]
     profile = load_run_profile(profile_path)
     registry = load_model_registry()
-    rows, peers = [], []
+    rows, peers, passes = [], [], []
     tasks = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         catalog = f"{tmp}/catalog"
@@ -156,6 +159,20 @@ def main(
             pipe_s = time.perf_counter() - t0
             assert n_loop == result.selected_pairs, (model_id, n_loop, result.selected_pairs)
             rows.append((spec.modality, model_id, n_loop, loop_s, prep_s, score_s, encode_s, pipe_s))
+        # One pass per modality (issue 16 point 2): the modality's models in one backfill (one
+        # Ray Data job, each row read and decoded once) against one job per model (above).
+        by_modality: dict[tuple[str, Path], list[str]] = {}
+        for (modality, model_id, *_), (_, policy) in zip(rows, models):
+            by_modality.setdefault((modality, policy), []).append(model_id)
+        for (modality, policy), ids in by_modality.items():
+            if len(ids) < 2:
+                continue
+            one = single_model_policy(policy, ids, registry, Path(tmp) / f"{modality}-pass.yaml")
+            t0 = time.perf_counter()
+            result = run_backfill(catalog_uri=catalog, lake_root=f"{tmp}/lake-{modality}-pass", policy_path=one,
+                                  profile_path=profile_path, progress=False)
+            jobs_s = sum(r[-1] for r in rows if r[1] in ids)
+            passes.append((modality, ids, result.selected_pairs, jobs_s, time.perf_counter() - t0))
         ray.shutdown()  # before the peer: Ray's idle workers would share its cores
         for modality, model_id, n, *_, pipe_s in rows:
             if peer == "spark" and modality == "text":
@@ -175,6 +192,12 @@ def main(
     print("ratio = pipeline items/s / plain loop items/s (goal >= 0.80x)")
     print("bare/s = items / seconds inside the encoder's encode calls of the loop (tokenize + forward + pool);")
     print("ray/bare = pipeline items/s / bare encoder items/s (goal >= 0.90x at 8,000 items)")
+    if passes:
+        print("\nOne pass per modality: all of a modality's models in one Ray Data job (each row read and "
+              "decoded once) vs one job per model (the rows above, summed)")
+        print(f"{'modality':9} {'models':>6} {'pairs':>6} {'jobs s':>7} {'pass s':>7} {'speed-up':>8}")
+        for modality, ids, n, jobs_s, pass_s in passes:
+            print(f"{modality:9} {len(ids):6d} {n:6d} {jobs_s:7.1f} {pass_s:7.1f} {jobs_s / pass_s:7.2f}x")
     if peers:
         print(f"\nSpark peer: local[{tasks}], mapInPandas, Arrow batches of {profile.batch_size} rows, "
               f"{max(1, (profile.torch_threads or tasks) // tasks)} torch thread(s) per Python worker")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from unittest import mock
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -10,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import moderation.pipeline as pipeline
 from moderation.backfill import run_accounting, run_backfill
 from moderation.cli import app
 from moderation.decide import run_decide
@@ -34,9 +36,24 @@ def env(tmp_path_factory, ray_local, data_dir):
                                        "max_item_words": 20_000}))
     catalog = write_demo_catalog(str(root / "catalog"), items=ITEMS, data_dir=data_dir)
     lake = Lake(str(root / "lake"))
-    result = run_backfill(catalog_uri=catalog.uri, lake_root=lake.root, policy_path=POLICY_V1,
-                          run_id="it-full", profile_path=profile, progress=False)
-    return {"root": root, "profile": profile, "catalog": catalog, "lake": lake, "result": result}
+    # What the driver itself writes and receives (Ray's workers are other processes).
+    driver_files, streamed = Counter(), []
+    real_write, real_stream = Lake.write_data_file, pipeline.score_stream
+
+    def write(self, table, rows):
+        driver_files[table] += 1
+        return real_write(self, table, rows)
+
+    def stream(*args, **kwargs):
+        for batch in real_stream(*args, **kwargs):
+            streamed.append(batch)
+            yield batch
+
+    with mock.patch.object(Lake, "write_data_file", write), mock.patch.object(pipeline, "score_stream", stream):
+        result = run_backfill(catalog_uri=catalog.uri, lake_root=lake.root, policy_path=POLICY_V1,
+                              run_id="it-full", profile_path=profile, progress=False)
+    return {"root": root, "profile": profile, "catalog": catalog, "lake": lake, "result": result,
+            "driver_files": driver_files, "streamed": streamed}
 
 
 def _catalog_ids(uri: str) -> list[str]:
@@ -72,7 +89,22 @@ def test_work_is_committed_in_idempotent_chunks(env):
     # 200 pairs in chunks of 64 -> 4 chunks; scores saw a commit for each.
     assert env["result"].chunks_committed == 4
     assert lake.transaction_version("scores", app_id) == 3
-    assert lake.version("scores") == 3  # versions 0..3: one commit per chunk, none at the end
+    # Version 0 creates the table (the first chunk's files were written before it existed),
+    # versions 1..4: one commit per chunk, none at the end.
+    assert lake.version("scores") == 4
+
+
+def test_scored_rows_never_pass_through_the_driver(env):
+    """Issue 16 point 1: the Ray write tasks write the scores files; the driver receives only
+    their metadata (one row per file) and commits it."""
+    from moderation.results import FILES_SCHEMA
+
+    assert env["driver_files"]["scores"] == 0
+    assert env["streamed"] and all(b.schema.equals(FILES_SCHEMA) for b in env["streamed"])
+    files = pa.concat_tables(env["streamed"])
+    assert sum(files.column("rows").to_pylist()) == ITEMS  # every streamed pair is in a file
+    committed = set(pa.table(env["lake"].open("scores").get_add_actions(flatten=True)).column("path").to_pylist())
+    assert {r["path"] for r in files.to_pylist() if r["table"] == "scores"} <= committed
 
 
 def test_rerunning_a_finished_run_writes_nothing(env):

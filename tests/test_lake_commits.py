@@ -52,7 +52,7 @@ def test_commit_conflict_is_reloaded_and_checked_again(tmp_path):
     stale = DeltaTable(lake.uri("quarantine"))
     # Another writer commits chunk 1 after our snapshot was taken.
     assert lake.append_chunk("quarantine", _rows(["b"]), app_id="app", version=1)
-    add = lake._write_data_file("quarantine", _rows(["b"]).cast(QUARANTINE_SCHEMA))
+    add = lake.write_data_file("quarantine", _rows(["b"]).cast(QUARANTINE_SCHEMA))
     from deltalake.exceptions import CommitFailedError
 
     with pytest.raises(CommitFailedError):

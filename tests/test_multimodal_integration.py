@@ -4,6 +4,7 @@ the accounting holds over both modalities, decide fuses them per policy category
 from __future__ import annotations
 
 from collections import Counter
+from unittest import mock
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from deltalake import write_deltalake
 
+import moderation.pipeline as pipeline
 from moderation.backfill import run_accounting, run_backfill
 from moderation.config import default_conf_dir
 from moderation.decide import run_decide
@@ -43,9 +45,19 @@ def test_text_and_image_backfill(ray_local, data_dir, tmp_path):
     from moderation.bank import add_to_bank
 
     assert add_to_bank(lake, [images[0]], category="known_violating", label="test-bank").committed
-    res = run_backfill(catalog_uri=catalog, lake_root=lake.root, policy_path=POLICY_V3, run_id="mm",
-                       profile_path=profile, progress=False)
+    passes = []  # issue 16 point 2: one Ray Data job per modality, holding all its models
+    real_stream = pipeline.score_stream
+
+    def stream(snapshot, pass_, *args, **kwargs):
+        passes.append((pass_.modality, sorted(m.model_id for m in pass_.models)))
+        yield from real_stream(snapshot, pass_, *args, **kwargs)
+
+    with mock.patch.object(pipeline, "score_stream", stream):
+        res = run_backfill(catalog_uri=catalog, lake_root=lake.root, policy_path=POLICY_V3, run_id="mm",
+                           profile_path=profile, progress=False)
     image_models = ["image-ocr-text-v1", "image-open-nsfw-v1", "image-pdq-bank-v1"]
+    assert sorted(passes) == [("audio", ["audio-speech-text-v1"]), ("image", image_models),
+                              ("text", ["text-minilm-heads-v1"])]
     # text: every item; each image model: the 8 items with a cover URI.
     assert res.modalities == ("audio", "image", "text")
     assert res.status == "succeeded" and res.selected_pairs == n + 8 * len(image_models) + 3

@@ -35,9 +35,20 @@ class Model:
         self.failing: set[str] = set()
         self.scored: list[str] = []
 
-    def stream(self, snapshot, spec, profile, *, selection, skip_ids=None, context=None):
-        clf = build_classifier(spec, context=dataclasses.replace(context, score_backoff_s=0.0))
+    def stream(self, snapshot, pass_, profile, *, context=None):
+        """``pipeline.score_stream``'s stages in this process: read, prepare, score (the fake
+        ``score``), write; yields the written files' metadata as the Ray job does."""
+        classifiers = {}
+        for spec in pass_.models:
+            clf = build_classifier(spec, context=dataclasses.replace(context, score_backoff_s=0.0))
+            clf.score = self._score(spec)
+            classifiers[spec.model_id] = clf
+        for i in range(len(snapshot.files)):
+            for rows in pipeline.read_files({"index": [i]}, snapshot=snapshot, pass_=pass_, batch_rows=8):
+                scored = pipeline.score_rows(classifiers, pipeline.prepare_batch(rows, pass_=pass_, context=context))
+                yield pipeline.write_results(scored, pass_=pass_)
 
+    def _score(self, spec):
         def score(batch):
             ids = batch.column("item_id").to_pylist()
             if self.failing & set(ids):
@@ -45,12 +56,7 @@ class Model:
             self.scored.extend(ids)
             return [{c: 0.01 for c in spec.categories} for _ in ids], [{} for _ in ids]
 
-        clf.score = score
-        for f in snapshot.files:
-            for rows in snapshot.read(f, snapshot.columns, batch_rows=8):
-                rows = selection.filter(rows, spec.modality, skip_ids)
-                if rows.num_rows:
-                    yield clf.process_batch(pipeline.preprocess_batch(rows, spec=spec, context=context))
+        return score
 
 
 @pytest.fixture

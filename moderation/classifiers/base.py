@@ -40,6 +40,9 @@ CONTENT_HASH = "content_hash"
 #: The catalog field holding each media modality's URI.
 MEDIA_FIELDS = {"image": "cover_image", "audio": "audio_clip"}
 
+#: The work row columns ``process_batch`` passes on (the ``scores`` columns that come from the catalog).
+RESULT_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit")
+
 #: What ``preprocess`` may add for ``scores``: how much of the item is scored (see
 #: classifiers/windows.py; null where a classifier does not record it).
 COVERAGE_COLUMNS = ("units_total", "units_scored", "unit", "coverage_reason")
@@ -204,11 +207,9 @@ class Classifier(abc.ABC):
         for i, exc in failed.items():
             reasons[i], stages[i] = SCORE_ERROR, "score"
             details[i] = f"failed {attempts[i]} attempts (the last alone): {type(exc).__name__}: {exc}"[:500]
-        # Keep only what the writer needs: model inputs (text segments, decoded pixels) would
-        # otherwise travel back to the driver.
-        from moderation.catalog import WORK_COLUMNS
-
-        out = batch.select([c for c in (*WORK_COLUMNS, "modality", CONTENT_HASH, *COVERAGE_COLUMNS)
+        # Keep only what the writer needs (results.split_results): model inputs (text, segments,
+        # decoded pixels) would otherwise travel on through the object store.
+        out = batch.select([c for c in (*RESULT_COLUMNS, "modality", CONTENT_HASH, *COVERAGE_COLUMNS)
                             if c in batch.column_names])
         return (
             out.append_column("category_scores", pa.array([None if s is None else list(s.items()) for s in scores], SCORE_TYPE))

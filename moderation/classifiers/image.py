@@ -29,7 +29,7 @@ from moderation.classifiers.base import (
     prepared,
 )
 from moderation.config import ModelSpec
-from moderation.media import MediaError, read_media
+from moderation.media import MediaError, read_media, shared
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
 INPUT_SHAPE = (224, 224, 3)
@@ -63,15 +63,20 @@ def decode_image(data: bytes, *, uri: str, max_pixels: int):
 
 def load_cover(uri: str | None, *, max_bytes: int, max_pixels: int, roots: tuple[str, ...] | None = None):
     """(bytes, RGB Pillow image) of the cover art at ``uri`` (under ``roots``), or MediaError
-    with its reason."""
+    with its reason. Inside ``media.shared_reads`` a cover is read and decoded once."""
     if not uri:
         raise MediaError("image_missing", "cover_image is null or empty")
-    data = read_media(uri, max_bytes=max_bytes, kind="image", roots=roots)
-    try:
-        return data, decode_image(data, uri=uri, max_pixels=max_pixels)
-    except MediaError as e:
-        e.data = data
-        raise
+
+    def load():
+        data = read_media(uri, max_bytes=max_bytes, kind="image", roots=roots)
+        try:
+            return data, decode_image(data, uri=uri, max_pixels=max_pixels)
+        except MediaError as e:
+            e.data = data
+            raise
+
+    # Decoded once per cover for all of a modality's models (media.shared_reads).
+    return shared(("cover", uri, max_bytes, max_pixels, roots), load)
 
 
 class OpenNsfwClassifier(Classifier):

@@ -358,10 +358,10 @@ def run_scoring(prepared: PreparedRun, plan: ScoringPlan) -> ScoringResult:
     from tqdm import tqdm
 
     from moderation.lease import RunLease
-    from moderation.pipeline import ensure_ray, score_stream
+    from moderation.pipeline import ensure_ray
 
     request, lake, run_id, profile = prepared.request, prepared.lake, prepared.run_id, prepared.profile
-    models, selections, snapshot = list(plan.models), plan.selections, plan.snapshot
+    models, snapshot = list(plan.models), plan.snapshot
     for note in plan.notes:
         log.warning("%s: %s", plan.kind, note)
     if plan.write_nothing:
@@ -400,26 +400,8 @@ def run_scoring(prepared: PreparedRun, plan: ScoringPlan) -> ScoringResult:
             # disable=None: no bar unless stderr is a terminal (a job's log gets no \r or escapes).
             with tqdm(total=selected, unit="pair", desc=f"{plan.kind} {run_id}",
                       disable=None if request.progress else True) as bar:
-                for model in models:
-                    selection = selections[model.model_id]
-                    if not selection.selected(model.modality):
-                        continue
-                    # The writer reads the chunks committed so far before the done ids, so
-                    # anything committed after this point by another process fences it off.
-                    writer = ChunkWriter(lake, run_id=run_id, model=model, chunk_pairs=profile.chunk_pairs)
-                    writer.commit_prelude(selection.prelude.get(model.modality, []), modality=model.modality)
-                    done = _done_ids(lake, run_id, model.model_id)
-                    bar.update(len(done) + sum(r.item_id is None for r in selection.prelude.get(model.modality, [])))
-                    if selection.stream_pairs.get(model.modality, 0):
-                        for batch in score_stream(snapshot, model, profile, selection=selection, skip_ids=done,
-                                                  context=prepared.context):
-                            fault_point("after_batch")
-                            lease.check()
-                            writer.add(batch)
-                            bar.update(batch.num_rows)
-                    lease.check()
-                    writer.flush()
-                    chunks += writer.chunks_committed
+                for modality in plan.modalities:
+                    chunks += _run_pass(prepared, plan, modality, lease, bar)
             scored, quarantined, dupes = run_accounting(lake, run_id)
             score_errors = run_score_errors(lake, run_id)
             ok = dupes == 0 and scored + quarantined == selected
@@ -459,6 +441,46 @@ def run_scoring(prepared: PreparedRun, plan: ScoringPlan) -> ScoringResult:
         change_source=fields.get("change_source"), baseline_run_id=fields.get("baseline_run_id"),
         notes=plan.notes, score_error_pairs=score_errors,
     )
+
+
+def _run_pass(prepared: PreparedRun, plan: ScoringPlan, modality: str, lease, bar) -> int:
+    """Score and commit every model of one modality of ``plan`` in one pass (one Ray Data job):
+    each model's driver quarantine rows first, then the files the write tasks report, routed to
+    the model's ``ChunkWriter``. Returns the chunks committed."""
+    from moderation.pipeline import ModalityPass, score_stream
+
+    lake, run_id = prepared.lake, prepared.run_id
+    models = [m for m in plan.models if m.modality == modality and plan.selections[m.model_id].selected(modality)]
+    # The writers read the chunks committed so far before the done ids, so anything committed
+    # after this point by another process fences them off.
+    writers, done = {}, {}
+    for model in models:
+        selection = plan.selections[model.model_id]
+        writer = writers[model.model_id] = ChunkWriter(lake, run_id=run_id, model=model,
+                                                       chunk_pairs=prepared.profile.chunk_pairs)
+        writer.commit_prelude(selection.prelude.get(modality, []), modality=modality)
+        done[model.model_id] = _done_ids(lake, run_id, model.model_id)
+        bar.update(len(done[model.model_id]) + sum(r.item_id is None for r in selection.prelude.get(modality, [])))
+    streaming = tuple(m for m in models if plan.selections[m.model_id].stream_pairs.get(modality, 0))
+    if streaming:
+        pass_ = ModalityPass(run_id=run_id, lake_root=lake.root, modality=modality, models=streaming,
+                             selections={m.model_id: plan.selections[m.model_id] for m in streaming},
+                             # None when nothing is committed yet: models sharing a selection then share its masks.
+                             skip_ids={m.model_id: done[m.model_id] if len(done[m.model_id]) else None
+                                       for m in streaming})
+        for files in score_stream(plan.snapshot, pass_, prepared.profile, context=prepared.context):
+            fault_point("after_batch")
+            lease.check()
+            by_model: dict[str, list[dict]] = {}
+            for f in files.to_pylist():
+                by_model.setdefault(f["model_id"], []).append(f)
+            for model_id, mine in by_model.items():
+                writers[model_id].add_files(mine)
+            bar.update(sum(files.column("rows").to_pylist()))
+    lease.check()
+    for writer in writers.values():
+        writer.flush()
+    return sum(w.chunks_committed for w in writers.values())
 
 
 def error_text(error: BaseException, limit: int = 2000) -> str:

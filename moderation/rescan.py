@@ -31,20 +31,28 @@ writes nothing at all.
 
 The baseline tables' versions, the change source and the baseline run are recorded in the
 run's ``runs`` row, so a killed re-scan resumes with exactly the same selection.
+
+Memory (issue 16): planning never holds the catalog or ``scores`` in the driver. The newest
+event per pair is computed in SQL by DataFusion (inside delta-rs) over the pinned tables; the
+catalog is hashed one batch at a time into a temporary Parquet spill on local disk, which
+DataFusion joins with that baseline bucket by bucket of item ids (``BUCKET_ROWS``). Only the
+pairs to score or remove, duplicate and invalid ids and id-less rows come back to Python.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
+import math
 import os
-from collections import defaultdict
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from moderation.catalog import (
     CatalogSnapshot,
@@ -58,15 +66,20 @@ from moderation.classifiers.windows import LIMIT_WORDS
 from moderation.config import ModelSpec
 from moderation.errors import ModerationError
 from moderation.lake import Lake, storage_options
-from moderation.schemas import REMOVALS_SCHEMA
+from moderation.schemas import REMOVALS_SCHEMA, STR_LIST
 from moderation.scoring.plan import CHANGE_SOURCES, ChangeSource, ScoringPlan, ScoringRequest, ScoringResult
 from moderation.scoring.run import PreparedRun, execute
 from moderation.selection import SCAN_ROWS, PreludeRow, Selection, _usable_id_mask
 
-log = logging.getLogger(__name__)
-
 #: The lake tables a re-scan compares with (their versions are pinned in ``runs``).
 BASELINE_TABLES = ("scores", "quarantine", "removals")
+
+#: Pairs (baseline events or catalog rows) DataFusion compares in one pass; above it the item
+#: ids are split into buckets compared one after the other, so the planner's native memory
+#: stays near this many rows' worth whatever the catalog's size.
+BUCKET_ROWS = 1_000_000
+#: At most this many buckets (the first two hex digits of an id's MD5).
+MAX_BUCKETS = 256
 
 
 @dataclass
@@ -110,28 +123,8 @@ def decode_versions(values: list[str] | None) -> dict[str, int | None]:
 #: the item's pairs so its decisions (per market, explicit exemptions) follow the catalog.
 ATTRIBUTES = ("item_type", "language", "markets", "explicit")
 
-
-def attribute_keys(rows: pa.Table) -> list[str]:
-    """One comparable string per row of its ATTRIBUTES (markets as a sorted set)."""
-    cols = {a: rows.column(a).to_pylist() if a in rows.column_names else [None] * rows.num_rows for a in ATTRIBUTES}
-    return [f"{t}\x1f{lang}\x1f{','.join(sorted(set(m))) if m else ''}\x1f{e}"
-            for t, lang, m, e in zip(cols["item_type"], cols["language"], cols["markets"], cols["explicit"])]
-
-
 #: ``coverage_reason`` values that mean "cut by the run's item limit" (words of text, seconds of audio).
 ITEM_LIMITS = (LIMIT_WORDS, LIMIT_SECONDS)
-
-
-def cut_at(rows: pa.Table) -> np.ndarray:
-    """Per ``scores`` row, the units scored when an item limit (``max_item_words`` or
-    ``max_item_seconds``) cut the item (NaN: not cut by a limit, or scored before coverage was
-    recorded)."""
-    if "coverage_reason" not in rows.column_names or "units_scored" not in rows.column_names:
-        return np.full(rows.num_rows, np.nan)
-    reasons = rows.column("coverage_reason").to_pylist()
-    scored = rows.column("units_scored").to_pylist()
-    return np.array([float(n) if r and any(x in r.split(",") for x in ITEM_LIMITS) and n is not None else np.nan
-                     for r, n in zip(reasons, scored)], dtype=np.float64)
 
 
 def item_limit(classifier) -> int | None:
@@ -143,92 +136,146 @@ def item_limit(classifier) -> int | None:
     return None
 
 
-def raised_limit(base: pd.DataFrame, limits: dict[str, int | None]) -> pd.Series:
-    """Baseline pairs cut by an item limit below the current one (``limits``: model id -> the
-    units its classifier scores at most now; None: the model has no item limit). A model's unit
-    never changes (text: words, audio: seconds), so the comparison is like with like."""
-    limit = base["model_id"].map(lambda m: limits.get(m)).astype("float64")
-    return base["cut_at"].notna() & limit.notna() & (base["cut_at"] < limit)
-
-
 # --------------------------------------------------------------------------------------
-# Baseline: the lake's last word on each pair
+# Baseline: the lake's last word on each pair, in SQL (DataFusion inside delta-rs)
 # --------------------------------------------------------------------------------------
 
 
-def _run_digests(lake: Lake) -> dict[tuple[str, str], str]:
-    """(run_id, model_id) -> model digest, from ``runs`` (quarantine rows carry no digest)."""
-    runs = lake.read("runs", columns=["run_id", "model_ids", "model_digests"]).to_pylist()
-    return {(r["run_id"], m): d for r in runs for m, d in zip(r["model_ids"] or [], r["model_digests"] or [])}
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _in_list(values) -> str:
+    return "(" + ", ".join(_lit(v) for v in values) + ")" if values else "(NULL)"
+
+
+def _attrs_sql(x: str) -> str:
+    """One comparable string of a row's ATTRIBUTES (markets as a sorted set), the same
+    expression for ``scores`` rows and catalog rows, so equal attributes give equal strings."""
+    return (f"concat_ws(chr(31), coalesce({x}.item_type, 'None'), coalesce({x}.language, 'None'), "
+            f"coalesce(array_to_string(array_sort(array_distinct({x}.markets)), ','), ''), "
+            f"CASE WHEN {x}.explicit IS NULL THEN 'None' WHEN {x}.explicit THEN 'True' ELSE 'False' END)")
+
+
+def _cut_sql(columns: set[str]) -> str:
+    """Per ``scores`` row, the units scored when an item limit (``max_item_words`` or
+    ``max_item_seconds``) cut the item (NULL: not cut by a limit, or scored before coverage was
+    recorded)."""
+    if not {"units_scored", "coverage_reason"} <= columns:
+        return "CAST(NULL AS DOUBLE)"
+    cut = " OR ".join(f"array_has(string_to_array(coverage_reason, ','), {_lit(x)})" for x in ITEM_LIMITS)
+    return f"CASE WHEN units_scored IS NOT NULL AND ({cut}) THEN CAST(units_scored AS DOUBLE) END"
+
+
+_HEX = "'0123456789abcdef'"
+
+
+def _bucket_sql(buckets: int, bucket: int) -> Callable[[str], str]:
+    """A predicate builder keeping the item ids of ``bucket`` of ``buckets``: the first two hex
+    digits of the id's MD5 modulo ``buckets``, so an id falls in the same bucket in every table."""
+    if buckets == 1:
+        return lambda column: "TRUE"
+
+    def where(column: str) -> str:
+        h = f"md5({column})"
+        return (f"((strpos({_HEX}, substr({h}, 1, 1)) - 1) * 16 + strpos({_HEX}, substr({h}, 2, 1)) - 1) "
+                f"% {buckets} = {bucket}")
+
+    return where
+
+
+def _buckets(rows: int, bucket_rows: int) -> int:
+    return max(1, min(MAX_BUCKETS, math.ceil(rows / max(1, bucket_rows))))
+
+
+class _LakeSQL:
+    """The baseline tables at their pinned versions (and ``runs``, for the digests quarantine
+    rows do not carry) in one DataFusion session; results stream back as Arrow batches."""
+
+    def __init__(self, lake: Lake, versions: dict[str, int | None], models: list[ModelSpec]) -> None:
+        from deltalake import QueryBuilder
+
+        self.qb = QueryBuilder()
+        self.model_ids = [m.model_id for m in models]
+        self.columns: dict[str, set[str]] = {}
+        for table in BASELINE_TABLES:
+            if versions.get(table) is not None:
+                self.register(table, lake.open(table, version=versions[table]))
+        if "quarantine" in self.columns and lake.exists("runs"):
+            self.register("runs", lake.open("runs"))
+
+    def register(self, name: str, table) -> None:
+        self.qb.register(name, table)
+        self.columns[name] = set(table.schema().to_arrow().names)
+
+    def batches(self, sql: str) -> pa.RecordBatchReader:
+        return pa.RecordBatchReader.from_stream(self.qb.execute(sql))
+
+    def table(self, sql: str) -> pa.Table:
+        """A query's whole result: only for results as small as what must be scored or removed."""
+        return self.batches(sql).read_all()
+
+    def events(self) -> int:
+        """Rows of ``scores`` and ``quarantine`` at the pinned versions (bounds the baseline)."""
+        return sum(self.table(f"SELECT count(*) AS n FROM {t}").column("n")[0].as_py()
+                   for t in ("scores", "quarantine") if t in self.columns)
+
+    def with_base(self, where: Callable[[str], str]) -> str:
+        """``WITH ... base AS (...)``: the newest ``scores`` or ``quarantine`` row per (item_id,
+        modality, model_id) of the ids ``where`` keeps (a quarantine row wins over a scores row
+        at the same instant), with columns digest, state (content hash, or ``catalog:<reason>``
+        for a pair the driver quarantined), attrs, cut_at, retry (a quarantine row with one of
+        ``RETRIED_REASONS``) and present (False when a later ``removals`` row retired it)."""
+        ids = _in_list(self.model_ids)
+        parts = []
+        if "scores" in self.columns:
+            parts.append(
+                f"SELECT s.item_id, s.modality, s.model_id, s.model_digest AS digest, s.content_hash AS state, "
+                f"s.scored_at AS event_at, {_attrs_sql('s')} AS attrs, {_cut_sql(self.columns['scores'])} AS cut_at, "
+                f"FALSE AS retry, 0 AS src FROM scores s WHERE s.model_id IN {ids} AND {where('s.item_id')}")
+        if "quarantine" in self.columns:
+            have = self.columns["quarantine"]
+            content = "q.content_hash" if "content_hash" in have else "CAST(NULL AS VARCHAR)"
+            if "runs" in self.columns:
+                digest, join = "d.digest", (
+                    "LEFT JOIN (SELECT DISTINCT run_id, model_id, digest FROM (SELECT run_id, unnest(model_ids) "
+                    "AS model_id, unnest(model_digests) AS digest FROM runs)) d "
+                    "ON d.run_id = q.run_id AND d.model_id = q.model_id")
+            else:
+                digest, join = "CAST(NULL AS VARCHAR)", ""
+            parts.append(
+                f"SELECT q.item_id, q.modality, q.model_id, {digest} AS digest, "
+                f"CASE WHEN q.stage = 'catalog' THEN 'catalog:' || coalesce(q.reason, 'None') ELSE {content} END "
+                f"AS state, q.quarantined_at AS event_at, CAST(NULL AS VARCHAR) AS attrs, CAST(NULL AS DOUBLE) AS cut_at, "
+                f"coalesce(q.reason IN {_in_list(sorted(RETRIED_REASONS))}, FALSE) "
+                f"AND coalesce(q.stage <> 'catalog', TRUE) AS retry, 1 AS src "
+                f"FROM quarantine q {join} WHERE q.model_id IN {ids} AND q.item_id IS NOT NULL AND {where('q.item_id')}")
+        if not parts:
+            return ("WITH base AS (SELECT CAST(NULL AS VARCHAR) AS item_id, CAST(NULL AS VARCHAR) AS modality, "
+                    "CAST(NULL AS VARCHAR) AS model_id, CAST(NULL AS VARCHAR) AS digest, CAST(NULL AS VARCHAR) AS state, "
+                    "CAST(NULL AS VARCHAR) AS attrs, CAST(NULL AS DOUBLE) AS cut_at, FALSE AS retry, "
+                    "FALSE AS present WHERE FALSE)")
+        ranked = ("ranked AS (SELECT *, row_number() OVER (PARTITION BY item_id, modality, model_id "
+                  "ORDER BY event_at DESC, src DESC) AS rn FROM events)")
+        if "removals" in self.columns:
+            gone = (f", gone AS (SELECT item_id, modality, max(removed_at) AS removed_at FROM removals "
+                    f"WHERE {where('item_id')} GROUP BY item_id, modality)")
+            present, join = ("(g.removed_at IS NULL OR r.event_at > g.removed_at)",
+                             "LEFT JOIN gone g ON g.item_id = r.item_id AND g.modality = r.modality")
+        else:
+            gone, present, join = "", "TRUE", ""
+        return (f"WITH events AS ({' UNION ALL '.join(parts)}), {ranked}{gone}, "
+                f"base AS (SELECT r.item_id, r.modality, r.model_id, r.digest, r.state, r.attrs, r.cut_at, r.retry, "
+                f"{present} AS present FROM ranked r {join} WHERE r.rn = 1)")
 
 
 def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[ModelSpec],
-                  ids: pa.Array | None = None) -> pd.DataFrame:
-    """The newest event per (item_id, modality, model_id) among ``scores`` and ``quarantine`` at
-    the pinned versions: columns digest, state (content hash, or ``catalog:<reason>`` for a pair
-    the driver quarantined), retry (a quarantine row with one of ``RETRIED_REASONS``), present
-    (False when a later ``removals`` row retired it)."""
-    model_ids = [m.model_id for m in models]
-    cols = ["item_id", "modality", "model_id", "digest", "state", "event_at", "attrs", "cut_at", "retry"]
-
-    def flt(extra=None):
-        f = pc.field("model_id").isin(model_ids)
-        if ids is not None:
-            f = f & pc.field("item_id").isin(ids)
-        return f
-
-    parts = []
-    if versions.get("scores") is not None:
-        # Coverage columns exist in lakes written since issue 13 (older rows read them as null).
-        have = set(lake.open("scores", version=versions["scores"]).schema().to_arrow().names)
-        coverage = [c for c in ("units_scored", "coverage_reason") if c in have]
-        s = lake.read("scores", version=versions["scores"], filter=flt(),
-                      columns=["item_id", "modality", "model_id", "model_digest", "content_hash", "scored_at",
-                               *ATTRIBUTES, *coverage])
-        parts.append(pd.DataFrame({
-            "item_id": s.column("item_id").to_numpy(zero_copy_only=False),
-            "modality": s.column("modality").to_numpy(zero_copy_only=False),
-            "model_id": s.column("model_id").to_numpy(zero_copy_only=False),
-            "digest": s.column("model_digest").to_numpy(zero_copy_only=False),
-            "state": s.column("content_hash").to_numpy(zero_copy_only=False),
-            "event_at": s.column("scored_at").to_pandas(),
-            "attrs": attribute_keys(s),
-            "cut_at": cut_at(s),
-            "retry": False,
-        }))
-    if versions.get("quarantine") is not None:
-        # Only the columns the baseline needs (``content_hash`` exists in lakes written since it was added).
-        have = set(lake.open("quarantine", version=versions["quarantine"]).schema().to_arrow().names)
-        q = lake.read("quarantine", version=versions["quarantine"], filter=flt() & pc.field("item_id").is_valid(),
-                      columns=[c for c in ("item_id", "modality", "model_id", "run_id", "stage", "reason",
-                                           "content_hash", "quarantined_at") if c in have])
-        qd = q.to_pandas()
-        if "content_hash" not in qd.columns:
-            qd["content_hash"] = None
-        digests = _run_digests(lake)
-        state = np.where(qd["stage"] == "catalog", "catalog:" + qd["reason"].astype(str), qd["content_hash"])
-        parts.append(pd.DataFrame({
-            "item_id": qd["item_id"], "modality": qd["modality"], "model_id": qd["model_id"],
-            "digest": [digests.get((r, m)) for r, m in zip(qd["run_id"], qd["model_id"])],
-            "state": state, "event_at": qd["quarantined_at"], "attrs": None, "cut_at": np.nan,
-            "retry": (qd["reason"].isin(sorted(RETRIED_REASONS)) & (qd["stage"] != "catalog")).to_numpy(dtype=bool),
-        }))
-    if not parts:
-        return pd.DataFrame(columns=[*cols, "present"])
-    events = pd.concat([p for p in parts if not p.empty] or parts[:1], ignore_index=True)
-    events = events.sort_values("event_at", kind="stable").drop_duplicates(["item_id", "modality", "model_id"],
-                                                                           keep="last")
-    events["present"] = True
-    if versions.get("removals") is not None and not events.empty:
-        rflt = pc.field("item_id").isin(ids) if ids is not None else None
-        r = lake.read("removals", version=versions["removals"], filter=rflt,
-                      columns=["item_id", "modality", "removed_at"]).to_pandas()
-        if not r.empty:
-            last = r.groupby(["item_id", "modality"], as_index=False)["removed_at"].max()
-            events = events.merge(last, on=["item_id", "modality"], how="left")
-            events["present"] = events["removed_at"].isna() | (events["event_at"] > events["removed_at"])
-            events = events.drop(columns=["removed_at"])
-    return events.reset_index(drop=True)
+                  ids: list[str] | None = None):
+    """The baseline (see ``_LakeSQL.with_base``) as a pandas DataFrame, for inspection and tests
+    of small lakes: the planner itself never materialises it."""
+    sql = _LakeSQL(lake, versions, models)
+    where = f" WHERE item_id IN {_in_list(ids)}" if ids is not None else ""
+    return sql.table(sql.with_base(lambda column: "TRUE") + f" SELECT * FROM base{where}").to_pandas()
 
 
 def baseline_run(lake: Lake, catalog_uri: str, models: list[ModelSpec], *, exclude: str | None = None) -> dict | None:
@@ -285,6 +332,30 @@ def cdf_item_ids(snapshot: CatalogSnapshot, since_version: int) -> tuple[pa.Arra
 # --------------------------------------------------------------------------------------
 
 
+#: The planner's spill of the catalog side (one row per kind): ``row`` an item id the snapshot
+#: holds (usable), ``pair`` a (item, modality) pair with the content hash of its hash group
+#: ``grp`` and its attributes, ``inv`` a pair whose id is not UTF-8 (shown with escapes),
+#: ``cand`` an item id the change data feed lists (or that must be scored again).
+CURRENT_SCHEMA = pa.schema([
+    pa.field("kind", pa.string()), pa.field("grp", pa.int32()), pa.field("modality", pa.string()),
+    pa.field("item_id", pa.string()), pa.field("hash", pa.string()), pa.field("item_type", pa.string()),
+    pa.field("language", pa.string()), pa.field("markets", STR_LIST), pa.field("explicit", pa.bool_()),
+])
+
+
+def _current(kind: str, item_ids, *, grp: int | None = None, modality: str | None = None, hashes=None,
+             work: pa.Table | None = None) -> pa.Table:
+    n = len(item_ids)
+    ids = item_ids.cast(pa.string()) if isinstance(item_ids, (pa.Array, pa.ChunkedArray)) else pa.array(item_ids, pa.string())
+    cols = {"kind": pa.array([kind] * n, pa.string()), "grp": pa.array([grp] * n, pa.int32()),
+            "modality": pa.array([modality] * n, pa.string()), "item_id": ids,
+            "hash": pa.array(hashes if hashes is not None else [None] * n, pa.string())}
+    for a in ATTRIBUTES:
+        typ = CURRENT_SCHEMA.field(a).type
+        cols[a] = work.column(a).cast(typ) if work is not None and a in work.column_names else pa.nulls(n, typ)
+    return pa.table(cols, schema=CURRENT_SCHEMA)
+
+
 def _any_id_in(snapshot: CatalogSnapshot, f, ids: pa.Array) -> bool:
     """Whether data file ``f`` holds any of ``ids`` (reads its id column only)."""
     return any(pc.any(pc.is_in(t.column("item_id"), value_set=ids)).as_py()
@@ -300,12 +371,23 @@ def plan_rescan(
     versions: dict[str, int | None],
     change_source: ChangeSource = "auto",
     exclude_run: str | None = None,
+    bucket_rows: int = BUCKET_ROWS,
 ) -> RescanPlan:
     """Compare the catalog snapshot with the lake's baseline at ``versions``.
+
+    Memory: the driver never holds the catalog or the baseline. The catalog is read and hashed
+    one batch at a time (``SCAN_ROWS`` rows) into a temporary Parquet spill on local disk
+    (item id, hash group, content hash and attributes per pair: about 100 bytes a pair);
+    DataFusion (inside delta-rs) then joins that spill with the newest ``scores`` /
+    ``quarantine`` event per pair, bucket by bucket of item ids (``bucket_rows`` pairs a
+    bucket), and hands back only what must be scored or removed. What the driver keeps grows
+    with the selected pairs, the removed pairs, duplicate and invalid ids and id-less rows.
 
     Raises:
         ModerationError: ``change_source='cdf'`` was asked for but cannot be used.
     """
+    from deltalake import DeltaTable, convert_to_deltalake
+
     base_run = baseline_run(lake, snapshot.uri, models, exclude=exclude_run)
     candidates: pa.Array | None = None
     source, notes = "anti_join", []
@@ -331,126 +413,121 @@ def plan_rescan(
             notes.append(f"catalog version {base_run['catalog_version']} of the baseline run is unreadable: {e}")
 
     classifiers = {m.model_id: build_classifier(m, context=context) for m in models}
-    base = load_baseline(lake, versions, models)
     limits = {m.model_id: item_limit(classifiers[m.model_id]) for m in models}
-    raised = raised_limit(base, limits) & base["present"].eq(True)
-    retry = base["retry"].eq(True) & base["present"].eq(True)
-    if retry.any():
-        notes.append(f"{int(retry.sum())} pair(s) quarantined for a reason that may pass "
-                     f"({', '.join(sorted(RETRIED_REASONS))}) are retried")
+    sql = _LakeSQL(lake, versions, models)
+    events = sql.events()
+    lim = ("CASE model_id " + " ".join(f"WHEN {_lit(m)} THEN {float(n)}" for m, n in limits.items() if n is not None)
+           + " END") if any(n is not None for n in limits.values()) else "CAST(NULL AS DOUBLE)"
+    raised_sql = f"coalesce(cut_at < {lim}, FALSE)"
+    retried, raised_by, more = 0, Counter(), []
+    buckets = _buckets(events, bucket_rows)
+    for b in range(buckets):
+        head = sql.with_base(_bucket_sql(buckets, b))
+        for r in sql.table(f"{head} SELECT model_id, sum(CASE WHEN retry THEN 1 ELSE 0 END) AS retry, "
+                           f"sum(CASE WHEN {raised_sql} THEN 1 ELSE 0 END) AS raised FROM base WHERE present "
+                           f"GROUP BY model_id").to_pylist():
+            retried += r["retry"] or 0
+            raised_by[r["model_id"]] += r["raised"] or 0
         if candidates is not None:  # unchanged in the catalog, but to be scored again
-            more = pa.array(base.loc[retry, "item_id"].drop_duplicates().tolist(), pa.string())
-            candidates = pc.unique(pa.concat_arrays([candidates, more]))
-    if raised.any():
-        by_model = base.loc[raised, "model_id"].value_counts()
-        notes.append(f"{int(raised.sum())} pair(s) scored partially under a lower item limit are re-scored ("
-                     + ", ".join(f"{m}: {n}, limit now {limits[m]}" for m, n in by_model.items()) + ")")
-        if candidates is not None:  # not changed in the catalog, but to be scored again
-            more = pa.array(base.loc[raised, "item_id"].drop_duplicates().tolist(), pa.string())
-            candidates = pc.unique(pa.concat_arrays([candidates, more]))
+            more.append(sql.table(f"{head} SELECT DISTINCT item_id FROM base WHERE present AND "
+                                  f"(retry OR {raised_sql})").column("item_id").cast(pa.string()).combine_chunks())
+    if retried:
+        notes.append(f"{retried} pair(s) quarantined for a reason that may pass "
+                     f"({', '.join(sorted(RETRIED_REASONS))}) are retried")
+    raised_by = Counter({m: n for m, n in raised_by.items() if n})
+    if raised_by:
+        notes.append(f"{sum(raised_by.values())} pair(s) scored partially under a lower item limit are re-scored ("
+                     + ", ".join(f"{m}: {n}, limit now {limits[m]}"
+                                 for m, n in sorted(raised_by.items(), key=lambda kv: (-kv[1], kv[0]))) + ")")
+    if candidates is not None and any(len(a) for a in more):
+        candidates = pc.unique(pa.concat_arrays([candidates, *more]))
+
     groups: dict[tuple, list[ModelSpec]] = defaultdict(list)  # models sharing content hashes
     for m in models:
         groups[classifiers[m.model_id].hash_key()].append(m)
+    group_of = {key: i for i, key in enumerate(groups)}
     modalities = sorted({m.modality for m in models if snapshot.has_modality(m.modality)})
 
-    current: dict[tuple, list[pd.DataFrame]] = defaultdict(list)
-    present_ids: list[pa.Array] = []
-    missing: dict[str, list[PreludeRow]] = defaultdict(list)
-    invalid: dict[bytes, set[str]] = {}
-    rows_read = 0
-    for f in snapshot.files:
-        new_file = baseline_files is None or f.path not in baseline_files
-        name = os.path.basename(f.path)
-        if candidates is not None and not new_file and not _any_id_in(snapshot, f, candidates):
-            continue  # data files are immutable: rows of a file the baseline read changed only if listed
-        for t in snapshot.read(f, snapshot.columns, batch_rows=SCAN_ROWS):
+    with tempfile.TemporaryDirectory(prefix="moderation-rescan-") as tmp:
+        spill = os.path.join(tmp, "current")
+        os.makedirs(spill)
+        missing: dict[str, list[PreludeRow]] = defaultdict(list)
+        invalid: dict[bytes, set[str]] = {}
+        rows_read = pairs = 0
+        with pq.ParquetWriter(os.path.join(spill, "part-00000.parquet"), CURRENT_SCHEMA) as writer:
             if candidates is not None:
-                keep = pc.fill_null(pc.is_in(t.column("item_id"), value_set=candidates), False)
-                if new_file:  # rows without a usable id are not in the feed's id list
-                    keep = pc.or_(keep, pc.invert(_usable_id_mask(t.column("item_id"))))
-                t = t.filter(keep)
-            if not t.num_rows:
-                continue
-            rows_read += t.num_rows
-            ids = t.column("item_id")
-            fixed, bad = utf8_sanitize(ids)
-            usable = np.asarray(_usable_id_mask(ids, (fixed, bad)).to_numpy(zero_copy_only=False), dtype=bool)
-            flags = {}
-            for m in modalities:
-                mask = modality_mask(t, m)
-                flags[m] = np.ones(t.num_rows, bool) if mask is None else np.asarray(
-                    mask.to_numpy(zero_copy_only=False), dtype=bool)
-            bad_set = set(bad)
-            raw = ids.cast(pa.binary()).to_pylist() if bad else None
-            for i in np.flatnonzero(~usable):
-                for m in modalities:
-                    if not flags[m][i]:
+                writer.write_table(_current("cand", candidates))
+            for f in snapshot.files:
+                new_file = baseline_files is None or f.path not in baseline_files
+                name = os.path.basename(f.path)
+                if candidates is not None and not new_file and not _any_id_in(snapshot, f, candidates):
+                    continue  # data files are immutable: rows of a file the baseline read changed only if listed
+                for t in snapshot.read(f, snapshot.columns, batch_rows=SCAN_ROWS):
+                    if candidates is not None:
+                        keep = pc.fill_null(pc.is_in(t.column("item_id"), value_set=candidates), False)
+                        if new_file:  # rows without a usable id are not in the feed's id list
+                            keep = pc.or_(keep, pc.invert(_usable_id_mask(t.column("item_id"))))
+                        t = t.filter(keep)
+                    if not t.num_rows:
                         continue
-                    if i in bad_set:
-                        invalid.setdefault(raw[i], set()).add(m)
-                    elif new_file:
-                        missing[m].append(PreludeRow(None, "missing_item_id",
-                                                     f"a row of data file {name} has a null or blank item_id"))
-            u = t.filter(pa.array(usable))
-            present_ids.append(u.column("item_id").combine_chunks())
-            for m in modalities:
-                rows = u.filter(pa.array(flags[m][usable]))
-                if not rows.num_rows:
-                    continue
-                work = to_work_rows(rows, m)
-                for key, members in groups.items():
-                    if members[0].modality != m:
-                        continue
-                    hashes = classifiers[members[0].model_id].content_hashes(work)
-                    current[key].append(pd.DataFrame({
-                        "item_id": work.column("item_id").to_numpy(zero_copy_only=False), "hash": hashes,
-                        "attrs": attribute_keys(work)}))
+                    rows_read += t.num_rows
+                    ids = t.column("item_id")
+                    fixed, bad = utf8_sanitize(ids)
+                    usable = np.asarray(_usable_id_mask(ids, (fixed, bad)).to_numpy(zero_copy_only=False), dtype=bool)
+                    flags = {}
+                    for m in modalities:
+                        mask = modality_mask(t, m)
+                        flags[m] = np.ones(t.num_rows, bool) if mask is None else np.asarray(
+                            mask.to_numpy(zero_copy_only=False), dtype=bool)
+                    bad_set = set(bad)
+                    raw = ids.cast(pa.binary()).to_pylist() if bad else None
+                    for i in np.flatnonzero(~usable):
+                        for m in modalities:
+                            if not flags[m][i]:
+                                continue
+                            if i in bad_set:
+                                invalid.setdefault(raw[i], set()).add(m)
+                            elif new_file:
+                                missing[m].append(PreludeRow(None, "missing_item_id",
+                                                             f"a row of data file {name} has a null or blank item_id"))
+                    u = t.filter(pa.array(usable))
+                    writer.write_table(_current("row", u.column("item_id")))
+                    for m in modalities:
+                        rows = u.filter(pa.array(flags[m][usable]))
+                        if not rows.num_rows:
+                            continue
+                        work = to_work_rows(rows, m)
+                        for key, members in groups.items():
+                            if members[0].modality != m:
+                                continue
+                            hashes = classifiers[members[0].model_id].content_hashes(work)
+                            writer.write_table(_current("pair", work.column("item_id"), grp=group_of[key], modality=m,
+                                                        hashes=hashes, work=work))
+                            pairs += work.num_rows
+            for raw_id, mods in invalid.items():
+                shown = raw_id.decode("utf-8", "backslashreplace")
+                for m in sorted(mods):
+                    writer.write_table(_current("inv", [shown], modality=m))
+        convert_to_deltalake(spill)
+        sql.register("cur", DeltaTable(spill))
+        compared = _compare(sql, models, groups, group_of, limits, cdf=candidates is not None,
+                            buckets=_buckets(max(events, pairs, rows_read), bucket_rows),
+                            invalid=bool(invalid))
+    keep, changed_n, unchanged, dup_rows, dup_groups, marks, gone_rows = compared
 
-    all_ids = pa.concat_arrays(present_ids) if present_ids else pa.array([], pa.string())
-    counts = pc.value_counts(all_ids) if len(all_ids) else None
-    dup_rows: dict[str, int] = {}
-    if counts is not None:
-        many = pc.greater(counts.field("counts"), 1)
-        dup_rows = dict(zip(counts.field("values").filter(many).to_pylist(), counts.field("counts").filter(many).to_pylist()))
     dup_ids = set(dup_rows)
     excluded = pa.array([d.encode("utf-8") for d in sorted(dup_ids)] + sorted(invalid), pa.binary())
-    cur_ids = set(all_ids.to_pylist()) if len(all_ids) else set()
-
-    if candidates is not None:
-        # Pairs the feed does not list are as the baseline run left them: unchanged.
-        outside = ~base["item_id"].isin(candidates.to_pylist())
-        unchanged_outside = int((outside & base["present"]).sum())
-        base = base[~outside]
-    else:
-        unchanged_outside = 0
     selections: dict[str, Selection] = {}
-    unchanged = unchanged_outside
     for key, members in groups.items():
-        frames = current.get(key)
-        cur = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["item_id", "hash", "attrs"])
-        dups_here = cur[cur["item_id"].isin(dup_ids)]
-        cur = cur[~cur["item_id"].isin(dup_ids)]
         for m in members:
-            b = base[base["model_id"] == m.model_id][["item_id", "digest", "state", "present", "attrs", "cut_at",
-                                                      "retry"]]
-            merged = cur.merge(b.rename(columns={"attrs": "attrs_base"}), on="item_id", how="left")
-            present = merged["present"].eq(True)
-            cut_short = raised_limit(merged.assign(model_id=m.model_id), limits)
-            # Item attributes decide reads from scores (markets, explicit, language, item type):
-            # compared where the baseline is a scores row (quarantine rows carry none).
-            moved = merged["attrs_base"].notna() & (merged["attrs_base"] != merged["attrs"])
-            changed = (~present | (merged["digest"] != m.digest) | (merged["state"] != merged["hash"]) | moved
-                       | cut_short | merged["retry"].eq(True))
-            keep = merged.loc[changed, "item_id"]
-            unchanged += int((~changed).sum())
             prelude = list(missing.get(m.modality, []))
-            state_of = dict(zip(b["item_id"], zip(b["state"], b["digest"], b["present"])))
+            state_of = marks.get(m.model_id, {})
 
             def seen(item: str, reason: str, _m=m, _s=state_of) -> bool:
                 st = _s.get(item)
                 return st is not None and bool(st[2]) and st[0] == f"catalog:{reason}" and st[1] == _m.digest
 
-            for item in sorted(set(dups_here["item_id"])):
+            for item in sorted(dup_groups.get(group_of[key], ())):
                 if not seen(item, "duplicate_item_id"):
                     prelude.append(PreludeRow(item, "duplicate_item_id",
                                               f"item_id appears on {dup_rows[item]} rows of the catalog snapshot; "
@@ -467,28 +544,13 @@ def plan_rescan(
                 else:
                     unchanged += 1
             selections[m.model_id] = Selection(
-                keep_ids=pa.array(keep.tolist(), pa.string()), excluded=excluded,
-                stream_pairs={m.modality: int(changed.sum())}, prelude={m.modality: prelude}, rows_scanned=rows_read,
+                keep_ids=pa.array(sorted(keep.get(m.model_id, ())), pa.string()), excluded=excluded,
+                stream_pairs={m.modality: changed_n.get(m.model_id, 0)}, prelude={m.modality: prelude},
+                rows_scanned=rows_read,
             )
     for m in models:  # a modality the catalog cannot hold: nothing to score
         selections.setdefault(m.model_id, Selection(keep_ids=pa.array([], pa.string()), excluded=excluded))
 
-    # Pairs the baseline has that the catalog no longer has.
-    gone_rows: list[dict] = []
-    if not base.empty:
-        live = base[base["present"]][["item_id", "modality"]].drop_duplicates()
-        now_pairs = set()
-        for key, frames in current.items():
-            modality = key[0]
-            for fr in frames:
-                now_pairs.update((i, modality) for i in fr["item_id"])
-        for item in invalid:
-            now_pairs.update((item.decode("utf-8", "backslashreplace"), mo) for mo in invalid[item])
-        for item, modality in live.itertuples(index=False):
-            if (item, modality) in now_pairs:
-                continue
-            gone_rows.append({"item_id": item, "modality": modality,
-                              "reason": "media_removed" if item in cur_ids else "item_deleted"})
     removals = pa.Table.from_pylist(
         [{**r, "run_id": "", "catalog_uri": snapshot.uri, "catalog_version": snapshot.version,
           "removed_at": dt.datetime.now(dt.timezone.utc)} for r in sorted(gone_rows, key=lambda r: (r["item_id"], r["modality"]))],
@@ -499,6 +561,79 @@ def plan_rescan(
         baseline_run_id=base_run["run_id"] if base_run else None, baseline_versions=dict(versions),
         unchanged_pairs=unchanged, rows_read=rows_read, notes=notes,
     )
+
+
+def _compare(sql: _LakeSQL, models: list[ModelSpec], groups: dict[tuple, list[ModelSpec]], group_of: dict[tuple, int],
+             limits: dict[str, int | None], *, cdf: bool, buckets: int, invalid: bool):
+    """The catalog spill (``cur``) against the baseline, bucket by bucket of item ids, in
+    DataFusion: per model the ids to score and the count of unchanged pairs; the duplicate ids
+    (rows, hash groups); the baseline state of duplicate and invalid ids; the pairs to remove.
+    Only those come back to Python."""
+    rows = []
+    for key, members in groups.items():
+        for m in members:
+            digest = "CAST(NULL AS VARCHAR)" if m.digest is None else f"CAST({_lit(m.digest)} AS VARCHAR)"
+            limit = limits.get(m.model_id)
+            rows.append(f"(CAST({_lit(m.model_id)} AS VARCHAR), CAST({group_of[key]} AS INT), {digest}, "
+                        f"CAST({'NULL' if limit is None else float(limit)} AS DOUBLE))")
+    mdl = f"mdl AS (SELECT * FROM (VALUES {', '.join(rows)}) AS v(model_id, grp, digest, lim))"
+    changed = ("NOT coalesce(b.present, FALSE) OR coalesce(b.digest <> mdl.digest, TRUE) "
+               "OR coalesce(b.state <> c.hash, TRUE) "
+               # Item attributes decide reads from scores: compared where the baseline is a scores
+               # row (quarantine rows carry none).
+               f"OR coalesce(b.attrs <> {_attrs_sql('c')}, FALSE) "
+               "OR coalesce(b.cut_at < mdl.lim, FALSE) OR coalesce(b.retry, FALSE)")
+    keep: dict[str, list[str]] = defaultdict(list)
+    changed_n: Counter = Counter()
+    unchanged = 0
+    dup_rows: dict[str, int] = {}
+    dup_groups: dict[int, set[str]] = defaultdict(set)
+    marks: dict[str, dict[str, tuple]] = defaultdict(dict)
+    gone_rows: list[dict] = []
+    for b in range(buckets):
+        where = _bucket_sql(buckets, b)
+        dups = (f"dups AS (SELECT item_id, count(*) AS n FROM cur WHERE kind = 'row' AND {where('item_id')} "
+                f"GROUP BY item_id HAVING count(*) > 1)")
+        cand = f"cand AS (SELECT DISTINCT item_id FROM cur WHERE kind = 'cand' AND {where('item_id')})"
+        base_in = ("base_in AS (SELECT * FROM base WHERE item_id IN (SELECT item_id FROM cand))" if cdf
+                   else "base_in AS (SELECT * FROM base)")
+        head = f"{sql.with_base(where)}, {cand}, {base_in}, {dups}, {mdl}"
+        here = []
+        for r in sql.table(f"WITH {dups} SELECT d.item_id, d.n, c.grp FROM dups d LEFT JOIN (SELECT DISTINCT item_id, "
+                           f"grp FROM cur WHERE kind = 'pair' AND {where('item_id')}) c ON c.item_id = d.item_id").to_pylist():
+            dup_rows[r["item_id"]] = r["n"]
+            here.append(r["item_id"])
+            if r["grp"] is not None:
+                dup_groups[r["grp"]].add(r["item_id"])
+        if cdf:  # pairs the feed does not list are as the baseline run left them: unchanged
+            unchanged += sql.table(f"{head} SELECT count(*) AS n FROM base WHERE present AND item_id NOT IN "
+                                   f"(SELECT item_id FROM cand)").column("n")[0].as_py()
+        for batch in sql.batches(
+                f"{head} SELECT mdl.model_id, CASE WHEN {changed} THEN c.item_id END AS item_id, count(*) AS n "
+                f"FROM cur c JOIN mdl ON mdl.grp = c.grp LEFT JOIN base_in b ON b.item_id = c.item_id "
+                f"AND b.model_id = mdl.model_id WHERE c.kind = 'pair' AND {where('c.item_id')} "
+                f"AND c.item_id NOT IN (SELECT item_id FROM dups) GROUP BY 1, 2"):
+            for r in batch.to_pylist():
+                if r["item_id"] is None:
+                    unchanged += r["n"]
+                else:
+                    keep[r["model_id"]].append(r["item_id"])
+                    changed_n[r["model_id"]] += r["n"]
+        if here or invalid:
+            for r in sql.table(f"{head} SELECT item_id, model_id, state, digest, present FROM base_in WHERE item_id IN "
+                               f"(SELECT item_id FROM dups UNION SELECT item_id FROM cur WHERE kind = 'inv')").to_pylist():
+                marks[r["model_id"]][r["item_id"]] = (r["state"], r["digest"], r["present"])
+        # Pairs the baseline has that the catalog no longer has.
+        for batch in sql.batches(
+                f"{head}, live AS (SELECT DISTINCT item_id, modality FROM base_in WHERE present), "
+                f"now AS (SELECT DISTINCT item_id, modality FROM cur WHERE kind IN ('pair', 'inv') "
+                f"AND {where('item_id')}), "
+                f"ids AS (SELECT DISTINCT item_id FROM cur WHERE kind = 'row' AND {where('item_id')}) "
+                f"SELECT l.item_id, l.modality, CASE WHEN i.item_id IS NULL THEN 'item_deleted' "
+                f"ELSE 'media_removed' END AS reason FROM live l LEFT JOIN now n ON n.item_id = l.item_id "
+                f"AND n.modality = l.modality LEFT JOIN ids i ON i.item_id = l.item_id WHERE n.item_id IS NULL"):
+            gone_rows.extend(batch.to_pylist())
+    return keep, changed_n, unchanged, dup_rows, dup_groups, marks, gone_rows
 
 
 def plan_rescan_run(prepared: PreparedRun) -> ScoringPlan:

@@ -131,30 +131,59 @@ def referenced(sql: str, names: list[str] | tuple[str, ...]) -> list[str]:
     return [n for n in names if n.lower() in words]
 
 
+def _first_word(sql: str) -> str:
+    """The statement's first keyword, lower case, past comments and opening parentheses."""
+    lead = re.sub(r"^(\s*(--[^\n]*\n|/\*.*?\*/)|[\s(])*", "", sql + "\n", flags=re.S)
+    first = re.match(r"[A-Za-z]+", lead)
+    return first.group(0).lower() if first else ""
+
+
 def check_read_only(sql: str) -> str:
-    """``sql`` without comments' lead-in and trailing semicolons, if it is a read-only query.
+    """``sql`` without trailing semicolons, if its statement is one of ``READ_ONLY``.
+
+    A WITH or FROM statement can still hold an INSERT: :func:`run_sql` also refuses a parsed
+    plan that writes.
 
     Raises:
         QueryError: empty, or a statement other than a query (CREATE, INSERT, SET, ...).
     """
     text = sql.strip().rstrip(";").strip()
-    lead = re.sub(r"^(\s*(--[^\n]*\n|/\*.*?\*/)|[\s(])*", "", text + "\n", flags=re.S)
-    first = re.match(r"[A-Za-z]+", lead)
-    if not text or first is None:
+    first = _first_word(text)
+    if not first:
         raise QueryError("empty query: pass one SQL statement, e.g. \"SELECT count(*) FROM violations\"")
-    if first.group(0).lower() not in READ_ONLY:
-        raise QueryError(f"{first.group(0).upper()} statement refused: moderation sql runs read-only queries "
+    if first not in READ_ONLY:
+        raise QueryError(f"{first.upper()} statement refused: moderation sql runs read-only queries "
                          f"({', '.join(sorted(s.upper() for s in READ_ONLY))})")
     return text
 
 
-def _parse_pins(pins: Mapping[str, int] | None, available: dict[str, str], *, lake_root: str) -> dict[str, int]:
-    pins = dict(pins or {})
-    unknown = sorted(set(pins) - set(available))
+def _check_no_write(spark: SparkSession, sql: str) -> None:
+    """Refuse a statement whose parsed plan writes: ``WITH … INSERT INTO …`` or ``FROM t INSERT
+    OVERWRITE DIRECTORY …`` start like queries. A statement that does not parse passes here;
+    ``spark.sql`` reports its syntax error."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import ParseException
+
+    try:
+        plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(sql)
+    except (ParseException, Py4JJavaError):
+        return
+    stack = [plan]
+    while stack:
+        node = stack.pop()
+        name = node.getClass().getSimpleName()
+        if name.startswith("Insert"):  # InsertIntoStatement, InsertIntoDir
+            raise QueryError(f"{name} refused: moderation sql runs read-only queries")
+        children = node.children().iterator()
+        while children.hasNext():
+            stack.append(children.next())
+
+
+def _check_pins(pins: Mapping[str, int] | None, available: list[str], *, lake_root: str) -> None:
+    unknown = sorted(set(pins or {}) - set(available))
     if unknown:
         raise LakeError(f"--version-of {unknown[0]}: no such table in {lake_root} "
-                        f"(tables: {', '.join(available)})")
-    return pins
+                        f"(tables: {', '.join(sorted(available))})")
 
 
 def pin_lake(lake_root: str, sql: str, *, versions: Mapping[str, int] | None = None,
@@ -181,8 +210,8 @@ def pin_lake(lake_root: str, sql: str, *, versions: Mapping[str, int] | None = N
     if catalog_uri is not None:
         parent, _, base = catalog_uri.rstrip("/").rpartition("/")
         roots["catalog"] = (parent or ".", base)
-    _parse_pins(versions, {n: p for n, (_, p) in roots.items()}, lake_root=lake_root)
-    names = list(roots) if check_read_only(sql).lower().startswith("show") else referenced(sql, list(roots))
+    _check_pins(versions, list(roots), lake_root=lake_root)
+    names = list(roots) if _first_word(check_read_only(sql)) == "show" else referenced(sql, list(roots))
     names.sort(key=lambda n: (n != "runs", n))
     tables: dict[str, TableRef] = {}
     for name in names:
@@ -243,20 +272,21 @@ def run_sql(lake_root: str, sql: str, *, versions: Mapping[str, int] | None = No
         The rows as an Arrow table, whether they were cut at ``max_rows``, the pinned snapshot.
 
     Raises:
-        QueryError: the statement is not read-only, does not parse, or names an unknown table
+        QueryError: the statement is not a read-only query, does not parse, or names an unknown table
             or column (the message lists the tables the lake has).
         LakeError: the lake, a table or a pinned version is missing.
     """
     from pyspark.sql import SparkSession
 
-    text = check_read_only(sql)
-    pinned = pin_lake(lake_root, text, versions=versions, catalog_uri=catalog_uri)
-    owned = spark is None and SparkSession.getActiveSession() is None
     from moderation.reporting import spark_session
 
+    text = check_read_only(sql)
+    pinned = pin_lake(lake_root, text, versions=versions, catalog_uri=catalog_uri)  # before Spark starts
+    owned = spark is None and SparkSession.getActiveSession() is None
     base = spark if spark is not None else spark_session(master, app_name="moderation-sql")
     session = base.newSession()  # temp views of its own, dropped with it
     try:
+        _check_no_write(session, text)
         skipped = register_views(session, pinned)
         rows, truncated = _collect(session, text, pinned=pinned, skipped=skipped, max_rows=max_rows)
     finally:

@@ -289,6 +289,8 @@ def test_sql_table_json_and_a_pinned_older_version(spark, query_lake):
     old = sql(spark, q, "--lake", query_lake.root, "--json", "--version-of", "violations=0")
     assert [json.loads(line)["policy_version"] for line in old.stdout.splitlines()] == [1]
     assert "violations@0" in old.stderr
+    shown = sql(spark, "SHOW TABLES", "--lake", query_lake.root, "--json")
+    assert {json.loads(line)["tableName"] for line in shown.stdout.splitlines()} == set(lake_tables(query_lake.root))
     cut = sql(spark, "SELECT item_id FROM scores", "--lake", query_lake.root, "--csv", "--max-rows", "3")
     assert len(cut.stdout.splitlines()) == 4 and "output cut at 3 rows" in cut.stderr
 
@@ -300,6 +302,8 @@ def test_sql_table_json_and_a_pinned_older_version(spark, query_lake):
     (["SELECT * FROM violation"], "TABLE_OR_VIEW_NOT_FOUND"),
     (["SELECT no_such_column FROM violations"], "query failed: [UNRESOLVED_COLUMN"),
     (["DROP TABLE violations"], "DROP statement refused"),
+    (["WITH x AS (SELECT 1) INSERT INTO violations SELECT * FROM x"], "InsertIntoStatement refused"),
+    (["FROM violations INSERT OVERWRITE DIRECTORY '/tmp/never' USING parquet SELECT *"], "InsertIntoDir refused"),
     (["SELECT 1", "--version-of", "violations"], "expected TABLE=VERSION"),
     (["SELECT 1", "--csv", "--json"], "choose one output format"),
 ])

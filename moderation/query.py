@@ -22,7 +22,6 @@ import datetime as dt
 import decimal
 import io
 import json
-import logging
 import os
 import re
 import tempfile
@@ -39,8 +38,6 @@ from moderation.lake import Lake, arrow_filesystem, join_uri
 if TYPE_CHECKING:
     import duckdb
     from pyspark.sql import DataFrame, SparkSession
-
-log = logging.getLogger(__name__)
 
 #: How deep under the lake root tables are looked for (``eval/datasets/<name>`` is three deep).
 MAX_DEPTH = 3

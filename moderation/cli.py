@@ -274,6 +274,52 @@ def report(
     typer.echo(result.summary())
 
 
+def _version_pins(items: list[str]) -> dict[str, int]:
+    pins: dict[str, int] = {}
+    for item in items:
+        table, sep, version = item.partition("=")
+        if not sep or not table.strip() or not version.strip().isdigit():
+            raise ModerationError(f"--version-of {item!r}: expected TABLE=VERSION, e.g. --version-of violations=3")
+        pins[table.strip()] = int(version)
+    return pins
+
+
+@app.command("sql")
+def sql_(
+    query: str = typer.Argument(..., help="one read-only Spark SQL statement, e.g. \"SELECT count(*) FROM violations\""),
+    lake: str = typer.Option(..., help="lake root URI"),
+    csv: bool = typer.Option(False, "--csv", help="print CSV with a header (lists and maps as JSON)"),
+    json_: bool = typer.Option(False, "--json", help="print JSON Lines, one object per row"),
+    version_of: list[str] = typer.Option([], "--version-of", help="TABLE=VERSION: read this Delta version of the "
+                                         "table (time travel; repeatable); others are read at their current version"),
+    catalog: Optional[str] = typer.Option(None, help="a catalog Delta table outside the lake, as the view `catalog`"),
+    max_rows: int = typer.Option(1000, min=0, help="print at most N rows (0: all); a cut result says so on stderr"),
+    master: Optional[str] = typer.Option(None, help="Spark master (default: spark-submit's under spark-submit, "
+                                         "else local[*])"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Query the lake with Spark SQL, offline: every lake table is a temp view of one pinned
+    snapshot (scores, violations, runs, diffs, eval_results, reports_violation_rates, ...; see
+    docs/cookbook.md). The snapshot's versions are printed on stderr."""
+    from moderation.query import format_rows, run_sql
+
+    _setup_logging(verbose)
+    try:
+        if csv and json_:
+            raise ModerationError("--csv and --json: choose one output format")
+        result = run_sql(_abs_uri(lake), query, versions=_version_pins(version_of),
+                         catalog_uri=None if catalog is None else _abs_uri(catalog), max_rows=max_rows,
+                         master=master or _default_master())
+    except ModerationError as e:
+        _fail(e)
+    typer.echo(result.pinned.describe(), err=True)
+    for name, why in sorted(result.skipped.items()):
+        typer.echo(f"warning: {name}: no view: {why}", err=True)
+    typer.echo(format_rows(result.rows, "csv" if csv else "json" if json_ else "table"), nl=False)
+    if result.truncated:
+        typer.echo(f"warning: output cut at {max_rows} rows (--max-rows 0 prints all)", err=True)
+
+
 @app.command()
 def demo(
     lake: str = typer.Option(DEFAULT_LAKE, help="lake root for the demo (created if missing)"),

@@ -1,5 +1,5 @@
 """deploy/ and the cluster run profile cannot drift from the code: every command line in the
-manifests, the image, the spark-submit example and the README's Deployment section parses with
+manifests, the image, the spark-submit example and the Deployment page (docs/deployment.md) parses with
 the CLI's own parser (and names files that exist); the KubeRay cluster is the shape
 conf/jobs/cluster.yaml is sized for; the ray job submit runtime env leaves nothing needed behind."""
 
@@ -81,14 +81,13 @@ def _yaml_strings(node) -> list[str]:
     return []
 
 
-def readme_deployment_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Deployment\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+def deployment_page_blocks() -> list[str]:
+    text = (REPO / "docs" / "deployment.md").read_text()
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
 
 
 def command_lines() -> list[tuple[str, list[str]]]:
-    """(where, argv) for every CLI invocation in deploy/ and the README's Deployment section."""
+    """(where, argv) for every CLI invocation in deploy/ and on the Deployment page."""
     out = []
     for path in sorted(DEPLOY.rglob("*")):
         if not path.is_file():
@@ -102,8 +101,8 @@ def command_lines() -> list[tuple[str, list[str]]]:
             if path.name == "Dockerfile":
                 lines = [line.removeprefix("RUN ") for line in lines if line.startswith("RUN ")]
         out += [(where, argv) for line in lines for argv in invocations(line)]
-    for block in readme_deployment_blocks():
-        out += [("README.md#deployment", argv) for line in _shell_lines(block) for argv in invocations(line)]
+    for block in deployment_page_blocks():
+        out += [("docs/deployment.md", argv) for line in _shell_lines(block) for argv in invocations(line)]
     return out
 
 
@@ -139,8 +138,8 @@ def test_every_command_line_in_deploy_parses_with_the_cli():
         ("deploy/kuberay/backfill-rayjob.yaml", ("backfill",)),
         ("deploy/kuberay/rescan-raycronjob.yaml", ("rescan",)),
         ("deploy/spark/submit-report.sh", ("report",)),
-        ("README.md#deployment", ("backfill",)),
-        ("README.md#deployment", ("runs", "list")),
+        ("docs/deployment.md", ("backfill",)),
+        ("docs/deployment.md", ("runs", "list")),
     }, found
     for where, argv in lines:
         _, params = parse(argv)

@@ -271,8 +271,11 @@ def test_spark_sql_path_as_documented(spark, query_lake, flagged_expected):
     assert result.exit_code == 0, result.output
     assert as_set(csv.DictReader(io.StringIO(result.stdout))) == flagged_expected
     assert f"violations@{query_lake.version('violations')}" in result.stderr
-    readme = [c for c in code_blocks(DOCS.parent / "README.md", "bash") if c.lstrip().startswith("moderation sql")]
-    assert len(readme) == 1, "the README's Querying the lake shows one moderation sql"
+    # The README's example (the last command of its block) and the same one in querying.md's "In short".
+    readme = [c[c.index("moderation sql"):] for c in code_blocks(DOCS.parent / "README.md", "bash")
+              if "moderation sql" in c]
+    assert len(readme) == 1, "the README shows one moderation sql"
+    assert readme[0] in commands[1:], "querying.md's In short shows the README's moderation sql"
     argv = shlex.split(readme[0].split("#")[0].replace("\\\n", " ").replace(DOC_LAKE, query_lake.root))
     assert sql(spark, *argv[2:]).exit_code == 0
 

@@ -31,24 +31,11 @@ import pyarrow as pa
 
 from moderation.errors import LakeError, ModerationError
 from moderation.lake import Lake, storage_options
-from moderation.schemas import TS
+from moderation.schemas import HASH_BANK_SCHEMA  # defined (and described) with the other tables
 
 log = logging.getLogger(__name__)
 
 HASH_BANK_TABLE = "hash_bank"
-
-HASH_BANK_SCHEMA = pa.schema(
-    [
-        pa.field("hash", pa.string(), nullable=False),  # PDQ, 64 lower-case hex chars
-        pa.field("quality", pa.int32(), nullable=False),  # PDQ quality 0-100
-        pa.field("variant", pa.string(), nullable=False),  # "full", "crop1.25" … "crop5" (% cut per side)
-        pa.field("category", pa.string(), nullable=False),  # e.g. "sexual", "violence", "known_violating"
-        pa.field("label", pa.string(), nullable=False),  # free text shown in evidence
-        pa.field("source", pa.string()),  # where the image came from; never the image
-        pa.field("added_at", TS, nullable=False),
-        pa.field("added_by_run", pa.string(), nullable=False),
-    ]
-)
 
 HASH_BYTES = 32  # 256 bits
 #: Fraction cut from each side for the stored variants of a banked image (0.0 = full frame).

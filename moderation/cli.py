@@ -1,7 +1,9 @@
 """``moderation``: the command line. Thin: parses options, calls the library, prints.
 
 Every user error (a ModerationError) is one line on stderr and exit code 2, raised before
-anything is written.
+anything is written. ``EXIT_CODES`` is the one list of exit codes (the help epilog and
+docs/commands.md show it). List and show commands take ``--json``; their tables are drawn
+with rich at a terminal and printed as aligned text elsewhere.
 """
 
 from __future__ import annotations
@@ -18,10 +20,47 @@ import typer
 from moderation.config import default_conf_dir
 from moderation.errors import ModerationError
 
+#: Every exit status of every command (main() maps errors to them). docs/commands.md's "Exit
+#: codes" table and the --help epilog are generated from this.
+EXIT_CODES: dict[int, tuple[str, str]] = {
+    0: ("success", "the command did what it was asked"),
+    1: ("a check failed", "`runs show` found the run not reproducible, `models verify` a digest mismatch or "
+        "missing file, `bank add` rejected an image; or a bug, whose traceback is printed"),
+    2: ("user error", "bad option, policy file, category, model, catalog, column mapping, `--where` or run id: one "
+        "`error:` line naming the file, field and value, and nothing written; also a user error raised inside Ray "
+        "(a scoring actor refusing a tampered or missing artifact), with `(raised inside ...)` appended"),
+    3: ("storage failed", "the store failed (S3 unreachable or timing out; any delta-rs, DataFusion, pyarrow or "
+        "boto3 storage error), wherever it struck: one `error:` line; what was committed is kept and the same "
+        "command resumes the run"),
+    4: ("error share exceeded", "a backfill or rescan whose model failed on more than the run profile's "
+        "`max_error_share` of its selected pairs: `error: run ID failed: error share ...`; its rows stay committed"),
+    130: ("interrupted", "Ctrl-C"),
+}
+DOCS_EXIT_CODES = "docs/commands.md#exit-codes"
+
 # Plain tracebacks: rich ones print local variables, which may hold secrets.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Catalog policy backfill: score a catalog against content policies (Ray Data),\n"
-                  "decide policy versions from stored scores, report with Spark.")
+                  "decide policy versions from stored scores, report with Spark.",
+                  epilog="Exit codes: " + ", ".join(f"{code} {short}" for code, (short, _) in EXIT_CODES.items())
+                  + f" (details: {DOCS_EXIT_CODES}).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from moderation.runinfo import code_version
+
+        typer.echo(f"moderation {code_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                 help="print the package version (with the git commit in a checkout) and exit"),
+) -> None:
+    pass
+
 
 DEFAULT_LAKE = "demo-lake"
 DEMO_POLICIES = ("catalog-safety/v1.yaml", "catalog-safety/v2.yaml", "catalog-safety/v3.yaml", "catalog-safety/v9.yaml")
@@ -92,6 +131,7 @@ _ROOT_HELP = ("folder or s3:// prefix media URIs may lie under (repeatable; defa
 _RAY_HELP = ("Ray cluster to join: HOST:PORT of its head, or auto for the `ray start` cluster on this machine "
              "(default $RAY_ADDRESS, which `ray job submit` sets; neither: a private local Ray, never a running "
              "cluster)")
+_JSON_HELP = "print JSON (one document) instead of text"
 _PROFILE_HELP = "run profile (default conf/jobs/local.yaml; conf/jobs/cluster.yaml for a GPU cluster)"
 _DECIDE_HELP = "after the run, decide this policy version from the stored scores (as `moderation decide`)"
 _ENFORCE_HELP = "after --decide, export the live version's actions (as `moderation enforce`; refused unless live)"
@@ -195,7 +235,8 @@ def rescan(
 def decide(
     lake: str = typer.Option(..., help="lake root URI"),
     policy: Path = typer.Option(..., help="policy version file"),
-    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id),
+    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id,
+                                         help="run id recorded in runs and in the violations rows (default: decide-<utc time>-<random>)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Apply a policy version to the stored scores (no model) and replace its violations."""
@@ -217,7 +258,8 @@ def diff(
     to_version: int = typer.Option(..., "--to", help="the version compared to (the candidate)"),
     sample_per_stratum: int = typer.Option(20, min=0, help="review-sample rows per category x change"),
     seed: int = typer.Option(0, help="review-sample seed"),
-    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id),
+    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id,
+                                         help="run id recorded in runs and in the diffs rows (default: diff-<utc time>-<random>)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Compare two decided versions of a policy (no model): write <lake>/diffs (newly violating,
@@ -238,7 +280,8 @@ def diff(
 def enforce(
     lake: str = typer.Option(..., help="lake root URI"),
     policy: Path = typer.Option(..., help="the live policy version file"),
-    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id),
+    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id,
+                                         help="run id recorded in runs and in the enforcement rows (default: enforce-<utc time>-<random>)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Export the actions the live version takes to <lake>/enforcement (one row per item,
@@ -320,6 +363,49 @@ def sql_(
         typer.echo(f"warning: output cut at {max_rows} rows (--max-rows 0 prints all)", err=True)
 
 
+@app.command("tables")
+def tables_(
+    lake: str = typer.Option(..., help="lake root URI"),
+    table: list[str] = typer.Argument(None, help="only these tables (path under the lake, e.g. eval/results, or "
+                                      "view name, e.g. eval_results; default: all)", show_default=False),
+    json_: bool = typer.Option(False, "--json", help=_JSON_HELP),
+    columns: bool = typer.Option(True, help="also list each table's columns with their descriptions"),
+    write_comments: bool = typer.Option(False, "--write-comments", help="set the column comments of tables created "
+                                        "before the descriptions existed (one Delta commit per column changed; run "
+                                        "it when no job writes to the lake)"),
+) -> None:
+    """The lake's data dictionary: every Delta table under the lake root with its version, row
+    count (from the Delta log's statistics, no scan), last writer (the run id its last commit
+    recorded, else the operation) and columns with their descriptions (moderation/schemas.py,
+    the source of the column comments and of docs/tables.md)."""
+    from moderation.dictionary import column_rows, describe_lake, format_tables, overview_rows
+    from moderation.output import dumps, is_terminal, print_rich_table
+
+    try:
+        root = _abs_uri(lake)
+        found = describe_lake(root, table or None)
+        if write_comments:
+            from moderation.lake import Lake
+            from moderation.schemas import LAKE_SCHEMAS
+
+            for info in found:
+                if info.name in LAKE_SCHEMAS:
+                    changed = Lake(root).write_comments(info.name, LAKE_SCHEMAS[info.name])
+                    typer.echo(f"{info.name}: {len(changed)} column comment(s) written", err=True)
+            found = describe_lake(root, table or None)
+    except ModerationError as e:
+        _fail(e)
+    if json_:
+        typer.echo(dumps([t.to_dict() for t in found]))
+    elif is_terminal():
+        print_rich_table(*overview_rows(found), title=f"tables of {root}")
+        if columns:
+            for t in found:
+                print_rich_table(*column_rows(t), title=f"{t.name} (v{t.version})")
+    else:
+        typer.echo(format_tables(found, columns=columns))
+
+
 @app.command()
 def demo(
     lake: str = typer.Option(DEFAULT_LAKE, help="lake root for the demo (created if missing)"),
@@ -345,7 +431,7 @@ app.add_typer(models_app, name="models")
 
 
 @models_app.command("list")
-def models_list() -> None:
+def models_list(json_: bool = typer.Option(False, "--json", help=_JSON_HELP)) -> None:
     """List registered models: id, modality, categories, digest, artifacts."""
     from moderation.config import load_model_registry
 
@@ -353,6 +439,15 @@ def models_list() -> None:
         registry = load_model_registry()
     except ModerationError as e:
         _fail(e)
+    if json_:
+        from moderation.output import dumps
+
+        typer.echo(dumps([{"model_id": spec.model_id, "modality": spec.modality, "categories": list(spec.categories),
+                           "digest": spec.digest,
+                           "artifacts": {name: {"uri": ref.uri, "sha256": ref.sha256, "convert": ref.convert}
+                                         for name, ref in sorted(spec.artifacts.items())}}
+                          for spec in registry.values()]))
+        return
     for spec in registry.values():
         typer.echo(f"{spec.model_id}  modality={spec.modality}  categories={','.join(spec.categories)}  digest={spec.digest}")
         for name, ref in sorted(spec.artifacts.items()):
@@ -437,7 +532,8 @@ def policy_promote(
     to: str = typer.Option("live", help="live or shadow"),
     force: bool = typer.Option(False, "--force", help="promote although the version was not decided or not "
                                "compared (moderation diff) with the live one; recorded in runs"),
-    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id),
+    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id,
+                                         help="run id the promotion is recorded under in runs (default: promote-<utc time>-<random>)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Make a policy version live (the previous live one is retired) or shadow; recorded in
@@ -458,6 +554,7 @@ def policy_promote(
 def policy_status(
     lake: str = typer.Option(..., help="lake root URI"),
     policy: Path = typer.Option(..., help="any version file of the policy (its sibling files are read too)"),
+    json_: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Each version's declared and effective status (from promotions recorded in <lake>/runs)."""
     from moderation.config import load_policy
@@ -467,11 +564,20 @@ def policy_status(
     try:
         loaded = load_policy(policy)
         lake_ = Lake(_abs_uri(lake))
-        for version, declared in sorted(declared_statuses(loaded).items()):
-            status = effective_status(lake_, loaded.policy.policy_id, version, declared)
-            typer.echo(f"{loaded.policy.policy_id} v{version}: {status}" + (f" (file says {declared})" if status != declared else ""))
+        pid = loaded.policy.policy_id
+        rows = [{"policy_id": pid, "version": version, "declared": declared,
+                 "effective": effective_status(lake_, pid, version, declared)}
+                for version, declared in sorted(declared_statuses(loaded).items())]
     except ModerationError as e:
         _fail(e)
+    if json_:
+        from moderation.output import dumps
+
+        typer.echo(dumps(rows))
+        return
+    for r in rows:
+        typer.echo(f"{r['policy_id']} v{r['version']}: {r['effective']}"
+                   + (f" (file says {r['declared']})" if r["effective"] != r["declared"] else ""))
 
 
 runs_app = typer.Typer(no_args_is_help=True, help="Past runs (<lake>/runs): what each read and wrote, and how to reproduce it.")
@@ -485,16 +591,23 @@ def runs_list(
     policy: Optional[str] = typer.Option(None, help="policy id"),
     status: Optional[str] = typer.Option(None, help="running, succeeded, failed or blocked"),
     limit: int = typer.Option(20, min=1, help="newest N runs"),
+    json_: bool = typer.Option(False, "--json", help=_JSON_HELP + ": every recorded column of each run"),
 ) -> None:
     """List runs, newest first."""
     from moderation.lake import Lake
-    from moderation.runs import format_runs, list_runs
+    from moderation.output import dumps, is_terminal, print_rich_table
+    from moderation.runs import format_runs, list_runs, runs_rows
 
     try:
         table = list_runs(Lake(_abs_uri(lake)), kind=kind, policy_id=policy, status=status, limit=limit)
     except ModerationError as e:
         _fail(e)
-    typer.echo(format_runs(table))
+    if json_:
+        typer.echo(dumps(table.to_pylist()))
+    elif is_terminal() and table.num_rows:
+        print_rich_table(*runs_rows(table))
+    else:
+        typer.echo(format_runs(table))
 
 
 @runs_app.command("show")
@@ -503,6 +616,7 @@ def runs_show(
     lake: str = typer.Option(..., help="lake root URI"),
     check: bool = typer.Option(True, help="check that the run is still reproducible (catalog version readable "
                                "by time travel, policy file with the recorded hash, model digests)"),
+    json_: bool = typer.Option(False, "--json", help=_JSON_HELP + ": the row, the checks, the command"),
 ) -> None:
     """Everything a run recorded, whether it can still be reproduced, and the command that does.
     Exit 1 when a check fails."""
@@ -513,7 +627,12 @@ def runs_show(
         report = show_run(Lake(_abs_uri(lake)), run_id, check=check)
     except ModerationError as e:
         _fail(e)
-    typer.echo(report.format(), nl=False)
+    if json_:
+        from moderation.output import dumps
+
+        typer.echo(dumps(report.to_dict()))
+    else:
+        typer.echo(report.format(), nl=False)
     if check and not report.reproducible:
         raise typer.Exit(code=1)
 
@@ -677,15 +796,24 @@ def eval_compare(
 
 
 @eval_app.command("datasets")
-def eval_datasets(lake: str = typer.Option(..., help="lake root URI")) -> None:
+def eval_datasets(
+    lake: str = typer.Option(..., help="lake root URI"),
+    json_: bool = typer.Option(False, "--json", help=_JSON_HELP),
+) -> None:
     """List the evaluation datasets: version, rows, label balance, slices."""
     from moderation.evaluation.datasets import format_datasets, list_datasets
     from moderation.lake import Lake
+    from moderation.output import dumps
 
     try:
-        typer.echo(format_datasets(list_datasets(Lake(_abs_uri(lake)))))
+        rows = list_datasets(Lake(_abs_uri(lake)))
     except ModerationError as e:
         _fail(e)
+    if json_:
+        typer.echo(dumps([{**r, "labels": {c: {"positives": p, "labelled": n} for c, (p, n) in r["labels"].items()}}
+                          for r in rows]))
+    else:
+        typer.echo(format_datasets(rows))
 
 
 @eval_app.command("from-labels")

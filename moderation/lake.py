@@ -99,7 +99,8 @@ def arrow_filesystem(uri: str):
 
 def _evolve(dt, schema: pa.Schema) -> None:
     """Add the columns of ``schema`` a table written by an older version lacks (schema
-    evolution is additive only; older rows read them as null)."""
+    evolution is additive only; older rows read them as null), each with its description as
+    the column comment (the field metadata ``Field.from_arrow`` carries over)."""
     from deltalake import Field
 
     have = set(dt.schema().to_arrow().names)
@@ -121,8 +122,9 @@ def join_uri(root: str, *parts: str) -> str:
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Select and cast ``table`` to exactly ``schema`` (column order, types, nullability).
-    Nullable columns the rows lack are null."""
+    """Select and cast ``table`` to exactly ``schema`` (column order, types, nullability, and
+    field metadata: the column descriptions, which a new Delta table takes as its column
+    comments). Nullable columns the rows lack are null."""
     for f in schema:
         if f.name not in table.column_names and f.nullable:
             table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
@@ -254,7 +256,8 @@ class Lake:
         txns = [Transaction(app_id=app_id, version=version)]
         if mine is not None:
             txns.append(Transaction(app_id=mine, version=version))
-        props = CommitProperties(app_transactions=txns)
+        # The app id in the commit info too: `moderation tables` shows who wrote last.
+        props = CommitProperties(app_transactions=txns, custom_metadata={"moderation.app_id": app_id})
         # OSError too: a commit can fail on the wire after it landed; the check above it tells.
         for attempt in _commit_retrying(OSError):
             with attempt:
@@ -402,17 +405,43 @@ class Lake:
         retried on the reloaded table (bounded, with backoff). Columns this table predates are
         added (schema evolution is additive only)."""
 
+        from deltalake import CommitProperties
+
         data = pa.Table.from_pylist([row], schema=RUNS_SCHEMA)
+        props = CommitProperties(custom_metadata={"moderation.run_id": str(row["run_id"])})
         for attempt in _commit_retrying():
             with attempt:
                 dt = self.open("runs")
                 if dt is None:
-                    self._create("runs", data)
+                    self._create("runs", data, commit_properties=props)
                     return
                 (
                     dt.merge(data, predicate="t.run_id = s.run_id", source_alias="s", target_alias="t",
-                             merge_schema=True)
+                             merge_schema=True, commit_properties=props)
                     .when_matched_update_all()
                     .when_not_matched_insert_all()
                     .execute()
                 )
+
+    def write_comments(self, table: str, schema: pa.Schema) -> list[str]:
+        """Set the column comments of an existing ``table`` to the descriptions in ``schema``
+        (``moderation.schemas``) where they differ; the columns changed, in order.
+
+        New tables and added columns get their comments as they are written; a table created
+        before the descriptions existed keeps no comments until this runs. delta-rs changes one
+        column's metadata per commit, and a metadata commit makes concurrent writers retry, so it
+        runs on request (``moderation tables --write-comments``), not inside a job."""
+        from moderation.schemas import COMMENT, description
+
+        dt = self.open(table)
+        if dt is None:
+            raise LakeError(f"table {self.uri(table)} does not exist")
+        have = {f.name: (f.metadata or {}).get(COMMENT) for f in dt.schema().fields}
+        changed = []
+        for field in schema:
+            text = description(field)
+            if text is None or field.name not in have or have[field.name] == text:
+                continue
+            dt.alter.set_column_metadata(field.name, {COMMENT: text})
+            changed.append(field.name)
+        return changed

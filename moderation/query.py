@@ -6,7 +6,7 @@ query names is pinned to its current Delta version (or ``--version-of TABLE=N``)
 any read, then read with :func:`moderation.reporting.read_snapshot` (the snapshot's exact file
 list, as the report reads it) and registered as a temp view in a session of its own.
 
-Views are named as the tables in the README's data dictionary (``Tables``), with ``/`` as
+Views are named as the tables in the data dictionary (docs/tables.md), with ``/`` as
 ``_`` for tables in sub-folders: ``scores``, ``violations``, ``runs``, ``diffs``,
 ``eval_results``, ``reports_violation_rates``, ...; a catalog under the lake root (the demo's)
 is ``catalog``, and ``--catalog URI`` adds one from elsewhere.
@@ -16,10 +16,7 @@ pyspark and duckdb are imported inside the functions, so importing this module s
 
 from __future__ import annotations
 
-import base64
 import csv
-import datetime as dt
-import decimal
 import io
 import json
 import os
@@ -34,6 +31,7 @@ import pyarrow as pa
 
 from moderation.errors import LakeError, ModerationError
 from moderation.lake import Lake, arrow_filesystem, join_uri
+from moderation.output import json_value as _plain
 
 if TYPE_CHECKING:
     import duckdb
@@ -338,25 +336,6 @@ def _collect(spark: SparkSession, sql: str, *, pinned: PinnedLake, skipped: dict
 
 
 # --- printing ------------------------------------------------------------------------------------
-
-
-def _plain(value):
-    """A JSON-able Python value: maps (Arrow gives key/value pairs) as objects, times as ISO 8601."""
-    if isinstance(value, list):
-        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
-            return {str(k): _plain(v) for k, v in value}
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    return value
 
 
 def _cell(value, *, null: str, float_format: str | None) -> str:

@@ -33,6 +33,7 @@ from moderation.schemas import (
     TABLE_SCHEMAS,
     VIOLATION_RATES_SCHEMA,
     VIOLATIONS_BY_CATEGORY_SCHEMA,
+    col,
 )
 
 if TYPE_CHECKING:
@@ -62,11 +63,11 @@ PIN_ATTEMPTS = 5
 #: Distinct changed items per diff x change, for ``ReportResult.summary`` (not written).
 DIFF_TOTALS_SCHEMA = pa.schema(
     [
-        pa.field("policy_id", pa.string()),
-        pa.field("from_version", pa.int32()),
-        pa.field("to_version", pa.int32()),
-        pa.field("change", pa.string()),
-        pa.field("items", pa.int64()),
+        col("policy_id", pa.string(), "policy"),
+        col("from_version", pa.int32(), "the version compared from"),
+        col("to_version", pa.int32(), "the version compared to"),
+        col("change", pa.string(), "the `diffs` change"),
+        col("items", pa.int64(), "distinct items with that change"),
     ]
 )
 

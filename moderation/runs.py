@@ -146,15 +146,11 @@ def _counts(row: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-def format_runs(table: pa.Table) -> str:
-    """A compact, aligned text table of runs rows (as ``list_runs`` returns them): run id,
-    kind, status, policy, catalog version, what the run counted, start time and duration."""
-    rows = _with_all_columns(table).to_pylist()
-    if not rows:
-        return "no runs"
+def runs_rows(table: pa.Table) -> tuple[tuple[str, ...], list[tuple]]:
+    """(header, rows) of the runs table ``format_runs`` prints (and the CLI draws with rich)."""
     header = ("RUN ID", "KIND", "STATUS", "POLICY", "CATALOG", "COUNTS", "STARTED", "TOOK")
-    lines = [header]
-    for r in rows:
+    lines = []
+    for r in _with_all_columns(table).to_pylist():
         catalog = "-" if r["catalog_version"] is None else f"v{r['catalog_version']}"
         if r["catalog_version"] is None and r["catalog_uri"] is not None:
             catalog = "parquet"
@@ -163,6 +159,16 @@ def format_runs(table: pa.Table) -> str:
             took = "…"
         lines.append((r["run_id"], r["kind"], r["status"], _policy_label(r), catalog, _counts(r),
                       _ts(r["started_at"], seconds=False), took))
+    return header, lines
+
+
+def format_runs(table: pa.Table) -> str:
+    """A compact, aligned text table of runs rows (as ``list_runs`` returns them): run id,
+    kind, status, policy, catalog version, what the run counted, start time and duration."""
+    header, rows = runs_rows(table)
+    if not rows:
+        return "no runs"
+    lines = [header, *rows]
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = ["  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     return "\n".join(out)
@@ -587,6 +593,19 @@ class RunReport:
         elif self.notes:
             out += [f"  {n}" for n in self.notes]
         return "\n".join(out).rstrip() + "\n"
+
+    def to_dict(self) -> dict:
+        """The report as JSON-able data (``runs show --json``): every recorded column (nulls
+        too), the checks (``reproducible`` is null when none ran), the command and notes."""
+        from moderation.output import json_value
+
+        return {
+            "run": json_value(self.run),
+            "reproducible": self.reproducible if self.checks else None,
+            "checks": [{"name": c.name, "ok": c.ok, "advisory": c.advisory, "detail": c.detail} for c in self.checks],
+            "command": self.command,
+            "notes": list(self.notes),
+        }
 
     def _accounting(self) -> list[str]:
         sel, sc, q = (self.run.get(k) for k in ("selected_pairs", "scored_pairs", "quarantined_pairs"))

@@ -1,7 +1,12 @@
-"""One explicit Arrow schema per output table: the public contract analysts query.
+"""One explicit Arrow schema per output table: the public contract analysts query, and the data
+dictionary.
 
-Never inferred from a batch. Columns evolve additively only; every column is documented in
-the README ("Tables"). Changing a schema here without a README entry is a review blocker.
+Never inferred from a batch. Columns evolve additively only. Every column carries its
+description here, as Arrow field metadata ``{"comment": ...}`` (:func:`col`): it is written into
+the Delta table's column comments (what Spark and Databricks show as the column comment) when a
+table or column is created, ``moderation tables`` prints it, and the docs page
+``docs/tables.md`` is generated from it (``docs/hooks/tables_ref.py``), so none of them can
+drift. A column added without a description fails ``tests/test_schemas.py``.
 """
 
 from __future__ import annotations
@@ -10,221 +15,293 @@ import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 STR_LIST = pa.list_(pa.string())
+#: The field metadata key of a column's description (Delta's, Spark's and Databricks' column comment).
+COMMENT = "comment"
+
+
+def col(name: str, type_: pa.DataType, comment: str, *, nullable: bool = True) -> pa.Field:
+    """A schema field with its description as the column comment."""
+    return pa.field(name, type_, nullable=nullable, metadata={COMMENT: " ".join(comment.split())})
+
+
+def description(field: pa.Field) -> str | None:
+    """The description a field carries (``col``), or None."""
+    raw = (field.metadata or {}).get(COMMENT.encode())
+    return raw.decode() if raw is not None else None
+
 
 #: The catalog fields the pipeline reads. Only item_id and at least one text field are
 #: required; the others (item_type included) are null where a catalog lacks them.
 CATALOG_SCHEMA = pa.schema(
     [
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("item_type", pa.string()),
-        pa.field("title", pa.string()),
-        pa.field("description", pa.string()),
-        pa.field("body_text", pa.string()),  # lyrics (tracks) or transcript (episodes, books)
-        pa.field("language", pa.string()),
-        pa.field("markets", STR_LIST),
-        pa.field("creator_id", pa.string()),
-        pa.field("explicit", pa.bool_()),
-        pa.field("cover_image", pa.string()),  # URI of the cover art
-        pa.field("audio_clip", pa.string()),  # URI of an audio preview
-        pa.field("updated_at", TS),
+        col("item_id", pa.string(), "catalog item id (required)", nullable=False),
+        col("item_type", pa.string(), "track, episode, audiobook, show"),
+        col("title", pa.string(), "the item's title (text)"),
+        col("description", pa.string(), "the item's description (text)"),
+        col("body_text", pa.string(), "lyrics (tracks) or transcript (episodes, books)"),
+        col("language", pa.string(), "the item's language"),
+        col("markets", STR_LIST, "markets the item is available in"),
+        col("creator_id", pa.string(), "the creator (artist, show, author)"),
+        col("explicit", pa.bool_(), "the catalog's explicit flag (policy exemptions use it)"),
+        col("cover_image", pa.string(), "URI of the cover art"),
+        col("audio_clip", pa.string(), "URI of an audio preview"),
+        col("updated_at", TS, "when the catalog last changed the item"),
     ]
 )
 REQUIRED_CATALOG_COLUMNS = ("item_id",)
 TEXT_COLUMNS = ("title", "description", "body_text")
 
+#: Scoring: one row per item x modality x model version x run.
 SCORES_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("item_type", pa.string()),
-        pa.field("modality", pa.string(), nullable=False),
-        pa.field("model_id", pa.string(), nullable=False),
-        pa.field("model_digest", pa.string(), nullable=False),
-        pa.field("content_hash", pa.string(), nullable=False),
-        pa.field("category_scores", pa.map_(pa.string(), pa.float32())),
-        pa.field("evidence", pa.map_(pa.string(), pa.string())),
-        pa.field("language", pa.string()),
-        pa.field("markets", STR_LIST),
-        pa.field("explicit", pa.bool_()),
-        pa.field("scored_at", TS, nullable=False),
-        # Added with issue 13 (long-form content scored whole); null in older rows, and in rows
-        # of models that do not record it (cover art). What share of the item the model read:
-        # units_scored of units_total in `unit` (text: "words" of title, description and body
-        # together, after normalisation; audio: "seconds" of the clip), coverage = units_scored /
-        # units_total, and why not all of it: null when whole, else comma-joined "limit_chars" (a
-        # field longer than the model's max_field_chars), "limit_words" (the run's
-        # max_item_words), "legacy_windowing" (a run with text_windowing: legacy, which reads at
-        # most six truncated segments), "limit_seconds" (the run's max_item_seconds) or
-        # "decode_error_after_s" (the audio stopped decoding part way; what decoded was scored).
-        pa.field("units_total", pa.int64()),
-        pa.field("units_scored", pa.int64()),
-        pa.field("unit", pa.string()),  # words | seconds
-        pa.field("coverage", pa.float32()),
-        pa.field("coverage_reason", pa.string()),
+        col("run_id", pa.string(), "backfill or rescan run that produced the row", nullable=False),
+        col("item_id", pa.string(), "catalog item id", nullable=False),
+        col("item_type", pa.string(), "track, episode, audiobook, show (copied from the catalog)"),
+        col("modality", pa.string(), "text, image, audio", nullable=False),
+        col("model_id", pa.string(), "registry id, e.g. `text-minilm-heads-v1`", nullable=False),
+        col("model_digest", pa.string(), "SHA-256 over the model's artifact digests", nullable=False),
+        col("content_hash", pa.string(),
+            "SHA-256 of the content that was scored: text, the normalised title, description and body text; "
+            "cover art and audio, the file's bytes (of the URI when it cannot be read). A re-scan compares it "
+            "to find changed pairs", nullable=False),
+        col("category_scores", pa.map_(pa.string(), pa.float32()),
+            'probability per category, e.g. `{"hate": 0.03, "harassment": 0.12, "spam": 0.01}`'),
+        col("evidence", pa.map_(pa.string(), pa.string()),
+            "per category, what gave the score: text segment (`title`, `description`, `body_text[2]`, with "
+            "`@start-end` character offsets where a window names them), `cover_image`, `ocr:<text>`, "
+            "`pdq:match:<label>:d=<n>`, `window <start>-<end>s: <transcript>`, `no_speech`; a cascade model adds "
+            "the key `cascade`: `strong` (a segment went to the strong model) or `cheap`"),
+        col("language", pa.string(), "catalog language (copied for slicing)"),
+        col("markets", STR_LIST, "markets the item is available in (copied)"),
+        col("explicit", pa.bool_(), "catalog explicit flag (used by policy exemptions)"),
+        col("scored_at", TS, "when the chunk was committed", nullable=False),
+        # Added with issue 13 (long-form content scored whole); null in older rows.
+        col("units_total", pa.int64(),
+            "text rows: words of the item's text (title, description and body together, after normalisation); "
+            "audio rows: seconds of the clip (null when a clip's decoding failed before its length was known); "
+            "null for cover art and rows written before coverage was recorded"),
+        col("units_scored", pa.int64(), "of `units_total`, the words or seconds the model scored"),
+        col("unit", pa.string(), "unit of `units_total` and `units_scored`: `words` or `seconds`"),
+        col("coverage", pa.float32(), "units_scored / units_total (1.0 when the item was scored whole)"),
+        col("coverage_reason", pa.string(),
+            "why coverage is below 1: `limit_chars` (registry `max_field_chars`), `limit_words` (run profile "
+            "`max_item_words`), `limit_seconds` (run profile `max_item_seconds`), `decode_error_after_s` (the "
+            "clip stopped decoding part way; what decoded was scored), `legacy_windowing` (a run with "
+            "`text_windowing: legacy`: at most six truncated segments, kept only to measure against), "
+            "comma-joined; null when whole"),
     ]
 )
 
+#: One row per item x modality x run that could not be scored.
 QUARANTINE_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("item_id", pa.string()),
-        pa.field("modality", pa.string(), nullable=False),
-        pa.field("model_id", pa.string()),  # the model whose input could not be prepared or scored
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("detail", pa.string()),
-        pa.field("quarantined_at", TS, nullable=False),
-        # What was quarantined (as in ``scores``), so a re-scan does not retry unchanged input;
-        # null for rows with no usable item id. Added with issue 5 (older rows: null).
-        pa.field("content_hash", pa.string()),
+        col("run_id", pa.string(), "run", nullable=False),
+        col("item_id", pa.string(),
+            "catalog item id (null for `missing_item_id`; `\\x..` escapes for `invalid_item_id`)"),
+        col("modality", pa.string(), "modality that could not be scored", nullable=False),
+        col("model_id", pa.string(), "model whose input could not be prepared or scored"),
+        col("stage", pa.string(),
+            "`catalog` (decided by the driver's scan of the ids), `preprocess` or `score`", nullable=False),
+        col("reason", pa.string(),
+            "reason code. Catalog: `missing_item_id` (null or blank id; one row per catalog row), "
+            "`invalid_item_id` (id bytes are not UTF-8), `duplicate_item_id` (the id is on several rows: none "
+            "of them is scored, one quarantine row per id); any modality: `invalid_utf8` (an input field of "
+            "that modality is not valid UTF-8; `detail` names the fields), `score_error` (the model failed on "
+            "this row after the in-run retries; `detail` starts with the attempts; a rescan retries it); text: "
+            "`no_usable_text` (title, description and body empty after normalisation); image: the `image_*` "
+            "codes (incl. `image_outside_roots`) and `ocr_failed`; audio: the `audio_*` codes (incl. "
+            "`audio_outside_roots`)", nullable=False),
+        col("detail", pa.string(), "human-readable detail (which fields were null, the exception)"),
+        col("quarantined_at", TS, "when the chunk was committed", nullable=False),
+        # Added with issue 5 (older rows: null).
+        col("content_hash", pa.string(),
+            "the content hash of the input that could not be scored (as in `scores`; null for rows without an "
+            "id, and in rows written before it existed), so a re-scan does not retry unchanged input"),
     ]
 )
 
+#: One row per policy x version x item x category (x market scope) the policy flags.
 VIOLATIONS_SCHEMA = pa.schema(
     [
-        pa.field("policy_id", pa.string(), nullable=False),
-        pa.field("policy_version", pa.int32(), nullable=False),
-        pa.field("policy_status", pa.string()),
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("item_type", pa.string()),
-        pa.field("language", pa.string()),
-        pa.field("markets", STR_LIST),
-        pa.field("market_scope", pa.string(), nullable=False),
-        # The markets the row applies to: [market_scope] for a market row; for "*", the item's
-        # markets that have no override of their own for the category (null: the item lists
-        # none). Added with issue 5; reports and the enforcement export count by it.
-        pa.field("scope_markets", STR_LIST),
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("score", pa.float32(), nullable=False),
-        pa.field("threshold", pa.float32(), nullable=False),
-        pa.field("decision", pa.string(), nullable=False),  # violation | review
-        pa.field("action", pa.string(), nullable=False),
-        pa.field("severity", pa.string(), nullable=False),
-        pa.field("evidence_modalities", STR_LIST),
-        pa.field("model_refs", STR_LIST),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("decided_at", TS, nullable=False),
+        col("policy_id", pa.string(), "policy", nullable=False),
+        col("policy_version", pa.int32(), "policy version", nullable=False),
+        col("policy_status", pa.string(),
+            "the version's effective status (draft, shadow, live, retired): set by decide, rewritten by "
+            "`policy promote` for the promoted and the replaced version. Only live rows reach `enforcement`"),
+        col("item_id", pa.string(), "catalog item id", nullable=False),
+        col("item_type", pa.string(), "item type (from the scores)"),
+        col("language", pa.string(), "item language (from the scores)"),
+        col("markets", STR_LIST, "the item's markets (from the scores)"),
+        col("market_scope", pa.string(),
+            "which rule decided the row: `*` the category's global rule (the item's markets without an "
+            "override of their own), or a market code for that market's override", nullable=False),
+        # Added with issue 5; reports and the enforcement export count by it.
+        col("scope_markets", STR_LIST,
+            "the concrete markets the row applies to: `[market_scope]` for a market row; for `*`, the item's "
+            "markets without an override for the category (null when the item lists none; null in rows "
+            "written before it existed)"),
+        col("category", pa.string(), "policy category", nullable=False),
+        col("score", pa.float32(), "item-level score (max over the counted modalities)", nullable=False),
+        col("threshold", pa.float32(), "the threshold crossed (the review threshold for `review` rows)",
+            nullable=False),
+        col("decision", pa.string(), "`violation` (score >= threshold) or `review` (in the review band)",
+            nullable=False),
+        col("action", pa.string(), "the rule's action for violations; `human_review` for reviews", nullable=False),
+        col("severity", pa.string(), "the rule's severity", nullable=False),
+        col("evidence_modalities", STR_LIST, "modalities whose score reached the band"),
+        col("model_refs", STR_LIST, "`model_id@digest12` of the scores used"),
+        col("run_id", pa.string(), "decide run that wrote the row", nullable=False),
+        col("decided_at", TS, "decide time", nullable=False),
         # Added with issue 13 (long-form content scored whole); null in rows decided before.
-        # Where the score came from: the ``evidence`` of the scores row that gave it (the
-        # highest-scoring row among the item's rows for the category) for the category, e.g.
-        # ``body_text[3]@1520-2310`` or ``window 360.0-390.0s: <transcript>``, and the position
-        # it names: [evidence_start, evidence_end) in evidence_unit ``chars`` (offsets in the named
-        # field's normalised text) or ``seconds`` (from the start of the audio); all three null
-        # when the evidence names no position (a title or description read in one window, cover
-        # art, rows scored before windows carried offsets).
-        pa.field("evidence", pa.string()),
-        pa.field("evidence_start", pa.float64()),
-        pa.field("evidence_end", pa.float64()),
-        pa.field("evidence_unit", pa.string()),  # chars | seconds
-        # scores.coverage and scores.coverage_reason of that row: a violation found on an item
-        # the model read only in part says so (null: not recorded, e.g. cover art, audio).
-        pa.field("coverage", pa.float32()),
-        pa.field("coverage_reason", pa.string()),
+        col("evidence", pa.string(),
+            "the `scores.evidence` of the row that gave the score (the highest among the item's counted rows; "
+            "the newest on a tie) for the category, e.g. `body_text[3]@1520-2310`, "
+            "`window 360.0-390.0s: <transcript>`, `ocr:<text>` (null in rows decided before it existed)"),
+        col("evidence_start", pa.float64(),
+            "start of the position that evidence names, [start, end): a character offset in the named field's "
+            "normalised text (`chars`), or seconds from the start of the audio (`seconds`); null when it names "
+            "none (a title or description read in one window, cover art, `no_speech`, rows scored before "
+            "windows carried offsets)"),
+        col("evidence_end", pa.float64(), "end of that position (exclusive), in `evidence_unit`"),
+        col("evidence_unit", pa.string(), "`chars` or `seconds` (null with `evidence_start`)"),
+        col("coverage", pa.float32(),
+            "`scores.coverage` of that row: a violation found on an item its model read only in part says so "
+            "(null where the model records no coverage: cover art, rows scored before coverage was recorded)"),
+        col("coverage_reason", pa.string(), "`scores.coverage_reason` of that row: why it was read only in part"),
     ]
 )
 VIOLATIONS_PARTITIONS = ["policy_id", "policy_version"]
 
+#: One row per run, upserted on run_id.
 RUNS_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),  # backfill | rescan | decide | diff | promote | enforce
-        pa.field("status", pa.string(), nullable=False),  # running | succeeded | failed
-        pa.field("catalog_uri", pa.string()),
-        pa.field("catalog_version", pa.int64()),
-        pa.field("where_expr", pa.string()),
-        pa.field("item_limit", pa.int64()),
-        pa.field("policy_id", pa.string()),
-        pa.field("policy_version", pa.int32()),
-        pa.field("policy_hash", pa.string()),
-        pa.field("model_ids", STR_LIST),
-        pa.field("model_digests", STR_LIST),
-        pa.field("modalities", STR_LIST),
-        pa.field("categories", STR_LIST),  # decide: the policy version's categories
-        pa.field("selected_pairs", pa.int64()),
-        pa.field("scored_pairs", pa.int64()),
-        pa.field("quarantined_pairs", pa.int64()),
-        pa.field("violation_rows", pa.int64()),
-        pa.field("chunks_committed", pa.int64()),
-        pa.field("scores_version", pa.int64()),
-        pa.field("hash_bank_version", pa.int64()),  # hash_bank Delta version matched against
-        pa.field("catalog_columns", STR_LIST),  # column mapping used, as "field=column"
-        pa.field("media_roots", STR_LIST),  # the roots media URIs were confined to
-        pa.field("config_hash", pa.string()),
-        pa.field("code_version", pa.string()),
-        pa.field("started_at", TS),
-        pa.field("ended_at", TS),
-        pa.field("error", pa.string()),
+        col("run_id", pa.string(), "run id (`backfill-<utc>-<rand>` unless given)", nullable=False),
+        col("kind", pa.string(),
+            "`backfill`, `rescan`, `decide`, `diff`, `promote`, `enforce`, `labels_import`, `review_queue`",
+            nullable=False),
+        col("status", pa.string(),
+            "`running`, `succeeded`, `failed`; `blocked`: the evaluation gate refused the run before it wrote "
+            "anything", nullable=False),
+        col("catalog_uri", pa.string(), "catalog read (backfill, rescan)"),
+        col("catalog_version", pa.int64(), "Delta version of the catalog that was read (null for plain Parquet)"),
+        col("where_expr", pa.string(), "the selection's `--where`"),
+        col("item_limit", pa.int64(), "the selection's `--limit`"),
+        col("policy_id", pa.string(), "policy"),
+        col("policy_version", pa.int32(), "policy version"),
+        col("policy_hash", pa.string(), "SHA-256 of the policy version's file"),
+        col("model_ids", STR_LIST, "models used"),
+        col("model_digests", STR_LIST, "digests of the models used"),
+        col("modalities", STR_LIST, "modalities scored (backfill) or decided (decide)"),
+        col("categories", STR_LIST, "the policy version's categories (decide)"),
+        col("selected_pairs", pa.int64(), "accounting (backfill, rescan): (item, modality, model) pairs selected"),
+        col("scored_pairs", pa.int64(), "accounting: pairs written to `scores`"),
+        col("quarantined_pairs", pa.int64(), "accounting: pairs written to `quarantine`"),
+        col("violation_rows", pa.int64(), "rows written to `violations` (decide)"),
+        col("chunks_committed", pa.int64(), "chunks committed by the last invocation of the run"),
+        col("scores_version", pa.int64(), "Delta version of `scores` a decide read"),
+        col("hash_bank_version", pa.int64(), "Delta version of `hash_bank` a backfill matched covers against"),
+        col("catalog_columns", STR_LIST,
+            "the catalog column mapping used, as `field=column` (a resume reuses it)"),
+        col("media_roots", STR_LIST, "the folders / `s3://` prefixes media URIs were confined to"),
+        col("config_hash", pa.string(), "SHA-256 of the resolved policy, run profile and model entries"),
+        col("code_version", pa.string(), "package version + git commit (`+dirty` if modified)"),
+        col("started_at", TS, "when the run started"),
+        col("ended_at", TS, "when the run ended"),
+        col("error", pa.string(), "why a run failed"),
         # Added with issue 5 (policy lifecycle); null in older rows.
-        pa.field("policy_path", pa.string()),  # the policy file as given (its hash: policy_hash)
-        pa.field("change_source", pa.string()),  # rescan: cdf | anti_join
-        pa.field("baseline_run_id", pa.string()),  # rescan: the last successful full run it compared with
-        pa.field("baseline_versions", STR_LIST),  # rescan: "table=version" of the lake tables it compared with
-        pa.field("unchanged_pairs", pa.int64()),  # rescan: pairs skipped as unchanged
-        pa.field("removed_pairs", pa.int64()),  # rescan: pairs recorded in removals
-        pa.field("retired_rows", pa.int64()),  # decide: rows of the previous decide dropped as removed
-        pa.field("from_version", pa.int32()),  # diff: the version compared from; promote: the previous live one
-        pa.field("diff_rows", pa.int64()),  # diff: rows written to diffs
-        pa.field("enforcement_rows", pa.int64()),  # enforce: rows the export holds for the policy
-        pa.field("forced", pa.bool_()),  # promote/backfill: a refused step was overridden with --force
-        pa.field("promoted_to", pa.string()),  # promote: live | shadow
+        col("policy_path", pa.string(), "the policy file as given (its content: `policy_hash`)"),
+        col("change_source", pa.string(), "rescan: `cdf` or `anti_join`"),
+        col("baseline_run_id", pa.string(),
+            "rescan: the successful full run it compared with (the change data feed starts after its catalog "
+            "version)"),
+        col("baseline_versions", STR_LIST,
+            "`table=version` of the lake tables compared with (rescan: `scores`, `quarantine`, `removals`; "
+            "diff / enforce: `violations`)"),
+        col("unchanged_pairs", pa.int64(), "rescan: pairs skipped as unchanged"),
+        col("removed_pairs", pa.int64(), "rescan: pairs written to `removals`"),
+        col("retired_rows", pa.int64(),
+            "decide: rows of the version's previous decide that are gone because their item's pairs were removed"),
+        col("from_version", pa.int32(), "diff: the version compared from; promote: the version that was live before"),
+        col("diff_rows", pa.int64(), "diff: rows written to `diffs`"),
+        col("enforcement_rows", pa.int64(), "enforce: rows the export holds for the policy"),
+        col("forced", pa.bool_(),
+            "promote: the decide / diff checks were overridden with `--force`; backfill / rescan: the "
+            "evaluation gate's block was overridden with `--force`"),
+        col("promoted_to", pa.string(), "promote: `live` or `shadow`"),
         # Added with issue 6 (evaluation gate); null in older rows.
-        # backfill/rescan: passed | blocked | overridden | not_required | not_configured
-        pa.field("gate_status", pa.string()),
-        pa.field("gate_detail", pa.string()),  # JSON: what was compared, and each drop beyond tolerance
+        col("gate_status", pa.string(),
+            "backfill / rescan: the evaluation gate's outcome: `passed`, `blocked`, `overridden`, "
+            "`not_required` (the live version itself, or no live version), `not_configured` (no gate dataset "
+            "in the lake)"),
+        col("gate_detail", pa.string(),
+            "backfill / rescan: JSON: the live version compared with, each comparison made, every drop beyond "
+            "tolerance (dataset, category, slice, metric, live, candidate, tolerance), the missing evaluations "
+            "as commands"),
         # Added with issue 12 (multilingual text); null in older rows and runs without a cascade.
-        # backfill/rescan: per cascade model, one JSON object: model_id, band (per-category
-        # lower bounds, upper bound), pairs scored, pairs re-scored by the strong model, share.
-        pa.field("cascade", STR_LIST),
-        # Added with issue 13; null in older rows. backfill/rescan: the run profile's
-        # max_item_words (words of an item's text scored at most).
-        pa.field("max_item_words", pa.int64()),
-        # backfill/rescan: the run profile's max_item_seconds (seconds of an item's audio scored at most).
-        pa.field("max_item_seconds", pa.int64()),
-        # Added with issue 15; null in older rows. backfill/rescan: the run profile's max_error_share
-        # (above it, the share of score_error pairs fails the run) and the run's score_error pairs.
-        pa.field("max_error_share", pa.float64()),
-        pa.field("score_error_pairs", pa.int64()),
+        col("cascade", STR_LIST,
+            "backfill / rescan with a cascade model (`kind: cascade_heads`): one JSON object per cascade: "
+            "`model_id`, `cheap`, `strong`, `band_low` (per category), `band_high`, `pairs` it scored, "
+            "`strong_pairs` the strong model re-scored, `strong_share`; counted from `scores` "
+            "(`evidence['cascade']`) at the end of the run, so a resumed run counts every attempt"),
+        # Added with issue 13; null in older rows.
+        col("max_item_words", pa.int64(),
+            "backfill / rescan: run profile limit: words of an item's text scored at most (default 200,000); an "
+            "item beyond it is scored on its first words and its `scores` row records the coverage"),
+        col("max_item_seconds", pa.int64(),
+            "backfill / rescan: run profile limit: seconds of an item's audio scored at most (default 14,400); a "
+            "longer clip is scored on its first seconds and its `scores` row records the coverage"),
+        # Added with issue 15; null in older rows.
+        col("max_error_share", pa.float64(),
+            "backfill / rescan: run profile limit: the largest share of selected pairs quarantined as "
+            "`score_error` for the run to succeed (default 0.01); null in runs before issue 15"),
+        col("score_error_pairs", pa.int64(),
+            "backfill / rescan: pairs quarantined as `score_error` (the model failed after the in-run retries)"),
     ]
 )
+
+_POLICY_ID = "policy"
+_POLICY_VERSION = "policy version"
 
 #: Report table written by the Spark job: one row per policy version x category x item type x
 #: market x language among the items the decide run covered.
 VIOLATION_RATES_SCHEMA = pa.schema(
     [
-        pa.field("policy_id", pa.string()),
-        pa.field("policy_version", pa.int32()),
-        pa.field("category", pa.string()),
-        pa.field("item_type", pa.string()),
-        pa.field("market", pa.string()),
-        pa.field("language", pa.string()),
-        pa.field("items", pa.int64()),
-        pa.field("violations", pa.int64()),
-        pa.field("reviews", pa.int64()),
-        pa.field("violation_rate", pa.float64()),
+        col("policy_id", pa.string(), _POLICY_ID),
+        col("policy_version", pa.int32(), _POLICY_VERSION),
+        col("category", pa.string(), "policy category"),
+        col("item_type", pa.string(), "item type"),
+        col("market", pa.string(), "market (items are exploded over their markets); `none`: the item lists none"),
+        col("language", pa.string(), "item language; `unknown` when missing"),
+        col("items", pa.int64(), "distinct items the latest decide of that version covered in the cell"),
+        col("violations", pa.int64(),
+            "distinct items flagged `violation` in the cell (a row counts only in the markets of its "
+            "`scope_markets`)"),
+        col("reviews", pa.int64(), "distinct items flagged `review` in the cell"),
+        col("violation_rate", pa.float64(), "violations / items"),
     ]
 )
 
 #: Report table: distinct items per policy version x category x decision x action.
 VIOLATIONS_BY_CATEGORY_SCHEMA = pa.schema(
     [
-        pa.field("policy_id", pa.string()),
-        pa.field("policy_version", pa.int32()),
-        pa.field("category", pa.string()),
-        pa.field("decision", pa.string()),
-        pa.field("action", pa.string()),
-        pa.field("items", pa.int64()),
+        col("policy_id", pa.string(), _POLICY_ID),
+        col("policy_version", pa.int32(), _POLICY_VERSION),
+        col("category", pa.string(), "policy category"),
+        col("decision", pa.string(), "`violation` or `review`"),
+        col("action", pa.string(), "the rule's action (`human_review` for reviews)"),
+        col("items", pa.int64(), "distinct items"),
     ]
 )
 
-#: Per policy version x category over the whole population (what ``ReportResult.summary`` shows).
+#: Per policy version x category over the whole population (what ``ReportResult.summary`` shows; not written).
 CATEGORY_TOTALS_SCHEMA = pa.schema(
     [
-        pa.field("policy_id", pa.string()),
-        pa.field("policy_version", pa.int32()),
-        pa.field("category", pa.string()),
-        pa.field("items", pa.int64()),
-        pa.field("violations", pa.int64()),
-        pa.field("reviews", pa.int64()),
+        col("policy_id", pa.string(), _POLICY_ID),
+        col("policy_version", pa.int32(), _POLICY_VERSION),
+        col("category", pa.string(), "policy category"),
+        col("items", pa.int64(), "distinct covered items of the policy version"),
+        col("violations", pa.int64(), "distinct items flagged `violation`"),
+        col("reviews", pa.int64(), "distinct items flagged `review`"),
     ]
 )
 
@@ -233,20 +310,21 @@ CATEGORY_TOTALS_SCHEMA = pa.schema(
 #: the snapshot the decide read). Issue 13.
 COVERAGE_SCHEMA = pa.schema(
     [
-        pa.field("policy_id", pa.string()),
-        pa.field("policy_version", pa.int32()),
-        pa.field("item_type", pa.string()),
-        pa.field("modality", pa.string()),
-        pa.field("model_id", pa.string()),
-        pa.field("items", pa.int64()),  # items the model scored
-        pa.field("whole", pa.int64()),  # coverage 1.0 and no coverage_reason
-        pa.field("partial", pa.int64()),  # coverage below 1.0, or a coverage_reason
-        pa.field("unknown", pa.int64()),  # coverage not recorded (cover art, audio, rows before issue 13)
-        pa.field("whole_share", pa.float64()),  # whole / items: an unknown item does not count as whole
-        pa.field("mean_coverage", pa.float64()),  # over the items with coverage recorded; null: none
-        # Partial items per coverage_reason value (limit_chars, limit_words, …); an item with
-        # several reasons counts under each.
-        pa.field("partial_reasons", pa.map_(pa.string(), pa.int64())),
+        col("policy_id", pa.string(), _POLICY_ID),
+        col("policy_version", pa.int32(), _POLICY_VERSION),
+        col("item_type", pa.string(), "item type"),
+        col("modality", pa.string(), "text, image or audio"),
+        col("model_id", pa.string(), "the model"),
+        col("items", pa.int64(), "items the model scored"),
+        col("whole", pa.int64(), "items read whole: coverage 1.0 and no coverage_reason"),
+        col("partial", pa.int64(), "items read in part: coverage below 1.0, or a coverage_reason"),
+        col("unknown", pa.int64(),
+            "items with no coverage recorded (cover art, audio, rows before issue 13); never counted as whole"),
+        col("whole_share", pa.float64(), "whole / items"),
+        col("mean_coverage", pa.float64(), "mean coverage over the items with coverage recorded; null: none"),
+        col("partial_reasons", pa.map_(pa.string(), pa.int64()),
+            "coverage_reason -> partial items (`limit_chars`, `limit_words`, ...); an item with several reasons "
+            "counts under each"),
     ]
 )
 
@@ -254,9 +332,9 @@ COVERAGE_SCHEMA = pa.schema(
 #: read, so every report table describes one consistent state of the lake). Issue 15.
 REPORT_SNAPSHOT_SCHEMA = pa.schema(
     [
-        pa.field("table_name", pa.string(), nullable=False),  # runs, violations, scores, removals, diffs
-        pa.field("version", pa.int64()),  # the Delta version read; null: the table did not exist
-        pa.field("reported_at", TS, nullable=False),  # when the versions were pinned
+        col("table_name", pa.string(), "`runs`, `violations`, `scores`, `removals`, `diffs`", nullable=False),
+        col("version", pa.int64(), "the Delta version read; null: the table did not exist"),
+        col("reported_at", TS, "when the versions were pinned", nullable=False),
     ]
 )
 
@@ -265,13 +343,17 @@ REPORT_SNAPSHOT_SCHEMA = pa.schema(
 #: so the pair's violations are retired in the next decide.
 REMOVALS_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("modality", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),  # item_deleted | media_removed
-        pa.field("catalog_uri", pa.string(), nullable=False),
-        pa.field("catalog_version", pa.int64()),  # the catalog version where the pair is gone
-        pa.field("removed_at", TS, nullable=False),
+        col("run_id", pa.string(), "the rescan that found it", nullable=False),
+        col("item_id", pa.string(), "catalog item id", nullable=False),
+        col("modality", pa.string(), "text, image or audio", nullable=False),
+        col("reason", pa.string(),
+            "`item_deleted` (the id is no longer in the catalog) or `media_removed` (the item is, its cover / "
+            "audio URI is not)", nullable=False),
+        col("catalog_uri", pa.string(), "the catalog where the pair is gone", nullable=False),
+        col("catalog_version", pa.int64(), "the catalog's Delta version where the pair is gone"),
+        col("removed_at", TS,
+            "when it was recorded: `decide` and the report ignore scores of the pair with `scored_at` <= this "
+            "(a pair scored again later counts again)", nullable=False),
     ]
 )
 
@@ -280,30 +362,31 @@ REMOVALS_SCHEMA = pa.schema(
 #: together.
 DIFFS_SCHEMA = pa.schema(
     [
-        pa.field("policy_id", pa.string(), nullable=False),
-        pa.field("from_version", pa.int32(), nullable=False),
-        pa.field("to_version", pa.int32(), nullable=False),
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("market_scope", pa.string(), nullable=False),
-        # The markets the change applies to (violations.scope_markets of the to-version's row,
-        # else the from-version's); null when neither has one (the item lists no markets).
-        pa.field("scope_markets", STR_LIST),
-        # newly_violating | cleared | action_changed | newly_review | review_cleared
-        pa.field("change", pa.string(), nullable=False),
-        pa.field("from_decision", pa.string()),  # violation | review | null (not flagged)
-        pa.field("to_decision", pa.string()),
-        pa.field("from_action", pa.string()),
-        pa.field("to_action", pa.string()),
-        pa.field("from_score", pa.float32()),
-        pa.field("to_score", pa.float32()),
-        pa.field("item_type", pa.string()),
-        pa.field("language", pa.string()),
-        pa.field("markets", STR_LIST),
-        pa.field("from_run_id", pa.string()),  # the decide runs compared
-        pa.field("to_run_id", pa.string()),
-        pa.field("run_id", pa.string(), nullable=False),  # the diff run
-        pa.field("diffed_at", TS, nullable=False),
+        col("policy_id", pa.string(), _POLICY_ID, nullable=False),
+        col("from_version", pa.int32(), "the version compared from", nullable=False),
+        col("to_version", pa.int32(), "the version compared to", nullable=False),
+        col("item_id", pa.string(), "catalog item id", nullable=False),
+        col("category", pa.string(), "policy category", nullable=False),
+        col("market_scope", pa.string(),
+            "`*` (the item's markets without an override of their own) or a market code", nullable=False),
+        col("scope_markets", STR_LIST,
+            "the markets the change applies to: the to-version row's `scope_markets`, else the from-version's "
+            "(null: the item lists none)"),
+        col("change", pa.string(),
+            "`newly_violating`, `cleared`, `action_changed`, `newly_review`, `review_cleared`", nullable=False),
+        col("from_decision", pa.string(), "`violation`, `review`, or null (the from-version does not flag the key)"),
+        col("to_decision", pa.string(), "`violation`, `review`, or null (the to-version does not flag the key)"),
+        col("from_action", pa.string(), "the action in the from-version (null where not flagged)"),
+        col("to_action", pa.string(), "the action in the to-version (null where not flagged)"),
+        col("from_score", pa.float32(), "the item-level score in the from-version's row (null where not flagged)"),
+        col("to_score", pa.float32(), "the item-level score in the to-version's row (null where not flagged)"),
+        col("item_type", pa.string(), "item type, from the to-version's row where there is one"),
+        col("language", pa.string(), "item language, from the to-version's row where there is one"),
+        col("markets", STR_LIST, "item markets, from the to-version's row where there is one"),
+        col("from_run_id", pa.string(), "the decide run whose from-version rows were compared"),
+        col("to_run_id", pa.string(), "the decide run whose to-version rows were compared"),
+        col("run_id", pa.string(), "the diff run", nullable=False),
+        col("diffed_at", TS, "when the diff ran", nullable=False),
     ]
 )
 
@@ -311,22 +394,23 @@ DIFFS_SCHEMA = pa.schema(
 #: review before the new version is enforced.
 DIFF_SAMPLES_SCHEMA = pa.schema(
     [
-        pa.field("policy_id", pa.string(), nullable=False),
-        pa.field("from_version", pa.int32(), nullable=False),
-        pa.field("to_version", pa.int32(), nullable=False),
-        pa.field("stratum", pa.string(), nullable=False),  # "<category>/<change>"
-        pa.field("stratum_size", pa.int64(), nullable=False),  # changed rows in the stratum
-        pa.field("sample_rank", pa.int32(), nullable=False),  # 0.. within the stratum
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("market_scope", pa.string(), nullable=False),
-        pa.field("change", pa.string(), nullable=False),
-        pa.field("from_score", pa.float32()),
-        pa.field("to_score", pa.float32()),
-        pa.field("item_type", pa.string()),
-        pa.field("language", pa.string()),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("sampled_at", TS, nullable=False),
+        col("policy_id", pa.string(), "the diff's policy", nullable=False),
+        col("from_version", pa.int32(), "the diff's from-version", nullable=False),
+        col("to_version", pa.int32(), "the diff's to-version", nullable=False),
+        col("stratum", pa.string(), "`<category>/<change>`", nullable=False),
+        col("stratum_size", pa.int64(),
+            "changed rows in the stratum (the sample holds min(size, per-stratum) of them)", nullable=False),
+        col("sample_rank", pa.int32(), "0, 1, ... within the stratum", nullable=False),
+        col("item_id", pa.string(), "the sampled `diffs` row's item", nullable=False),
+        col("category", pa.string(), "the sampled `diffs` row's category", nullable=False),
+        col("market_scope", pa.string(), "the sampled `diffs` row's market scope", nullable=False),
+        col("change", pa.string(), "the sampled `diffs` row's change", nullable=False),
+        col("from_score", pa.float32(), "as in `diffs`"),
+        col("to_score", pa.float32(), "as in `diffs`"),
+        col("item_type", pa.string(), "as in `diffs`"),
+        col("language", pa.string(), "as in `diffs`"),
+        col("run_id", pa.string(), "the diff run", nullable=False),
+        col("sampled_at", TS, "when the diff ran", nullable=False),
     ]
 )
 
@@ -335,18 +419,24 @@ DIFF_SAMPLES_SCHEMA = pa.schema(
 #: what changed since their last version).
 ENFORCEMENT_SCHEMA = pa.schema(
     [
-        pa.field("policy_id", pa.string(), nullable=False),
-        pa.field("policy_version", pa.int32(), nullable=False),
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("market", pa.string(), nullable=False),  # a market code, or "*" (item lists none)
-        pa.field("action", pa.string(), nullable=False),
-        pa.field("severity", pa.string(), nullable=False),
-        pa.field("score", pa.float32(), nullable=False),
-        pa.field("threshold", pa.float32(), nullable=False),
-        pa.field("decide_run_id", pa.string(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),  # the export run
-        pa.field("exported_at", TS, nullable=False),
+        col("policy_id", pa.string(), "the policy", nullable=False),
+        col("policy_version", pa.int32(), "its live version that decided the row", nullable=False),
+        col("item_id", pa.string(), "catalog item", nullable=False),
+        col("category", pa.string(), "policy category", nullable=False),
+        col("market", pa.string(),
+            'a market code, or `"*"` when the item lists no market. A `violations` row scoped to `M` gives '
+            'market `M`; a `"*"` row gives one row per market the item lists that has no override for that '
+            "category", nullable=False),
+        col("action", pa.string(),
+            "what to do in that market (`remove`, `restrict`, `age_restrict`, `demote`, `label`)", nullable=False),
+        col("severity", pa.string(), "`low`, `medium`, `high` or `critical`", nullable=False),
+        col("score", pa.float32(),
+            "the item's score for the category (the maximum over the modalities the category counts)",
+            nullable=False),
+        col("threshold", pa.float32(), "the threshold that was crossed in that market", nullable=False),
+        col("decide_run_id", pa.string(), "the decide run that produced the row", nullable=False),
+        col("run_id", pa.string(), "the export run that last wrote the row", nullable=False),
+        col("exported_at", TS, "when that export wrote it", nullable=False),
     ]
 )
 
@@ -354,15 +444,17 @@ ENFORCEMENT_SCHEMA = pa.schema(
 #: language x change (``market``: the scope's market, or each of the item's markets for "*").
 DIFF_SUMMARY_SCHEMA = pa.schema(
     [
-        pa.field("policy_id", pa.string()),
-        pa.field("from_version", pa.int32()),
-        pa.field("to_version", pa.int32()),
-        pa.field("category", pa.string()),
-        pa.field("item_type", pa.string()),
-        pa.field("market", pa.string()),
-        pa.field("language", pa.string()),
-        pa.field("change", pa.string()),
-        pa.field("items", pa.int64()),
+        col("policy_id", pa.string(), _POLICY_ID),
+        col("from_version", pa.int32(), "the version compared from"),
+        col("to_version", pa.int32(), "the version compared to"),
+        col("category", pa.string(), "policy category"),
+        col("item_type", pa.string(), "item type"),
+        col("market", pa.string(),
+            "a market of the row's `scope_markets` (without one: the scope's market, or each of the item's "
+            "markets for `*`); `none`: the item lists no market"),
+        col("language", pa.string(), "item language; `unknown` when missing"),
+        col("change", pa.string(), "the `diffs` change"),
+        col("items", pa.int64(), "distinct items with that change in the cell"),
     ]
 )
 
@@ -370,116 +462,138 @@ DIFF_SUMMARY_SCHEMA = pa.schema(
 #: dataset version (written once; later evaluations of the same pair reuse it).
 EVAL_PREDICTIONS_SCHEMA = pa.schema(
     [
-        pa.field("model_id", pa.string(), nullable=False),
-        pa.field("model_digest", pa.string(), nullable=False),
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("dataset_version", pa.int64(), nullable=False),
-        pa.field("example_id", pa.string(), nullable=False),
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("score", pa.float64()),  # null: the example was quarantined (reason below)
-        pa.field("label", pa.int8(), nullable=False),
-        pa.field("quarantine_reason", pa.string()),
-        pa.field("code_version", pa.string()),
-        pa.field("predicted_at", TS, nullable=False),
-        # The dataset version's content digest: a dataset deleted and imported again restarts at
-        # version 0, and its old predictions must not be reused.
-        pa.field("dataset_sha256", pa.string()),
+        col("model_id", pa.string(), "registry model id", nullable=False),
+        col("model_digest", pa.string(), "the model's digest", nullable=False),
+        col("dataset", pa.string(), "evaluation dataset name", nullable=False),
+        col("dataset_version", pa.int64(), "the dataset's Delta version", nullable=False),
+        col("example_id", pa.string(), "the example", nullable=False),
+        col("category", pa.string(), "labelled category", nullable=False),
+        col("score", pa.float64(), "the model's score; null: the example was quarantined (`quarantine_reason`)"),
+        col("label", pa.int8(), "the example's label (1 violating, 0 not)", nullable=False),
+        col("quarantine_reason", pa.string(), "why the model could not score the example"),
+        col("code_version", pa.string(), "package version + git commit"),
+        col("predicted_at", TS, "when the prediction was written", nullable=False),
+        col("dataset_sha256", pa.string(),
+            "the dataset version's content digest: a dataset deleted and imported again restarts at version 0, "
+            "and its old predictions must not be reused"),
     ]
 )
+
+#: Bounds of a metric's 95% bootstrap interval.
+_LO = "lower bound of the 95% bootstrap interval of `{}`"
+_HI = "upper bound of the 95% bootstrap interval of `{}`"
 
 #: ``moderation evaluate``: metrics per category, overall (slice_column null) and per slice
 #: value, with bootstrap 95% intervals. Rows of one key (model digest, dataset version, policy
 #: version and hash, code version) are replaced together.
 EVAL_RESULTS_SCHEMA = pa.schema(
     [
-        pa.field("eval_id", pa.string(), nullable=False),
-        pa.field("model_id", pa.string(), nullable=False),
-        pa.field("model_digest", pa.string(), nullable=False),
-        pa.field("model_role", pa.string(), nullable=False),  # production | baseline
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("dataset_version", pa.int64(), nullable=False),
-        pa.field("policy_id", pa.string()),  # null: evaluated at the default threshold 0.5
-        pa.field("policy_version", pa.int32()),
-        pa.field("policy_hash", pa.string()),
-        pa.field("code_version", pa.string(), nullable=False),
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("slice_column", pa.string()),  # null: all examples
-        pa.field("slice_value", pa.string()),
-        pa.field("n", pa.int64(), nullable=False),
-        pa.field("positives", pa.int64(), nullable=False),
-        pa.field("threshold", pa.float64(), nullable=False),
-        pa.field("pr_auc", pa.float64()),  # average precision; null when the slice has one class
-        pa.field("pr_auc_lo", pa.float64()),
-        pa.field("pr_auc_hi", pa.float64()),
-        pa.field("roc_auc", pa.float64()),
-        pa.field("roc_auc_lo", pa.float64()),
-        pa.field("roc_auc_hi", pa.float64()),
-        pa.field("precision", pa.float64()),  # at the threshold
-        pa.field("precision_lo", pa.float64()),
-        pa.field("precision_hi", pa.float64()),
-        pa.field("recall", pa.float64()),
-        pa.field("recall_lo", pa.float64()),
-        pa.field("recall_hi", pa.float64()),
-        pa.field("f1", pa.float64()),
-        pa.field("f1_lo", pa.float64()),
-        pa.field("f1_hi", pa.float64()),
-        pa.field("fpr", pa.float64()),  # false-positive rate at the threshold
-        pa.field("fpr_lo", pa.float64()),
-        pa.field("fpr_hi", pa.float64()),
-        # Slice rows: this slice's FPR minus the lowest FPR among the column's slices (the
-        # widest gap of a column is the maximum); overall rows: that maximum over all columns.
-        pa.field("fpr_gap", pa.float64()),
-        pa.field("target_precision", pa.float64()),
-        pa.field("recall_at_precision", pa.float64()),  # best recall with precision >= target
-        pa.field("ece", pa.float64()),  # expected calibration error, 10 equal-width bins
-        pa.field("quarantined", pa.int64()),  # examples the model could not score (excluded)
-        pa.field("bootstrap_samples", pa.int32()),
-        pa.field("evaluated_at", TS, nullable=False),
+        col("eval_id", pa.string(), "the `moderation evaluate` invocation", nullable=False),
+        col("model_id", pa.string(), "registry model id", nullable=False),
+        col("model_digest", pa.string(), "the model's digest", nullable=False),
+        col("model_role", pa.string(), "`production` or `baseline`", nullable=False),
+        col("dataset", pa.string(), "the evaluation dataset", nullable=False),
+        col("dataset_version", pa.int64(), "its Delta version", nullable=False),
+        col("policy_id", pa.string(), "where the thresholds came from (null: the default threshold 0.5)"),
+        col("policy_version", pa.int32(), "that policy's version"),
+        col("policy_hash", pa.string(), "SHA-256 of that policy version's file"),
+        col("code_version", pa.string(), "package version + git commit", nullable=False),
+        col("category", pa.string(), "category", nullable=False),
+        col("slice_column", pa.string(), "null: all examples; else the slice column, e.g. `target_group`"),
+        col("slice_value", pa.string(), "the slice's value, e.g. `Women` (null: all examples)"),
+        col("n", pa.int64(), "examples", nullable=False),
+        col("positives", pa.int64(), "positive labels", nullable=False),
+        col("threshold", pa.float64(), "the policy's threshold for the category", nullable=False),
+        col("pr_auc", pa.float64(), "average precision; null when the slice has one class"),
+        col("pr_auc_lo", pa.float64(), _LO.format("pr_auc")),
+        col("pr_auc_hi", pa.float64(), _HI.format("pr_auc")),
+        col("roc_auc", pa.float64(), "ROC AUC; null when the slice has one class"),
+        col("roc_auc_lo", pa.float64(), _LO.format("roc_auc")),
+        col("roc_auc_hi", pa.float64(), _HI.format("roc_auc")),
+        col("precision", pa.float64(), "precision at the threshold"),
+        col("precision_lo", pa.float64(), _LO.format("precision")),
+        col("precision_hi", pa.float64(), _HI.format("precision")),
+        col("recall", pa.float64(), "recall at the threshold"),
+        col("recall_lo", pa.float64(), _LO.format("recall")),
+        col("recall_hi", pa.float64(), _HI.format("recall")),
+        col("f1", pa.float64(), "F1 at the threshold"),
+        col("f1_lo", pa.float64(), _LO.format("f1")),
+        col("f1_hi", pa.float64(), _HI.format("f1")),
+        col("fpr", pa.float64(), "false-positive rate at the threshold"),
+        col("fpr_lo", pa.float64(), _LO.format("fpr")),
+        col("fpr_hi", pa.float64(), _HI.format("fpr")),
+        col("fpr_gap", pa.float64(),
+            "slice rows: this slice's FPR minus the lowest FPR among the column's slices; all-examples rows: "
+            "the widest gap over all columns"),
+        col("target_precision", pa.float64(), "the precision target of `recall_at_precision`"),
+        col("recall_at_precision", pa.float64(), "best recall with precision >= target"),
+        col("ece", pa.float64(), "expected calibration error (10 equal-width bins)"),
+        col("quarantined", pa.int64(), "examples the model could not score (excluded; all-examples rows)"),
+        col("bootstrap_samples", pa.int32(), "resamples behind the intervals"),
+        col("evaluated_at", TS, "when the evaluation ran", nullable=False),
     ]
 )
 
 #: Human review outcomes (moderator decisions, appeals), imported from CSV or Parquet.
 LABELS_SCHEMA = pa.schema(
     [
-        pa.field("label_id", pa.string(), nullable=False),  # sha256 of the identifying fields
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("label", pa.int8(), nullable=False),  # 1 violating, 0 not
-        pa.field("decision", pa.string(), nullable=False),  # violating | not_violating | upheld | overturned
-        pa.field("source", pa.string(), nullable=False),  # moderator | appeal
-        pa.field("market", pa.string()),
-        pa.field("reviewer", pa.string()),
-        pa.field("policy_id", pa.string()),
-        pa.field("policy_version", pa.int32()),
-        pa.field("reviewed_at", TS, nullable=False),
-        pa.field("import_id", pa.string(), nullable=False),
-        pa.field("source_file", pa.string(), nullable=False),
-        pa.field("source_sha256", pa.string(), nullable=False),
-        pa.field("imported_at", TS, nullable=False),
+        col("label_id", pa.string(),
+            "SHA-256 of item, category, source, market, reviewed_at, decision", nullable=False),
+        col("item_id", pa.string(), "catalog item id", nullable=False),
+        col("category", pa.string(), "policy category", nullable=False),
+        col("label", pa.int8(), "1 violating, 0 not", nullable=False),
+        col("decision", pa.string(), "`violating`, `not_violating`, `upheld`, `overturned`", nullable=False),
+        col("source", pa.string(), "`moderator` or `appeal`", nullable=False),
+        col("market", pa.string(), "market the review applies to"),
+        col("reviewer", pa.string(), "who reviewed"),
+        col("policy_id", pa.string(), "the policy the review was made under"),
+        col("policy_version", pa.int32(), "that policy's version"),
+        col("reviewed_at", TS, "when the review was made", nullable=False),
+        col("import_id", pa.string(), "the `moderation labels import` that wrote the row", nullable=False),
+        col("source_file", pa.string(), "the imported file", nullable=False),
+        col("source_sha256", pa.string(), "SHA-256 of the imported file", nullable=False),
+        col("imported_at", TS, "when it was imported", nullable=False),
     ]
 )
 
 #: ``moderation review-queue``: items sampled for human review.
 REVIEW_QUEUE_SCHEMA = pa.schema(
     [
-        pa.field("queue_id", pa.string(), nullable=False),  # the sampling run
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),  # uncertain | audit
-        pa.field("stratum", pa.string(), nullable=False),  # "<category>/<slice>=<value>" or "audit"
-        pa.field("stratum_size", pa.int64(), nullable=False),
-        pa.field("score", pa.float32()),
-        pa.field("threshold", pa.float32()),
-        pa.field("policy_id", pa.string(), nullable=False),
-        pa.field("policy_version", pa.int32(), nullable=False),
-        pa.field("model_id", pa.string()),
-        pa.field("item_type", pa.string()),
-        pa.field("language", pa.string()),
-        pa.field("markets", STR_LIST),
-        pa.field("queued_at", TS, nullable=False),
+        col("queue_id", pa.string(), "the sampling run", nullable=False),
+        col("item_id", pa.string(), "catalog item id", nullable=False),
+        col("category", pa.string(), "policy category", nullable=False),
+        col("reason", pa.string(), "`uncertain` or `audit`", nullable=False),
+        col("stratum", pa.string(), "`<category>/<slice>=<value>` or `audit`", nullable=False),
+        col("stratum_size", pa.int64(), "candidates in the stratum before the cap", nullable=False),
+        col("score", pa.float32(), "the item's score for the category"),
+        col("threshold", pa.float32(), "the policy's threshold for the category"),
+        col("policy_id", pa.string(), "policy", nullable=False),
+        col("policy_version", pa.int32(), "policy version", nullable=False),
+        col("model_id", pa.string(), "the model whose score was used"),
+        col("item_type", pa.string(), "item type"),
+        col("language", pa.string(), "item language"),
+        col("markets", STR_LIST, "item markets"),
+        col("queued_at", TS, "when the item was queued", nullable=False),
     ]
 )
 
+#: ``moderation bank add``: one row per banked image x crop variant (``moderation.bank``).
+HASH_BANK_SCHEMA = pa.schema(
+    [
+        col("hash", pa.string(), "PDQ perceptual hash, 64 lower-case hex characters", nullable=False),
+        col("quality", pa.int32(), "PDQ quality (0-100); images below `--min-quality` are rejected", nullable=False),
+        col("variant", pa.string(),
+            "`full`, or a centred crop (`crop1.25` ... `crop5`, % cut per side): slightly cropped re-uploads "
+            "match one of them", nullable=False),
+        col("category", pa.string(), "policy category the image violates, e.g. `sexual`", nullable=False),
+        col("label", pa.string(), "shown in `evidence` when a cover matches", nullable=False),
+        col("source", pa.string(), "where the image came from (never the image itself)"),
+        col("added_at", TS, "when it was added", nullable=False),
+        col("added_by_run", pa.string(), "run or command that added it", nullable=False),
+    ]
+)
+
+#: The tables the pipeline writes through :class:`moderation.lake.Lake`, by path under the lake root.
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "scores": SCORES_SCHEMA,
     "quarantine": QUARANTINE_SCHEMA,
@@ -494,6 +608,52 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "labels": LABELS_SCHEMA,
     "review_queue": REVIEW_QUEUE_SCHEMA,
 }
+
+#: The report tables ``moderation report`` rewrites, by path under the lake root.
+REPORT_SCHEMAS: dict[str, pa.Schema] = {
+    "reports/violation_rates": VIOLATION_RATES_SCHEMA,
+    "reports/violations_by_category": VIOLATIONS_BY_CATEGORY_SCHEMA,
+    "reports/coverage": COVERAGE_SCHEMA,
+    "reports/diff_summary": DIFF_SUMMARY_SCHEMA,
+    "reports/snapshot": REPORT_SNAPSHOT_SCHEMA,
+}
+
+#: The data dictionary: every table with a fixed schema, by path under the lake root (the demo's
+#: ``catalog`` included). ``moderation tables`` and docs/tables.md read it.
+LAKE_SCHEMAS: dict[str, pa.Schema] = {
+    **TABLE_SCHEMAS,
+    "hash_bank": HASH_BANK_SCHEMA,
+    **REPORT_SCHEMAS,
+    "catalog": CATALOG_SCHEMA,
+}
+
+#: Evaluation datasets (``eval/datasets/<name>``) have columns per dataset: the fixed ones, and
+#: ``label_<category>`` / ``slice_<name>`` (``moderation.evaluation.datasets``).
+EVAL_DATASET_COLUMNS: dict[str, str] = {
+    "example_id": "the example, unique within a version",
+    "modality": "`text`, `image` or `audio`",
+    "text": "the text of a text example (scored like a catalog item's `body_text`)",
+    "title": "optional: catalog title, scored as the catalog scores it",
+    "description": "optional: catalog description, scored as the catalog scores it",
+    "media_uri": "image or audio examples: where the bytes are",
+    "source": "where the example comes from (`hatexplain`, `labels`, a file name)",
+    "label_*": "0/1 label of the category after `label_`; null = not annotated for that category",
+    "slice_*": "a fairness slice (target group, language, dialect, ...): a value, or a list of values",
+}
+
+
+def column_description(table: str, column: str) -> str | None:
+    """The description of ``column`` of the table at ``table`` (a path under the lake root), or None."""
+    schema = LAKE_SCHEMAS.get(table)
+    if schema is not None:
+        index = schema.get_field_index(column)
+        return description(schema.field(index)) if index >= 0 else None
+    if table.startswith("eval/datasets/"):
+        for prefix in ("label_", "slice_"):
+            if column.startswith(prefix):
+                return EVAL_DATASET_COLUMNS[prefix + "*"]
+        return EVAL_DATASET_COLUMNS.get(column)
+    return None
 
 
 def empty(schema: pa.Schema) -> pa.Table:

@@ -22,8 +22,8 @@ if "MODERATION_ARTIFACT_CACHE" not in os.environ:
     os.environ["MODERATION_ARTIFACT_CACHE"] = _cache = tempfile.mkdtemp(prefix="moderation-artifacts-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
-#: The suite runs on two pytest-xdist workers, a file at a time (``-n 2 --dist loadfile``, see the
-#: README), and the files are handed out in collection order: the slowest first, so the workers
+#: The suite runs on two pytest-xdist workers, a file at a time (``-n 2 --dist loadfile``, see
+#: docs/development.md), and the files are handed out in collection order: the slowest first, so the workers
 #: finish together instead of one starting the multi-node test as the other runs out of work.
 #: Order only: every file runs, and a file not listed keeps its place after these.
 SLOWEST_FILES = (

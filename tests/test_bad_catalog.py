@@ -66,7 +66,7 @@ def bad_run(tmp_path_factory, ray_local, data_dir):
     profile.write_text(yaml.safe_dump({"batch_size": 8, "actors": 1, "actor_num_cpus": 1.0, "torch_threads": 2,
                                        "chunk_pairs": 5,
                                        # The 10 MB transcript is cut at this (scoring the default
-                                       # 200,000 words costs minutes of CPU: see the README's costs).
+                                       # 200,000 words costs minutes of CPU: see docs/models.md on long-form costs).
                                        "max_item_words": 5_000}))
     lake = Lake(str(root / "lake"))
     result = run_backfill(catalog_uri=str(folder), lake_root=lake.root, policy_path=policy, run_id="bad",

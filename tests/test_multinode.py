@@ -3,10 +3,10 @@
 worker nodes on 127.0.0.2 and 127.0.0.3 (one CPU each, custom resource ``worker``), token
 authentication as Ray 2.60 turns it on (tests/ray_start.py). Catalog, media and lake live on the
 SeaweedFS S3 server the tests run (tests/s3_server.py); every node gets the S3 endpoint and keys
-from its own environment, as the README says a cluster's nodes do (their credential chain).
+from its own environment, as docs/deployment.md says a cluster's nodes do (their credential chain).
 
-A catalog-safety v3 backfill (text, cover art, audio) is submitted exactly as the README's
-Deployment section tells a user: ``ray job submit --working-dir . --runtime-env
+A catalog-safety v3 backfill (text, cover art, audio) is submitted exactly as docs/deployment.md
+tells a user: ``ray job submit --working-dir . --runtime-env
 deploy/ray/runtime-env.yaml -- python -m moderation backfill …`` from the repository root (the
 lake has no evaluation datasets, so the gate lets the draft v3 run: ``not_configured``). The
 profile is a small one for this 2-core machine (one 0.5-CPU actor per model, so a worker node
@@ -199,7 +199,7 @@ def test_submitted_v3_backfill_runs_on_the_worker_nodes(env, single_node):
     # text for 12 items; 3 image models (OCR, open_nsfw, PDQ) for 5 covers; audio for 3 clips.
     assert run["selected_pairs"] == ITEMS + 3 * 5 + 3
     # A lake with no evaluation datasets: the gate compares nothing and lets the draft run
-    # (with evaluations that block it, the README's command needs --force, recorded in runs).
+    # (with evaluations that block it, docs/deployment.md's command needs --force, recorded in runs).
     assert run["gate_status"] == "not_configured" and not run["forced"], run
     ips = _node_ips(env)
     actors = _score_actors(env)

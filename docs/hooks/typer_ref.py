@@ -1,6 +1,8 @@
 """MkDocs hook: the command reference, rendered from the typer app at build time.
 
-``docs/commands.md`` holds the marker ``<!-- commands-reference -->``; this hook replaces it with
+``docs/commands.md`` holds the marker ``<!-- exit-codes -->``, replaced with the table of
+``moderation.cli.EXIT_CODES`` (the one list of exit codes; ``moderation --help`` shows it too), and
+the marker ``<!-- commands-reference -->``; this hook replaces it with
 every command of ``moderation.cli.app`` (walked through typer's click command tree): its help text,
 usage line and options, as ``moderation COMMAND --help`` prints them. Nothing generated is
 committed, so the page cannot drift from the CLI. A command without help text is a warning,
@@ -22,6 +24,7 @@ from pathlib import Path
 from mkdocs.structure.files import File, Files
 
 MARKER = "<!-- commands-reference -->"
+EXIT_MARKER = "<!-- exit-codes -->"
 PAGE = "commands.md"
 REPO = Path(__file__).resolve().parents[2]
 CARDS = REPO / "conf" / "models"
@@ -113,9 +116,13 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         return markdown
     if str(REPO) not in sys.path:  # document this checkout's CLI, whatever else is installed
         sys.path.insert(0, str(REPO))
-    from moderation.cli import app
+    from moderation.cli import EXIT_CODES, app
 
-    return markdown.replace(MARKER, render(app))
+    if EXIT_MARKER not in markdown:
+        log.warning("%s has no %s marker: the exit codes would be missing", PAGE, EXIT_MARKER)
+    codes = "\n".join(["| status | meaning | when |", "|---|---|---|"]
+                      + [f"| {code} | {short} | {detail} |" for code, (short, detail) in EXIT_CODES.items()])
+    return markdown.replace(EXIT_MARKER, codes).replace(MARKER, render(app))
 
 
 def on_page_content(html_text: str, page, config, files) -> str:

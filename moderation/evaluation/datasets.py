@@ -1,7 +1,8 @@
 """Evaluation datasets: versioned Delta tables under ``<lake>/eval/datasets/<name>``.
 
 One table per dataset; every write of a changed content is a new Delta version (the dataset
-version an evaluation records). Columns (the documented import schema, README "Evaluation"):
+version an evaluation records). Columns (the documented import schema, docs/evaluation.md and docs/tables.md; descriptions in
+``moderation.schemas.EVAL_DATASET_COLUMNS``):
 
 ==================  =======================================================================
 ``example_id``      string, unique within a version

@@ -19,6 +19,21 @@ STR_LIST = pa.list_(pa.string())
 COMMENT = "comment"
 
 
+#: Columns that ``scores``, ``quarantine`` and ``removals`` share carry one description: DataFusion
+#: (delta-rs' QueryBuilder, which the run accounting and the re-scan plan use) refuses a UNION of
+#: columns whose field metadata differ when their nullability differs too ("Physical input schema
+#: should be the same as the one converted from logical input schema"; DataFusion 50 in deltalake 1.6.6).
+_RUN_ID = "the run that wrote the row (`runs.run_id`)"
+_ITEM_ID = "catalog item id"
+_MODALITY = "text, image or audio"
+_MODEL_ID = "registry model id, e.g. `text-minilm-heads-v1`"
+_CONTENT_HASH = (
+    "SHA-256 of the content scored (or that could not be scored): text, the normalised title, description and "
+    "body text; cover art and audio, the file's bytes (of the URI when it cannot be read). A re-scan compares it "
+    "to find changed pairs and does not retry unchanged quarantined input (null in quarantine rows without an "
+    "id, and in quarantine rows written before it existed)")
+
+
 def col(name: str, type_: pa.DataType, comment: str, *, nullable: bool = True) -> pa.Field:
     """A schema field with its description as the column comment."""
     return pa.field(name, type_, nullable=nullable, metadata={COMMENT: " ".join(comment.split())})
@@ -54,16 +69,13 @@ TEXT_COLUMNS = ("title", "description", "body_text")
 #: Scoring: one row per item x modality x model version x run.
 SCORES_SCHEMA = pa.schema(
     [
-        col("run_id", pa.string(), "backfill or rescan run that produced the row", nullable=False),
-        col("item_id", pa.string(), "catalog item id", nullable=False),
+        col("run_id", pa.string(), _RUN_ID, nullable=False),
+        col("item_id", pa.string(), _ITEM_ID, nullable=False),
         col("item_type", pa.string(), "track, episode, audiobook, show (copied from the catalog)"),
-        col("modality", pa.string(), "text, image, audio", nullable=False),
-        col("model_id", pa.string(), "registry id, e.g. `text-minilm-heads-v1`", nullable=False),
+        col("modality", pa.string(), _MODALITY, nullable=False),
+        col("model_id", pa.string(), _MODEL_ID, nullable=False),
         col("model_digest", pa.string(), "SHA-256 over the model's artifact digests", nullable=False),
-        col("content_hash", pa.string(),
-            "SHA-256 of the content that was scored: text, the normalised title, description and body text; "
-            "cover art and audio, the file's bytes (of the URI when it cannot be read). A re-scan compares it "
-            "to find changed pairs", nullable=False),
+        col("content_hash", pa.string(), _CONTENT_HASH, nullable=False),
         col("category_scores", pa.map_(pa.string(), pa.float32()),
             'probability per category, e.g. `{"hate": 0.03, "harassment": 0.12, "spam": 0.01}`'),
         col("evidence", pa.map_(pa.string(), pa.string()),
@@ -95,16 +107,16 @@ SCORES_SCHEMA = pa.schema(
 #: One row per item x modality x run that could not be scored.
 QUARANTINE_SCHEMA = pa.schema(
     [
-        col("run_id", pa.string(), "run", nullable=False),
-        col("item_id", pa.string(),
-            "catalog item id (null for `missing_item_id`; `\\x..` escapes for `invalid_item_id`)"),
-        col("modality", pa.string(), "modality that could not be scored", nullable=False),
-        col("model_id", pa.string(), "model whose input could not be prepared or scored"),
+        col("run_id", pa.string(), _RUN_ID, nullable=False),
+        col("item_id", pa.string(), _ITEM_ID),
+        col("modality", pa.string(), _MODALITY, nullable=False),
+        col("model_id", pa.string(), _MODEL_ID),
         col("stage", pa.string(),
             "`catalog` (decided by the driver's scan of the ids), `preprocess` or `score`", nullable=False),
         col("reason", pa.string(),
-            "reason code. Catalog: `missing_item_id` (null or blank id; one row per catalog row), "
-            "`invalid_item_id` (id bytes are not UTF-8), `duplicate_item_id` (the id is on several rows: none "
+            "reason code. Catalog: `missing_item_id` (null or blank id; `item_id` is null, one row per catalog "
+            "row), `invalid_item_id` (id bytes are not UTF-8; `item_id` shows them with `\\x..` escapes), "
+            "`duplicate_item_id` (the id is on several rows: none "
             "of them is scored, one quarantine row per id); any modality: `invalid_utf8` (an input field of "
             "that modality is not valid UTF-8; `detail` names the fields), `score_error` (the model failed on "
             "this row after the in-run retries; `detail` starts with the attempts; a rescan retries it); text: "
@@ -114,9 +126,7 @@ QUARANTINE_SCHEMA = pa.schema(
         col("detail", pa.string(), "human-readable detail (which fields were null, the exception)"),
         col("quarantined_at", TS, "when the chunk was committed", nullable=False),
         # Added with issue 5 (older rows: null).
-        col("content_hash", pa.string(),
-            "the content hash of the input that could not be scored (as in `scores`; null for rows without an "
-            "id, and in rows written before it existed), so a re-scan does not retry unchanged input"),
+        col("content_hash", pa.string(), _CONTENT_HASH),
     ]
 )
 
@@ -343,9 +353,9 @@ REPORT_SNAPSHOT_SCHEMA = pa.schema(
 #: so the pair's violations are retired in the next decide.
 REMOVALS_SCHEMA = pa.schema(
     [
-        col("run_id", pa.string(), "the rescan that found it", nullable=False),
-        col("item_id", pa.string(), "catalog item id", nullable=False),
-        col("modality", pa.string(), "text, image or audio", nullable=False),
+        col("run_id", pa.string(), _RUN_ID, nullable=False),
+        col("item_id", pa.string(), _ITEM_ID, nullable=False),
+        col("modality", pa.string(), _MODALITY, nullable=False),
         col("reason", pa.string(),
             "`item_deleted` (the id is no longer in the catalog) or `media_removed` (the item is, its cover / "
             "audio URI is not)", nullable=False),

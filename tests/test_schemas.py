@@ -27,6 +27,29 @@ def test_every_column_of_every_schema_has_a_description():
     assert set(TABLE_SCHEMAS) <= set(LAKE_SCHEMAS) and "hash_bank" in LAKE_SCHEMAS
 
 
+def test_columns_unioned_by_datafusion_share_one_description():
+    """The run accounting and the re-scan plan UNION scores, quarantine and removals columns in
+    DataFusion, which refuses differing field metadata where nullability differs too."""
+    tables = [TABLE_SCHEMAS[t] for t in ("scores", "quarantine", "removals")]
+    shared = set(TABLE_SCHEMAS["scores"].names) & set(TABLE_SCHEMAS["quarantine"].names)
+    assert shared == {"run_id", "item_id", "modality", "model_id", "content_hash"}
+    for name in shared:
+        texts = {description(s.field(name)) for s in tables if name in s.names}
+        assert len(texts) == 1, (name, texts)
+
+
+def test_run_accounting_over_commented_tables_of_different_nullability(tmp_path: Path):
+    from moderation.scoring.run import run_accounting
+
+    lake = Lake(str(tmp_path / "lake"))
+    row = {"run_id": "r", "modality": "text", "model_id": "m", "scored_at": 0, "quarantined_at": 0,
+           "model_digest": "d", "content_hash": "h", "stage": "score", "reason": "score_error"}
+    for i in range(2):  # two files per table
+        lake.append_chunk("scores", pa.Table.from_pylist([{**row, "item_id": f"s{i}"}]), app_id="a", version=i)
+        lake.append_chunk("quarantine", pa.Table.from_pylist([{**row, "item_id": f"q{i}"}]), app_id="a", version=i)
+    assert run_accounting(lake, "r") == (2, 2, 0)
+
+
 def test_conform_keeps_the_descriptions():
     rows = pa.table({"run_id": ["r"], "kind": ["decide"], "status": ["running"]})
     out = conform(rows, RUNS_SCHEMA)

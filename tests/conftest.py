@@ -27,10 +27,12 @@ if "MODERATION_ARTIFACT_CACHE" not in os.environ:
 #: finish together instead of one starting the multi-node test as the other runs out of work.
 #: Order only: every file runs, and a file not listed keeps its place after these.
 SLOWEST_FILES = (
-    "test_multinode.py", "test_s3_backfill.py", "test_backfill_integration.py", "test_resume_faults.py",
-    "test_text_classifier.py", "test_reporting.py", "test_audio_classifier.py", "test_secrets.py",
-    "test_rescan.py", "test_demo.py", "test_concurrency.py", "test_long_form.py", "test_long_text.py",
-    "test_corpora.py", "test_half_precision.py", "test_evaluation.py", "test_lease.py",
+    "test_s3_backfill.py", "test_multinode.py", "test_backfill_integration.py", "test_text_classifier.py",
+    "test_resume_faults.py", "test_rescan.py", "test_secrets.py", "test_concurrency.py", "test_reporting.py",
+    "test_long_form.py", "test_audio_classifier.py", "test_multimodal_integration.py", "test_demo.py",
+    "test_half_precision.py", "test_ray_address.py", "test_evaluation.py", "test_cascade.py",
+    "test_catalog_formats.py", "test_security.py", "test_query.py", "test_lease.py", "test_long_text.py",
+    "test_corpora.py", "test_spark_peer.py", "test_bad_catalog.py",
 )
 
 

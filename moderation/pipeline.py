@@ -23,7 +23,7 @@ from moderation.catalog import CatalogSnapshot, to_work_rows
 from moderation.classifiers.base import RunContext
 from moderation.config import ModelSpec, RunProfile
 from moderation.errors import ClusterError, one_line
-from moderation.results import MODEL_COLUMN
+from moderation.results import MODEL_COLUMN, by_model
 from moderation.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -219,12 +219,8 @@ def _empty_prepared() -> pa.Table:
 def score_rows(classifiers: dict, batch: pa.Table) -> pa.Table:
     """Prepared rows of several models -> scored work rows (``Classifier.process_batch``, each
     model's rows by its own classifier), with the ``model_id`` column kept."""
-    import pyarrow.compute as pc
-
     parts = []
-    ids = batch.column(MODEL_COLUMN)
-    for model_id in pc.unique(ids).to_pylist():
-        rows = batch.filter(pc.equal(ids, model_id))
+    for model_id, rows in by_model(batch):
         out = classifiers[model_id].process_batch(rows)
         parts.append(out.append_column(MODEL_COLUMN, pa.array([model_id] * out.num_rows, pa.string())))
     return pa.concat_tables(parts, promote_options="permissive") if parts else batch.slice(0, 0)

@@ -40,15 +40,20 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def by_model(batch: pa.Table):
+    """(model id, its rows) for each model of rows carrying ``MODEL_COLUMN``."""
+    ids = batch.column(MODEL_COLUMN)
+    for model_id in pc.unique(ids).to_pylist():
+        yield model_id, batch.filter(pc.equal(ids, model_id))
+
+
 def written_files(batch: pa.Table, *, lake: Lake, run_id: str, models: dict[str, ModelSpec]) -> pa.Table:
     """Scored work rows of one or more models (``MODEL_COLUMN``) -> one ``scores`` and one
     ``quarantine`` data file per model written into the lake (nothing committed), as
     ``FILES_SCHEMA`` rows. Every input row lands in exactly one file."""
     now = utcnow()
     out = []
-    ids = batch.column(MODEL_COLUMN)
-    for model_id in pc.unique(ids).to_pylist():
-        rows = batch.filter(pc.equal(ids, model_id))
+    for model_id, rows in by_model(batch):
         scores, quarantine = split_results(rows, run_id=run_id, model=models[model_id], now=now)
         for table, data in (("quarantine", quarantine), ("scores", scores)):
             if data.num_rows:

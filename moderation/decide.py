@@ -32,7 +32,9 @@ runs per item.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,91 @@ EVIDENCE_PREFIX = "evidence:"
 _TEXT_POSITION = re.compile(r"^[a-z_]+\[\d+\]@(?P<start>\d+)-(?P<end>\d+)$")
 _AUDIO_POSITION = re.compile(r"^window (?P<start>\d+(?:\.\d+)?)-(?P<end>\d+(?:\.\d+)?)s\b")
 _ITEM_COLUMNS = ["item_type", "language", "markets", "explicit"]
+
+
+#: Scores rows decided at a time (see :func:`run_decide`): what the driver holds grows with this,
+#: not with the table.
+BUCKET_ROWS = 250_000
+#: At most this many buckets (a file each, open at once while the scores are split).
+MAX_BUCKETS = 1024
+#: Scan options for the one pass over a table: modest batches, little read-ahead.
+_SCAN = {"batch_size": 65_536, "batch_readahead": 2, "fragment_readahead": 1}
+
+
+def item_buckets(rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
+    """How many buckets ``rows`` rows split into."""
+    return max(1, min(MAX_BUCKETS, math.ceil(rows / max(1, bucket_rows))))
+
+
+def bucket_of(item_ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
+    """The bucket of each item id (the same id falls in the same bucket in every table)."""
+    values = np.asarray(item_ids.to_numpy(zero_copy_only=False), dtype=object)
+    return (pd.util.hash_array(values, categorize=False) % np.uint64(buckets)).astype(np.int64)
+
+
+class BucketSpill:
+    """Rows split by item bucket into one Arrow stream file per bucket under ``folder``."""
+
+    def __init__(self, folder: Path, name: str, schema: pa.Schema, buckets: int):
+        self.paths = [folder / f"{name}-{b:04d}.arrows" for b in range(buckets)]
+        self.schema = schema
+        self.buckets = buckets
+        self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+
+    def _write(self, b: int, batch: pa.RecordBatch) -> None:
+        if b not in self._writers:
+            self._writers[b] = pa.ipc.new_stream(self.paths[b], self.schema)
+        self._writers[b].write_batch(batch)
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        if self.buckets == 1:
+            self._write(0, batch)
+            return
+        which = bucket_of(batch.column("item_id"), self.buckets)
+        order = np.argsort(which, kind="stable")
+        grouped = batch.take(pa.array(order))
+        start = 0
+        for b, n in enumerate(np.bincount(which, minlength=self.buckets)):
+            if n:
+                self._write(b, grouped.slice(start, n))
+                start += n
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def read(self, b: int) -> pa.Table:
+        """The rows of bucket ``b`` (closes the writers first)."""
+        self.close()
+        if not self.paths[b].exists():
+            return self.schema.empty_table()
+        with pa.ipc.open_stream(self.paths[b]) as reader:
+            return reader.read_all()
+
+
+def _table_rows(dt_table) -> int:
+    """Rows of a Delta table's snapshot from its add actions' ``numRecords`` (no data read)."""
+    adds = pa.table(dt_table.get_add_actions(flatten=True))
+    if "num_records" not in adds.schema.names:
+        return dt_table.to_pyarrow_dataset().count_rows()
+    return int(pc.sum(adds.column("num_records")).as_py() or 0)
+
+
+def _spill_table(lake: Lake, table: str, folder: Path, buckets: int, *, columns: list[str],
+                 filter: pc.Expression | None = None) -> BucketSpill | None:
+    """One pass over a lake table into a :class:`BucketSpill`; None when the table does not exist."""
+    dt_table = lake.open(table)
+    if dt_table is None:
+        return None
+    scanner = dt_table.to_pyarrow_dataset().scanner(columns=columns, filter=filter, **_SCAN)
+    spill = BucketSpill(folder, table, scanner.projected_schema, buckets)
+    for batch in scanner.to_batches():
+        spill.add(batch)
+    spill.close()
+    return spill
 
 
 def score_column(category: str) -> str:
@@ -296,19 +383,31 @@ def apply_policy(
     return table.select(VIOLATIONS_SCHEMA.names)
 
 
-def coverage_warnings(scores: pa.Table, latest: pd.DataFrame, loaded: LoadedPolicy, models: dict[str, ModelSpec],
-                      *, scores_uri: str) -> list[str]:
-    """What the stored scores lack for the policy's models: a model with no scores at all, none
-    at its current registry digest, or latest scores from an older digest."""
-    rescan = "run `moderation rescan` with this policy to score what it needs"
-    digests = pd.DataFrame({"model_id": scores.column("model_id").to_numpy(zero_copy_only=False),
-                            "model_digest": scores.column("model_digest").to_numpy(zero_copy_only=False)})
-    digests = digests.drop_duplicates()
+def stale_counts(latest: pd.DataFrame, loaded: LoadedPolicy, models: dict[str, ModelSpec]) -> dict[str, tuple[int, int]]:
+    """Per model of the policy: (live latest rows from a digest other than the registry's, live
+    latest rows). Counts of disjoint buckets of items add up."""
     live = latest[~latest["retired"]] if "retired" in latest else latest
+    out = {}
+    for model_id in loaded.policy.models:
+        rows = live.loc[live["model_id"] == model_id, "model_digest"]
+        out[model_id] = (int((rows != models[model_id].digest).sum()), len(rows))
+    return out
+
+
+def coverage_warnings(digests: set[tuple[str, str]], stale: dict[str, tuple[int, int]], loaded: LoadedPolicy,
+                      models: dict[str, ModelSpec], *, scores_uri: str) -> list[str]:
+    """What the stored scores lack for the policy's models: a model with no scores at all, none
+    at its current registry digest, or latest scores from an older digest.
+
+    Args:
+        digests: the distinct (model_id, model_digest) of the scores read.
+        stale: :func:`stale_counts`, summed over the buckets decided.
+    """
+    rescan = "run `moderation rescan` with this policy to score what it needs"
     out = []
     for model_id in loaded.policy.models:
         digest = models[model_id].digest
-        have = sorted(digests.loc[digests["model_id"] == model_id, "model_digest"])
+        have = sorted(d for m, d in digests if m == model_id)
         if not have:
             out.append(f"model {model_id}: no scores in {scores_uri}; the categories it scores are decided "
                        f"without it; {rescan}")
@@ -316,10 +415,9 @@ def coverage_warnings(scores: pa.Table, latest: pd.DataFrame, loaded: LoadedPoli
             out.append(f"model {model_id}: no scores at its registry digest {digest[:12]}… (scores hold "
                        f"{', '.join(d[:12] + '…' for d in have)}); {rescan}")
         else:
-            rows = live[live["model_id"] == model_id]
-            stale = int((rows["model_digest"] != digest).sum())
-            if stale:
-                out.append(f"model {model_id}: {stale} of {len(rows)} latest scores are from an older digest "
+            old, rows = stale.get(model_id, (0, 0))
+            if old:
+                out.append(f"model {model_id}: {old} of {rows} latest scores are from an older digest "
                            f"than the registry's {digest[:12]}…; {rescan}")
     return out
 
@@ -364,10 +462,16 @@ class DecideResult:
 
 
 def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = None,
-               models_dir: Path | None = None) -> DecideResult:
+               models_dir: Path | None = None, bucket_rows: int = BUCKET_ROWS) -> DecideResult:
     """Decide one policy version from stored scores and replace its violations.
 
     Reads only the model registry entries (their digests), never a model artifact.
+
+    Memory: the driver never holds the scores table. One streaming pass splits the policy's
+    scores (and ``removals`` and the version's previous violations) by a hash of the item id into
+    buckets of about ``bucket_rows`` rows, Arrow files in a local temporary folder; each bucket
+    is decided on its own (every rule is per item, so the result is the same as deciding all at
+    once) and its rows are appended to a local file that the replace commit then streams.
 
     Raises:
         ConfigError: the policy file is invalid.
@@ -387,31 +491,56 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
     started = utcnow()
     status = effective_status(lake, policy.policy_id, policy.version, policy.status)
     have = set(dt_scores.schema().to_arrow().names)
-    scores = dt_scores.to_pyarrow_dataset().to_table(
-        filter=pc.field("model_id").isin(list(policy.models)),
-        columns=SCORE_COLUMNS + [c for c in EVIDENCE_COLUMNS if c in have],
-    )
-    removals = lake.read("removals", columns=["item_id", "modality", "removed_at"])
-    latest = latest_scores(scores, removals)
-    violations = apply_policy(latest, loaded, registry, run_id=run_id, now=utcnow(), status=status)
-    this_version = (pc.field("policy_id") == policy.policy_id) & (pc.field("policy_version") == policy.version)
-    previous = lake.read("violations", filter=this_version, columns=["item_id", "category", "market_scope"])
-    retired = retired_row_count(previous, violations, latest)
-    warnings = coverage_warnings(scores, latest, loaded, registry, scores_uri=lake.uri("scores"))
-    lake.replace_violations(violations, policy_id=policy.policy_id, policy_version=policy.version, run_id=run_id)
+    columns = SCORE_COLUMNS + [c for c in EVIDENCE_COLUMNS if c in have]
+    scanner = dt_scores.to_pyarrow_dataset().scanner(
+        columns=columns, filter=pc.field("model_id").isin(list(policy.models)), **_SCAN)
+    buckets = item_buckets(_table_rows(dt_scores), bucket_rows)
+    now = utcnow()
+    items = rows_written = violation_rows = reviews = retired = 0
+    digests: set[tuple[str, str]] = set()
+    stale: dict[str, tuple[int, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="moderation-decide-") as tmp:
+        # One pass over each table splits its rows by item into bucket files on local disk.
+        scores = BucketSpill(Path(tmp), "scores", scanner.projected_schema, buckets)
+        for batch in scanner.to_batches():
+            pairs = pa.table({"m": batch.column("model_id"), "d": batch.column("model_digest")})
+            digests.update(zip(*pairs.group_by(["m", "d"]).aggregate([]).to_pydict().values()))
+            scores.add(batch)
+        removals = _spill_table(lake, "removals", Path(tmp), buckets, columns=["item_id", "modality", "removed_at"])
+        this_version = (pc.field("policy_id") == policy.policy_id) & (pc.field("policy_version") == policy.version)
+        previous = _spill_table(lake, "violations", Path(tmp), buckets, filter=this_version,
+                                columns=["item_id", "category", "market_scope"])
+        out_path = Path(tmp) / "violations.arrows"
+        with pa.ipc.new_stream(out_path, VIOLATIONS_SCHEMA) as out:
+            for b in range(buckets):
+                latest = latest_scores(scores.read(b), removals.read(b) if removals else None)
+                part = apply_policy(latest, loaded, registry, run_id=run_id, now=now, status=status)
+                out.write_table(part)
+                rows_written += part.num_rows
+                decisions = part.column("decision")
+                violation_rows += _count(decisions, "violation")
+                reviews += _count(decisions, "review")
+                if previous is not None:
+                    retired += retired_row_count(previous.read(b), part, latest)
+                items += int(latest.loc[~latest["retired"], "item_id"].nunique())
+                for model_id, (old, rows) in stale_counts(latest, loaded, registry).items():
+                    have_old, have_rows = stale.get(model_id, (0, 0))
+                    stale[model_id] = (have_old + old, have_rows + rows)
+                del latest, part
+        scores.close()
+        warnings = coverage_warnings(digests, stale, loaded, registry, scores_uri=lake.uri("scores"))
+        lake.replace_violations(lambda: pa.ipc.open_stream(out_path), policy_id=policy.policy_id,
+                                policy_version=policy.version, run_id=run_id)
     # A promotion recorded while this decide ran: stamp the status it made effective (the
     # promote's own restamp may have run before this replace).
     now_status = effective_status(lake, policy.policy_id, policy.version, policy.status)
     if now_status != status:
         restamp_status(lake, policy.policy_id, {policy.version: now_status}, run_id=run_id)
         status = now_status
-    decisions = violations.column("decision")
-    live = latest[~latest["retired"]]
     result = DecideResult(
         run_id=run_id, policy_id=policy.policy_id, policy_version=policy.version,
-        items=int(live["item_id"].nunique()), violations=_count(decisions, "violation"),
-        reviews=_count(decisions, "review"), scores_version=scores_version, policy_status=status,
-        retired_rows=retired, warnings=tuple(warnings),
+        items=items, violations=violation_rows, reviews=reviews, scores_version=scores_version,
+        policy_status=status, retired_rows=retired, warnings=tuple(warnings),
     )
     models = [registry[m] for m in policy.models]
     lake.upsert_run(run_row(
@@ -419,7 +548,7 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
         policy_version=policy.version, policy_hash=loaded.content_hash, policy_path=str(policy_path),
         model_ids=[m.model_id for m in models], model_digests=[m.digest for m in models],
         modalities=sorted({m.modality for m in models}), categories=sorted(policy.categories),
-        scores_version=scores_version, violation_rows=violations.num_rows, retired_rows=retired,
+        scores_version=scores_version, violation_rows=rows_written, retired_rows=retired,
         code_version=code_version(), started_at=started, ended_at=utcnow(),
     ))
     return result

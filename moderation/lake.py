@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -347,20 +348,34 @@ class Lake:
                 raise _TableCreated() from e
             raise
 
-    def replace_violations(self, rows: pa.Table, *, policy_id: str, policy_version: int, run_id: str) -> None:
+    def replace_violations(self, rows: pa.Table | Callable[[], pa.RecordBatchReader], *, policy_id: str,
+                           policy_version: int, run_id: str) -> None:
         """Replace one policy version's violations in a single atomic commit.
 
         Readers see the old rows or the new ones, never a mix. A decide of another version
         committing at the same moment is a conflict delta-rs reports; the replace is retried on
         the reloaded table (bounded, with backoff). A table written before a column of the
-        schema existed gains it first (older partitions read it as null)."""
+        schema existed gains it first (older partitions read it as null).
+
+        Args:
+            rows: the rows, or a function returning a fresh stream of them for each attempt
+                (``decide`` streams its rows from a local spill, so they are never all in memory).
+        """
         from deltalake import CommitProperties, write_deltalake
 
-        data = conform(rows, TABLE_SCHEMAS["violations"])
+        schema = TABLE_SCHEMAS["violations"]
+
+        def stream() -> pa.RecordBatchReader:
+            reader = rows()
+            return pa.RecordBatchReader.from_batches(schema, (
+                out for batch in reader
+                for out in conform(pa.Table.from_batches([batch], reader.schema), schema).to_batches()))
+
         props = CommitProperties(custom_metadata={"moderation.run_id": run_id})
         pid = policy_id.replace("'", "''")
         for attempt in _commit_retrying():
             with attempt:
+                data = conform(rows, schema) if isinstance(rows, pa.Table) else stream()
                 if not self.exists("violations"):
                     self._create("violations", data, partition_by=VIOLATIONS_PARTITIONS, commit_properties=props)
                     return

@@ -32,7 +32,6 @@ runs per item.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from moderation.lifecycle import check_immutable, effective_status, restamp_stat
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
 from moderation.schemas import STR_LIST, VIOLATIONS_SCHEMA
+from moderation.spill import BUCKET_ROWS, SCAN, BucketSpill, item_buckets, spill_table, table_rows
 
 SCORE_COLUMNS = ["item_id", "item_type", "modality", "model_id", "model_digest", "category_scores",
                  "language", "markets", "explicit", "scored_at", "run_id"]
@@ -66,90 +66,6 @@ _TEXT_POSITION = re.compile(r"^[a-z_]+\[\d+\]@(?P<start>\d+)-(?P<end>\d+)$")
 _AUDIO_POSITION = re.compile(r"^window (?P<start>\d+(?:\.\d+)?)-(?P<end>\d+(?:\.\d+)?)s\b")
 _ITEM_COLUMNS = ["item_type", "language", "markets", "explicit"]
 
-
-#: Scores rows decided at a time (see :func:`run_decide`): what the driver holds grows with this,
-#: not with the table.
-BUCKET_ROWS = 250_000
-#: At most this many buckets (a file each, open at once while the scores are split).
-MAX_BUCKETS = 1024
-#: Scan options for the one pass over a table: modest batches, little read-ahead.
-_SCAN = {"batch_size": 65_536, "batch_readahead": 2, "fragment_readahead": 1}
-
-
-def item_buckets(rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
-    """How many buckets ``rows`` rows split into."""
-    return max(1, min(MAX_BUCKETS, math.ceil(rows / max(1, bucket_rows))))
-
-
-def bucket_of(item_ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
-    """The bucket of each item id (the same id falls in the same bucket in every table)."""
-    values = np.asarray(item_ids.to_numpy(zero_copy_only=False), dtype=object)
-    return (pd.util.hash_array(values, categorize=False) % np.uint64(buckets)).astype(np.int64)
-
-
-class BucketSpill:
-    """Rows split by item bucket into one Arrow stream file per bucket under ``folder``."""
-
-    def __init__(self, folder: Path, name: str, schema: pa.Schema, buckets: int):
-        self.paths = [folder / f"{name}-{b:04d}.arrows" for b in range(buckets)]
-        self.schema = schema
-        self.buckets = buckets
-        self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
-
-    def _write(self, b: int, batch: pa.RecordBatch) -> None:
-        if b not in self._writers:
-            self._writers[b] = pa.ipc.new_stream(self.paths[b], self.schema)
-        self._writers[b].write_batch(batch)
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        if batch.num_rows == 0:
-            return
-        if self.buckets == 1:
-            self._write(0, batch)
-            return
-        which = bucket_of(batch.column("item_id"), self.buckets)
-        order = np.argsort(which, kind="stable")
-        grouped = batch.take(pa.array(order))
-        start = 0
-        for b, n in enumerate(np.bincount(which, minlength=self.buckets)):
-            if n:
-                self._write(b, grouped.slice(start, n))
-                start += n
-
-    def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
-
-    def read(self, b: int) -> pa.Table:
-        """The rows of bucket ``b`` (closes the writers first)."""
-        self.close()
-        if not self.paths[b].exists():
-            return self.schema.empty_table()
-        with pa.ipc.open_stream(self.paths[b]) as reader:
-            return reader.read_all()
-
-
-def _table_rows(dt_table) -> int:
-    """Rows of a Delta table's snapshot from its add actions' ``numRecords`` (no data read)."""
-    adds = pa.table(dt_table.get_add_actions(flatten=True))
-    if "num_records" not in adds.schema.names:
-        return dt_table.to_pyarrow_dataset().count_rows()
-    return int(pc.sum(adds.column("num_records")).as_py() or 0)
-
-
-def _spill_table(lake: Lake, table: str, folder: Path, buckets: int, *, columns: list[str],
-                 filter: pc.Expression | None = None) -> BucketSpill | None:
-    """One pass over a lake table into a :class:`BucketSpill`; None when the table does not exist."""
-    dt_table = lake.open(table)
-    if dt_table is None:
-        return None
-    scanner = dt_table.to_pyarrow_dataset().scanner(columns=columns, filter=filter, **_SCAN)
-    spill = BucketSpill(folder, table, scanner.projected_schema, buckets)
-    for batch in scanner.to_batches():
-        spill.add(batch)
-    spill.close()
-    return spill
 
 
 def score_column(category: str) -> str:
@@ -493,8 +409,8 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
     have = set(dt_scores.schema().to_arrow().names)
     columns = SCORE_COLUMNS + [c for c in EVIDENCE_COLUMNS if c in have]
     scanner = dt_scores.to_pyarrow_dataset().scanner(
-        columns=columns, filter=pc.field("model_id").isin(list(policy.models)), **_SCAN)
-    buckets = item_buckets(_table_rows(dt_scores), bucket_rows)
+        columns=columns, filter=pc.field("model_id").isin(list(policy.models)), **SCAN)
+    buckets = item_buckets(table_rows(dt_scores), bucket_rows)
     now = utcnow()
     items = rows_written = violation_rows = reviews = retired = 0
     digests: set[tuple[str, str]] = set()
@@ -506,9 +422,10 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
             pairs = pa.table({"m": batch.column("model_id"), "d": batch.column("model_digest")})
             digests.update(zip(*pairs.group_by(["m", "d"]).aggregate([]).to_pydict().values()))
             scores.add(batch)
-        removals = _spill_table(lake, "removals", Path(tmp), buckets, columns=["item_id", "modality", "removed_at"])
+        scores.close()
+        removals = spill_table(lake, "removals", Path(tmp), buckets, columns=["item_id", "modality", "removed_at"])
         this_version = (pc.field("policy_id") == policy.policy_id) & (pc.field("policy_version") == policy.version)
-        previous = _spill_table(lake, "violations", Path(tmp), buckets, filter=this_version,
+        previous = spill_table(lake, "violations", Path(tmp), buckets, filter=this_version,
                                 columns=["item_id", "category", "market_scope"])
         out_path = Path(tmp) / "violations.arrows"
         with pa.ipc.new_stream(out_path, VIOLATIONS_SCHEMA) as out:
@@ -527,7 +444,6 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
                     have_old, have_rows = stale.get(model_id, (0, 0))
                     stale[model_id] = (have_old + old, have_rows + rows)
                 del latest, part
-        scores.close()
         warnings = coverage_warnings(digests, stale, loaded, registry, scores_uri=lake.uri("scores"))
         lake.replace_violations(lambda: pa.ipc.open_stream(out_path), policy_id=policy.policy_id,
                                 policy_version=policy.version, run_id=run_id)

@@ -283,6 +283,29 @@ def test_run_accounting_counts_duplicates_across_tables(tmp_path):
     assert run_accounting(lake, "o'brien") == (0, 0, 0)  # quoting is safe
 
 
+def test_run_accounting_in_buckets_finds_every_duplicate(tmp_path):
+    """Keys spilled by item bucket: a duplicate is found whichever bucket it falls in, across
+    tables and chunks; id-less quarantine rows count but are never keyed."""
+    from moderation.backfill import run_accounting
+    from moderation.schemas import SCORES_SCHEMA
+
+    lake = Lake(str(tmp_path))
+    ids = [f"i{k:03d}" for k in range(200)]
+    lake.append_chunk("quarantine", _rows(ids[:100] + [None, None]), app_id="q", version=0)
+    lake.append_chunk("quarantine", _rows(ids[90:95] + ids[90:92]), app_id="q", version=1)  # 5 + 2 more repeats
+    scores = _rows(ids[100:]).select(["run_id", "item_id", "modality", "model_id", "content_hash"])
+    scores = scores.append_column("model_digest", pa.array(["d"] * 100)).append_column(
+        "scored_at", pa.array([utcnow()] * 100, SCORES_SCHEMA.field("scored_at").type))
+    from moderation.lake import conform
+
+    lake.append_chunk("scores", conform(scores, SCORES_SCHEMA), app_id="s", version=0)
+    lake.append_chunk("scores", conform(scores.slice(0, 3), SCORES_SCHEMA), app_id="s", version=1)
+    lake.append_chunk("quarantine", _rows(ids[150:151]), app_id="q", version=2)  # also in scores
+    expected = (103, 102 + 7 + 1, 5 + 2 + 3 + 1)
+    assert run_accounting(lake, "r") == expected
+    assert run_accounting(lake, "r", bucket_rows=7) == expected  # 45 buckets of keys
+
+
 def test_table_written_before_a_new_column_gains_it(tmp_path):
     """Schema evolution is additive: a quarantine table from before ``content_hash`` existed
     gets the column on the next chunk; its older rows read null."""

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
@@ -52,6 +54,7 @@ from moderation.lake import Lake
 from moderation.results import ChunkWriter, utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
 from moderation.scoring.plan import RunKind, ScoringPlan, ScoringRequest, ScoringResult
+from moderation.spill import BUCKET_ROWS, SCAN, BucketSpill, item_buckets, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +64,35 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------
 
 
-def run_accounting(lake: Lake, run_id: str) -> tuple[int, int, int]:
+#: The key no two rows of a run may share, in ``scores`` and ``quarantine`` together.
+RUN_KEY = ("item_id", "modality", "model_id")
+
+
+def run_accounting(lake: Lake, run_id: str, *, bucket_rows: int = BUCKET_ROWS) -> tuple[int, int, int]:
     """(scores rows, quarantine rows, duplicated (item, modality, model) keys) of ``run_id``.
 
-    Counted by DataFusion inside delta-rs, so the driver never holds the run's keys."""
-    from deltalake import QueryBuilder
-
-    rid = run_id.replace("'", "''")
-    qb = QueryBuilder()
-    parts, counts = [], {}
-    for table in ("scores", "quarantine"):
-        dt = lake.open(table)
-        if dt is None:
-            counts[table] = 0
-            continue
-        qb.register(table, dt)
-        counts[table] = pa.table(qb.execute(f"SELECT count(*) AS n FROM {table} WHERE run_id = '{rid}'").read_all()
-                                 ).column("n")[0].as_py()
-        # Id-less rows are quarantined, never keyed.
-        parts.append(f"SELECT item_id, modality, model_id FROM {table} WHERE run_id = '{rid}' AND item_id IS NOT NULL")
+    One streaming pass over each table counts the run's rows and spills their keys by item
+    bucket to local disk (:mod:`moderation.spill`); then each bucket's keys are grouped alone (a
+    key's rows all fall in one bucket). So the driver never holds the run's keys at once: a
+    DataFusion hash aggregate over every key held about 250 MiB per million.
+    """
+    schema = pa.schema([pa.field(k, pa.string()) for k in RUN_KEY])
+    counts = {"scores": 0, "quarantine": 0}
     dupes = 0
-    if parts:
-        sql = (f"SELECT coalesce(sum(n - 1), 0) AS d FROM (SELECT count(*) AS n FROM ({' UNION ALL '.join(parts)}) "
-               f"GROUP BY item_id, modality, model_id HAVING count(*) > 1)")
-        dupes = pa.table(qb.execute(sql).read_all()).column("d")[0].as_py() or 0
-    return counts["scores"], counts["quarantine"], int(dupes)
+    with tempfile.TemporaryDirectory(prefix="moderation-accounting-") as tmp:
+        tables = {t: dt for t in counts if (dt := lake.open(t)) is not None}
+        rows = sum(table_rows(dt) for dt in tables.values())  # every run's: an upper bound of this one's
+        spill = BucketSpill(Path(tmp), "keys", schema, item_buckets(rows, bucket_rows))
+        for table, dt in tables.items():
+            scan = dt.to_pyarrow_dataset().scanner(columns=list(RUN_KEY), filter=pc.field("run_id") == run_id, **SCAN)
+            for batch in scan.to_batches():
+                counts[table] += batch.num_rows
+                # Id-less rows are quarantined, never keyed.
+                spill.add(batch.filter(pc.is_valid(batch.column("item_id"))).cast(schema))
+        for b in range(spill.buckets):
+            groups = spill.read(b).group_by(list(RUN_KEY)).aggregate([([], "count_all")])
+            dupes += int(pc.sum(pc.subtract(groups.column("count_all"), 1)).as_py() or 0)
+    return counts["scores"], counts["quarantine"], dupes
 
 
 def run_score_errors(lake: Lake, run_id: str) -> int:

@@ -309,8 +309,13 @@ class RunProfile(_Strict):
     actor_num_cpus: float = Field(default=1.0, gt=0)
     #: torch intra-op threads in each actor (0 = torch's default).
     torch_threads: int = Field(default=0, ge=0)
-    #: Selected (item, modality) pairs per committed chunk.
+    #: Selected (item, modality) pairs per committed chunk, at least.
     chunk_pairs: int = Field(default=1000, ge=1)
+    #: Chunks a model's pass commits at most (about): a selection of more than ``chunk_pairs`` x
+    #: ``max_chunks`` pairs commits proportionally bigger chunks (:func:`commit_pairs`), so a
+    #: run adds a bounded number of Delta commits, and so of checkpoints (each lists every file
+    #: of the table), however large the catalog. What a kill loses is at most one chunk.
+    max_chunks: int = Field(default=200, ge=1)
     gpu: GpuMode = "auto"
     #: On GPU actors, run models in float16 (tested to move scores by < 0.01 and to flip no
     #: decision at the shipped thresholds on the held-out sets; tests/test_half_precision.py).
@@ -484,6 +489,12 @@ def load_run_profile(path: Path | str | None = None) -> RunProfile:
         return RunProfile.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(path, e)) from e
+
+
+def commit_pairs(profile: RunProfile, pairs: int) -> int:
+    """Pairs per committed chunk of a pass that streams ``pairs`` pairs of one model:
+    ``chunk_pairs``, or more so that the pass commits at most about ``max_chunks`` chunks."""
+    return max(profile.chunk_pairs, -(-pairs // profile.max_chunks))
 
 
 def config_hash(*parts: BaseModel) -> str:

@@ -376,7 +376,8 @@ def score_stream(
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus,
     )
-    # About one chunk of each model per write task: one file per model and table.
+    # About chunk_pairs pairs of each model per write task: one file per model and table (a
+    # committed chunk is one or more files).
     ds = ds.map_batches(
         write_results,
         fn_kwargs={"pass_": pass_},

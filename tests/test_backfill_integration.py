@@ -30,7 +30,7 @@ def env(tmp_path_factory, ray_local, data_dir):
     root = tmp_path_factory.mktemp("e2e")
     profile = root / "profile.yaml"
     profile.write_text(yaml.safe_dump({"batch_size": 32, "actors": 1, "actor_num_cpus": 1.0,
-                                       "torch_threads": 2, "chunk_pairs": 64,
+                                       "torch_threads": 2, "chunk_pairs": 64, "max_chunks": 2,
                                        # The demo's items are far shorter; the 2 MB transcript below
                                        # is cut here (its 400,000 words would cost minutes of CPU).
                                        "max_item_words": 20_000}))
@@ -86,12 +86,13 @@ def test_accounting_invariant(env):
 def test_work_is_committed_in_idempotent_chunks(env):
     lake = env["lake"]
     app_id = "moderation/backfill/it-full/text-minilm-heads-v1"
-    # 200 pairs in chunks of 64 -> 4 chunks; scores saw a commit for each.
-    assert env["result"].chunks_committed == 4
-    assert lake.transaction_version("scores", app_id) == 3
+    # 200 pairs, chunks of at least 64 and at most 2 chunks (max_chunks): chunks of 100 pairs ->
+    # 2 chunks; scores saw a commit for each.
+    assert env["result"].chunks_committed == 2
+    assert lake.transaction_version("scores", app_id) == 1
     # Version 0 creates the table (the first chunk's files were written before it existed),
-    # versions 1..4: one commit per chunk, none at the end.
-    assert lake.version("scores") == 4
+    # versions 1..2: one commit per chunk, none at the end.
+    assert lake.version("scores") == 2
 
 
 def test_scored_rows_never_pass_through_the_driver(env):

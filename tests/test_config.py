@@ -95,3 +95,13 @@ def test_run_profile_max_error_share(tmp_path):
     for bad in (-0.1, 1.5, "some"):
         with pytest.raises(ConfigError, match="field 'max_error_share'"):
             load_run_profile(_write(tmp_path, {"max_error_share": bad}, "p.yaml"))
+
+
+def test_commit_pairs_bounds_the_chunks_of_a_pass():
+    from moderation.config import RunProfile, commit_pairs
+
+    profile = RunProfile(chunk_pairs=500, max_chunks=200)
+    assert commit_pairs(profile, 0) == commit_pairs(profile, 60) == commit_pairs(profile, 100_000) == 500
+    assert commit_pairs(profile, 1_000_000) == 5_000  # 200 chunks
+    assert commit_pairs(profile, 10_000_001) == 50_001  # never more than max_chunks chunks
+    assert commit_pairs(RunProfile(chunk_pairs=64, max_chunks=2), 200) == 100

@@ -35,6 +35,7 @@ from moderation.config import (
     LoadedPolicy,
     ModelSpec,
     RunProfile,
+    commit_pairs,
     config_hash,
     load_model_registry,
     load_policy,
@@ -458,13 +459,15 @@ def _run_pass(prepared: PreparedRun, plan: ScoringPlan, modality: str, lease, ba
 
     lake, run_id = prepared.lake, prepared.run_id
     models = [m for m in plan.models if m.modality == modality and plan.selections[m.model_id].selected(modality)]
+    chunk_pairs = commit_pairs(prepared.profile, max(
+        (plan.selections[m.model_id].stream_pairs.get(modality, 0) for m in models), default=0))
     # The writers read the chunks committed so far before the done ids, so anything committed
     # after this point by another process fences them off.
     writers, done = {}, {}
     for model in models:
         selection = plan.selections[model.model_id]
         writer = writers[model.model_id] = ChunkWriter(lake, run_id=run_id, model=model,
-                                                       chunk_pairs=prepared.profile.chunk_pairs)
+                                                       chunk_pairs=chunk_pairs)
         writer.commit_prelude(selection.prelude.get(modality, []), modality=modality)
         done[model.model_id] = _done_ids(lake, run_id, model.model_id)
         bar.update(len(done[model.model_id]) + sum(r.item_id is None for r in selection.prelude.get(modality, [])))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from moderation.catalog import select_ids
+from moderation.errors import is_storage_failure  # noqa: F401 - also imported from here by older callers
 from moderation.scoring.plan import BackfillResult, ScoringPlan, ScoringRequest, ScoringResult
 from moderation.scoring.run import (  # noqa: F401 - re-exported for older callers
     PreparedRun,
@@ -25,7 +26,6 @@ from moderation.scoring.run import (  # noqa: F401 - re-exported for older calle
     run_score_errors,
     run_scoring,
 )
-from moderation.errors import is_storage_failure  # noqa: F401 - also imported from here by older callers
 
 __all__ = ["BackfillResult", "ScoringResult", "plan_backfill", "run_backfill"]
 

@@ -204,7 +204,7 @@ def add_to_bank(
     if table is not None:
         seen.update(table.to_pyarrow_dataset().to_table(columns=["hash"]).column("hash").to_pylist())
     added, already, rows = [], [], []
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for path, variants in hashed:
         new = [(v, h, q) for v, h, q in variants if h not in seen]
         seen.update(h for _, h, _ in new)

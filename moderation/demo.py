@@ -536,7 +536,7 @@ def build_demo_table(
     n_banked = max(4, items // 200) if media_dir is not None and banked else 0
     n_labelled = min(len(pool), int(items * 0.8)) if used_shared else int(items * 0.3)
     types, weights = zip(*ITEM_TYPES)
-    base = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     rows = []
     for i in range(items):
         item_type = rng.choices(types, weights)[0]

@@ -142,7 +142,7 @@ def describe_table(lake: Lake, name: str, view: str | None = None) -> TableInfo:
                               commented=stored is not None and stored == text))
     return TableInfo(
         name=name, view=view or view_name(name), uri=lake.uri(name), version=dt_.version(), rows=rows, files=files,
-        last_commit_at=None if ts is None else dt.datetime.fromtimestamp(ts / 1000, dt.timezone.utc),
+        last_commit_at=None if ts is None else dt.datetime.fromtimestamp(ts / 1000, dt.UTC),
         last_operation=last.get("operation"), last_run_id=last.get(RUN_ID_KEY), last_app_id=last.get(APP_ID_KEY),
         columns=tuple(columns),
     )

@@ -63,7 +63,7 @@ class _Holder:
     heartbeat: float
 
     @classmethod
-    def parse(cls, raw: bytes) -> "_Holder":
+    def parse(cls, raw: bytes) -> _Holder:
         d = json.loads(raw)
         return cls(owner=d["owner"], host=d["host"], pid=int(d["pid"]), heartbeat=float(d["heartbeat"]))
 
@@ -212,7 +212,7 @@ class RunLease:
         except Exception as e:  # noqa: BLE001 - a stale lease is taken over by the next run
             log.warning("could not release run lease %s: %s", self.uri, type(e).__name__)
 
-    def __enter__(self) -> "RunLease":
+    def __enter__(self) -> RunLease:
         self.acquire()
         return self
 

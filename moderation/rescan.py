@@ -60,8 +60,8 @@ from moderation.catalog import (
     to_work_rows,
     utf8_sanitize,
 )
-from moderation.classifiers.base import RETRIED_REASONS, RunContext, build_classifier
 from moderation.classifiers.audio import LIMIT_SECONDS
+from moderation.classifiers.base import RETRIED_REASONS, RunContext, build_classifier
 from moderation.classifiers.windows import LIMIT_WORDS
 from moderation.config import ModelSpec
 from moderation.errors import ModerationError
@@ -553,7 +553,7 @@ def plan_rescan(
 
     removals = pa.Table.from_pylist(
         [{**r, "run_id": "", "catalog_uri": snapshot.uri, "catalog_version": snapshot.version,
-          "removed_at": dt.datetime.now(dt.timezone.utc)} for r in sorted(gone_rows, key=lambda r: (r["item_id"], r["modality"]))],
+          "removed_at": dt.datetime.now(dt.UTC)} for r in sorted(gone_rows, key=lambda r: (r["item_id"], r["modality"]))],
         schema=REMOVALS_SCHEMA,
     )
     return RescanPlan(

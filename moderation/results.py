@@ -37,7 +37,7 @@ FILES_SCHEMA = pa.schema([
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def by_model(batch: pa.Table):

@@ -12,7 +12,7 @@ from moderation.config import PROJECT_ROOT
 
 
 def new_run_id(kind: str) -> str:
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{kind}-{now}-{uuid.uuid4().hex[:6]}"
 
 

@@ -94,7 +94,7 @@ def _ts(value: dt.datetime | None, *, seconds: bool = True) -> str:
     if value is None:
         return "-"
     if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc)
+        value = value.astimezone(dt.UTC)
     return value.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M") + "Z"
 
 

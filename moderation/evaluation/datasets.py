@@ -517,4 +517,4 @@ def import_file(path: Path, *, label_columns: dict[str, str], slice_columns: lis
 
 def import_provenance(path: Path, **options) -> dict:
     return {"builder": "import", "file": path.name, "sha256": _sha256_file(path),
-            "imported_at": dt.datetime.now(dt.timezone.utc).isoformat(), **options}
+            "imported_at": dt.datetime.now(dt.UTC).isoformat(), **options}

@@ -767,7 +767,7 @@ def write_report(lake: Lake, out_dir: Path, *, datasets: list[str] | None = None
             text, n = category_section(ev, cat, colors, min_slice_n)
             sections.append(text)
             figures += n
-    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     body = (f"<h1>Evaluation report</h1><p class=\"note\">lake {_esc(lake.root)}; generated {generated}; "
             f"each dataset at its latest evaluated version</p>{_contents(evaluations)}"
             f'{comparison_section(evaluations, _img(chart, "summary", "PR-AUC summary chart"), min_slice_n)}'

@@ -173,8 +173,8 @@ def _parse_timestamp(value) -> dt.datetime | None:
     else:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.astimezone(dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC)
 
 
 def _parse_label(value) -> int | None:

@@ -77,38 +77,30 @@ def test_killed_backfill_resumes_on_s3(s3, tmp_path):
     assert report.ok and report.lost == report.duplicated == 0 and report.reference_pairs == ITEMS, report.summary()
 
 
-#: Runs the CLI with the accounting's first DataFusion query held until the test says go: the
-#: test stops the S3 server there, so the outage strikes the accounting step every time (it once
-#: struck it by chance, and its "Object Store error" ended the command with a traceback, exit 1).
+#: Runs the CLI with the run's accounting held until the test says go: the test stops the S3
+#: server there, so the outage strikes the accounting step every time (it once struck it by
+#: chance, and its "Object Store error" ended the command with a traceback, exit 1).
 _PAUSE_AT_ACCOUNTING = """
 import os, sys, time
 
 from moderation.redact import install
 
 install()  # before deltalake is imported, as cli.main does
-import deltalake
+import moderation.scoring.run as scoring_run
 
 gate, release = sys.argv[1], sys.argv[2]
-real = deltalake.QueryBuilder
+real = scoring_run.run_accounting
 
 
-class HeldQueryBuilder:
-    def __init__(self):
-        self._qb = real()
-
-    def register(self, name, table):
-        self._qb.register(name, table)
-        return self
-
-    def execute(self, sql):
-        if "count(*) AS n FROM scores WHERE run_id" in sql and not os.path.exists(gate):
-            open(gate, "w").close()
-            while not os.path.exists(release):
-                time.sleep(0.1)
-        return self._qb.execute(sql)
+def held_accounting(*args, **kwargs):
+    if not os.path.exists(gate):
+        open(gate, "w").close()
+        while not os.path.exists(release):
+            time.sleep(0.1)
+    return real(*args, **kwargs)
 
 
-deltalake.QueryBuilder = HeldQueryBuilder
+scoring_run.run_accounting = held_accounting
 from moderation.cli import main
 
 main(sys.argv[3:])
@@ -116,9 +108,9 @@ main(sys.argv[3:])
 
 
 def test_s3_outage_mid_run_fails_clearly_then_resume_completes(s3, tmp_path):
-    """The outage strikes after every chunk is committed, at the accounting's count over S3
-    (tables opened, data files read by DataFusion): exit 3 with one line, then the resume
-    completes. Deterministic: the accounting waits for the test to stop the server."""
+    """The outage strikes after every chunk is committed, at the accounting over S3 (tables
+    opened, data files scanned): exit 3 with one line, then the resume completes.
+    Deterministic: the accounting waits for the test to stop the server."""
     server, lake = s3["server"], s3["lake"]
     gate, release = tmp_path / "at-accounting", tmp_path / "go"
     cmd = backfill_command(s3["catalog"], lake.root, POLICY_V1, "s3-outage", s3["profile"])
@@ -141,7 +133,7 @@ def test_s3_outage_mid_run_fails_clearly_then_resume_completes(s3, tmp_path):
     assert proc.returncode == 3, out[-3000:]
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: run s3-outage: storage failed:") and "run the same command again" in last, last
-    assert "Object Store error" in last  # the accounting's DataFusion error, as it struck
+    assert "Generic S3 error" in last  # delta-rs' object store error, as it struck
     assert "Traceback" not in out and "\x1b[" not in last
     assert failed_after < 240  # bounded retries, not a hang
     # The tables are readable right away, at a committed version; the resume completes the run.

@@ -156,7 +156,8 @@ def test_progress_bar_writes_no_control_sequences_when_stderr_is_not_a_terminal(
     assert "\r" not in out + err and "\x1b" not in out + err
 
 
-#: What DataFusion raised from the accounting count (QueryBuilder) when SeaweedFS S3 was stopped.
+#: What DataFusion raised from a count over the lake (QueryBuilder: the accounting's before it
+#: spilled keys; run_score_errors still counts that way) when SeaweedFS S3 was stopped.
 DATAFUSION_S3_DOWN = (
     "External error: Parquet error: Parquet error: Failed to fetch metadata for file "
     "lake/scores/part-00000-7bfe9035-c000.snappy.parquet: Object Store error: Generic S3 error: Error performing "

@@ -49,7 +49,7 @@ from moderation.lifecycle import check_immutable, effective_status, restamp_stat
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
 from moderation.schemas import STR_LIST, VIOLATIONS_SCHEMA
-from moderation.spill import BUCKET_ROWS, SCAN, BucketSpill, item_buckets, spill_table, table_rows
+from moderation.spill import BUCKET_ROWS, BucketSpill, item_buckets, scan_batches, spill_table, table_rows
 
 SCORE_COLUMNS = ["item_id", "item_type", "modality", "model_id", "model_digest", "category_scores",
                  "language", "markets", "explicit", "scored_at", "run_id"]
@@ -299,7 +299,8 @@ def apply_policy(
     return table.select(VIOLATIONS_SCHEMA.names)
 
 
-def stale_counts(latest: pd.DataFrame, loaded: LoadedPolicy, models: dict[str, ModelSpec]) -> dict[str, tuple[int, int]]:
+def stale_counts(latest: pd.DataFrame, loaded: LoadedPolicy,
+                 models: dict[str, ModelSpec]) -> dict[str, tuple[int, int]]:
     """Per model of the policy: (live latest rows from a digest other than the registry's, live
     latest rows). Counts of disjoint buckets of items add up."""
     live = latest[~latest["retired"]] if "retired" in latest else latest
@@ -408,8 +409,7 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
     status = effective_status(lake, policy.policy_id, policy.version, policy.status)
     have = set(dt_scores.schema().to_arrow().names)
     columns = SCORE_COLUMNS + [c for c in EVIDENCE_COLUMNS if c in have]
-    scanner = dt_scores.to_pyarrow_dataset().scanner(
-        columns=columns, filter=pc.field("model_id").isin(list(policy.models)), **SCAN)
+    schema = dt_scores.to_pyarrow_dataset().scanner(columns=columns).projected_schema
     buckets = item_buckets(table_rows(dt_scores), bucket_rows)
     now = utcnow()
     items = rows_written = violation_rows = reviews = retired = 0
@@ -417,10 +417,11 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
     stale: dict[str, tuple[int, int]] = {}
     with tempfile.TemporaryDirectory(prefix="moderation-decide-") as tmp:
         # One pass over each table splits its rows by item into bucket files on local disk.
-        scores = BucketSpill(Path(tmp), "scores", scanner.projected_schema, buckets)
-        for batch in scanner.to_batches():
+        scores = BucketSpill(Path(tmp), "scores", schema, buckets)
+        for batch in scan_batches(dt_scores, columns=columns, filter=pc.field("model_id").isin(list(policy.models))):
             pairs = pa.table({"m": batch.column("model_id"), "d": batch.column("model_digest")})
-            digests.update(zip(*pairs.group_by(["m", "d"]).aggregate([]).to_pydict().values()))
+            distinct = pairs.group_by(["m", "d"]).aggregate([])
+            digests.update(zip(distinct.column("m").to_pylist(), distinct.column("d").to_pylist(), strict=True))
             scores.add(batch)
         scores.close()
         removals = spill_table(lake, "removals", Path(tmp), buckets, columns=["item_id", "modality", "removed_at"])

@@ -10,6 +10,7 @@ once), unlike a filtered scan of the whole table per bucket.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,10 +96,26 @@ def table_rows(dt_table) -> int:
     return int(pc.sum(adds.column("num_records")).as_py() or 0)
 
 
+def scan_batches(dt_table, *, columns: list[str], filter: pc.Expression | None = None) -> Iterator[pa.RecordBatch]:
+    """One streaming scan of a Delta table snapshot, a data file at a time, in memory that does
+    not grow with the table.
+
+    Not ``to_pyarrow_dataset().scanner()``: the dataset keeps every file's Parquet footer once
+    read (about 80 KiB per ``scores`` file), so scanning the 6,094 files of a 3,000,000-item
+    ``scores`` table that way peaked 490 MiB higher; here each file is a fresh fragment, dropped
+    once read (partition values still come from the Delta log)."""
+    dataset = dt_table.to_pyarrow_dataset()
+    fmt, fs, schema = dataset.format, dataset.filesystem, dataset.schema
+    for listed in dataset.get_fragments():
+        fragment = fmt.make_fragment(listed.path, fs, partition_expression=listed.partition_expression)
+        yield from fragment.to_batches(schema=schema, columns=columns, filter=filter,
+                                       batch_size=SCAN["batch_size"], batch_readahead=SCAN["batch_readahead"])
+
+
 def spill_scan(spill: BucketSpill, dt_table, *, columns: list[str], filter: pc.Expression | None = None) -> int:
     """Add one streaming scan of a Delta table to ``spill`` (cast to its schema); returns the rows added."""
     rows = 0
-    for batch in dt_table.to_pyarrow_dataset().scanner(columns=columns, filter=filter, **SCAN).to_batches():
+    for batch in scan_batches(dt_table, columns=columns, filter=filter):
         spill.add(batch.cast(spill.schema) if batch.schema != spill.schema else batch)
         rows += batch.num_rows
     return rows

@@ -55,7 +55,7 @@ from moderation.lake import Lake
 from moderation.results import ChunkWriter, utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
 from moderation.scoring.plan import RunKind, ScoringPlan, ScoringRequest, ScoringResult
-from moderation.spill import BUCKET_ROWS, SCAN, BucketSpill, item_buckets, table_rows
+from moderation.spill import BUCKET_ROWS, BucketSpill, item_buckets, scan_batches, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ def run_accounting(lake: Lake, run_id: str, *, bucket_rows: int = BUCKET_ROWS) -
         rows = sum(table_rows(dt) for dt in tables.values())  # every run's: an upper bound of this one's
         spill = BucketSpill(Path(tmp), "keys", schema, item_buckets(rows, bucket_rows))
         for table, dt in tables.items():
-            scan = dt.to_pyarrow_dataset().scanner(columns=list(RUN_KEY), filter=pc.field("run_id") == run_id, **SCAN)
-            for batch in scan.to_batches():
+            for batch in scan_batches(dt, columns=list(RUN_KEY), filter=pc.field("run_id") == run_id):
                 counts[table] += batch.num_rows
                 # Id-less rows are quarantined, never keyed.
                 spill.add(batch.filter(pc.is_valid(batch.column("item_id"))).cast(schema))
@@ -157,11 +156,15 @@ def cascade_accounting(lake: Lake, run_id: str, models: list) -> list[str] | Non
 
 
 def _done_ids(lake: Lake, run_id: str, model_id: str) -> pa.Array:
+    """The item ids ``run_id`` committed for ``model_id`` (a resume skips them), read a data file
+    at a time (:func:`moderation.spill.scan_batches`): the tables hold every earlier run's files."""
     flt = (pc.field("run_id") == run_id) & (pc.field("model_id") == model_id)
-    s = lake.read("scores", filter=flt, columns=["item_id"])
-    q = lake.read("quarantine", filter=flt, columns=["item_id"])
-    ids = pa.concat_arrays([s.column("item_id").combine_chunks(), q.column("item_id").combine_chunks()])
-    return pc.unique(ids.drop_null())
+    parts = [pa.array([], pa.string())]
+    for table in ("scores", "quarantine"):
+        dt = lake.open(table)
+        if dt is not None:
+            parts += [b.column("item_id").cast(pa.string()) for b in scan_batches(dt, columns=["item_id"], filter=flt)]
+    return pc.unique(pa.concat_arrays(parts).drop_null())
 
 
 # --------------------------------------------------------------------------------------

@@ -482,7 +482,7 @@ def test_a_decide_committing_during_the_report_changes_nothing_in_it(spark, tmp_
     assert during.rates.equals(before.rates) and during.totals.equals(before.totals)
     assert during.coverage.equals(before.coverage)
     assert during.versions == before.versions == {"runs": 0, "violations": 0, "scores": 0, "removals": None,
-                                                  "diffs": None}
+                                                  "diffs": None, "labels": None}
     snapshot = DeltaTable(during.snapshot_uri).to_pyarrow_table()
     assert during.snapshot_uri == lake.uri("reports/snapshot")
     assert {r["table_name"]: r["version"] for r in snapshot.to_pylist()} == during.versions
@@ -545,4 +545,5 @@ def test_report_of_real_decides_counts_each_versions_own_run(spark, tmp_path):
     totals = {(r["policy_version"], r["category"]): (r["items"], r["violations"], r["reviews"])
               for r in result.totals.to_pylist()}
     assert totals[(1, "hate")] == (3, 1, 1) and totals[(2, "hate")] == (3, 2, 0)
-    assert result.versions == {"runs": 2, "violations": 2, "scores": 0, "removals": None, "diffs": None}
+    assert result.versions == {"runs": 2, "violations": 2, "scores": 0, "removals": None, "diffs": None,
+                               "labels": None}

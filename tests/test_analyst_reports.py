@@ -5,6 +5,8 @@ end to end on a tiny lake (tables, schemas, the versions read, the PNG charts)."
 from __future__ import annotations
 
 import datetime as dt
+import re
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -262,14 +264,15 @@ def test_report_writes_the_analyst_tables_and_charts(spark, tmp_path):
     from moderation.cli import app
 
     lake = Lake(str(tmp_path / "lake"))
+    policy = "catalog-safety"  # as the documented queries name it
     ids = {"a": ("c1", None, "al1"), "b": ("c1", None, "al1"), "c": ("c2", "s1", None), "d": ("c2", "s1", None)}
     append(lake, "scores", [
         {**score(i, item_type="episode" if s else "track"), "creator_id": c, "show_id": s, "album_id": al}
         for i, (c, s, al) in ids.items()
     ] + [score("e")])  # e: written as before issue 17 (no ids)
-    append(lake, "runs", [decide_run("decide-1", "P", 1, categories=["hate"], model_ids=["m1"], scores_version=0,
+    append(lake, "runs", [decide_run("decide-1", policy, 1, categories=["hate"], model_ids=["m1"], scores_version=0,
                                      ended_at=T0, violation_rows=4)])
-    append(lake, "violations", [violation("P", 1, i, "hate", "violation", scope_markets=["US"]) for i in "abce"])
+    append(lake, "violations", [violation(policy, 1, i, "hate", "violation", scope_markets=["US"]) for i in "abce"])
     append(lake, "labels", [label("c")])
 
     result = CliRunner().invoke(app, ["report", "--lake", lake.root, "--min-cell-count", "2"])
@@ -299,6 +302,13 @@ def test_report_writes_the_analyst_tables_and_charts(spark, tmp_path):
                     for r in tables["transparency"].to_pylist()}
     assert transparency == {"automated": (3, False, 2), "human_review": (None, True, 2)}
 
+    # The example query docs/tables.md gives for each table runs and answers.
+    queries = documented_queries()
+    assert sorted(queries) == sorted(ANALYST_SCHEMAS)
+    for name, query in queries.items():
+        answer = CliRunner().invoke(app, ["sql", query, "--lake", lake.root, "--json"])
+        assert answer.exit_code == 0 and answer.stdout.strip(), (name, answer.output)
+
     # Idempotent: a second report over the same lake writes the same rows and charts.
     before = {name: (tmp_path / "lake" / "reports" / f"{name}.png").read_bytes() for name in ANALYST_SCHEMAS}
     assert CliRunner().invoke(app, ["report", "--lake", lake.root, "--min-cell-count", "2"]).exit_code == 0
@@ -306,6 +316,13 @@ def test_report_writes_the_analyst_tables_and_charts(spark, tmp_path):
         again = DeltaTable(lake.uri(f"reports/{name}")).to_pyarrow_table()
         assert again.equals(tables[name]), name
         assert (tmp_path / "lake" / "reports" / f"{name}.png").read_bytes() == before[name], name
+
+
+def documented_queries() -> dict[str, str]:
+    """Report name -> the SQL example docs/tables.md gives under its column list."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tables.md").read_text()
+    found = re.findall(r"^<!-- columns: reports/(\w+) -->\n\n```sql\n(.*?)^```", text, flags=re.S | re.M)
+    return dict(found)
 
 
 def test_report_refuses_a_min_cell_count_below_one(tmp_path):

@@ -332,3 +332,23 @@ def test_report_refuses_a_min_cell_count_below_one(tmp_path):
 
     result = CliRunner().invoke(app, ["report", "--lake", str(tmp_path), "--min-cell-count", "0"])
     assert result.exit_code == 2 and "--min-cell-count" in result.output
+
+
+@pytest.mark.integration
+def test_a_chart_is_written_to_an_s3_lake(tmp_path):
+    """On an s3:// lake the PNG goes through pyarrow's S3 file system (a real S3 server here),
+    and writing it again replaces it."""
+    from moderation.lake import arrow_filesystem
+    from moderation.report_charts import write_chart
+    from tests.s3_server import serving
+
+    with serving(tmp_path / "seaweed") as server:
+        lake = Lake(f"s3://{server.bucket}/lake")
+        empty = TRANSPARENCY_SCHEMA.empty_table()
+        for _ in range(2):
+            uri = write_chart(lake, "transparency", empty)
+            assert uri == f"s3://{server.bucket}/lake/reports/transparency.png"
+            fs, path = arrow_filesystem(uri)
+            with fs.open_input_stream(path) as f:
+                png = f.read()
+            assert png.startswith(PNG_MAGIC) and len(png) > 1_000

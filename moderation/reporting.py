@@ -4,8 +4,11 @@ what share of those items the models read.
 Three layers: :func:`read_snapshot` turns one exact Delta snapshot into a Spark DataFrame;
 :func:`latest_decides`, :func:`live_scores`, :func:`population`, :func:`violation_rates`,
 :func:`category_totals`, :func:`violations_by_category`, :func:`scoring_coverage`,
-:func:`diff_summary` and :func:`diff_totals` are pure DataFrame -> DataFrame functions;
-:func:`run_report` wires them and writes the small aggregates back to the lake with delta-rs.
+:func:`diff_summary`, :func:`diff_totals` and the analysts' reports of issue 17
+(:func:`violation_trend`, :func:`rollups`, :func:`blast_radius`, :func:`detection_methods`,
+:func:`transparency_summary`) are pure DataFrame -> DataFrame functions; :func:`run_report` wires
+them and writes the small aggregates back to the lake with delta-rs (the analysts' reports with
+a PNG chart each, ``moderation.report_charts``).
 
 pyspark is imported inside the functions, so importing this module stays cheap.
 """
@@ -68,7 +71,6 @@ DIFF_KEYS = ["policy_id", "from_version", "to_version"]
 PINNED_TABLES = ("runs", "violations", "scores", "removals", "diffs", "labels")
 #: Pinning attempts before a report gives up on a lake whose decides keep moving under it.
 PIN_ATTEMPTS = 5
-#: Distinct changed items per diff x change, for ``ReportResult.summary`` (not written).
 #: Severities from least to most severe (``config.Severity``): ``worst_severity`` is the last present.
 SEVERITY_ORDER = ("low", "medium", "high", "critical")
 #: Roll-up level -> (the scores column holding its id, the item type it rolls up; None: every item).
@@ -85,6 +87,7 @@ DEFAULT_MIN_CELL_COUNT = 10
 BLAST_RADIUS_TOP = 20
 #: The column every issue-17 report table ends with (the lake versions read), added by ``_report``.
 LAKE_VERSIONS = "lake_versions"
+#: Distinct changed items per diff x change, for ``ReportResult.summary`` (not written).
 DIFF_TOTALS_SCHEMA = pa.schema(
     [
         col("policy_id", pa.string(), "policy"),
@@ -894,6 +897,7 @@ class ReportResult:
     analyst: dict[str, pa.Table] | None = None  # issue 17: report name -> its table (ANALYST_SCHEMAS)
     analyst_uris: dict[str, str] | None = None  # report name -> its Delta table's URI
     chart_uris: dict[str, str] | None = None  # report name -> its PNG's URI
+    run_id: str | None = None  # the report's runs row (kind ``report``)
 
     def summary(self) -> str:
         """A text table: one line per policy version x category, over all item types, markets
@@ -910,7 +914,8 @@ class ReportResult:
         ]
         pins = ", ".join(f"{t} v{v}" for t, v in (self.versions or {}).items() if v is not None)
         snapshot = [f"snapshot read: {pins}"] if pins else []
-        return "\n".join([f"report: {self.violation_rates_uri}", *snapshot,
+        run = [f"report run: {self.run_id}"] if self.run_id else []
+        return "\n".join([f"report: {self.violation_rates_uri}", *run, *snapshot,
                           *_text_table(header, lines, left=range(3)),
                           *self._coverage_lines(), *self._diff_lines(), *self._analyst_lines()])
 
@@ -987,6 +992,8 @@ def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkS
     (``ANALYST_SCHEMAS``: ``violation_trend``, ``rollups``, ``blast_radius``, ``detection``,
     ``transparency``) are written the same way, each row carrying the pinned versions in
     ``lake_versions``, each with a PNG chart overwritten beside it (``reports/<name>.png``).
+    Last, the report records a ``runs`` row (kind ``report``, the versions read in
+    ``baseline_versions``), after the pins, so it never changes what the report read.
 
     Args:
         lake_root: the lake root URI.
@@ -1100,6 +1107,10 @@ def _pinned_decides(spark: SparkSession, lake: Lake) -> tuple[Snapshot, DataFram
 def _report(spark: SparkSession, lake: Lake, *, min_cell_count: int = DEFAULT_MIN_CELL_COUNT) -> ReportResult:
     if min_cell_count < 1:
         raise ConfigError(f"--min-cell-count must be at least 1, got {min_cell_count}")
+    from moderation.runinfo import code_version, new_run_id, run_row
+
+    run_id = new_run_id("report")
+    started = dt.datetime.now(dt.timezone.utc)
     snapshot, decides, keys = _pinned_decides(spark, lake)
     pinned = snapshot.versions
     try:
@@ -1151,10 +1162,17 @@ def _report(spark: SparkSession, lake: Lake, *, min_cell_count: int = DEFAULT_MI
         chart_uris[name] = write_chart(lake, name, table)
         log.info("report: %d %s rows -> %s (chart %s)", table.num_rows, name, analyst_uris[name], chart_uris[name])
     snapshot_uri = _overwrite(lake, "snapshot", snapshot.table())
+    # After the pins: the report's own runs row never changes what it read.
+    lake.upsert_run(run_row(
+        run_id=run_id, kind="report", status="succeeded",
+        baseline_versions=[f"{t}={v}" for t, v in pinned.items() if v is not None],
+        code_version=code_version(), started_at=started, ended_at=dt.datetime.now(dt.timezone.utc),
+    ))
     return ReportResult(violation_rates_uri=rates_uri, violations_by_category_uri=by_category_uri,
                         rates=rates, totals=totals, diff_summary_uri=diff_summary_uri, diff_totals=diff_totals_table,
                         coverage_uri=coverage_uri, coverage=read, snapshot_uri=snapshot_uri,
-                        versions=dict(pinned), analyst=analyst, analyst_uris=analyst_uris, chart_uris=chart_uris)
+                        versions=dict(pinned), analyst=analyst, analyst_uris=analyst_uris, chart_uris=chart_uris,
+                        run_id=run_id)
 
 
 #: The issue-17 report tables, by name under ``reports/``, in the order they are written.

@@ -194,7 +194,8 @@ RUNS_SCHEMA = pa.schema(
     [
         col("run_id", pa.string(), "run id (`backfill-<utc>-<rand>` unless given)", nullable=False),
         col("kind", pa.string(),
-            "`backfill`, `rescan`, `decide`, `diff`, `promote`, `enforce`, `labels_import`, `review_queue`",
+            "`backfill`, `rescan`, `decide`, `diff`, `promote`, `enforce`, `labels_import`, `review_queue`, "
+            "`report`",
             nullable=False),
         col("status", pa.string(),
             "`running`, `succeeded`, `failed`; `blocked`: the evaluation gate refused the run before it wrote "
@@ -233,7 +234,7 @@ RUNS_SCHEMA = pa.schema(
             "version)"),
         col("baseline_versions", STR_LIST,
             "`table=version` of the lake tables compared with (rescan: `scores`, `quarantine`, `removals`; "
-            "diff / enforce: `violations`)"),
+            "diff / enforce: `violations`; report: every table it read, as `reports/snapshot`)"),
         col("unchanged_pairs", pa.int64(), "rescan: pairs skipped as unchanged"),
         col("removed_pairs", pa.int64(), "rescan: pairs written to `removals`"),
         col("retired_rows", pa.int64(),

@@ -674,7 +674,9 @@ def rollups(violations_df: DataFrame, population_df: DataFrame, decides_df: Data
     Args: as :func:`violation_rates` (``population_df`` with the roll-up id columns).
 
     Returns:
-        Columns of ``ROLLUPS_SCHEMA`` but ``lake_versions``.
+        Columns of ``ROLLUPS_SCHEMA`` but ``lake_versions``: a row per entity, so, unlike the
+        other report tables, it grows with the catalog (``run_report`` collects it through the
+        driver like the others).
     """
     from pyspark.sql import functions as F
 

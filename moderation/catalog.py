@@ -35,8 +35,11 @@ from moderation.schemas import CATALOG_SCHEMA, REQUIRED_CATALOG_COLUMNS, TEXT_CO
 if TYPE_CHECKING:
     import numpy as np
 
+#: The catalog ids ``scores`` carries for the report's roll-ups (issue 17; null where the catalog lacks them).
+ROLLUP_ID_COLUMNS = ("creator_id", "show_id", "album_id")
 #: Columns copied from the catalog into each (item, modality) work row.
-WORK_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit", *TEXT_COLUMNS, "cover_image", "audio_clip")
+WORK_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit", *TEXT_COLUMNS, "cover_image", "audio_clip",
+                *ROLLUP_ID_COLUMNS)
 #: The catalog column holding each media modality's URI. An item is selected for a media
 #: modality only when it has one; every item is selected for text (no usable text is a
 #: quarantine reason, not a reason to skip).

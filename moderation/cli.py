@@ -302,16 +302,21 @@ def report(
     lake: str = typer.Option(..., help="lake root URI"),
     master: Optional[str] = typer.Option(None, help="Spark master (default: spark-submit's under spark-submit, "
                                          "else local[*])"),
+    min_cell_count: int = typer.Option(10, "--min-cell-count", min=1,
+                                       help="k of reports/transparency: a cell counting fewer items is suppressed "
+                                            "(count withheld, suppressed=true)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Spark job: violation counts and rates by policy version, category, item type, market,
-    language, and how much of each item its model read (coverage), written under <lake>/reports/.
-    Also the spark-submit entrypoint (jobs/report.py)."""
+    language, and how much of each item its model read (coverage); the analysts' reports (trend by
+    decide date, creator / show / album roll-ups and blast radius, detection methods, a
+    transparency summary with small cells suppressed), each with a PNG chart; all written under
+    <lake>/reports/. Also the spark-submit entrypoint (jobs/report.py)."""
     from moderation.reporting import run_report
 
     _setup_logging(verbose)
     try:
-        result = run_report(_abs_uri(lake), master=master or _default_master())
+        result = run_report(_abs_uri(lake), master=master or _default_master(), min_cell_count=min_cell_count)
     except ModerationError as e:
         _fail(e)
     typer.echo(result.summary())

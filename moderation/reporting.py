@@ -4,8 +4,11 @@ what share of those items the models read.
 Three layers: :func:`read_snapshot` turns one exact Delta snapshot into a Spark DataFrame;
 :func:`latest_decides`, :func:`live_scores`, :func:`population`, :func:`violation_rates`,
 :func:`category_totals`, :func:`violations_by_category`, :func:`scoring_coverage`,
-:func:`diff_summary` and :func:`diff_totals` are pure DataFrame -> DataFrame functions;
-:func:`run_report` wires them and writes the small aggregates back to the lake with delta-rs.
+:func:`diff_summary`, :func:`diff_totals` and the analysts' reports of issue 17
+(:func:`violation_trend`, :func:`rollups`, :func:`blast_radius`, :func:`detection_methods`,
+:func:`transparency_summary`) are pure DataFrame -> DataFrame functions; :func:`run_report` wires
+them and writes the small aggregates back to the lake with delta-rs (the analysts' reports with
+a PNG chart each, ``moderation.report_charts``).
 
 pyspark is imported inside the functions, so importing this module stays cheap.
 """
@@ -23,15 +26,20 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moderation.errors import LakeError
+from moderation.errors import ConfigError, LakeError
 from moderation.lake import Lake, join_uri, storage_options
 from moderation.schemas import (
+    BLAST_RADIUS_SCHEMA,
     CATEGORY_TOTALS_SCHEMA,
     COVERAGE_SCHEMA,
+    DETECTION_SCHEMA,
     DIFF_SUMMARY_SCHEMA,
     REPORT_SNAPSHOT_SCHEMA,
+    ROLLUPS_SCHEMA,
     TABLE_SCHEMAS,
+    TRANSPARENCY_SCHEMA,
     VIOLATION_RATES_SCHEMA,
+    VIOLATION_TREND_SCHEMA,
     VIOLATIONS_BY_CATEGORY_SCHEMA,
     col,
 )
@@ -47,9 +55,12 @@ NO_MARKET = "none"
 NO_LANGUAGE = "unknown"
 # Reading the data files without applying these would not reproduce the snapshot exactly.
 UNSUPPORTED_READER_FEATURES = frozenset({"columnMapping", "deletionVectors"})
+#: The catalog ids scores rows carry for the roll-ups (issue 17; null in older rows).
+ROLLUP_ID_COLUMNS = ["creator_id", "show_id", "album_id"]
 # The scores columns population() needs; the rest (maps of scores, evidence) are never read.
 POPULATION_SCORE_COLUMNS = [
     "item_id", "item_type", "language", "markets", "model_id", "modality", "run_id", "scored_at",
+    *ROLLUP_ID_COLUMNS,
 ]
 #: The scores columns scoring_coverage() needs besides those (null in snapshots from before issue 13).
 COVERAGE_SCORE_COLUMNS = ["coverage", "coverage_reason"]
@@ -57,9 +68,25 @@ COVERAGE_KEYS = ["item_type", "modality", "model_id"]
 DIFF_KEYS = ["policy_id", "from_version", "to_version"]
 #: The lake tables a report reads, in the order their versions are pinned: ``runs`` first, since
 #: a decide commits its violations before its runs row (see :func:`pin_snapshot`).
-PINNED_TABLES = ("runs", "violations", "scores", "removals", "diffs")
+PINNED_TABLES = ("runs", "violations", "scores", "removals", "diffs", "labels")
 #: Pinning attempts before a report gives up on a lake whose decides keep moving under it.
 PIN_ATTEMPTS = 5
+#: Severities from least to most severe (``config.Severity``): ``worst_severity`` is the last present.
+SEVERITY_ORDER = ("low", "medium", "high", "critical")
+#: Roll-up level -> (the scores column holding its id, the item type it rolls up; None: every item).
+ROLLUP_LEVELS = {"creator": ("creator_id", None), "show": ("show_id", "episode"), "album": ("album_id", "track")}
+#: ``entity_id`` of a level's items that lack the id.
+UNKNOWN_ENTITY = "unknown"
+#: ``review`` / ``detection_method`` values (see ``schemas._DETECTION``).
+HUMAN_REVIEW = "human_review"
+AUTOMATED = "automated"
+UNKNOWN_MODEL = "unknown"
+#: Transparency cells counting fewer items than this are suppressed (``--min-cell-count``).
+DEFAULT_MIN_CELL_COUNT = 10
+#: Creators ranked in ``reports/blast_radius`` per policy version.
+BLAST_RADIUS_TOP = 20
+#: The column every issue-17 report table ends with (the lake versions read), added by ``_report``.
+LAKE_VERSIONS = "lake_versions"
 #: Distinct changed items per diff x change, for ``ReportResult.summary`` (not written).
 DIFF_TOTALS_SCHEMA = pa.schema(
     [
@@ -293,9 +320,9 @@ def population(scores_df: DataFrame, decides_df: DataFrame, removals_df: DataFra
             (see :func:`live_scores`) do not count.
 
     Returns:
-        Distinct (policy_id, policy_version, item_id) with item_type, language and markets
-        taken from the item's newest live scores row (by scored_at, then run_id, modality,
-        model_id).
+        Distinct (policy_id, policy_version, item_id) with item_type, language, markets,
+        creator_id, show_id and album_id taken from the item's newest live scores row (by
+        scored_at, then run_id, modality, model_id; ids null where ``scores_df`` lacks them).
     """
     from pyspark.sql import functions as F
 
@@ -305,14 +332,16 @@ def population(scores_df: DataFrame, decides_df: DataFrame, removals_df: DataFra
         *POLICY_KEYS, "scores_version", F.explode("model_ids").alias("model_id")
     ).distinct()
     covered = scores_df.join(decide_models, on=["scores_version", "model_id"], how="inner")
+    ids = [c for c in ROLLUP_ID_COLUMNS if c in scores_df.columns]
     newest = F.max_by(
-        F.struct("item_type", "language", "markets"),
+        F.struct("item_type", "language", "markets", *ids),
         F.struct("scored_at", "run_id", "modality", "model_id"),
     )
     return (
         covered.groupBy(*POLICY_KEYS, "item_id")
         .agg(newest.alias("_item"))
-        .select(*POLICY_KEYS, "item_id", "_item.item_type", "_item.language", "_item.markets")
+        .select(*POLICY_KEYS, "item_id", "_item.item_type", "_item.language", "_item.markets",
+                *(F.col(f"_item.{c}") if c in ids else F.lit(None).cast("string").alias(c) for c in ROLLUP_ID_COLUMNS))
     )
 
 
@@ -534,6 +563,268 @@ def scoring_coverage(scores_df: DataFrame, decides_df: DataFrame, removals_df: D
     return _typed(out, COVERAGE_SCHEMA)
 
 
+def _body(schema: pa.Schema) -> pa.Schema:
+    """An issue-17 report schema without its ``lake_versions`` column (added when written)."""
+    return pa.schema([f for f in schema if f.name != LAKE_VERSIONS])
+
+
+def _severity_rank(column: str = "severity") -> Column:
+    """1 (``low``) .. 4 (``critical``); 0 for a severity outside ``SEVERITY_ORDER``."""
+    from pyspark.sql import functions as F
+
+    rank = F.lit(0)
+    for i, name in enumerate(SEVERITY_ORDER, start=1):
+        rank = F.when(F.col(column) == name, F.lit(i)).otherwise(rank)
+    return rank
+
+
+def _severity_name(rank: Column) -> Column:
+    """The severity of a :func:`_severity_rank` value (null for 0 or null: nothing flagged)."""
+    from pyspark.sql import functions as F
+
+    name = F.lit(None).cast("string")
+    for i, severity in enumerate(SEVERITY_ORDER, start=1):
+        name = F.when(rank == i, F.lit(severity)).otherwise(name)
+    return name
+
+
+def violation_trend(violations_df: DataFrame, population_df: DataFrame, decides_df: DataFrame) -> DataFrame:
+    """Violations per policy version x category, dated by the version's reported decide.
+
+    The ``violations`` table holds one decide per policy version (each decide replaces its
+    version's rows), so the trend runs across versions, each at the date its newest succeeded
+    decide ended: a policy's v1, v2, v3 decided on successive dates make three points.
+
+    Args: as :func:`violation_rates` (``decides_df`` also needs ``run_id`` and ``ended_at``).
+
+    Returns:
+        Columns of ``VIOLATION_TREND_SCHEMA`` but ``lake_versions``: the counts of
+        :func:`category_totals` (every category of the decide, zero included) with
+        ``decide_date`` (UTC date of ``ended_at``), ``decide_run_id`` and violation_rate =
+        violations / items.
+    """
+    from pyspark.sql import functions as F
+
+    # to_date renders in the session time zone; shifting by it first gives the UTC date.
+    zone = decides_df.sparkSession.conf.get("spark.sql.session.timeZone")
+    dates = decides_df.select(
+        *POLICY_KEYS, F.col("run_id").alias("decide_run_id"),
+        F.to_date(F.to_utc_timestamp("ended_at", zone)).alias("decide_date"),
+    )
+    trend = (
+        category_totals(violations_df, population_df, decides_df)
+        .join(dates, on=POLICY_KEYS, how="inner")
+        .withColumn("violation_rate", F.col("violations").cast("double") / F.col("items"))
+    )
+    return _typed(trend, _body(VIOLATION_TREND_SCHEMA))
+
+
+def _item_flags(violations_df: DataFrame, population_df: DataFrame, decides_df: DataFrame) -> DataFrame:
+    """One row per population item (policy_id, policy_version, item_id, item_type and the roll-up
+    ids) with ``_flagged`` / ``_reviewed`` (1: the reported decide flagged it ``violation`` /
+    ``review`` in some category and market, else 0) and ``_severity`` (rank of its worst
+    violation, 0 when none)."""
+    from pyspark.sql import functions as F
+
+    violation = F.col("decision") == "violation"
+    flags = (
+        _decided(violations_df, decides_df)
+        .groupBy(*POLICY_KEYS, "item_id")
+        .agg(
+            F.max(violation.cast("int")).alias("_flagged"),
+            F.max((F.col("decision") == "review").cast("int")).alias("_reviewed"),
+            F.max(F.when(violation, _severity_rank())).alias("_severity"),
+        )
+    )
+    return (
+        population_df.select(*POLICY_KEYS, "item_id", "item_type", *ROLLUP_ID_COLUMNS)
+        .join(flags, on=[*POLICY_KEYS, "item_id"], how="left")
+        .fillna(0, subset=["_flagged", "_reviewed", "_severity"])
+    )
+
+
+def _entity_counts(df: DataFrame, keys: list[str]) -> DataFrame:
+    """items, flagged_items, review_items, flagged_share and worst_severity per ``keys`` of
+    :func:`_item_flags` rows."""
+    from pyspark.sql import functions as F
+
+    return (
+        df.groupBy(*keys)
+        .agg(
+            _distinct_items().alias("items"),
+            F.count_distinct(F.when(F.col("_flagged") == 1, F.col("item_id"))).alias("flagged_items"),
+            F.count_distinct(F.when(F.col("_reviewed") == 1, F.col("item_id"))).alias("review_items"),
+            F.max("_severity").alias("_worst"),
+        )
+        .withColumn("flagged_share", F.col("flagged_items").cast("double") / F.col("items"))
+        .withColumn("worst_severity", _severity_name(F.col("_worst")))
+    )
+
+
+def rollups(violations_df: DataFrame, population_df: DataFrame, decides_df: DataFrame) -> DataFrame:
+    """Covered items rolled up to their creator, show and album, per policy version.
+
+    Levels (``ROLLUP_LEVELS``): ``creator`` takes every item by ``creator_id``; ``show`` takes
+    episodes and any item with a ``show_id``; ``album`` tracks and any item with an
+    ``album_id``. A level is reported for a policy version only when one of its covered items
+    carries that id; within it, the items without one roll up under ``UNKNOWN_ENTITY``. The
+    ids are the item's newest live scores row's (:func:`population`). Only the reported decides'
+    rows count, and only for covered items (as in :func:`violation_rates`).
+
+    Args: as :func:`violation_rates` (``population_df`` with the roll-up id columns).
+
+    Returns:
+        Columns of ``ROLLUPS_SCHEMA`` but ``lake_versions``: a row per entity, so, unlike the
+        other report tables, it grows with the catalog (``run_report`` collects it through the
+        driver like the others).
+    """
+    from pyspark.sql import functions as F
+
+    items = _item_flags(violations_df, population_df, decides_df)
+    levels = None
+    for level, (column, item_type) in ROLLUP_LEVELS.items():
+        members = items if item_type is None else items.where(
+            (F.col("item_type") == item_type) | F.col(column).isNotNull())
+        frame = members.select(
+            *POLICY_KEYS, F.lit(level).alias("level"),
+            F.coalesce(F.col(column), F.lit(UNKNOWN_ENTITY)).alias("entity_id"),
+            F.col(column).isNotNull().alias("_has_id"), "item_id", "_flagged", "_reviewed", "_severity",
+        )
+        levels = frame if levels is None else levels.unionByName(frame)
+    carried = levels.where("_has_id").select(*POLICY_KEYS, "level").distinct()
+    counts = _entity_counts(levels.join(carried, on=[*POLICY_KEYS, "level"], how="left_semi"),
+                            [*POLICY_KEYS, "level", "entity_id"])
+    return _typed(counts, _body(ROLLUPS_SCHEMA))
+
+
+def blast_radius(violations_df: DataFrame, population_df: DataFrame, decides_df: DataFrame, *,
+                 top: int = BLAST_RADIUS_TOP) -> DataFrame:
+    """The ``top`` creators with the most flagged items per policy version ("blast radius": how
+    far one creator's violations reach across the catalog).
+
+    Ranked by flagged items, then flagged share (higher first), then creator id; creators with
+    no flagged item and items without a ``creator_id`` are not ranked.
+
+    Args: as :func:`rollups`; ``top``: creators kept per policy version.
+
+    Returns:
+        Columns of ``BLAST_RADIUS_SCHEMA`` but ``lake_versions``; ``categories``: the sorted
+        categories of the creator's ``violation`` rows.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    items = _item_flags(violations_df, population_df, decides_df).where(F.col("creator_id").isNotNull())
+    counts = _entity_counts(items, [*POLICY_KEYS, "creator_id"]).where(F.col("flagged_items") > 0)
+    categories = (
+        _decided(violations_df, decides_df).where(F.col("decision") == "violation")
+        .join(items.select(*POLICY_KEYS, "item_id", "creator_id"), on=[*POLICY_KEYS, "item_id"], how="inner")
+        .groupBy(*POLICY_KEYS, "creator_id")
+        .agg(F.array_sort(F.collect_set("category")).alias("categories"))
+    )
+    order = Window.partitionBy(*POLICY_KEYS).orderBy(
+        F.col("flagged_items").desc(), F.col("flagged_share").desc(), F.col("creator_id"))
+    ranked = (
+        counts.join(categories, on=[*POLICY_KEYS, "creator_id"], how="left")
+        .withColumn("rank", F.row_number().over(order))
+        .where(F.col("rank") <= top)
+    )
+    return _typed(ranked, _body(BLAST_RADIUS_SCHEMA))
+
+
+def _with_detection_method(rows: DataFrame, labels_df: DataFrame, name: str) -> DataFrame:
+    """``rows`` (violations rows) with column ``name``: ``HUMAN_REVIEW`` where ``labels_df``
+    holds a label of the row's item and category (any source, decision, market or policy),
+    else ``AUTOMATED``."""
+    from pyspark.sql import functions as F
+
+    reviewed = labels_df.select("item_id", "category").distinct().withColumn("_labelled", F.lit(True))
+    return (
+        rows.join(reviewed, on=["item_id", "category"], how="left")
+        .withColumn(name, F.when(F.col("_labelled"), F.lit(HUMAN_REVIEW)).otherwise(F.lit(AUTOMATED)))
+        .drop("_labelled")
+    )
+
+
+def detection_methods(violations_df: DataFrame, decides_df: DataFrame, labels_df: DataFrame,
+                      models_df: DataFrame) -> DataFrame:
+    """How violations were found: distinct flagged items per policy version x category x
+    modality x model x review (``automated`` or ``human_review``, see
+    :func:`_with_detection_method`).
+
+    A ``violation`` row counts under each model of its ``model_refs`` (``model_id@digest12``),
+    with that model's modality from ``models_df``, where that modality is one of the row's
+    ``evidence_modalities`` (a model of unknown modality counts as ``unknown``; a row without
+    refs under model ``unknown``). Only the reported decides' rows count.
+
+    Args:
+        violations_df: ``violations`` rows.
+        decides_df: the decide runs reported on.
+        labels_df: ``labels`` rows (item_id, category).
+        models_df: (model_id, modality) of the models that wrote ``scores`` rows.
+
+    Returns:
+        Columns of ``DETECTION_SCHEMA`` but ``lake_versions``.
+    """
+    from pyspark.sql import functions as F
+
+    rows = _with_detection_method(
+        _decided(violations_df, decides_df).where(F.col("decision") == "violation"), labels_df, "review")
+    refs = rows.select(
+        *POLICY_KEYS, "category", "item_id", "review", "evidence_modalities", F.explode_outer("model_refs").alias("_ref"),
+    ).withColumn("model_id", F.coalesce(F.split("_ref", "@").getItem(0), F.lit(UNKNOWN_MODEL)))
+    modalities = models_df.select("model_id", "modality").distinct()
+    found = (
+        refs.join(modalities, on="model_id", how="left")
+        .withColumn("modality", F.coalesce("modality", F.lit(UNKNOWN_MODEL)))
+        .where((F.col("modality") == UNKNOWN_MODEL) | F.col("evidence_modalities").isNull()
+               | F.array_contains("evidence_modalities", F.col("modality")))
+    )
+    counts = found.groupBy(*POLICY_KEYS, "category", "modality", "model_id", "review").agg(
+        _distinct_items().alias("violations"))
+    return _typed(counts, _body(DETECTION_SCHEMA))
+
+
+def transparency_summary(violations_df: DataFrame, decides_df: DataFrame, labels_df: DataFrame, *,
+                         min_cell_count: int = DEFAULT_MIN_CELL_COUNT) -> DataFrame:
+    """Flagged items per policy version x market x category x action x detection method, the
+    shape transparency reports publish, with small cells suppressed.
+
+    A ``violation`` row of a reported decide counts in the markets it applies to (as in
+    :func:`violation_rates`); detection method as :func:`_with_detection_method`. A cell with
+    fewer than ``min_cell_count`` distinct items keeps its row with ``items`` null and
+    ``suppressed`` true; a cell of exactly ``min_cell_count`` is published.
+
+    Args:
+        violations_df: ``violations`` rows.
+        decides_df: the decide runs reported on.
+        labels_df: ``labels`` rows (item_id, category).
+        min_cell_count: k, at least 1 (1 suppresses nothing).
+
+    Returns:
+        Columns of ``TRANSPARENCY_SCHEMA`` but ``lake_versions``.
+
+    Raises:
+        ValueError: ``min_cell_count`` is below 1.
+    """
+    from pyspark.sql import functions as F
+
+    if min_cell_count < 1:
+        raise ValueError(f"min_cell_count must be at least 1, got {min_cell_count}")
+    rows = _with_detection_method(
+        _decided(violations_df, decides_df).where(F.col("decision") == "violation"), labels_df, "detection_method")
+    cells = rows.select(*POLICY_KEYS, F.explode(_row_markets()).alias("market"), "category", "action",
+                        "detection_method", "item_id")
+    counts = (
+        cells.groupBy(*POLICY_KEYS, "market", "category", "action", "detection_method")
+        .agg(_distinct_items().alias("_n"))
+        .withColumn("suppressed", F.col("_n") < min_cell_count)
+        .withColumn("items", F.when(~F.col("suppressed"), F.col("_n")))
+        .withColumn("min_cell_count", F.lit(min_cell_count).cast("long"))
+    )
+    return _typed(counts, _body(TRANSPARENCY_SCHEMA))
+
+
 def _diff_markets(has_scope: bool = True) -> Column:
     """A diff row's markets: its ``scope_markets``; without one, its scope's market, else the
     item's markets, else ``"none"``. ``has_scope``: the diffs table has the column (older
@@ -605,6 +896,10 @@ class ReportResult:
     coverage: pa.Table | None = None  # COVERAGE_SCHEMA
     snapshot_uri: str | None = None  # reports/snapshot: the Delta version of each table read
     versions: dict[str, int | None] | None = None  # the same, table -> version (None: no table)
+    analyst: dict[str, pa.Table] | None = None  # issue 17: report name -> its table (ANALYST_SCHEMAS)
+    analyst_uris: dict[str, str] | None = None  # report name -> its Delta table's URI
+    chart_uris: dict[str, str] | None = None  # report name -> its PNG's URI
+    run_id: str | None = None  # the report's runs row (kind ``report``)
 
     def summary(self) -> str:
         """A text table: one line per policy version x category, over all item types, markets
@@ -621,9 +916,24 @@ class ReportResult:
         ]
         pins = ", ".join(f"{t} v{v}" for t, v in (self.versions or {}).items() if v is not None)
         snapshot = [f"snapshot read: {pins}"] if pins else []
-        return "\n".join([f"report: {self.violation_rates_uri}", *snapshot,
+        run = [f"report run: {self.run_id}"] if self.run_id else []
+        return "\n".join([f"report: {self.violation_rates_uri}", *run, *snapshot,
                           *_text_table(header, lines, left=range(3)),
-                          *self._coverage_lines(), *self._diff_lines()])
+                          *self._coverage_lines(), *self._diff_lines(), *self._analyst_lines()])
+
+    def _analyst_lines(self) -> list[str]:
+        """One line per issue-17 report: its table, rows and chart."""
+        if not self.analyst_uris or self.analyst is None:
+            return []
+        lines = ["", "analyst reports (table, rows, chart):"]
+        for name, uri in self.analyst_uris.items():
+            suppressed = ""
+            if name == "transparency":
+                n = sum(self.analyst[name].column("suppressed").to_pylist())
+                suppressed = f", {n} suppressed"
+            lines.append(f"  {uri}: {self.analyst[name].num_rows} rows{suppressed}, "
+                         f"{(self.chart_uris or {}).get(name, '-')}")
+        return lines
 
     def _coverage_lines(self) -> list[str]:
         """One line per policy version x item type x modality x model of the coverage table."""
@@ -666,12 +976,13 @@ def _text_table(header: tuple[str, ...], lines: list[tuple[str, ...]], *, left: 
             for row in [header, *lines]]
 
 
-def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkSession | None = None) -> ReportResult:
+def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkSession | None = None,
+               min_cell_count: int = DEFAULT_MIN_CELL_COUNT) -> ReportResult:
     """Compute the violation reports of the newest succeeded decide of every policy version and
     write them under ``<lake>/reports/``.
 
     The Delta version of every table read (``runs``, ``violations``, ``scores``, ``removals``,
-    ``diffs``) is pinned once, before any read, and every read is at its pinned version, so a
+    ``diffs``, ``labels``) is pinned once, before any read, and every read is at its pinned version, so a
     decide, re-scan or diff committing while the report runs changes nothing in it; the versions
     are written to ``reports/snapshot``. A decide's violations are the rows carrying its run id,
     so two decides of one version never mix. Each decide is measured against the ``scores``
@@ -679,19 +990,26 @@ def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkS
     ``removals`` retires. The report tables are small aggregates: they are collected and
     overwritten in one Delta commit each (``reports/violation_rates``,
     ``reports/violations_by_category``, ``reports/coverage``, ``reports/snapshot``, and
-    ``reports/diff_summary`` when the lake has a ``diffs`` table).
+    ``reports/diff_summary`` when the lake has a ``diffs`` table). The analyst reports of issue 17
+    (``ANALYST_SCHEMAS``: ``violation_trend``, ``rollups``, ``blast_radius``, ``detection``,
+    ``transparency``) are written the same way, each row carrying the pinned versions in
+    ``lake_versions``, each with a PNG chart overwritten beside it (``reports/<name>.png``).
+    Last, the report records a ``runs`` row (kind ``report``, the versions read in
+    ``baseline_versions``), after the pins, so it never changes what the report read.
 
     Args:
         lake_root: the lake root URI.
         master: the Spark master when a session is created here (None: spark-submit's).
         spark: a session to use, left running; when None, one is created with
             :func:`spark_session` and stopped on return unless one was already active.
+        min_cell_count: k of ``reports/transparency``: cells of fewer items are suppressed.
 
     Returns:
         The report table URIs, the rates, per-category totals, the coverage table and per-diff
-        totals for ``summary()``.
+        totals for ``summary()``, and the analyst tables with their URIs and charts' URIs.
 
     Raises:
+        ConfigError: ``min_cell_count`` is below 1.
         LakeError: the lake has no succeeded decide run, a decide run names no scores version,
             a snapshot cannot be read, or the newest succeeded decide's violations were replaced
             by a decide that never recorded success.
@@ -701,7 +1019,7 @@ def run_report(lake_root: str, *, master: str | None = "local[*]", spark: SparkS
     owned = spark is None and SparkSession.getActiveSession() is None
     session = spark if spark is not None else spark_session(master)
     try:
-        return _report(session, Lake(lake_root))
+        return _report(session, Lake(lake_root), min_cell_count=min_cell_count)
     finally:
         if owned:
             session.stop()
@@ -788,7 +1106,13 @@ def _pinned_decides(spark: SparkSession, lake: Lake) -> tuple[Snapshot, DataFram
     )
 
 
-def _report(spark: SparkSession, lake: Lake) -> ReportResult:
+def _report(spark: SparkSession, lake: Lake, *, min_cell_count: int = DEFAULT_MIN_CELL_COUNT) -> ReportResult:
+    if min_cell_count < 1:
+        raise ConfigError(f"--min-cell-count must be at least 1, got {min_cell_count}")
+    from moderation.runinfo import code_version, new_run_id, run_row
+
+    run_id = new_run_id("report")
+    started = dt.datetime.now(dt.timezone.utc)
     snapshot, decides, keys = _pinned_decides(spark, lake)
     pinned = snapshot.versions
     try:
@@ -798,12 +1122,23 @@ def _report(spark: SparkSession, lake: Lake) -> ReportResult:
         scores = _scores_at(spark, lake, versions=sorted({r["scores_version"] for r in keys}))
         violations = read_pinned(spark, lake, "violations", snapshot)
         removals = None if pinned["removals"] is None else read_pinned(spark, lake, "removals", snapshot)
+        labels = read_pinned(spark, lake, "labels", snapshot)
         covered = population(scores, decides, removals).cache()
         try:
             rates = _collect(violation_rates(violations, covered, decides), VIOLATION_RATES_SCHEMA)
             totals = _collect(category_totals(violations, covered, decides), CATEGORY_TOTALS_SCHEMA)
             by_category = _collect(violations_by_category(violations, decides), VIOLATIONS_BY_CATEGORY_SCHEMA)
             read = _collect(scoring_coverage(scores, decides, removals), COVERAGE_SCHEMA)
+            frames = {
+                "violation_trend": violation_trend(violations, covered, decides),
+                "rollups": rollups(violations, covered, decides),
+                "blast_radius": blast_radius(violations, covered, decides),
+                "detection": detection_methods(violations, decides, labels, scores),
+                "transparency": transparency_summary(violations, decides, labels, min_cell_count=min_cell_count),
+            }
+            analyst = {name: _with_lake_versions(_collect(df, _body(ANALYST_SCHEMAS[name])), pinned,
+                                                 ANALYST_SCHEMAS[name])
+                       for name, df in frames.items()}
         finally:
             covered.unpersist()
     finally:
@@ -821,11 +1156,43 @@ def _report(spark: SparkSession, lake: Lake) -> ReportResult:
     if summary is not None:
         diff_summary_uri = _overwrite(lake, "diff_summary", summary)
         log.info("report: %d diff summary rows -> %s", summary.num_rows, diff_summary_uri)
+    from moderation.report_charts import write_chart
+
+    analyst_uris, chart_uris = {}, {}
+    for name, table in analyst.items():
+        analyst_uris[name] = _overwrite(lake, name, table)
+        chart_uris[name] = write_chart(lake, name, table)
+        log.info("report: %d %s rows -> %s (chart %s)", table.num_rows, name, analyst_uris[name], chart_uris[name])
     snapshot_uri = _overwrite(lake, "snapshot", snapshot.table())
+    # After the pins: the report's own runs row never changes what it read.
+    lake.upsert_run(run_row(
+        run_id=run_id, kind="report", status="succeeded",
+        baseline_versions=[f"{t}={v}" for t, v in pinned.items() if v is not None],
+        code_version=code_version(), started_at=started, ended_at=dt.datetime.now(dt.timezone.utc),
+    ))
     return ReportResult(violation_rates_uri=rates_uri, violations_by_category_uri=by_category_uri,
                         rates=rates, totals=totals, diff_summary_uri=diff_summary_uri, diff_totals=diff_totals_table,
                         coverage_uri=coverage_uri, coverage=read, snapshot_uri=snapshot_uri,
-                        versions=dict(pinned))
+                        versions=dict(pinned), analyst=analyst, analyst_uris=analyst_uris, chart_uris=chart_uris,
+                        run_id=run_id)
+
+
+#: The issue-17 report tables, by name under ``reports/``, in the order they are written.
+ANALYST_SCHEMAS = {
+    "violation_trend": VIOLATION_TREND_SCHEMA,
+    "rollups": ROLLUPS_SCHEMA,
+    "blast_radius": BLAST_RADIUS_SCHEMA,
+    "detection": DETECTION_SCHEMA,
+    "transparency": TRANSPARENCY_SCHEMA,
+}
+
+
+def _with_lake_versions(table: pa.Table, versions: dict[str, int | None], schema: pa.Schema) -> pa.Table:
+    """``table`` (``schema`` without ``lake_versions``) with the pinned versions as its
+    ``lake_versions`` column on every row, in ``schema``."""
+    field = schema.field(LAKE_VERSIONS)
+    column = pa.array([list(versions.items())] * table.num_rows, field.type)
+    return table.append_column(field, column).cast(schema)
 
 
 def _scores_at(spark: SparkSession, lake: Lake, *, versions: list[int]) -> DataFrame:
@@ -846,8 +1213,8 @@ def _scores_at(spark: SparkSession, lake: Lake, *, versions: list[int]) -> DataF
 
 def _collect(df: DataFrame, schema: pa.Schema) -> pa.Table:
     """A small aggregate as an Arrow table of ``schema``, in a stable row order (by its columns
-    other than maps, which do not sort)."""
-    keys = [f.name for f in schema if not pa.types.is_map(f.type)]
+    other than maps and lists, which do not sort)."""
+    keys = [f.name for f in schema if not pa.types.is_nested(f.type)]
     return df.toArrow().select(schema.names).cast(schema).sort_by([(name, "ascending") for name in keys])
 
 

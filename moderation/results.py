@@ -93,6 +93,7 @@ def split_results(batch: pa.Table, *, run_id: str, model: ModelSpec, now: dt.dat
             "explicit": ok_rows.column("explicit"),
             "scored_at": pa.array([now] * n_ok, SCORES_SCHEMA.field("scored_at").type),
             **coverage(ok_rows),
+            **{c: _column_or_null(ok_rows, c) for c in ("creator_id", "show_id", "album_id")},
         },
         schema=SCORES_SCHEMA,
     )
@@ -103,6 +104,14 @@ def split_results(batch: pa.Table, *, run_id: str, model: ModelSpec, now: dt.dat
         content_hashes=q_rows.column(CONTENT_HASH) if CONTENT_HASH in q_rows.column_names else None,
     )
     return scores, quarantine
+
+
+def _column_or_null(rows: pa.Table, name: str) -> pa.ChunkedArray | pa.Array:
+    """A ``scores`` column copied from the work rows, or nulls where they lack it (work rows built
+    before the column was carried, e.g. by a classifier's own ``prepare``)."""
+    if name in rows.column_names:
+        return rows.column(name)
+    return pa.nulls(rows.num_rows, SCORES_SCHEMA.field(name).type)
 
 
 def coverage(rows: pa.Table) -> dict[str, pa.Array]:

@@ -57,6 +57,9 @@ CATALOG_SCHEMA = pa.schema(
         col("language", pa.string(), "the item's language"),
         col("markets", STR_LIST, "markets the item is available in"),
         col("creator_id", pa.string(), "the creator (artist, show, author)"),
+        # Added with issue 17 (analyst roll-ups); optional like the others.
+        col("show_id", pa.string(), "the show an episode belongs to (optional)"),
+        col("album_id", pa.string(), "the album a track belongs to (optional)"),
         col("explicit", pa.bool_(), "the catalog's explicit flag (policy exemptions use it)"),
         col("cover_image", pa.string(), "URI of the cover art"),
         col("audio_clip", pa.string(), "URI of an audio preview"),
@@ -101,6 +104,10 @@ SCORES_SCHEMA = pa.schema(
             "clip stopped decoding part way; what decoded was scored), `legacy_windowing` (a run with "
             "`text_windowing: legacy`: at most six truncated segments, kept only to measure against), "
             "comma-joined; null when whole"),
+        # Added with issue 17 (analyst roll-ups); null in older rows and where the catalog lacks the field.
+        col("creator_id", pa.string(), "catalog creator id (copied for the report's roll-ups)"),
+        col("show_id", pa.string(), "catalog show id of an episode (copied)"),
+        col("album_id", pa.string(), "catalog album id of a track (copied)"),
     ]
 )
 
@@ -187,7 +194,8 @@ RUNS_SCHEMA = pa.schema(
     [
         col("run_id", pa.string(), "run id (`backfill-<utc>-<rand>` unless given)", nullable=False),
         col("kind", pa.string(),
-            "`backfill`, `rescan`, `decide`, `diff`, `promote`, `enforce`, `labels_import`, `review_queue`",
+            "`backfill`, `rescan`, `decide`, `diff`, `promote`, `enforce`, `labels_import`, `review_queue`, "
+            "`report`",
             nullable=False),
         col("status", pa.string(),
             "`running`, `succeeded`, `failed`; `blocked`: the evaluation gate refused the run before it wrote "
@@ -226,7 +234,7 @@ RUNS_SCHEMA = pa.schema(
             "version)"),
         col("baseline_versions", STR_LIST,
             "`table=version` of the lake tables compared with (rescan: `scores`, `quarantine`, `removals`; "
-            "diff / enforce: `violations`)"),
+            "diff / enforce: `violations`; report: every table it read, as `reports/snapshot`)"),
         col("unchanged_pairs", pa.int64(), "rescan: pairs skipped as unchanged"),
         col("removed_pairs", pa.int64(), "rescan: pairs written to `removals`"),
         col("retired_rows", pa.int64(),
@@ -342,9 +350,124 @@ COVERAGE_SCHEMA = pa.schema(
 #: read, so every report table describes one consistent state of the lake). Issue 15.
 REPORT_SNAPSHOT_SCHEMA = pa.schema(
     [
-        col("table_name", pa.string(), "`runs`, `violations`, `scores`, `removals`, `diffs`", nullable=False),
+        col("table_name", pa.string(), "`runs`, `violations`, `scores`, `removals`, `diffs`, `labels`",
+            nullable=False),
         col("version", pa.int64(), "the Delta version read; null: the table did not exist"),
         col("reported_at", TS, "when the versions were pinned", nullable=False),
+    ]
+)
+
+#: Every issue-17 report table ends with this column: the lake versions the report read.
+_LAKE_VERSIONS = (
+    "the Delta version of each lake table the report read, pinned once before any read (as in "
+    "`reports/snapshot`): `runs`, `violations`, `scores`, `removals`, `diffs`, `labels` -> version (null: the "
+    "table did not exist). Each decide's population is read from the `scores` version it recorded "
+    "(`runs.scores_version` of its `decide_run_id`)")
+_SEVERITY = ("the worst `severity` of the entity's `violation` rows (`low` < `medium` < `high` < `critical`); "
+             "null when none is flagged")
+_FLAGGED = "distinct items with a `violation` decision of the version's reported decide, in any category or market"
+_DETECTION = (
+    "`human_review`: the pinned `labels` table holds a review (any source, decision, market or policy) of the "
+    "violation's item for its category; `automated`: it holds none (the decision rests on the models alone)")
+_VERSIONS_TYPE = pa.map_(pa.string(), pa.int64())
+
+#: Report table (issue 17): violation trend per policy version x category, by the date of the
+#: version's reported decide.
+VIOLATION_TREND_SCHEMA = pa.schema(
+    [
+        col("policy_id", pa.string(), _POLICY_ID),
+        col("policy_version", pa.int32(), _POLICY_VERSION),
+        col("category", pa.string(), "policy category (every category of the decide, zero violations included)"),
+        col("decide_date", pa.date32(),
+            "UTC date the version's newest succeeded decide ended (`runs.ended_at`): the trend's x axis. The "
+            "`violations` table keeps one decide per version (a decide replaces its version's rows), so the "
+            "trend is across versions and their decide dates"),
+        col("decide_run_id", pa.string(), "that decide run"),
+        col("items", pa.int64(), "distinct items the decide covered"),
+        col("violations", pa.int64(), "distinct items flagged `violation` for the category (in any market)"),
+        col("reviews", pa.int64(), "distinct items flagged `review` for the category"),
+        col("violation_rate", pa.float64(), "violations / items"),
+        col("lake_versions", _VERSIONS_TYPE, _LAKE_VERSIONS),
+    ]
+)
+
+#: Report table (issue 17): items rolled up to creator, show (episodes) and album (tracks).
+ROLLUPS_SCHEMA = pa.schema(
+    [
+        col("policy_id", pa.string(), _POLICY_ID),
+        col("policy_version", pa.int32(), _POLICY_VERSION),
+        col("level", pa.string(),
+            "`creator` (every covered item, by `creator_id`), `show` (episodes and items with a `show_id`, by "
+            "`show_id`), `album` (tracks and items with an `album_id`, by `album_id`). A level appears for a "
+            "policy version only when at least one of its covered items carries that id (catalogs without "
+            "`show_id` / `album_id`, and scores written before issue 17, carry none)"),
+        col("entity_id", pa.string(),
+            "the creator, show or album id; `unknown`: the level's items without one (scores rows written "
+            "before the ids were carried, catalogs that lack the id for the item), rolled up together"),
+        col("items", pa.int64(), "distinct covered items of the entity (ids from the item's newest live scores row)"),
+        col("flagged_items", pa.int64(), _FLAGGED),
+        col("review_items", pa.int64(), "distinct items with a `review` decision"),
+        col("flagged_share", pa.float64(), "flagged_items / items"),
+        col("worst_severity", pa.string(), _SEVERITY),
+        col("lake_versions", _VERSIONS_TYPE, _LAKE_VERSIONS),
+    ]
+)
+
+#: Report table (issue 17): the creators with the most flagged items per policy version.
+BLAST_RADIUS_SCHEMA = pa.schema(
+    [
+        col("policy_id", pa.string(), _POLICY_ID),
+        col("policy_version", pa.int32(), _POLICY_VERSION),
+        col("rank", pa.int32(),
+            "1 = most flagged items; ties broken by the higher flagged share, then the creator id. Creators "
+            "with no flagged item and items without a `creator_id` are not ranked; the report keeps the top 20"),
+        col("creator_id", pa.string(), "the creator"),
+        col("items", pa.int64(), "the creator's distinct covered items"),
+        col("flagged_items", pa.int64(), _FLAGGED),
+        col("flagged_share", pa.float64(), "flagged_items / items"),
+        col("worst_severity", pa.string(), _SEVERITY),
+        col("categories", STR_LIST, "the categories the creator's items are flagged `violation` for, sorted"),
+        col("lake_versions", _VERSIONS_TYPE, _LAKE_VERSIONS),
+    ]
+)
+
+#: Report table (issue 17): how violations were found, per policy version x category x modality
+#: x model x review.
+DETECTION_SCHEMA = pa.schema(
+    [
+        col("policy_id", pa.string(), _POLICY_ID),
+        col("policy_version", pa.int32(), _POLICY_VERSION),
+        col("category", pa.string(), "policy category"),
+        col("modality", pa.string(),
+            "the modality of the model that gave evidence (the model's `scores.modality`, kept where it is in the "
+            "row's `evidence_modalities`); `unknown`: the model has no scores row in the snapshots read"),
+        col("model_id", pa.string(),
+            "a model of the row's `model_refs` (`model_id@digest12`: the id); `unknown` for rows without refs"),
+        col("review", pa.string(), _DETECTION),
+        col("violations", pa.int64(),
+            "distinct items flagged `violation` with evidence from that model (an item found by two models "
+            "counts under each, so rows do not add up to the item total)"),
+        col("lake_versions", _VERSIONS_TYPE, _LAKE_VERSIONS),
+    ]
+)
+
+#: Report table (issue 17): counts in the shape transparency reports publish, small cells suppressed.
+TRANSPARENCY_SCHEMA = pa.schema(
+    [
+        col("policy_id", pa.string(), _POLICY_ID),
+        col("policy_version", pa.int32(), _POLICY_VERSION),
+        col("market", pa.string(),
+            "a market of the row's `scope_markets` (as `violation_rates` counts it); `none`: the item lists none"),
+        col("category", pa.string(), "policy category"),
+        col("action", pa.string(), "the rule's action (`remove`, `restrict`, `age_restrict`, `demote`, `label`)"),
+        col("detection_method", pa.string(), _DETECTION),
+        col("items", pa.int64(),
+            "distinct items flagged `violation` in the cell; null when the cell is suppressed"),
+        col("suppressed", pa.bool_(),
+            "true when the cell's count is below `min_cell_count` (1 to k-1 items): its count is withheld, the "
+            "usual protection of small cells in published transparency figures. Cells with no item have no row"),
+        col("min_cell_count", pa.int64(), "k, `moderation report --min-cell-count` (default 10)"),
+        col("lake_versions", _VERSIONS_TYPE, _LAKE_VERSIONS),
     ]
 )
 
@@ -626,6 +749,11 @@ REPORT_SCHEMAS: dict[str, pa.Schema] = {
     "reports/coverage": COVERAGE_SCHEMA,
     "reports/diff_summary": DIFF_SUMMARY_SCHEMA,
     "reports/snapshot": REPORT_SNAPSHOT_SCHEMA,
+    "reports/violation_trend": VIOLATION_TREND_SCHEMA,
+    "reports/rollups": ROLLUPS_SCHEMA,
+    "reports/blast_radius": BLAST_RADIUS_SCHEMA,
+    "reports/detection": DETECTION_SCHEMA,
+    "reports/transparency": TRANSPARENCY_SCHEMA,
 }
 
 #: The data dictionary: every table with a fixed schema, by path under the lake root (the demo's

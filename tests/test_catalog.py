@@ -131,3 +131,17 @@ def test_large_and_view_string_ids(tmp_path, typ):
     assert _ids(snap) == ["b", "a", "c"]
     sel = plan_selection(snap, ["text"], limit=2)  # --limit: the 2 smallest ids, compared as strings
     assert sel.keep_ids.to_pylist() == ["a", "b"] and sel.selected("text") == 2
+
+
+def test_creator_show_and_album_ids_map_like_the_other_fields(tmp_path):
+    """show_id and album_id are optional catalog fields: mapped from the catalog's own columns
+    (``--map``), integer ids read as strings, null where the catalog lacks one (album_id here)."""
+    uri = _catalog(tmp_path, item_id=["a", "b"], title=["x", "y"], artist=["c1", "c2"],
+                   podcast=pa.array([7, None], pa.int64()))
+    snap = open_catalog(uri, column_map={"creator_id": "artist", "show_id": "podcast"})
+    assert snap.columns == ["item_id", "title", "creator_id", "show_id"]
+    batch = next(snap.read(snap.files[0], snap.columns))
+    rows = to_work_rows(batch, "text")
+    assert rows.column("creator_id").to_pylist() == ["c1", "c2"]
+    assert rows.column("show_id").to_pylist() == ["7", None]
+    assert rows.column("album_id").to_pylist() == [None, None]

@@ -109,7 +109,7 @@ def test_job_entrypoints_accept_every_option_the_cli_documents(path, calls, monk
         assert received["column_map"] == {"item_id": "track_uri"} and len(received["media_roots"]) == 2
         assert "decide" in calls and "enforce" in calls
     else:
-        assert received["master"] == "x"
+        assert received["master"] == "x" and received["min_cell_count"] == 1
 
 
 def test_python_dash_m_moderation_is_the_cli(tmp_path):

@@ -475,18 +475,24 @@ def test_a_decide_committing_during_the_report_changes_nothing_in_it(spark, tmp_
         return df
 
     monkeypatch.setattr(reporting, "read_snapshot", read_then_race)
+    runs_before = lake.version("runs")  # the first report's own runs row
     during = run_report(lake.root, spark=spark)
 
     assert raced == ["runs"]
     assert set(DeltaTable(lake.uri("violations")).to_pandas()["run_id"]) == {"decide-2"}  # the race happened
     assert during.rates.equals(before.rates) and during.totals.equals(before.totals)
     assert during.coverage.equals(before.coverage)
-    assert during.versions == before.versions == {"runs": 0, "violations": 0, "scores": 0, "removals": None,
-                                                  "diffs": None}
+    assert before.versions == {"runs": 0, "violations": 0, "scores": 0, "removals": None, "diffs": None,
+                               "labels": None}
+    assert runs_before == 1 and during.versions == {**before.versions, "runs": runs_before}
     snapshot = DeltaTable(during.snapshot_uri).to_pyarrow_table()
     assert during.snapshot_uri == lake.uri("reports/snapshot")
     assert {r["table_name"]: r["version"] for r in snapshot.to_pylist()} == during.versions
-    assert "snapshot read: runs v0, violations v0, scores v0" in during.summary()
+    assert "snapshot read: runs v1, violations v0, scores v0" in during.summary()
+    reports = DeltaTable(lake.uri("runs")).to_pandas().query("kind == 'report'").set_index("run_id")
+    assert sorted(reports.index) == sorted([before.run_id, during.run_id])
+    assert list(reports.loc[before.run_id, "baseline_versions"]) == ["runs=0", "violations=0", "scores=0"]
+    assert (reports["status"] == "succeeded").all()
 
 
 def test_a_decide_committing_between_the_pins_is_pinned_again(spark, tmp_path, monkeypatch):
@@ -545,4 +551,5 @@ def test_report_of_real_decides_counts_each_versions_own_run(spark, tmp_path):
     totals = {(r["policy_version"], r["category"]): (r["items"], r["violations"], r["reviews"])
               for r in result.totals.to_pylist()}
     assert totals[(1, "hate")] == (3, 1, 1) and totals[(2, "hate")] == (3, 2, 0)
-    assert result.versions == {"runs": 2, "violations": 2, "scores": 0, "removals": None, "diffs": None}
+    assert result.versions == {"runs": 2, "violations": 2, "scores": 0, "removals": None, "diffs": None,
+                               "labels": None}

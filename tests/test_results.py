@@ -59,3 +59,45 @@ def test_chunks_commit_once_and_resume_numbering(tmp_path):
     w2 = ChunkWriter(lake, run_id="r1", model=SPEC, chunk_pairs=2)
     assert w2.next_chunk == 2
     assert lake.read("scores").num_rows == 2 and lake.read("quarantine").num_rows == 1
+
+
+def test_scores_carry_the_catalog_ids_for_the_roll_ups():
+    ids = {"creator_id": ["c1", None], "show_id": [None, "s1"], "album_id": ["al1", None]}
+    rows = scored_rows(["a", "b"])
+    for name, values in ids.items():
+        rows = rows.append_column(name, pa.array(values, pa.string()))
+    s, _ = split_results(rows, run_id="r1", model=SPEC, now=NOW)
+    assert {name: s.column(name).to_pylist() for name in ids} == ids
+    # Work rows without them (a classifier that rebuilds its rows): null ids, not an error.
+    s, _ = split_results(scored_rows(["a"]), run_id="r1", model=SPEC, now=NOW)
+    assert [s.column(name).to_pylist() for name in ids] == [[None]] * 3
+
+
+def test_catalog_ids_reach_scores_through_a_classifier():
+    """catalog rows -> work rows -> prepare -> process_batch -> scores rows: the ids go all the way."""
+    from moderation.catalog import to_work_rows
+    from moderation.classifiers.base import Classifier, prepared
+
+    class Fixed(Classifier):
+        modality = "text"
+
+        def preprocess(self, batch: pa.Table) -> pa.Table:
+            n = batch.num_rows
+            return prepared(batch, hashes=["h"] * n, inputs={}, reasons=[None] * n, details=[None] * n,
+                            stages=[None] * n)
+
+        def setup(self, device: str = "cpu") -> None:
+            self.device = device
+
+        def score(self, batch: pa.Table):
+            return [{c: 0.5 for c in self.spec.categories} for _ in range(batch.num_rows)], \
+                [{} for _ in range(batch.num_rows)]
+
+    catalog = pa.table({"item_id": ["a", "b"], "title": ["x", "y"], "creator_id": ["c1", None],
+                        "show_id": [None, "s1"]})
+    clf = Fixed(SPEC)
+    out = clf.process_batch(clf.prepare(to_work_rows(catalog, "text")))
+    s, _ = split_results(out, run_id="r1", model=SPEC, now=NOW)
+    assert s.column("creator_id").to_pylist() == ["c1", None]
+    assert s.column("show_id").to_pylist() == [None, "s1"]
+    assert s.column("album_id").to_pylist() == [None, None]

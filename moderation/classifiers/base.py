@@ -41,7 +41,7 @@ CONTENT_HASH = "content_hash"
 MEDIA_FIELDS = {"image": "cover_image", "audio": "audio_clip"}
 
 #: The work row columns ``process_batch`` passes on (the ``scores`` columns that come from the catalog).
-RESULT_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit")
+RESULT_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit", "creator_id", "show_id", "album_id")
 
 #: What ``preprocess`` may add for ``scores``: how much of the item is scored (see
 #: classifiers/windows.py; null where a classifier does not record it).

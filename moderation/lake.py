@@ -111,6 +111,29 @@ def _evolve(dt, schema: pa.Schema) -> None:
         dt.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing])
 
 
+def as_written(schema: pa.Schema, dt) -> pa.Schema:
+    """``schema`` with each column's comment as the existing table ``dt`` has it (none where it
+    has none); columns it lacks keep their description.
+
+    delta-rs refuses a merge or a replace whose rows carry a column comment that differs from the
+    table's ("Cannot merge metadata with different values for key comment"), so a description
+    reworded in ``moderation.schemas`` would break every lake written before. Rows are written
+    with the table's own comments; ``moderation tables --write-comments`` updates them on request.
+    """
+    from moderation.schemas import COMMENT
+
+    have = {f.name: (f.metadata or {}).get(COMMENT) for f in dt.schema().fields}
+    fields = []
+    for f in schema:
+        if f.name in have:
+            meta = {k: v for k, v in (f.metadata or {}).items() if k != COMMENT.encode() and k != COMMENT}
+            if have[f.name] is not None:
+                meta[COMMENT] = have[f.name]
+            f = f.with_metadata(meta) if meta else f.remove_metadata()
+        fields.append(f)
+    return pa.schema(fields, metadata=schema.metadata)
+
+
 def _no_views(table: pa.Table) -> pa.Table:
     """``table`` with string_view / binary_view columns cast to string / binary."""
     fields = [pa.field(f.name, pa.string() if pa.types.is_string_view(f.type) else
@@ -363,9 +386,9 @@ class Lake:
         """
         from deltalake import CommitProperties, write_deltalake
 
-        schema = TABLE_SCHEMAS["violations"]
-
-        def stream() -> pa.RecordBatchReader:
+        def data(schema: pa.Schema) -> pa.Table | pa.RecordBatchReader:
+            if isinstance(rows, pa.Table):
+                return conform(rows, schema)
             reader = rows()
             return pa.RecordBatchReader.from_batches(schema, (
                 out for batch in reader
@@ -375,13 +398,15 @@ class Lake:
         pid = policy_id.replace("'", "''")
         for attempt in _commit_retrying():
             with attempt:
-                data = conform(rows, schema) if isinstance(rows, pa.Table) else stream()
-                if not self.exists("violations"):
-                    self._create("violations", data, partition_by=VIOLATIONS_PARTITIONS, commit_properties=props)
+                current = self.open("violations")
+                if current is None:
+                    self._create("violations", data(TABLE_SCHEMAS["violations"]), partition_by=VIOLATIONS_PARTITIONS,
+                                 commit_properties=props)
                     return
-                _evolve(self.open("violations"), TABLE_SCHEMAS["violations"])
+                _evolve(current, TABLE_SCHEMAS["violations"])
+                current = self.open("violations")
                 write_deltalake(
-                    self.uri("violations"), data, mode="overwrite",
+                    self.uri("violations"), data(as_written(TABLE_SCHEMAS["violations"], current)), mode="overwrite",
                     predicate=f"policy_id = '{pid}' AND policy_version = {int(policy_version)}",
                     storage_options=self.options, commit_properties=props,
                 )
@@ -404,8 +429,8 @@ class Lake:
                     self._create(table, data, commit_properties=props)
                     return
                 _evolve(current, schema)
-                write_deltalake(self.uri(table), data, mode="overwrite", predicate=predicate,
-                                storage_options=self.options, commit_properties=props)
+                write_deltalake(self.uri(table), data.cast(as_written(schema, self.open(table))), mode="overwrite",
+                                predicate=predicate, storage_options=self.options, commit_properties=props)
 
     def get_run(self, run_id: str) -> dict | None:
         runs = self.read("runs", filter=pc.field("run_id") == run_id)
@@ -431,7 +456,8 @@ class Lake:
                     self._create("runs", data, commit_properties=props)
                     return
                 (
-                    dt.merge(data, predicate="t.run_id = s.run_id", source_alias="s", target_alias="t",
+                    dt.merge(data.cast(as_written(RUNS_SCHEMA, dt)), predicate="t.run_id = s.run_id",
+                             source_alias="s", target_alias="t",
                              merge_schema=True, commit_properties=props)
                     .when_matched_update_all()
                     .when_not_matched_insert_all()

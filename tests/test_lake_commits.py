@@ -331,3 +331,32 @@ def test_filtered_read_of_a_merged_table(tmp_path):
      .when_matched_update_all().when_not_matched_insert_all().execute())
     got = Lake(str(tmp_path)).read("enforcement", filter=pc.field("item_id").isin(["a", "c"]), columns=["x"])
     assert sorted(got.column("x").to_pylist()) == ["3", "9"]
+
+
+def test_a_reworded_description_never_breaks_a_lake_written_before(tmp_path):
+    """delta-rs refuses a merge or replace whose rows carry a column comment other than the
+    table's; rows are written with the table's own comments, and the decide's stream too."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from moderation.decide import run_decide
+    from moderation.runinfo import run_row
+    from moderation.schemas import COMMENT, RUNS_SCHEMA, VIOLATIONS_SCHEMA
+    from tests.conftest import POLICY_V1
+    from tests.test_decide import T0, scores
+
+    def older(schema: pa.Schema, name: str) -> pa.Schema:
+        return pa.schema([f.with_metadata({COMMENT: "an older wording"}) if f.name == name else f for f in schema])
+
+    lake = Lake(str(tmp_path))
+    write_deltalake(lake.uri("runs"), pa.Table.from_pylist([run_row(run_id="a", kind="backfill", status="running")],
+                                                           schema=RUNS_SCHEMA).cast(older(RUNS_SCHEMA, "kind")))
+    lake.upsert_run(run_row(run_id="a", kind="backfill", status="succeeded"))
+    assert lake.get_run("a")["status"] == "succeeded"
+    write_deltalake(lake.uri("violations"), VIOLATIONS_SCHEMA.empty_table().cast(older(VIOLATIONS_SCHEMA, "score")),
+                    partition_by=["policy_id", "policy_version"])
+    lake.append_chunk("scores", scores([("x", {"hate": 0.95, "harassment": 0.1, "spam": 0.1}, False, T0)]),
+                      app_id="t", version=0)
+    assert run_decide(lake_root=lake.root, policy_path=POLICY_V1).violations == 1  # streamed replace
+    assert lake.read("violations").num_rows == 1
+    comments = {f.name: (f.metadata or {}).get(COMMENT) for f in DeltaTable(lake.uri("violations")).schema().fields}
+    assert comments["score"] == "an older wording"  # kept until `moderation tables --write-comments`

@@ -501,7 +501,8 @@ def _labelled_pool(data_dir: Path | None, rng: random.Random) -> tuple[list[Labe
             pool += rng.sample(held, min(120, len(held)))
         return pool, True
     generated = [LabelledText(t, "generated", "demo", "spam", categories={"spam": 1}) for t in _SPAM_FAKE]
-    generated += [LabelledText(f"{l} {rng.choice(_TOPIC)}", "generated", "demo", "normal", categories={}) for l in _LYRIC]
+    generated += [LabelledText(f"{line} {rng.choice(_TOPIC)}", "generated", "demo", "normal", categories={})
+                  for line in _LYRIC]
     return generated, False
 
 

@@ -76,7 +76,7 @@ def split_results(batch: pa.Table, *, run_id: str, model: ModelSpec, now: dt.dat
     bad = pc.is_valid(batch.column(QREASON))
     ok_rows = batch.filter(pc.invert(bad))
     q_rows = batch.filter(bad)
-    n_ok, n_q = ok_rows.num_rows, q_rows.num_rows
+    n_ok = ok_rows.num_rows
     scores = pa.table(
         {
             "run_id": pa.array([run_id] * n_ok, pa.string()),

@@ -175,7 +175,7 @@ class Classifier(abc.ABC):
     def setup(self, device: str = "cpu") -> None:
         """Verify artifacts and load weights onto ``device``. Called once per actor."""
 
-    def to_half(self) -> None:
+    def to_half(self) -> None:  # noqa: B027 - an optional hook, not abstract: the default converts nothing
         """Switch the loaded model to float16 (GPU actors, when the run profile allows it).
         Default: nothing to convert. The tolerance this may cost is tested per model
         (tests/test_half_precision.py)."""

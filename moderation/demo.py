@@ -371,7 +371,7 @@ def _speech_for(rng: random.Random, seconds: float, topic: str | None) -> np.nda
     # Pauses: runs of at least 100 ms of (near) silence; cut in the middle of the last that fits.
     frames = pcm[: pcm.size // 320 * 320].reshape(-1, 320)
     edges = np.diff(np.concatenate([[0], (np.sqrt((frames**2).mean(1)) < 1e-3).astype(np.int8), [0]]))
-    runs = zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))
+    runs = zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True)
     fits = [(a + b) // 2 * 320 for a, b in runs if b - a >= 5 and (a + b) // 2 * 320 <= seconds * 16_000]
     cut = fits[-1] if fits else 0
     return pcm[:cut]
@@ -536,7 +536,7 @@ def build_demo_table(
     n_empty = max(1, items // 100)
     n_banked = max(4, items // 200) if media_dir is not None and banked else 0
     n_labelled = min(len(pool), int(items * 0.8)) if used_shared else int(items * 0.3)
-    types, weights = zip(*ITEM_TYPES)
+    types, weights = zip(*ITEM_TYPES, strict=True)
     base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     rows = []
     for i in range(items):

@@ -41,9 +41,9 @@ def flagged_share(lake: Lake, catalog_uri: str, policy_id: str, version: int,
         & (pc.field("decision") == "violation"),
         columns=["item_id", "category"],
     )
-    flagged = {(i, c) for i, c in zip(v.column("item_id").to_pylist(), v.column("category").to_pylist())}
+    flagged = {(i, c) for i, c in zip(v.column("item_id").to_pylist(), v.column("category").to_pylist(), strict=True)}
     out: dict[tuple[str, str], list[int]] = {}
-    for item, label in zip(cat.column("item_id").to_pylist(), cat.column("source_label").to_pylist()):
+    for item, label in zip(cat.column("item_id").to_pylist(), cat.column("source_label").to_pylist(), strict=True):
         label = label or "(no planted text)"
         for category in categories:
             cell = out.setdefault((label, category), [0, 0])
@@ -90,7 +90,7 @@ def run_demo(*, lake_root: str, items: int, data_dir: Path | None, policies: lis
     # One backfill per distinct set of models, largest first: the multimodal version's backfill
     # scores what v1-v3 decide; the multilingual version's text model needs one of its own.
     scored: set[str] = set()
-    for path, pol in sorted(zip(policies, loaded), key=lambda pp: -len(pp[1].models)):
+    for path, pol in sorted(zip(policies, loaded, strict=True), key=lambda pp: -len(pp[1].models)):
         if set(pol.models) <= scored:
             continue
         run_id = f"demo-backfill-v{version}" if not scored else f"demo-backfill-v{version}-policy-v{pol.version}"

@@ -114,7 +114,7 @@ def sample_changes(changes: pd.DataFrame, *, per_stratum: int, seed: int) -> pd.
     # hashlib per changed row: a stable, documented ranking is worth ~1 s per million rows.
     digest = [
         hashlib.sha256(f"{seed}:{i}:{c}:{s}".encode()).hexdigest()
-        for i, c, s in zip(changes["item_id"], changes["category"], changes["market_scope"])
+        for i, c, s in zip(changes["item_id"], changes["category"], changes["market_scope"], strict=True)
     ]
     ranked = changes.assign(_hash=digest).sort_values([*STRATUM, "_hash"], kind="stable")
     groups = ranked.groupby(STRATUM, sort=False)
@@ -223,9 +223,9 @@ class DiffResult:
 def _text_table(title: str, frame: pd.DataFrame, *, limit: int | None) -> list[str]:
     rows = frame if limit is None else frame.head(limit)
     header = [title, *frame.columns]
-    body = [[str(label), *(str(int(v)) for v in values)] for label, values in zip(rows.index, rows.to_numpy())]
+    body = [[str(label), *(str(int(v)) for v in values)] for label, values in zip(rows.index, rows.to_numpy(), strict=True)]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    text = ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    text = ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
             for r in [header, *body]]
     if len(frame) > len(rows):
         text.append(f"  ... {len(frame) - len(rows)} more (all of them: the report's diff_summary)")

@@ -35,7 +35,7 @@ class EmbeddingCache:
 
     def get(self, encoder, texts: list[str], name: str) -> np.ndarray:
         keys = [self.key(t) for t in texts]
-        missing = sorted({k: t for k, t in zip(keys, texts) if k not in self.index}.items())
+        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self.index}.items())
         if missing:
             t0 = time.perf_counter()
             new = encoder.encode([t for _, t in missing], batch_size=128)

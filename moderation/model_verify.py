@@ -135,7 +135,7 @@ def check_on_cluster(specs: Sequence[ModelSpec], *, address: str | None = None,
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     done = set(ready)
     reports = []
-    for node, ref in zip(nodes, refs):
+    for node, ref in zip(nodes, refs, strict=True):
         node_id, where = node["NodeID"], node.get("NodeManagerAddress", "?")
         hostname = node.get("NodeManagerHostname", "?")
         if ref not in done:

@@ -203,7 +203,7 @@ def prepare_batch(batch: pa.Table, *, pass_: ModalityPass, context: RunContext) 
     for start in range(0, batch.num_rows, max(1, step)):
         rows = work.slice(start, step)
         with shared_reads():
-            for clf, want in zip(classifiers, wants):
+            for clf, want in zip(classifiers, wants, strict=True):
                 mine = rows.filter(want.slice(start, step))
                 if mine.num_rows:
                     out = clf.prepare(mine)

@@ -286,7 +286,7 @@ def baseline_run(lake: Lake, catalog_uri: str, models: list[ModelSpec], *, exclu
     for r in runs.to_pylist():
         if r["kind"] not in ("backfill", "rescan") or r["where_expr"] or r["item_limit"] or r["run_id"] == exclude:
             continue
-        have = dict(zip(r["model_ids"] or [], r["model_digests"] or []))
+        have = dict(zip(r["model_ids"] or [], r["model_digests"] or [], strict=True))
         if any(have.get(m.model_id) != m.digest for m in models) or r["catalog_version"] is None:
             continue
         if best is None or (r["ended_at"], r["run_id"]) > (best["ended_at"], best["run_id"]):

@@ -478,7 +478,7 @@ def pack_windows(spans: list[tuple[int, int]], *, window: int) -> list[tuple[int
             continue
         pieces = -(-(e - s) // window)
         cuts = [s + (e - s) * k // pieces for k in range(pieces + 1)]
-        windows.extend(zip(cuts[:-1], cuts[1:]))
+        windows.extend(zip(cuts[:-1], cuts[1:], strict=True))
     return windows
 
 
@@ -640,7 +640,7 @@ class SpeechTextClassifier(Classifier):
         """
 
         def audio() -> Iterator[np.ndarray]:
-            for uri, want, wins in zip(uris, hashes, windows):
+            for uri, want, wins in zip(uris, hashes, windows, strict=True):
                 if not wins:
                     continue
                 data = read_media(uri, max_bytes=self.max_bytes, kind="audio", roots=self.context.media_roots)
@@ -666,12 +666,12 @@ class SpeechTextClassifier(Classifier):
         starts = batch.column("window_start").to_pylist()
         ends = batch.column("window_end").to_pylist()
         texts = self.transcribe_rows(batch.column("audio_clip").to_pylist(), batch.column(CONTENT_HASH).to_pylist(),
-                                     [list(zip(s, e)) for s, e in zip(starts, ends)])
+                                     [list(zip(s, e, strict=True)) for s, e in zip(starts, ends, strict=True)])
         scores = [dict.fromkeys(categories, 0.0) for _ in range(n)]
         evidence = [dict.fromkeys(categories, NO_SPEECH_EVIDENCE) for _ in range(n)]
         rows, segments, names, k = [], [], [], 0
         for i in range(n):
-            heard = [(s, e, texts[k + j]) for j, (s, e) in enumerate(zip(starts[i], ends[i])) if texts[k + j]]
+            heard = [(s, e, texts[k + j]) for j, (s, e) in enumerate(zip(starts[i], ends[i], strict=True)) if texts[k + j]]
             k += len(starts[i])
             if not heard:
                 continue
@@ -683,7 +683,7 @@ class SpeechTextClassifier(Classifier):
             # A window's transcript longer than the text heads read at once (fast speech) is cut
             # into token windows like any text, each named with its character offsets.
             segs, nms = [], []
-            for (s, e, t), spans in zip(heard, self._text.windower().spans([t for _, _, t in heard])):
+            for (s, e, t), spans in zip(heard, self._text.windower().spans([t for _, _, t in heard]), strict=True):
                 span = f"window {s / SAMPLE_RATE:.1f}-{e / SAMPLE_RATE:.1f}s{note}"
                 for a, b in spans:
                     segs.append(t[a:b])

@@ -49,15 +49,15 @@ class NullClassifier(Classifier):
     def content_hashes(self, batch: pa.Table) -> list[str]:
         cols = [batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows
                 for c in TEXT_COLUMNS]
-        return [_hash(list(row)) for row in zip(*cols)]
+        return [_hash(list(row)) for row in zip(*cols, strict=True)]
 
     def preprocess(self, batch: pa.Table) -> pa.Table:
         hashes = self.content_hashes(batch)
         cols = [batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows
                 for c in TEXT_COLUMNS]
-        empty = [not any((f or "").strip() for f in row) for row in zip(*cols)]
+        empty = [not any((f or "").strip() for f in row) for row in zip(*cols, strict=True)]
         n = batch.num_rows
-        words = [sum(len(f.split()) for f in row if f) for row in zip(*cols)]
+        words = [sum(len(f.split()) for f in row if f) for row in zip(*cols, strict=True)]
         whole = pa.array(words, pa.int64())
         return prepared(
             batch, hashes=hashes,

@@ -116,7 +116,7 @@ class CascadeHeadsClassifier(MiniLMHeadsClassifier):
         send = self.route(p)
         if send.any():
             p = p.copy()
-            p[send] = self.strong.predict_proba([t for t, s in zip(texts, send) if s])
+            p[send] = self.strong.predict_proba([t for t, s in zip(texts, send, strict=True) if s])
         self._last_sent = send
         return p
 
@@ -125,7 +125,7 @@ class CascadeHeadsClassifier(MiniLMHeadsClassifier):
         scores, evidence = super().score(batch)  # calls predict_proba once over every segment
         sent = self._last_sent
         k = 0
-        for segs, ev in zip(batch.column("segments").to_pylist(), evidence):
+        for segs, ev in zip(batch.column("segments").to_pylist(), evidence, strict=True):
             ev[CASCADE_EVIDENCE_KEY] = "strong" if sent[k : k + len(segs)].any() else "cheap"
             k += len(segs)
         return scores, evidence

@@ -183,7 +183,7 @@ class PdqBankClassifier(Classifier):
         max_distance, min_quality = self._params.max_distance, self._params.min_quality
         scores: list[dict[str, float]] = []
         evidence: list[dict[str, str]] = []
-        for hex_, quality in zip(batch.column("pdq_hash").to_pylist(), batch.column("pdq_quality").to_pylist()):
+        for hex_, quality in zip(batch.column("pdq_hash").to_pylist(), batch.column("pdq_quality").to_pylist(), strict=True):
             if quality < min_quality:
                 scores.append({c: 0.0 for c in self._banks})
                 evidence.append({c: f"pdq:low_quality:q={quality}" for c in self._banks})

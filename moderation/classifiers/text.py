@@ -206,7 +206,7 @@ class MiniLMHeadsClassifier(Classifier):
         keys = [(i, name) for i, fields in enumerate(items) for name, text in fields.items() if text]
         spans = self.windower().spans([items[i][name] for i, name in keys]) if keys else []
         out: list[list[Window]] = [[] for _ in items]
-        for (i, name), sp in zip(keys, spans):
+        for (i, name), sp in zip(keys, spans, strict=True):
             text = items[i][name]
             out[i] += [Window(window_name(name, k, a, b, single=len(sp) == 1), text[a:b], a, b) for k, (a, b) in enumerate(sp)]
         return out
@@ -232,9 +232,9 @@ class MiniLMHeadsClassifier(Classifier):
             reads = iter(len(t) for t in flat)
         wins: list[list[Window]] = []
         out: list[Coverage | None] = []
-        for fields, ss, cov in zip(items, segs, coverage):
+        for fields, ss, cov in zip(items, segs, coverage, strict=True):
             # Word starts and ends per field (both sorted: words do not overlap).
-            bounds = {name: tuple(zip(*word_spans(text))) for name, text in fields.items() if text}
+            bounds = {name: tuple(zip(*word_spans(text), strict=True)) for name, text in fields.items() if text}
             ws, read = [], 0
             for name, k, a, b in ss:
                 end = a + next(reads)
@@ -376,7 +376,7 @@ class MiniLMHeadsClassifier(Classifier):
         flat = [s for segs in segments for s in segs]
         probs = self.predict_proba(flat) if flat else np.zeros((0, len(self.spec.categories)))
         scores, evidence, k = [], [], 0
-        for segs, nms in zip(segments, names):
+        for segs, nms in zip(segments, names, strict=True):
             p = probs[k : k + len(segs)]
             k += len(segs)
             best = p.argmax(axis=0)
@@ -435,7 +435,7 @@ class LexicalModel:
         if len(vectorizers) != len(idfs):
             raise ValueError("lexical model: one idf vector per vectorizer expected")
         self._count = []
-        for cfg, idf in zip(vectorizers, idfs):
+        for cfg, idf in zip(vectorizers, idfs, strict=True):
             vocab = cfg["vocabulary"]
             if len(vocab) != len(idf):
                 raise ValueError(f"lexical model: vocabulary of {len(vocab)} terms, idf of {len(idf)}")
@@ -460,7 +460,7 @@ class LexicalModel:
         from scipy.sparse import diags, hstack
 
         blocks = []
-        for vec, idf in zip(self._count, self.idfs):
+        for vec, idf in zip(self._count, self.idfs, strict=True):
             x = vec.transform(texts).tocsr().astype(np.float32)
             np.log(x.data, out=x.data)
             x.data += 1.0

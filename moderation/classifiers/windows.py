@@ -232,13 +232,13 @@ class TokenWindower:
         keep = max_tokens - self.tokenizer.num_special_tokens_to_add(False)
         encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [len(t) if len(e.offsets) <= keep else (e.offsets[keep - 1][1] if keep > 0 else 0)
-                for t, e in zip(texts, encs)]
+                for t, e in zip(texts, encs, strict=True)]
 
     def spans(self, texts: list[str]) -> list[list[tuple[int, int]]]:
         """Per text, the (start, end) character offsets of its windows."""
         encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         out: list[list[tuple[int, int]]] = []
-        for text, enc in zip(texts, encs):
+        for text, enc in zip(texts, encs, strict=True):
             offs = enc.offsets
             if not offs:
                 # Nothing the vocabulary keeps (e.g. only zero-width characters): one window,
@@ -253,7 +253,7 @@ class TokenWindower:
         for _ in range(8):
             flat = [(t, w) for t, ws in enumerate(spans) for w in range(len(ws))]
             counts = self.token_count([texts[t][slice(*spans[t][w])] for t, w in flat])
-            over = [(t, w, c) for (t, w), c in zip(flat, counts) if c > self.max_tokens]
+            over = [(t, w, c) for (t, w), c in zip(flat, counts, strict=True) if c > self.max_tokens]
             if not over:
                 return spans
             for t, w, c in over:

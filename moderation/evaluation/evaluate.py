@@ -104,7 +104,7 @@ def check_media_uris(rows: pa.Table, *, dataset: str, version: int, roots: tuple
         return
     for i, (example_id, modality, uri) in enumerate(zip(rows.column("example_id").to_pylist(),
                                                         rows.column("modality").to_pylist(),
-                                                        rows.column("media_uri").to_pylist())):
+                                                        rows.column("media_uri").to_pylist(), strict=True)):
         if modality == "text" or not uri:
             continue
         try:
@@ -223,7 +223,7 @@ def dataset_slices(rows: pa.Table) -> dict[str, dict[str, set[str]]]:
     slices: dict[str, dict[str, set[str]]] = {}
     for column in slice_columns(rows):
         out = slices.setdefault(column[len(SLICE_PREFIX):], {})
-        for eid, value in zip(ids, rows.column(column).to_pylist()):
+        for eid, value in zip(ids, rows.column(column).to_pylist(), strict=True):
             for v in (value if isinstance(value, list) else [value]):
                 out.setdefault("(none)" if v is None else str(v), set()).add(eid)
     return slices

@@ -1355,7 +1355,7 @@ def build_functional_suite(languages: Sequence[str] = LANGUAGES) -> pa.Table:
         "text": [c.text for c in rows],
         "source": [SOURCE] * len(rows),
         "label_hate": hate,
-        "label_harassment": [int(h or c.functionality in ABUSIVE_NON_HATEFUL) for h, c in zip(hate, rows)],
+        "label_harassment": [int(h or c.functionality in ABUSIVE_NON_HATEFUL) for h, c in zip(hate, rows, strict=True)],
         "label_violence": [int(c.functionality in VIOLENT) for c in rows],
         "slice_functionality": [c.functionality for c in rows],
         "slice_language": [c.language for c in rows],

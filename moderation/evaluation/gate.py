@@ -156,7 +156,7 @@ def live_digests(lake: Lake, live: LoadedPolicy, registry: dict[str, ModelSpec])
                 & (runs["policy_version"] == live.policy.version)]
     if not used.empty:
         row = used.iloc[-1]
-        out.update(dict(zip(row["model_ids"] or [], row["model_digests"] or [])))
+        out.update(dict(zip(row["model_ids"] or [], row["model_digests"] or [], strict=True)))
     return out
 
 
@@ -188,7 +188,7 @@ def _compare(result: GateResult, config: GateConfig, dataset: str, category: str
     def key(df: pd.DataFrame) -> pd.DataFrame:
         df = df[df["category"] == category]
         return df.assign(_slice=[("all" if pd.isna(c) else f"{c}={v}") for c, v in zip(df["slice_column"],
-                                                                                          df["slice_value"])])
+                                                                                          df["slice_value"], strict=True)])
     merged = key(live).merge(key(cand), on="_slice", suffixes=("_live", "_cand"))
     for _, r in merged.iterrows():
         overall = r["_slice"] == "all"

@@ -321,7 +321,7 @@ def _classed_table(df: pd.DataFrame, css_class: str, row_classes: list[str],
     body = []
     for i, row in enumerate(df.itertuples(index=False)):
         cells = []
-        for col, value in zip(df.columns, row):
+        for col, value in zip(df.columns, row, strict=True):
             cls = cell_classes.get((i, col))
             attr = f' class="{_esc(cls)}"' if cls else ""
             cells.append(f"<td{attr}>{_esc('–' if _missing(value) else value)}</td>")
@@ -398,7 +398,7 @@ def calibration_figure(ev: DatasetEvaluation, category: str, colors: dict[str, s
     nrows = math.ceil(len(rows) / ncols)
     fig = Figure(figsize=(4.3 * ncols, 4.4 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, (_, r) in zip(axes, rows.iterrows()):
+    for ax, (_, r) in zip(axes, rows.iterrows(), strict=False):
         y, s = ev.scores(category, r["model_digest"])
         ax.plot([0, 1], [0, 1], color="#888", ls=":", lw=1, label="perfectly calibrated")
         if len(y) and 0 < y.sum() < len(y):
@@ -453,7 +453,7 @@ def summary_figure(summary: pd.DataFrame, colors: dict[str, str]) -> Figure:
         ax.bar(x, v, width * 0.92, yerr=[v - lo, hi - v], capsize=3,
                color=colors[part["model_id"].iloc[0]], alpha=0.55 if baseline else 0.9,
                hatch="//" if baseline else None, edgecolor="black", lw=0.6, label=label, error_kw={"lw": 1})
-        for xi, vi, hi_i in zip(x, v, hi):
+        for xi, vi, hi_i in zip(x, v, hi, strict=True):
             if not np.isnan(vi):
                 ax.text(xi, hi_i + 0.015, f"{vi:.2f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(np.arange(len(groups)), groups, fontsize=8.5)
@@ -643,7 +643,7 @@ def _paired_slices(ev: DatasetEvaluation, category: str, index: pd.DataFrame,
         rows = rows[rows["slice_column"].notna()]
         text = {(r.slice_column, r.slice_value): _paired_text(r) for r in rows.itertuples(index=False)}
         out[prod["label"]] = pd.Series([text.get((c, v), "–") for c, v in
-                                        zip(index["slice_column"], index["slice_value"])], dtype=object)
+                                        zip(index["slice_column"], index["slice_value"], strict=True)], dtype=object)
     return base["label"], out
 
 

@@ -565,7 +565,7 @@ class QueueResult:
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(category, reason) -> rows."""
-        return dict(Counter(zip(self.rows.column("category").to_pylist(), self.rows.column("reason").to_pylist())))
+        return dict(Counter(zip(self.rows.column("category").to_pylist(), self.rows.column("reason").to_pylist(), strict=True)))
 
     def summary(self) -> str:
         lines = [(
@@ -579,7 +579,7 @@ class QueueResult:
         for (cat, reason), n in sorted(self.counts().items()):
             lines.append(f"  {cat:20} {reason:10} {n:>6}")
         strata = Counter(self.rows.column("stratum").to_pylist())
-        sizes = dict(zip(self.rows.column("stratum").to_pylist(), self.rows.column("stratum_size").to_pylist()))
+        sizes = dict(zip(self.rows.column("stratum").to_pylist(), self.rows.column("stratum_size").to_pylist(), strict=True))
         for stratum, n in sorted(strata.items()):
             if stratum != "audit":
                 lines.append(f"    {stratum:40} {n:>5} of {sizes[stratum]}")

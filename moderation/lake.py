@@ -89,7 +89,9 @@ def arrow_filesystem(uri: str):
     import pyarrow.fs as pafs
 
     opts = storage_options(uri) or {}
-    kwargs: dict[str, str] = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    kwargs: dict[str, str] = {
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+    }
     endpoint = opts.get("AWS_ENDPOINT_URL")
     if endpoint:
         parsed = urlparse(endpoint)
@@ -196,7 +198,8 @@ class Lake:
         dt = self.open(table)
         return None if dt is None else dt.version()
 
-    def read(self, table: str, *, filter=None, columns: list[str] | None = None, version: int | None = None) -> pa.Table:
+    def read(self, table: str, *, filter=None, columns: list[str] | None = None,
+             version: int | None = None) -> pa.Table:
         """Read a table (a pyarrow compute expression filter), or an empty one of its schema."""
         dt = self.open(table, version=version)
         schema = TABLE_SCHEMAS.get(table)
@@ -220,8 +223,8 @@ class Lake:
         return None if dt is None else dt.transaction_version(app_id)
 
     def append_chunk(
-        self, table: TableName, rows: pa.Table, *, app_id: str, version: int, expect_previous: int | None | object = ANY,
-        writer: str | None = None,
+        self, table: TableName, rows: pa.Table, *, app_id: str, version: int,
+        expect_previous: int | None | object = ANY, writer: str | None = None,
     ) -> bool:
         """Append ``rows`` in one commit tagged (app_id, version), unless already committed
         (``append_files`` with the rows written as one data file first; same arguments, same

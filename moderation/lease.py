@@ -68,7 +68,8 @@ class _Holder:
         return cls(owner=d["owner"], host=d["host"], pid=int(d["pid"]), heartbeat=float(d["heartbeat"]))
 
     def dump(self) -> bytes:
-        return json.dumps({"owner": self.owner, "host": self.host, "pid": self.pid, "heartbeat": self.heartbeat}).encode()
+        return json.dumps({"owner": self.owner, "host": self.host, "pid": self.pid,
+                           "heartbeat": self.heartbeat}).encode()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -113,7 +113,8 @@ def read_media(uri: str, *, max_bytes: int, kind: str, roots: tuple[str, ...] | 
             file/object), ``{kind}_empty`` (zero bytes), ``{kind}_too_large`` (over
             ``max_bytes``), ``{kind}_unreadable`` (I/O error).
     """
-    return shared(("read", uri, max_bytes, kind, roots), lambda: _read(uri, max_bytes=max_bytes, kind=kind, roots=roots))
+    return shared(("read", uri, max_bytes, kind, roots),
+                  lambda: _read(uri, max_bytes=max_bytes, kind=kind, roots=roots))
 
 
 def _read(uri: str, *, max_bytes: int, kind: str, roots: tuple[str, ...] | None) -> bytes:

@@ -368,7 +368,8 @@ def format_rows(rows: pa.Table, output: OutputFormat) -> str:
                or pa.types.is_decimal(f.type)}
     cells = [[_cell(r[k], null="NULL", float_format=".6g") for k in names] for r in records]
     widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
-    lines = ["  ".join((v.rjust(w) if i in numeric else v.ljust(w)) for i, (v, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+    lines = ["  ".join((v.rjust(w) if i in numeric else v.ljust(w))
+                       for i, (v, w) in enumerate(zip(row, widths, strict=True))).rstrip()
              for row in [names, ["-" * w for w in widths], *cells]]
     return "\n".join(lines) + f"\n({rows.num_rows} row{'s' if rows.num_rows != 1 else ''})\n"
 

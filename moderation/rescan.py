@@ -246,13 +246,16 @@ class _LakeSQL:
             parts.append(
                 f"SELECT q.item_id, q.modality, q.model_id, {digest} AS digest, "
                 f"CASE WHEN q.stage = 'catalog' THEN 'catalog:' || coalesce(q.reason, 'None') ELSE {content} END "
-                f"AS state, q.quarantined_at AS event_at, CAST(NULL AS VARCHAR) AS attrs, CAST(NULL AS DOUBLE) AS cut_at, "
+                f"AS state, q.quarantined_at AS event_at, CAST(NULL AS VARCHAR) AS attrs, "
+                f"CAST(NULL AS DOUBLE) AS cut_at, "
                 f"coalesce(q.reason IN {_in_list(sorted(RETRIED_REASONS))}, FALSE) "
                 f"AND coalesce(q.stage <> 'catalog', TRUE) AS retry, 1 AS src "
-                f"FROM quarantine q {join} WHERE q.model_id IN {ids} AND q.item_id IS NOT NULL AND {where('q.item_id')}")
+                f"FROM quarantine q {join} WHERE q.model_id IN {ids} AND q.item_id IS NOT NULL "
+                f"AND {where('q.item_id')}")
         if not parts:
             return ("WITH base AS (SELECT CAST(NULL AS VARCHAR) AS item_id, CAST(NULL AS VARCHAR) AS modality, "
-                    "CAST(NULL AS VARCHAR) AS model_id, CAST(NULL AS VARCHAR) AS digest, CAST(NULL AS VARCHAR) AS state, "
+                    "CAST(NULL AS VARCHAR) AS model_id, CAST(NULL AS VARCHAR) AS digest, "
+                    "CAST(NULL AS VARCHAR) AS state, "
                     "CAST(NULL AS VARCHAR) AS attrs, CAST(NULL AS DOUBLE) AS cut_at, FALSE AS retry, "
                     "FALSE AS present WHERE FALSE)")
         ranked = ("ranked AS (SELECT *, row_number() OVER (PARTITION BY item_id, modality, model_id "
@@ -346,7 +349,8 @@ CURRENT_SCHEMA = pa.schema([
 def _current(kind: str, item_ids, *, grp: int | None = None, modality: str | None = None, hashes=None,
              work: pa.Table | None = None) -> pa.Table:
     n = len(item_ids)
-    ids = item_ids.cast(pa.string()) if isinstance(item_ids, (pa.Array, pa.ChunkedArray)) else pa.array(item_ids, pa.string())
+    ids = (item_ids.cast(pa.string()) if isinstance(item_ids, (pa.Array, pa.ChunkedArray))
+           else pa.array(item_ids, pa.string()))
     cols = {"kind": pa.array([kind] * n, pa.string()), "grp": pa.array([grp] * n, pa.int32()),
             "modality": pa.array([modality] * n, pa.string()), "item_id": ids,
             "hash": pa.array(hashes if hashes is not None else [None] * n, pa.string())}
@@ -553,7 +557,8 @@ def plan_rescan(
 
     removals = pa.Table.from_pylist(
         [{**r, "run_id": "", "catalog_uri": snapshot.uri, "catalog_version": snapshot.version,
-          "removed_at": dt.datetime.now(dt.UTC)} for r in sorted(gone_rows, key=lambda r: (r["item_id"], r["modality"]))],
+          "removed_at": dt.datetime.now(dt.UTC)}
+         for r in sorted(gone_rows, key=lambda r: (r["item_id"], r["modality"]))],
         schema=REMOVALS_SCHEMA,
     )
     return RescanPlan(
@@ -599,8 +604,9 @@ def _compare(sql: _LakeSQL, models: list[ModelSpec], groups: dict[tuple, list[Mo
                    else "base_in AS (SELECT * FROM base)")
         head = f"{sql.with_base(where)}, {cand}, {base_in}, {dups}, {mdl}"
         here = []
-        for r in sql.table(f"WITH {dups} SELECT d.item_id, d.n, c.grp FROM dups d LEFT JOIN (SELECT DISTINCT item_id, "
-                           f"grp FROM cur WHERE kind = 'pair' AND {where('item_id')}) c ON c.item_id = d.item_id").to_pylist():
+        dup_query = (f"WITH {dups} SELECT d.item_id, d.n, c.grp FROM dups d LEFT JOIN (SELECT DISTINCT item_id, "
+                     f"grp FROM cur WHERE kind = 'pair' AND {where('item_id')}) c ON c.item_id = d.item_id")
+        for r in sql.table(dup_query).to_pylist():
             dup_rows[r["item_id"]] = r["n"]
             here.append(r["item_id"])
             if r["grp"] is not None:
@@ -620,8 +626,9 @@ def _compare(sql: _LakeSQL, models: list[ModelSpec], groups: dict[tuple, list[Mo
                     keep[r["model_id"]].append(r["item_id"])
                     changed_n[r["model_id"]] += r["n"]
         if here or invalid:
-            for r in sql.table(f"{head} SELECT item_id, model_id, state, digest, present FROM base_in WHERE item_id IN "
-                               f"(SELECT item_id FROM dups UNION SELECT item_id FROM cur WHERE kind = 'inv')").to_pylist():
+            marks_query = (f"{head} SELECT item_id, model_id, state, digest, present FROM base_in WHERE item_id IN "
+                           f"(SELECT item_id FROM dups UNION SELECT item_id FROM cur WHERE kind = 'inv')")
+            for r in sql.table(marks_query).to_pylist():
                 marks[r["model_id"]][r["item_id"]] = (r["state"], r["digest"], r["present"])
         # Pairs the baseline has that the catalog no longer has.
         for batch in sql.batches(

@@ -122,7 +122,9 @@ def plan_selection(
 
     def has(batch: pa.Table, m: str) -> np.ndarray:
         mask = modality_mask(batch, m)
-        return np.ones(batch.num_rows, dtype=bool) if mask is None else np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+        if mask is None:
+            return np.ones(batch.num_rows, dtype=bool)
+        return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
 
     live = [m for m in modalities if m == "text" or m in media]
     for f in snapshot.files:

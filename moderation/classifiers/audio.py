@@ -147,7 +147,8 @@ class AudioStream:
             self._stream = self._container.streams.audio[0]
             self.claimed_s = _claimed_seconds(self._container, self._stream)
             if self.claimed_s is not None and self.claimed_s > max_claimed_s:
-                raise MediaError("audio_too_long", f"{uri}: claims {self.claimed_s:.0f} s > limit {max_claimed_s:.0f} s")
+                raise MediaError("audio_too_long",
+                                 f"{uri}: claims {self.claimed_s:.0f} s > limit {max_claimed_s:.0f} s")
             # A cut Ogg file decodes up to the cut and its claimed duration shrinks with it;
             # only its missing end-of-stream page shows the damage.
             self._ogg_cut = self._container.format.name == "ogg" and _ogg_truncated(data)
@@ -366,7 +367,8 @@ def scan_audio(data: bytes, *, uri: str, vad: SileroVad, max_seconds: float, max
         if stream.error is not None:
             claimed = stream.claimed_s
             return AudioScan(windows, n, claimed if claimed and claimed * SAMPLE_RATE > n else None,
-                             DECODE_ERROR_AFTER_S, f"{uri}: decoding stopped after {n / SAMPLE_RATE:.1f} s: {stream.error}")
+                             DECODE_ERROR_AFTER_S,
+                             f"{uri}: decoding stopped after {n / SAMPLE_RATE:.1f} s: {stream.error}")
         return AudioScan(windows, n, n / SAMPLE_RATE)
 
 
@@ -572,7 +574,8 @@ class SpeechTextClassifier(Classifier):
         model_id = self.spec.model_id
         # CTranslate2 loads from memory: the bytes whose digests were checked are the bytes
         # loaded, with no window for a file on disk to change in between.
-        files = {fname: read_verified(model_id, name, self.spec.artifacts[name]) for name, fname in WHISPER_FILES.items()}
+        files = {fname: read_verified(model_id, name, self.spec.artifacts[name])
+                 for name, fname in WHISPER_FILES.items()}
         if ctranslate2_spec(files["model.bin"]) != "WhisperSpec":  # read_verified checked the format
             raise ArtifactError(f"model {model_id}: artifact whisper_model is not a CTranslate2 Whisper model")
         on_gpu = device.startswith("cuda")
@@ -608,7 +611,8 @@ class SpeechTextClassifier(Classifier):
             # The group's windows laid end to end, each its own clip, so the pipeline runs them
             # through the encoder and decoder as one batch; float32 only for this group.
             offsets = np.cumsum([0] + [w.size for w in group])
-            clips = [{"start": offsets[i] / SAMPLE_RATE, "end": offsets[i + 1] / SAMPLE_RATE} for i in range(len(group))]
+            clips = [{"start": offsets[i] / SAMPLE_RATE, "end": offsets[i + 1] / SAMPLE_RATE}
+                     for i in range(len(group))]
             segments, _ = self._whisper.transcribe(
                 np.concatenate(group).astype(np.float32) / 32768.0,
                 language="en",
@@ -671,7 +675,8 @@ class SpeechTextClassifier(Classifier):
         evidence = [dict.fromkeys(categories, NO_SPEECH_EVIDENCE) for _ in range(n)]
         rows, segments, names, k = [], [], [], 0
         for i in range(n):
-            heard = [(s, e, texts[k + j]) for j, (s, e) in enumerate(zip(starts[i], ends[i], strict=True)) if texts[k + j]]
+            heard = [(s, e, texts[k + j]) for j, (s, e) in enumerate(zip(starts[i], ends[i], strict=True))
+                     if texts[k + j]]
             k += len(starts[i])
             if not heard:
                 continue

@@ -212,8 +212,10 @@ class Classifier(abc.ABC):
         out = batch.select([c for c in (*RESULT_COLUMNS, "modality", CONTENT_HASH, *COVERAGE_COLUMNS)
                             if c in batch.column_names])
         return (
-            out.append_column("category_scores", pa.array([None if s is None else list(s.items()) for s in scores], SCORE_TYPE))
-            .append_column("evidence", pa.array([None if e is None else list(e.items()) for e in evidence], EVIDENCE_TYPE))
+            out.append_column("category_scores",
+                              pa.array([None if s is None else list(s.items()) for s in scores], SCORE_TYPE))
+            .append_column("evidence",
+                           pa.array([None if e is None else list(e.items()) for e in evidence], EVIDENCE_TYPE))
             .append_column(QREASON, pa.array(reasons, pa.string()))
             .append_column(QDETAIL, pa.array(details, pa.string()))
             .append_column(QSTAGE, pa.array(stages, pa.string()))

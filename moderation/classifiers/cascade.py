@@ -51,14 +51,15 @@ def member_spec(spec: ModelSpec, role: str, registry: dict[str, ModelSpec] | Non
         raise ValueError(f"model {spec.model_id}: preprocessing.{role} names no registry model ({member_id!r})")
     member = registry[member_id]
     if member.modality != "text" or member.kind not in ("minilm_heads", "muse_heads", "e5_heads"):
-        raise ValueError(f"model {spec.model_id}: {role} member {member_id} is a {member.modality}/{member.kind} model, not text heads")
+        raise ValueError(f"model {spec.model_id}: {role} member {member_id} is a {member.modality}/{member.kind} "
+                         "model, not text heads")
     if tuple(member.categories) != tuple(spec.categories):
         raise ValueError(f"model {spec.model_id}: {role} member {member_id} scores {list(member.categories)}, "
                          f"the cascade {list(spec.categories)}")
     pinned = {k.removeprefix(f"{role}."): v for k, v in spec.artifacts.items() if k.startswith(f"{role}.")}
     if {k: v.sha256 for k, v in pinned.items()} != {k: v.sha256 for k, v in member.artifacts.items()}:
-        raise ValueError(f"model {spec.model_id}: the {role}.* artifacts it pins differ from {member_id}'s registry entry; "
-                         f"re-pin the cascade after changing {member_id}")
+        raise ValueError(f"model {spec.model_id}: the {role}.* artifacts it pins differ from {member_id}'s registry "
+                         f"entry; re-pin the cascade after changing {member_id}")
     return member.model_copy(update={"artifacts": pinned})
 
 

@@ -85,7 +85,8 @@ def parse_image(buf: bytes) -> E5Image:
     version, hidden, layers, heads, ffn, vocab, maxp, tvs = struct.unpack_from("<I7i", buf, 4)
     eps, qk = struct.unpack_from("<fi", buf, 36)
     if version != 1 or qk != QK or hidden % heads or hidden % QK or ffn % QK:
-        raise E5ImageError(f"unsupported image: version {version}, block {qk}, hidden {hidden}, heads {heads}, ffn {ffn}")
+        raise E5ImageError(f"unsupported image: version {version}, block {qk}, hidden {hidden}, heads {heads}, "
+                           f"ffn {ffn}")
     p = 44
     n_pieces, bos, eos, pad, unk = struct.unpack_from("<5i", buf, p)
     p += 20
@@ -131,8 +132,10 @@ def parse_image(buf: bytes) -> E5Image:
         elif nbytes == (n // QK) * Q4_BLOCK.itemsize:
             tensors[name] = np.frombuffer(buf, dtype=Q4_BLOCK, count=n // QK, offset=off)
         else:
-            raise E5ImageError(f"tensor {name}: dtype {dtype}, {n} values in {nbytes} bytes is neither float32 nor Q4_0")
-    return E5Image(hidden, layers, heads, ffn, vocab, maxp, float(eps), pieces, scores, bos, eos, pad, unk, normalise, tensors)
+            raise E5ImageError(f"tensor {name}: dtype {dtype}, {n} values in {nbytes} bytes is neither float32 "
+                               "nor Q4_0")
+    return E5Image(hidden, layers, heads, ffn, vocab, maxp, float(eps), pieces, scores, bos, eos, pad, unk, normalise,
+                   tensors)
 
 
 class UnigramTokenizer:
@@ -231,7 +234,8 @@ def _build_module(image: E5Image):
             def split(y: torch.Tensor) -> torch.Tensor:
                 return y.view(b, t, NH, H // NH).transpose(1, 2)
 
-            ctx = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)), attn_mask=attn_mask)
+            ctx = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)),
+                                                 attn_mask=attn_mask)
             x = self.aln(x + self.ao(ctx.transpose(1, 2).reshape(b, t, H)))
             return self.oln(x + self.fo(F.gelu(self.fi(x))))
 
@@ -261,7 +265,8 @@ def _build_module(image: E5Image):
         def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
             """[batch, 1, 1, tokens]: 0 where ``mask`` keeps a token, -inf at padding."""
             b, t = mask.shape
-            return torch.zeros((b, 1, 1, t), dtype=dtype, device=mask.device).masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+            return torch.zeros((b, 1, 1, t), dtype=dtype, device=mask.device).masked_fill(
+                ~mask.bool()[:, None, None, :], float("-inf"))
 
         @staticmethod
         def mean_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -302,7 +307,8 @@ def apply_adapter(module, data: bytes, *, base_sha256: str, where: str = "adapte
 
     meta = _heads_metadata(data)
     if meta.get("base_sha256") != base_sha256:
-        raise E5ImageError(f"{where}: trained on encoder {meta.get('base_sha256')!r}, this encoder is {base_sha256}; refused")
+        raise E5ImageError(f"{where}: trained on encoder {meta.get('base_sha256')!r}, this encoder is {base_sha256}; "
+                           "refused")
     try:
         alpha = float(meta["alpha"])
     except (KeyError, ValueError):
@@ -333,8 +339,8 @@ def apply_adapter(module, data: bytes, *, base_sha256: str, where: str = "adapte
                     raise E5ImageError(f"{where}: tensor {name} {arr.shape} does not fit {tuple(target.shape)}")
                 target.copy_(torch.from_numpy(arr.astype(np.float32)))
             else:
-                raise E5ImageError(f"{where}: tensor {name} is not an adapter tensor (l<i>.<{'|'.join(ADAPTER_LINEARS)}>.lora_a|lora_b "
-                                   f"or l<i>.<aln|oln>.w|b)")
+                raise E5ImageError(f"{where}: tensor {name} is not an adapter tensor "
+                                   f"(l<i>.<{'|'.join(ADAPTER_LINEARS)}>.lora_a|lora_b or l<i>.<aln|oln>.w|b)")
     stray = {n for n in tensors if n.endswith(".lora_b")} - seen
     if stray:
         raise E5ImageError(f"{where}: {sorted(stray)[0]} has no lora_a")
@@ -355,7 +361,8 @@ class E5Encoder:
         module = _build_module(image)
         if "adapter" in spec.artifacts:  # a fine-tuned model: merged once, scored at the base cost
             ref = spec.artifacts["adapter"]
-            apply_adapter(module, read_verified(spec.model_id, "adapter", ref), base_sha256=spec.artifacts["encoder"].sha256,
+            apply_adapter(module, read_verified(spec.model_id, "adapter", ref),
+                          base_sha256=spec.artifacts["encoder"].sha256,
                           where=f"model {spec.model_id}: artifact adapter ({ref.uri})")
         self.model = module.eval().to(device)
         self.window = image.max_positions - 2
@@ -397,7 +404,8 @@ class E5Encoder:
                 emb = self.model(torch.from_numpy(arr).to(self.device), torch.from_numpy(mask).to(self.device))
                 pooled[idx] = emb.float().cpu().numpy()
         out = np.zeros((len(content), self.dim), dtype=np.float64)
-        np.add.at(out, np.array(owner, dtype=np.int64), pooled.astype(np.float64) * np.array(weight, dtype=np.float64)[:, None])
+        np.add.at(out, np.array(owner, dtype=np.int64),
+                  pooled.astype(np.float64) * np.array(weight, dtype=np.float64)[:, None])
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out.astype(np.float32)
 

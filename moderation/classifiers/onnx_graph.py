@@ -556,7 +556,8 @@ class GraphModule(torch.nn.Module):
         super().__init__()
         checked = [_check_node(i, n) for i, n in enumerate(nodes)]
         unsupported = [
-            f"{n['op']!r} (node {i}, outputs {n['outputs']})" for i, n in enumerate(checked) if n["op"] not in SUPPORTED_OPS
+            f"{n['op']!r} (node {i}, outputs {n['outputs']})"
+            for i, n in enumerate(checked) if n["op"] not in SUPPORTED_OPS
         ]
         if unsupported:
             raise ValueError(f"unsupported ONNX op(s): {', '.join(unsupported)}; supported: {sorted(SUPPORTED_OPS)}")
@@ -579,7 +580,8 @@ class GraphModule(torch.nn.Module):
             where = f"node {index} ({node['op']} -> {node['outputs'][:1]})"
             for name in node["inputs"]:
                 if name and name not in defined:
-                    raise ValueError(f"{where}: input {name!r} is not defined by any earlier node, input or initializer")
+                    raise ValueError(f"{where}: input {name!r} is not defined by any earlier node, input or "
+                                     "initializer")
             if len(node["outputs"]) < 1 or node["outputs"][0] == "":
                 raise ValueError(f"{where}: the node has no output")
             kernel = _COMPILERS[node["op"]](node, _Attrs(node["attrs"], where), tensors, where)

@@ -144,7 +144,8 @@ class PdqBankClassifier(Classifier):
         data = read_verified(self.spec.model_id, PARAMS_ARTIFACT, ref)
         params = parse_params(data, where=f"model {self.spec.model_id}: artifact {PARAMS_ARTIFACT} ({ref.uri})")
         if self.context.lake_root is None:
-            raise ValueError(f"model {self.spec.model_id}: the hash bank is in the run's lake; build it with a RunContext lake_root")
+            raise ValueError(f"model {self.spec.model_id}: the hash bank is in the run's lake; build it with a "
+                             "RunContext lake_root")
         lake = Lake(self.context.lake_root)
         bank = load_bank(lake, version=self.context.hash_bank_version)
         if len(bank) == 0:
@@ -183,7 +184,8 @@ class PdqBankClassifier(Classifier):
         max_distance, min_quality = self._params.max_distance, self._params.min_quality
         scores: list[dict[str, float]] = []
         evidence: list[dict[str, str]] = []
-        for hex_, quality in zip(batch.column("pdq_hash").to_pylist(), batch.column("pdq_quality").to_pylist(), strict=True):
+        for hex_, quality in zip(batch.column("pdq_hash").to_pylist(), batch.column("pdq_quality").to_pylist(),
+                                 strict=True):
             if quality < min_quality:
                 scores.append({c: 0.0 for c in self._banks})
                 evidence.append({c: f"pdq:low_quality:q={quality}" for c in self._banks})

@@ -107,7 +107,8 @@ class MiniLMEncoder:
         state.pop("embeddings.position_ids", None)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"model {spec.model_id}: encoder weights do not fit: missing={missing} unexpected={unexpected}")
+            raise ValueError(f"model {spec.model_id}: encoder weights do not fit: missing={missing} "
+                             f"unexpected={unexpected}")
         self.model = model.eval().to(device)
         self.device = device
         self._torch = torch
@@ -184,7 +185,8 @@ class MiniLMHeadsClassifier(Classifier):
         return (self.modality, self.max_chars)
 
     def content_hashes(self, batch: pa.Table) -> list[str]:
-        cols = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows for c in TEXT_COLUMNS}
+        cols = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows
+                for c in TEXT_COLUMNS}
         return [text_content_hash(self._fields({c: cols[c][i] for c in TEXT_COLUMNS})) for i in range(batch.num_rows)]
 
     def windower(self) -> TokenWindower | WordWindower:
@@ -208,7 +210,8 @@ class MiniLMHeadsClassifier(Classifier):
         out: list[list[Window]] = [[] for _ in items]
         for (i, name), sp in zip(keys, spans, strict=True):
             text = items[i][name]
-            out[i] += [Window(window_name(name, k, a, b, single=len(sp) == 1), text[a:b], a, b) for k, (a, b) in enumerate(sp)]
+            out[i] += [Window(window_name(name, k, a, b, single=len(sp) == 1), text[a:b], a, b)
+                       for k, (a, b) in enumerate(sp)]
         return out
 
     def scored_windows(self, items: list[dict[str, str]],
@@ -259,7 +262,8 @@ class MiniLMHeadsClassifier(Classifier):
                 the caller has them.
         """
         if normalized is None:
-            normalized = {c: normalize_text(v[:max_chars] if v and max_chars is not None else v) for c, v in raw.items()}
+            normalized = {c: normalize_text(v[:max_chars] if v and max_chars is not None else v)
+                          for c, v in raw.items()}
         total, reasons = 0, []
         for c, v in raw.items():
             if v and max_chars is not None and len(v) > max_chars:
@@ -273,7 +277,8 @@ class MiniLMHeadsClassifier(Classifier):
         return fields, Coverage(total, kept, reason=",".join(dict.fromkeys(reasons)) or None)
 
     def preprocess(self, batch: pa.Table) -> pa.Table:
-        cols = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows for c in TEXT_COLUMNS}
+        cols = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows
+                for c in TEXT_COLUMNS}
         hashes, items, coverage, reasons, details, stages = [], [], [], [], [], []
         for i in range(batch.num_rows):
             raw = {c: cols[c][i] for c in TEXT_COLUMNS}
@@ -336,7 +341,8 @@ class MiniLMHeadsClassifier(Classifier):
             self._lexical = LexicalModel.from_safetensors(json.loads(meta["lexical"]), tensors)
             self._combine = (tensors["combine.weight"].astype(np.float32), tensors["combine.bias"].astype(np.float32))
             if self._lexical.weight.shape[0] != len(categories) or self._combine[0].shape != (len(categories), 2):
-                raise ValueError(f"model {self.spec.model_id}: lexical/combine tensors do not fit {len(categories)} categories")
+                raise ValueError(f"model {self.spec.model_id}: lexical/combine tensors do not fit "
+                                 f"{len(categories)} categories")
         self._encoder = self._load_encoder(device)
         self.device = device
 

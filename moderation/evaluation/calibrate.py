@@ -160,7 +160,8 @@ def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str |
         y, s = part["label"].to_numpy(dtype=int), part["score"].to_numpy(dtype=float)
         thr, prec, rec = _operating_point(y, s, target_precision)
         review, _, _ = _operating_point(y, s, review_precision)
-        cal = CategoryCalibration(cat, rule.threshold, None, rule.review_threshold, None, prec, rec, len(y), int(y.sum()))
+        cal = CategoryCalibration(cat, rule.threshold, None, rule.review_threshold, None, prec, rec, len(y),
+                                  int(y.sum()))
         if thr is not None:
             # The exact score of the operating point (YAML keeps every digit): rounding either
             # way moves the threshold past examples and can miss the target precision.
@@ -185,7 +186,8 @@ def calibrate(*, lake_root: str, model_id: str, dataset: str, policy_path: str |
     if out.exists():
         raise ModerationError(f"{out} exists: policy versions are never overwritten; pass --out")
     header = [
-        f"# {base.policy.policy_id} v{new_version} (draft), written by `moderation calibrate` from v{base.policy.version}:",
+        f"# {base.policy.policy_id} v{new_version} (draft), written by `moderation calibrate` from "
+        f"v{base.policy.version}:",
         f"# thresholds for precision >= {target_precision} (review: >= {review_precision}) on evaluation dataset "
         f"{dataset} v{version},",
         f"# scored by {spec.ref}; models {', '.join(models)}. Evaluate it on another split before deciding or "

@@ -1,8 +1,8 @@
 """Evaluation datasets: versioned Delta tables under ``<lake>/eval/datasets/<name>``.
 
 One table per dataset; every write of a changed content is a new Delta version (the dataset
-version an evaluation records). Columns (the documented import schema, docs/evaluation.md and docs/tables.md; descriptions in
-``moderation.schemas.EVAL_DATASET_COLUMNS``):
+version an evaluation records). Columns (the documented import schema, docs/evaluation.md and docs/tables.md;
+descriptions in ``moderation.schemas.EVAL_DATASET_COLUMNS``):
 
 ==================  =======================================================================
 ``example_id``      string, unique within a version
@@ -281,8 +281,9 @@ def _hatexplain(data_dir: Path, split: str) -> tuple[pa.Table, dict]:
             votes = Counter(t for ts in r["annotators"]["target"] for t in set(ts) if t not in ("None", ""))
             groups = sorted(t for t, k in votes.items() if k >= 2) or ["none"]
             rows.append({"example_id": r["id"], "modality": "text", "text": " ".join(r["post_tokens"]),
-                         "source": "hatexplain", "label_hate": int(label == 0), "label_harassment": int(label in (0, 2)),
-                         "slice_target_group": groups, "slice_language": "en"})
+                         "source": "hatexplain", "label_hate": int(label == 0),
+                         "label_harassment": int(label in (0, 2)), "slice_target_group": groups,
+                         "slice_language": "en"})
     return pa.Table.from_pylist(rows), {"file": str(path.relative_to(data_dir)), "sha256": _sha256_file(path)}
 
 
@@ -339,7 +340,8 @@ def _pooled(data_dir: Path, split: str) -> tuple[pa.Table, dict]:
     for name in sorted(CORPORA):
         if split == "test" and name in ("hatexplain", "youtube_spam"):  # standard test sets of their own
             continue
-        picked = [r for r in corpus_rows if r.source == name and r.split == split and normalise_key(r.text) not in trained]
+        picked = [r for r in corpus_rows
+                  if r.source == name and r.split == split and normalise_key(r.text) not in trained]
         picked.sort(key=lambda r: hashlib.sha256(r.text.encode("utf-8")).hexdigest())
         seen: Counter = Counter()
         for r in picked[:POOLED_PER_CORPUS]:
@@ -381,7 +383,8 @@ STANDARD_DATASETS = (
     StandardDataset("germeval2018_probe", "GermEval 2018 held-out rows (German tweets, OFFENSE = harassment): a "
                     "language probe; the English encoder is expected to do poorly", _germeval),
     StandardDataset("multilingual_test", "Test splits of 18 corpora in 8 languages (moderation/corpora.py), "
-                    f"<= {POOLED_PER_CORPUS} rows each: cross-dataset and per-language results; slices language, source",
+                    f"<= {POOLED_PER_CORPUS} rows each: cross-dataset and per-language results; slices language, "
+                    "source",
                     lambda d: _pooled(d, "test")),
     StandardDataset("multilingual_validation", "Validation splits of all 20 corpora: pooled calibration "
                     "across datasets and languages (report test figures)", lambda d: _pooled(d, "validation")),

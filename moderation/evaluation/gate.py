@@ -129,7 +129,8 @@ def policy_file(loaded: LoadedPolicy, version: int) -> Path | None:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError):
             continue
-        if isinstance(data, dict) and data.get("policy_id") == loaded.policy.policy_id and data.get("version") == version:
+        if (isinstance(data, dict) and data.get("policy_id") == loaded.policy.policy_id
+                and data.get("version") == version):
             return path
     return None
 
@@ -187,8 +188,8 @@ def _compare(result: GateResult, config: GateConfig, dataset: str, category: str
              cand: pd.DataFrame) -> None:
     def key(df: pd.DataFrame) -> pd.DataFrame:
         df = df[df["category"] == category]
-        return df.assign(_slice=[("all" if pd.isna(c) else f"{c}={v}") for c, v in zip(df["slice_column"],
-                                                                                          df["slice_value"], strict=True)])
+        return df.assign(_slice=[("all" if pd.isna(c) else f"{c}={v}")
+                                 for c, v in zip(df["slice_column"], df["slice_value"], strict=True)])
     merged = key(live).merge(key(cand), on="_slice", suffixes=("_live", "_cand"))
     for _, r in merged.iterrows():
         overall = r["_slice"] == "all"

@@ -565,7 +565,8 @@ class QueueResult:
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(category, reason) -> rows."""
-        return dict(Counter(zip(self.rows.column("category").to_pylist(), self.rows.column("reason").to_pylist(), strict=True)))
+        return dict(Counter(zip(self.rows.column("category").to_pylist(), self.rows.column("reason").to_pylist(),
+                                strict=True)))
 
     def summary(self) -> str:
         lines = [(
@@ -579,12 +580,14 @@ class QueueResult:
         for (cat, reason), n in sorted(self.counts().items()):
             lines.append(f"  {cat:20} {reason:10} {n:>6}")
         strata = Counter(self.rows.column("stratum").to_pylist())
-        sizes = dict(zip(self.rows.column("stratum").to_pylist(), self.rows.column("stratum_size").to_pylist(), strict=True))
+        sizes = dict(zip(self.rows.column("stratum").to_pylist(), self.rows.column("stratum_size").to_pylist(),
+                         strict=True))
         for stratum, n in sorted(strata.items()):
             if stratum != "audit":
                 lines.append(f"    {stratum:40} {n:>5} of {sizes[stratum]}")
         if "audit" in strata:
-            items = len(set(self.rows.filter(pc.equal(self.rows.column("reason"), "audit")).column("item_id").to_pylist()))
+            audited = self.rows.filter(pc.equal(self.rows.column("reason"), "audit"))
+            items = len(set(audited.column("item_id").to_pylist()))
             lines.append(f"    {'audit':40} {items:>5} items of {self.audit_candidates} ({strata['audit']} rows)")
         return "\n".join(lines)
 
@@ -691,7 +694,8 @@ def build_review_queue(lake: Lake | str, policy_path: str | Path, *, per_stratum
         policy_version=policy.version, policy_hash=loaded.content_hash, policy_path=str(policy_path),
         model_ids=[m.model_id for m in models], model_digests=[m.digest for m in models],
         modalities=sorted({m.modality for m in models}), categories=sorted(policy.categories),
-        scores_version=scores_version, scored_pairs=scored_pairs, unchanged_pairs=int(done.sum()) if scored_pairs else 0,
+        scores_version=scores_version, scored_pairs=scored_pairs,
+        unchanged_pairs=int(done.sum()) if scored_pairs else 0,
         selected_pairs=table.num_rows, chunks_committed=int(written),
         config_hash=hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
         code_version=code_version(), started_at=started, ended_at=utcnow(),

@@ -143,7 +143,9 @@ class ScoringResult:
             return (f"rescan: nothing changed since run {self.baseline_run_id or '(none)'} (catalog version "
                     f"{self.catalog_version}, {self.unchanged_pairs} pairs unchanged, found by "
                     f"{self.change_source}); nothing written")
-        head = f"run {self.run_id}: {self.status}" + (" (already finished; nothing written)" if self.already_done else "")
+        head = f"run {self.run_id}: {self.status}"
+        if self.already_done:
+            head += " (already finished; nothing written)"
         lines = [
             head,
             f"  catalog version {self.catalog_version}, modalities {', '.join(self.modalities)}",

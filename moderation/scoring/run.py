@@ -143,8 +143,9 @@ def cascade_accounting(lake: Lake, run_id: str, models: list) -> list[str] | Non
     for m in cascades:
         mid = m.model_id.replace("'", "''")
         counts = pa.table(qb.execute(
-            f"SELECT count(*) AS n, coalesce(sum(CASE WHEN map_extract(evidence, '{CASCADE_EVIDENCE_KEY}')[1] = 'strong' "
-            f"THEN 1 ELSE 0 END), 0) AS s FROM scores WHERE run_id = '{rid}' AND model_id = '{mid}'").read_all()).to_pylist()[0]
+            f"SELECT count(*) AS n, coalesce(sum(CASE WHEN map_extract(evidence, '{CASCADE_EVIDENCE_KEY}')[1] = "
+            f"'strong' THEN 1 ELSE 0 END), 0) AS s FROM scores WHERE run_id = '{rid}' AND model_id = '{mid}'"
+        ).read_all()).to_pylist()[0]
         _, high = bands(m)  # validates the band
         n, sent = int(counts["n"]), int(counts["s"])
         out.append(json.dumps({
@@ -284,7 +285,8 @@ def prepare_run(request: ScoringRequest, *, kind: RunKind) -> PreparedRun | Scor
     if existing is not None and existing["status"] == "blocked":
         existing = None  # the gate blocked it before it wrote anything: start afresh
     if existing is not None:
-        if existing["kind"] != kind or existing["catalog_uri"] != catalog_uri or existing["policy_hash"] != loaded.content_hash:
+        if (existing["kind"] != kind or existing["catalog_uri"] != catalog_uri
+                or existing["policy_hash"] != loaded.content_hash):
             raise ModerationError(
                 f"run id {run_id!r} already exists in {lake.uri('runs')} for another job "
                 f"(kind {existing['kind']}, catalog {existing['catalog_uri']}, policy "
@@ -390,7 +392,8 @@ def run_scoring(prepared: PreparedRun, plan: ScoringPlan) -> ScoringResult:
         base = dict(
             run_id=run_id, kind=plan.kind, catalog_uri=request.catalog_uri, catalog_version=snapshot.version,
             policy_id=policy.policy_id, policy_version=policy.version,
-            policy_hash=loaded.content_hash, policy_path=str(request.policy_path), model_ids=[m.model_id for m in models],
+            policy_hash=loaded.content_hash, policy_path=str(request.policy_path),
+            model_ids=[m.model_id for m in models],
             model_digests=[m.digest for m in models], modalities=list(plan.modalities),
             config_hash=config_hash(policy, profile, *models), code_version=code_version(), started_at=started,
             hash_bank_version=prepared.bank_version,

@@ -50,7 +50,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +68,9 @@ from moderation.classifiers.windows import Coverage
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError, ModerationError
 from moderation.media import MediaError, read_media
+
+if TYPE_CHECKING:
+    from py3langid.langid import LanguageIdentifier
 
 SAMPLE_RATE = 16_000
 #: Whisper's receptive field: a longer window would be cut by the model itself.
@@ -514,7 +517,7 @@ class SpeechTextClassifier(Classifier):
                                            context=context)
         self._vad: SileroVad | None = None  # loaded on first preprocess, once per worker copy
         self._whisper = None
-        self._langid = None
+        self._langid: LanguageIdentifier | None = None
         self._asr_batch = ASR_BATCH_CPU
 
     def __getstate__(self) -> dict:
@@ -527,7 +530,13 @@ class SpeechTextClassifier(Classifier):
             self._vad = SileroVad(read_verified(self.spec.model_id, "vad", self.spec.artifacts["vad"]))
         window = int(self.window_s * SAMPLE_RATE)
         uris = batch.column("audio_clip").to_pylist()
-        hashes, starts, ends, coverage, reasons, details, stages = [], [], [], [], [], [], []
+        hashes: list[str] = []
+        starts: list[list[int]] = []
+        ends: list[list[int]] = []
+        coverage: list[Coverage | None] = []
+        reasons: list[str | None] = []
+        details: list[str | None] = []
+        stages: list[str | None] = []
         for uri in uris:
             data = None
             try:
@@ -538,17 +547,24 @@ class SpeechTextClassifier(Classifier):
                                   max_claimed_s=self.max_claimed_s, window=window, threshold=self.vad_threshold)
             except MediaError as e:
                 hashes.append(media_content_hash(data, uri))
-                starts.append([]), ends.append([]), coverage.append(None)
-                reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
+                starts.append([])
+                ends.append([])
+                coverage.append(None)
+                reasons.append(e.reason)
+                details.append(e.detail[:500])
+                stages.append("preprocess")
                 continue
             if scan.reason is not None:
                 log.warning("%s: %s (%s)", self.spec.model_id, scan.detail, scan.reason)
             hashes.append(media_content_hash(data, uri))
             # Only where the speech is travels to the actor (sample offsets, not samples): the
             # actor decodes the clip again, streaming, and keeps just those windows' audio.
-            starts.append([s for s, _ in scan.windows]), ends.append([e for _, e in scan.windows])
+            starts.append([s for s, _ in scan.windows])
+            ends.append([e for _, e in scan.windows])
             coverage.append(scan.coverage)
-            reasons.append(None), details.append(None), stages.append(None)
+            reasons.append(None)
+            details.append(None)
+            stages.append(None)
         return prepared(
             batch,
             hashes=hashes,
@@ -665,6 +681,8 @@ class SpeechTextClassifier(Classifier):
         self._text.to_half()
 
     def score(self, batch: pa.Table) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
+        if self._langid is None:
+            raise RuntimeError("setup() was not called")
         categories = self.spec.categories
         n = batch.num_rows
         starts = batch.column("window_start").to_pylist()

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -61,7 +62,7 @@ EVIDENCE_TYPE = pa.map_(pa.string(), pa.string())
 
 def prepared(
     batch: pa.Table, *, hashes: list[str], inputs: dict[str, pa.Array],
-    reasons: list[str | None], details: list[str | None], stages: list[str | None],
+    reasons: Sequence[str | None], details: Sequence[str | None], stages: Sequence[str | None],
 ) -> pa.Table:
     """``batch`` plus what every ``preprocess`` adds: the content hash, the model inputs, and
     the quarantine columns (null reason = scorable)."""
@@ -107,6 +108,8 @@ class Classifier(abc.ABC):
     modality: ClassVar[Modality]
     #: False for classifiers with no model to put on a GPU (e.g. hash matching).
     uses_gpu: ClassVar[bool] = True
+    #: The media classifiers' largest file read (set by their ``__init__``; text ones have none).
+    max_bytes: int
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
         if spec.modality != self.modality:
@@ -242,6 +245,7 @@ class Classifier(abc.ABC):
                 scores[i], evidence[i] = s[j], e[j]
             return
         if len(rows) == 1:
+            assert last is not None  # tries >= 1, and every try failed
             failed[rows[0]] = last
             return
         log.warning("%s: batch of %d failed %d time(s) (%s: %s); splitting it", self.spec.model_id, len(rows), tries,

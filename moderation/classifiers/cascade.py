@@ -91,13 +91,15 @@ class CascadeHeadsClassifier(MiniLMHeadsClassifier):
     def setup(self, device: str = "cpu") -> None:
         from moderation.classifiers.base import build_classifier
 
-        members = []
+        members: list[MiniLMHeadsClassifier] = []
         for role in ("cheap", "strong"):
             clf = build_classifier(member_spec(self.spec, role), batch_size=self.batch_size, context=self.context)
+            assert isinstance(clf, MiniLMHeadsClassifier)  # member_spec admits text heads only
             clf.setup(device)
             members.append(clf)
-        self.cheap, self.strong = members
-        self._encoder = self.strong._encoder  # setup() done: what the base class checks
+        cheap, strong = members
+        self.cheap, self.strong = cheap, strong
+        self._encoder = strong._encoder  # setup() done: what the base class checks
         self.device = device
 
     def to_half(self) -> None:
@@ -108,7 +110,7 @@ class CascadeHeadsClassifier(MiniLMHeadsClassifier):
 
     def route(self, p_cheap: np.ndarray) -> np.ndarray:
         """Which rows of cheap probabilities go to the strong model: any category in its band."""
-        return ((p_cheap >= self.low) & (p_cheap < self.high)).any(axis=1)
+        return np.asarray(((p_cheap >= self.low) & (p_cheap < self.high)).any(axis=1))
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if self.cheap is None or self.strong is None:

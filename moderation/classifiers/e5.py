@@ -240,6 +240,12 @@ def _build_module(image: E5Image):
             return self.oln(x + self.fo(F.gelu(self.fi(x))))
 
     class E5Small(nn.Module):
+        # Buffers registered by name below (nn.Module's __getattr__ finds them).
+        word_codes: torch.Tensor
+        word_scale: torch.Tensor
+        pos: torch.Tensor
+        type0: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             word = T["emb.word"]

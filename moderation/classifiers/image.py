@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,9 @@ from moderation.classifiers.base import (
 )
 from moderation.config import ModelSpec
 from moderation.media import MediaError, read_media, shared
+
+if TYPE_CHECKING:
+    from moderation.classifiers.onnx_graph import GraphModule
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
 INPUT_SHAPE = (224, 224, 3)
@@ -86,14 +89,18 @@ class OpenNsfwClassifier(Classifier):
         super().__init__(spec, batch_size=batch_size, context=context)
         self.max_bytes = int(spec.preprocessing.get("max_bytes", 20_000_000))
         self.max_pixels = int(spec.preprocessing.get("max_pixels", 50_000_000))
-        self._module = None
+        self._module: GraphModule | None = None
 
     # ---- CPU side -------------------------------------------------------------------
     def preprocess(self, batch: pa.Table) -> pa.Table:
         from moderation.classifiers.open_nsfw import preprocess_image
 
         uris = batch.column("cover_image").to_pylist()
-        hashes, pixels, reasons, details, stages = [], [], [], [], []
+        hashes: list[str] = []
+        pixels: list[bytes | None] = []
+        reasons: list[str | None] = []
+        details: list[str | None] = []
+        stages: list[str | None] = []
         for uri in uris:
             try:
                 data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
@@ -101,11 +108,15 @@ class OpenNsfwClassifier(Classifier):
                 arr = preprocess_image(img)
                 hashes.append(media_content_hash(data, uri))
                 pixels.append(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
-                reasons.append(None), details.append(None), stages.append(None)
+                reasons.append(None)
+                details.append(None)
+                stages.append(None)
             except MediaError as e:
                 hashes.append(media_content_hash(e.data, uri))
                 pixels.append(None)
-                reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
+                reasons.append(e.reason)
+                details.append(e.detail[:500])
+                stages.append("preprocess")
         return prepared(
             batch,
             hashes=hashes,

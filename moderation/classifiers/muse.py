@@ -54,6 +54,17 @@ def _build_module(w: dict[str, np.ndarray]):
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
     class Muse(nn.Module):
+        # Buffers and parameters registered by name below (nn.Module's __getattr__ finds them).
+        table: torch.Tensor
+        scale: torch.Tensor
+        lo: torch.Tensor
+        d0: torch.Tensor
+        d1: torch.Tensor
+        p1: torch.Tensor
+        d2: torch.Tensor
+        p3: torch.Tensor
+        d3: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             # uint8 table (65 MB) dequantised per gathered row, as the reference does.
@@ -73,6 +84,7 @@ def _build_module(w: dict[str, np.ndarray]):
                     conv = nn.Conv1d(CNN_DIM, CNN_DIM, n)
                     # reference weight [n * 256, 256], rows position-major: [k * 256 + c, o]
                     conv.weight.data = t(w[f"w{name}_{n}"].reshape(n, CNN_DIM, CNN_DIM).transpose(2, 1, 0))
+                    assert conv.bias is not None  # Conv1d's bias=True
                     conv.bias.data = t(w[f"b{name}_{n}"])
                     convs.append(conv)
             self.ln_out = nn.LayerNorm(EMB_DIM + CNN_DIM * len(ORDERS), eps=eps)

@@ -31,6 +31,7 @@ from moderation.classifiers.base import (
 )
 from moderation.classifiers.image import load_cover
 from moderation.classifiers.text import MiniLMHeadsClassifier, coverage_columns
+from moderation.classifiers.windows import Coverage
 from moderation.config import ModelSpec
 from moderation.errors import ConfigError, ModerationError
 from moderation.media import MediaError
@@ -155,7 +156,12 @@ class OcrTextClassifier(Classifier):
     def preprocess(self, batch: pa.Table) -> pa.Table:
         binary = tesseract_binary()
         uris = batch.column("cover_image").to_pylist()
-        hashes, texts, coverage, reasons, details, stages = [], [], [], [], [], []
+        hashes: list[str] = []
+        texts: list[str | None] = []
+        coverage: list[Coverage | None] = []
+        reasons: list[str | None] = []
+        details: list[str | None] = []
+        stages: list[str | None] = []
         for uri in uris:
             data = None
             try:
@@ -167,14 +173,19 @@ class OcrTextClassifier(Classifier):
                 )
             except MediaError as e:
                 hashes.append(media_content_hash(data if data is not None else e.data, uri))
-                texts.append(None), coverage.append(None)
-                reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
+                texts.append(None)
+                coverage.append(None)
+                reasons.append(e.reason)
+                details.append(e.detail[:500])
+                stages.append("preprocess")
                 continue
             fields, cov = self._text.limited({"body_text": raw}, max_chars=None)
             hashes.append(media_content_hash(data, uri))
             texts.append(fields["body_text"])
             coverage.append(cov)
-            reasons.append(None), details.append(None), stages.append(None)
+            reasons.append(None)
+            details.append(None)
+            stages.append(None)
         wins, coverage = self._text.scored_windows([{"body_text": t or ""} for t in texts], coverage)
         return prepared(
             batch,

@@ -397,11 +397,11 @@ def _compile_max_pool(node: NodeSpec, attrs: _Attrs, tensors: Mapping[str, torch
     attrs.integer("storage_order", 0, choices=(0,))
     attrs.done()
     symmetric = window.symmetric
-    native = symmetric is not None and _fits_native(symmetric, window.kernel)
+    native = symmetric if symmetric is not None and _fits_native(symmetric, window.kernel) else None
 
     def max_pool(x: torch.Tensor) -> torch.Tensor:
-        if native:
-            return F.max_pool2d(x, window.kernel, window.strides, symmetric, window.dilations)
+        if native is not None:
+            return F.max_pool2d(x, window.kernel, window.strides, native, window.dilations)
         # Padded cells must never win the max, as in ONNX.
         return F.max_pool2d(window.pad(x, value=-math.inf), window.kernel, window.strides, 0, window.dilations)
 
@@ -417,8 +417,8 @@ def _compile_average_pool(node: NodeSpec, attrs: _Attrs, tensors: Mapping[str, t
     if window.dilations != (1, 1):
         raise ValueError(f"{where}: dilated AveragePool is not supported")
     symmetric = window.symmetric
-    native = symmetric is not None and _fits_native(symmetric, window.kernel)
-    if not native and not include_pad:
+    native = symmetric if symmetric is not None and _fits_native(symmetric, window.kernel) else None
+    if native is None and not include_pad:
         # Explicit zero padding would be counted in the divisor; torch only excludes its own
         # (symmetric, at most half-kernel) padding.
         raise ValueError(
@@ -427,8 +427,8 @@ def _compile_average_pool(node: NodeSpec, attrs: _Attrs, tensors: Mapping[str, t
         )
 
     def average_pool(x: torch.Tensor) -> torch.Tensor:
-        if native:
-            return F.avg_pool2d(x, window.kernel, window.strides, symmetric, count_include_pad=include_pad)
+        if native is not None:
+            return F.avg_pool2d(x, window.kernel, window.strides, native, count_include_pad=include_pad)
         return F.avg_pool2d(window.pad(x, value=0.0), window.kernel, window.strides, 0)
 
     return average_pool

@@ -115,7 +115,8 @@ def _ieee_fp32_convolutions(device: torch.device) -> Iterator[None]:
         return
     import torch
 
-    conv = torch.backends.cudnn.conv
+    # torch.backends.cudnn is swapped for a CudnnModule at import; its stubs lack the new ``conv``.
+    conv = torch.backends.cudnn.conv  # type: ignore[attr-defined]
     previous = conv.fp32_precision
     conv.fp32_precision = "ieee"
     try:

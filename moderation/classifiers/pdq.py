@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,9 @@ from moderation.classifiers.base import (
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError
 from moderation.media import MediaError
+
+if TYPE_CHECKING:
+    from moderation.bank import BankSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ class PdqBankClassifier(Classifier):
         self.max_bytes = int(spec.preprocessing.get("max_bytes", 20_000_000))
         self.max_pixels = int(spec.preprocessing.get("max_pixels", 50_000_000))
         self._params: PdqParams | None = None
-        self._banks = None  # category -> BankSnapshot, after setup()
+        self._banks: dict[str, BankSnapshot] | None = None  # category -> bank, after setup()
         self._bank_version: int | None = None
 
     # ---- CPU side -------------------------------------------------------------------
@@ -97,19 +100,30 @@ class PdqBankClassifier(Classifier):
         from moderation.bank import pdq_hash
         from moderation.classifiers.image import load_cover
 
-        hashes, pdqs, qualities, reasons, details, stages = [], [], [], [], [], []
+        hashes: list[str] = []
+        pdqs: list[str | None] = []
+        qualities: list[int | None] = []
+        reasons: list[str | None] = []
+        details: list[str | None] = []
+        stages: list[str | None] = []
         for uri in batch.column("cover_image").to_pylist():
             try:
                 data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
                                        roots=self.context.media_roots)
                 hex_, quality = pdq_hash(img)
                 hashes.append(media_content_hash(data, uri))
-                pdqs.append(hex_), qualities.append(quality)
-                reasons.append(None), details.append(None), stages.append(None)
+                pdqs.append(hex_)
+                qualities.append(quality)
+                reasons.append(None)
+                details.append(None)
+                stages.append(None)
             except MediaError as e:
                 hashes.append(media_content_hash(e.data, uri))
-                pdqs.append(None), qualities.append(None)
-                reasons.append(e.reason), details.append(e.detail[:500]), stages.append("preprocess")
+                pdqs.append(None)
+                qualities.append(None)
+                reasons.append(e.reason)
+                details.append(e.detail[:500])
+                stages.append("preprocess")
         return prepared(
             batch,
             hashes=hashes,

@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import unicodedata
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -75,7 +76,7 @@ def text_segments(fields: dict[str, str], *, segment_words: int, max_segments: i
     return segs[:max_segments]
 
 
-def coverage_columns(coverage: list[Coverage | None]) -> dict[str, pa.Array]:
+def coverage_columns(coverage: Sequence[Coverage | None]) -> dict[str, pa.Array]:
     """The ``scores`` coverage columns of preprocessed rows (None: not recorded for that row)."""
     return {
         "units_total": pa.array([c and c.units_total for c in coverage], pa.int64()),
@@ -230,7 +231,9 @@ class MiniLMHeadsClassifier(Classifier):
         segs = [legacy_spans(f, segment_words=self.segment_words, max_segments=self.max_segments) for f in items]
         flat = [items[i][name][a:b] for i, ss in enumerate(segs) for name, _, a, b in ss]
         if self.spec.kind in self.MINILM_KINDS and flat:
-            reads = iter(self.windower().read_ends(flat, max_tokens=self.max_tokens))
+            windower = self.windower()
+            assert isinstance(windower, TokenWindower)  # windower(): the MiniLM kinds are cut in its tokens
+            reads = iter(windower.read_ends(flat, max_tokens=self.max_tokens))
         else:
             reads = iter(len(t) for t in flat)
         wins: list[list[Window]] = []
@@ -279,7 +282,12 @@ class MiniLMHeadsClassifier(Classifier):
     def preprocess(self, batch: pa.Table) -> pa.Table:
         cols = {c: batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows
                 for c in TEXT_COLUMNS}
-        hashes, items, coverage, reasons, details, stages = [], [], [], [], [], []
+        hashes: list[str] = []
+        items: list[dict[str, str]] = []
+        coverage: list[Coverage | None] = []
+        reasons: list[str | None] = []
+        details: list[str | None] = []
+        stages: list[str | None] = []
         for i in range(batch.num_rows):
             raw = {c: cols[c][i] for c in TEXT_COLUMNS}
             normalized = self._fields(raw)
@@ -356,7 +364,7 @@ class MiniLMHeadsClassifier(Classifier):
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Per-category probabilities for each text, shape (len(texts), n_categories)."""
-        if self._encoder is None:
+        if self._encoder is None or self._weight is None or self._bias is None:
             raise RuntimeError("setup() was not called")
         emb = self._encoder.encode(texts, batch_size=self.batch_size)
         if self._input is not None:
@@ -368,10 +376,13 @@ class MiniLMHeadsClassifier(Classifier):
     def _logits(self, emb: np.ndarray, texts: list[str]) -> np.ndarray:
         """Format-2 logits: (MLP) embedding head, then optionally combined with the lexical
         model's logit per category: w_emb * z_emb + w_lex * z_lex + b."""
+        if self._weight is None or self._bias is None:
+            raise RuntimeError("setup() was not called")
         if self._hidden is not None:
             emb = np.maximum(emb @ self._hidden[0].T + self._hidden[1], 0.0)
         z = emb @ self._weight.T + self._bias
         if self._lexical is not None:
+            assert self._combine is not None  # setup() loads the two together
             w, b = self._combine
             z = w[:, 0] * z + w[:, 1] * self._lexical.logits(texts) + b
         return z

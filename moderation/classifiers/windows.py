@@ -83,13 +83,16 @@ class Window:
 class Coverage:
     """What share of an item was scored, and why not all of it."""
 
-    units_total: int
+    units_total: int | None  #: None when unknown (a clip that stopped decoding and claims no length)
     units_scored: int
     unit: str = WORDS
     reason: str | None = None  #: None when whole
 
     @property
-    def fraction(self) -> float:
+    def fraction(self) -> float | None:
+        """The share scored; None when the total is unknown (``scores.coverage`` is null then)."""
+        if self.units_total is None:
+            return None
         return 1.0 if self.units_total <= 0 else self.units_scored / self.units_total
 
 

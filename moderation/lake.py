@@ -214,9 +214,9 @@ class Lake:
         except pa.ArrowNotImplementedError:
             # delta-rs 1.6 MERGE/UPDATE write string columns as string_view (delta-rs#4579),
             # which pyarrow cannot compare with a string literal: filter after reading.
-            table = _no_views(dataset.to_table())
-            table = table.filter(filter) if filter is not None else table
-            return table.select(columns) if columns else table
+            rows = _no_views(dataset.to_table())
+            rows = rows.filter(filter) if filter is not None else rows
+            return rows.select(columns) if columns else rows
 
     def transaction_version(self, table: str, app_id: str) -> int | None:
         dt = self.open(table)

@@ -343,17 +343,18 @@ def score_stream(
     # Text rows are small; a decoded image is 600 KB and an audio row's speech windows up
     # to ~19 MB, so their blocks stay small.
     rows = {"text": profile.batch_size * 4, "image": profile.batch_size}.get(pass_.modality, 8)
-    ds = ray.data.from_items([{"index": i} for i in range(len(snapshot.files))],
-                             override_num_blocks=min(len(snapshot.files), 1000))
+    ds: ray.data.Dataset = ray.data.from_items([{"index": i} for i in range(len(snapshot.files))],
+                                               override_num_blocks=min(len(snapshot.files), 1000))
+    # ray's UserDefinedFunction type cannot say that fn_kwargs fills the keyword-only parameters.
     ds = ds.map_batches(
-        read_files,
+        read_files,  # type: ignore[arg-type]
         fn_kwargs={"snapshot": snapshot, "pass_": pass_, "batch_rows": max(rows, 256)},
         batch_size=1,
         batch_format="numpy",
         num_cpus=0.5,
     )
     ds = ds.map_batches(
-        prepare_batch,
+        prepare_batch,  # type: ignore[arg-type]  # fn_kwargs, as above
         fn_kwargs={"pass_": pass_, "context": context},
         batch_format="pyarrow",
         batch_size=rows,
@@ -379,7 +380,7 @@ def score_stream(
     # About chunk_pairs pairs of each model per write task: one file per model and table (a
     # committed chunk is one or more files).
     ds = ds.map_batches(
-        write_results,
+        write_results,  # type: ignore[arg-type]  # fn_kwargs, as above
         fn_kwargs={"pass_": pass_},
         batch_format="pyarrow",
         batch_size=profile.chunk_pairs * n,

@@ -423,7 +423,9 @@ def plan_rescan(
     lim = ("CASE model_id " + " ".join(f"WHEN {_lit(m)} THEN {float(n)}" for m, n in limits.items() if n is not None)
            + " END") if any(n is not None for n in limits.values()) else "CAST(NULL AS DOUBLE)"
     raised_sql = f"coalesce(cut_at < {lim}, FALSE)"
-    retried, raised_by, more = 0, Counter(), []
+    retried = 0
+    raised_by: Counter[str] = Counter()
+    more: list[pa.Array] = []
     buckets = _buckets(events, bucket_rows)
     for b in range(buckets):
         head = sql.with_base(_bucket_sql(buckets, b))
@@ -450,7 +452,7 @@ def plan_rescan(
     for m in models:
         groups[classifiers[m.model_id].hash_key()].append(m)
     group_of = {key: i for i, key in enumerate(groups)}
-    modalities = sorted({m.modality for m in models if snapshot.has_modality(m.modality)})
+    modalities: list[str] = sorted({m.modality for m in models if snapshot.has_modality(m.modality)})
 
     with tempfile.TemporaryDirectory(prefix="moderation-rescan-") as tmp:
         spill = os.path.join(tmp, "current")
@@ -479,39 +481,39 @@ def plan_rescan(
                     fixed, bad = utf8_sanitize(ids)
                     usable = np.asarray(_usable_id_mask(ids, (fixed, bad)).to_numpy(zero_copy_only=False), dtype=bool)
                     flags = {}
-                    for m in modalities:
-                        mask = modality_mask(t, m)
-                        flags[m] = np.ones(t.num_rows, bool) if mask is None else np.asarray(
+                    for mod in modalities:
+                        mask = modality_mask(t, mod)
+                        flags[mod] = np.ones(t.num_rows, bool) if mask is None else np.asarray(
                             mask.to_numpy(zero_copy_only=False), dtype=bool)
                     bad_set = set(bad)
-                    raw = ids.cast(pa.binary()).to_pylist() if bad else None
+                    raw = ids.cast(pa.binary()).to_pylist() if bad else []  # read only for the bad rows
                     for i in np.flatnonzero(~usable):
-                        for m in modalities:
-                            if not flags[m][i]:
+                        for mod in modalities:
+                            if not flags[mod][i]:
                                 continue
                             if i in bad_set:
-                                invalid.setdefault(raw[i], set()).add(m)
+                                invalid.setdefault(raw[i], set()).add(mod)
                             elif new_file:
-                                missing[m].append(PreludeRow(None, "missing_item_id",
-                                                             f"a row of data file {name} has a null or blank item_id"))
+                                missing[mod].append(PreludeRow(
+                                    None, "missing_item_id", f"a row of data file {name} has a null or blank item_id"))
                     u = t.filter(pa.array(usable))
                     writer.write_table(_current("row", u.column("item_id")))
-                    for m in modalities:
-                        rows = u.filter(pa.array(flags[m][usable]))
+                    for mod in modalities:
+                        rows = u.filter(pa.array(flags[mod][usable]))
                         if not rows.num_rows:
                             continue
-                        work = to_work_rows(rows, m)
+                        work = to_work_rows(rows, mod)
                         for key, members in groups.items():
-                            if members[0].modality != m:
+                            if members[0].modality != mod:
                                 continue
                             hashes = classifiers[members[0].model_id].content_hashes(work)
-                            writer.write_table(_current("pair", work.column("item_id"), grp=group_of[key], modality=m,
-                                                        hashes=hashes, work=work))
+                            writer.write_table(_current("pair", work.column("item_id"), grp=group_of[key],
+                                                        modality=mod, hashes=hashes, work=work))
                             pairs += work.num_rows
             for raw_id, mods in invalid.items():
                 shown = raw_id.decode("utf-8", "backslashreplace")
-                for m in sorted(mods):
-                    writer.write_table(_current("inv", [shown], modality=m))
+                for mod in sorted(mods):
+                    writer.write_table(_current("inv", [shown], modality=mod))
         convert_to_deltalake(spill)
         sql.register("cur", DeltaTable(spill))
         compared = _compare(sql, models, groups, group_of, limits, cdf=candidates is not None,

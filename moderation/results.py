@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from moderation.classifiers.base import CONTENT_HASH, COVERAGE_COLUMNS, QDETAIL, QREASON, QSTAGE
 from moderation.config import ModelSpec
 from moderation.faults import fault_point
-from moderation.lake import ChunkFenced, Lake
+from moderation.lake import ChunkFenced, Lake, TableName
 from moderation.schemas import QUARANTINE_SCHEMA, SCORES_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ def written_files(batch: pa.Table, *, lake: Lake, run_id: str, models: dict[str,
     out = []
     for model_id, rows in by_model(batch):
         scores, quarantine = split_results(rows, run_id=run_id, model=models[model_id], now=now)
-        for table, data in (("quarantine", quarantine), ("scores", scores)):
+        parts: tuple[tuple[TableName, pa.Table], ...] = (("quarantine", quarantine), ("scores", scores))
+        for table, data in parts:
             if data.num_rows:
                 add = lake.write_data_file(table, data)
                 out.append({"model_id": model_id, "table": table, "path": add.path, "size": add.size,
@@ -226,8 +227,8 @@ class ChunkWriter:
 
     def _commit_rows(self, batch: pa.Table) -> None:
         scores, quarantine = split_results(batch, run_id=self.run_id, model=self.model, now=utcnow())
-        adds = {t: [self.lake.write_data_file(t, rows)] if rows.num_rows else []
-                for t, rows in (("quarantine", quarantine), ("scores", scores))}
+        parts: tuple[tuple[TableName, pa.Table], ...] = (("quarantine", quarantine), ("scores", scores))
+        adds: dict[str, list] = {t: [self.lake.write_data_file(t, rows)] if rows.num_rows else [] for t, rows in parts}
         self._commit(adds, {"quarantine": quarantine.num_rows, "scores": scores.num_rows})
 
     def _commit_files(self) -> None:

@@ -114,7 +114,7 @@ def plan_selection(
             keep_ids = _smallest_ids(snapshot, limit)
     media = {m: MEDIA_COLUMNS[m] for m in modalities if m in MEDIA_COLUMNS and snapshot.has_modality(m)}
     fields = ["item_id", *media.values()]
-    stream = Counter()
+    stream: Counter[str] = Counter()
     prelude: dict[str, list[PreludeRow]] = defaultdict(list)
     invalid: dict[bytes, Counter] = {}
     hashes: list[np.ndarray] = []
@@ -138,7 +138,7 @@ def plan_selection(
             usable = np.asarray(_usable_id_mask(ids, (fixed, bad)).to_numpy(zero_copy_only=False), dtype=bool)
             bad_set = set(bad)
             flags = {m: has(t, m) for m in live}
-            raw = ids.cast(pa.binary()).to_pylist() if bad else None
+            raw = ids.cast(pa.binary()).to_pylist() if bad else []  # read only for the bad rows
             for i in np.flatnonzero(~usable):
                 for m in live:
                     if not flags[m][i]:
@@ -170,10 +170,10 @@ def plan_selection(
                     continue
                 t = t.filter(pa.array(hit))
                 flags = {m: has(t, m) for m in live}
-                for i, item in enumerate(t.column("item_id").to_pylist()):
+                for j, item in enumerate(t.column("item_id").to_pylist()):
                     per_id[item]["rows"] += 1
                     for m in live:
-                        per_id[item][m] += int(flags[m][i])
+                        per_id[item][m] += int(flags[m][j])
         for item, c in sorted(per_id.items()):
             if c["rows"] < 2:
                 continue  # a hash collision, not a duplicate

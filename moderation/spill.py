@@ -40,7 +40,9 @@ def bucket_of(item_ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
     which is all a spill needs, since one process writes and reads it)."""
     import polars as pl
 
-    hashes = pl.from_arrow(item_ids).hash(seed=0).to_numpy()
+    series = pl.from_arrow(item_ids)
+    assert isinstance(series, pl.Series)  # an Arrow array converts to a Series, not a DataFrame
+    hashes = series.hash(seed=0).to_numpy()
     return (hashes % np.uint64(buckets)).astype(np.int64)
 
 

@@ -406,7 +406,7 @@ def run_scoring(prepared: PreparedRun, plan: ScoringPlan) -> ScoringResult:
         chunks = 0
         selected = plan.selected_pairs
         try:
-            if plan.removed_pairs:
+            if plan.removals is not None and plan.removed_pairs:
                 removals = plan.removals.set_column(0, "run_id", pa.array([run_id] * plan.removed_pairs, pa.string()))
                 lake.append_chunk("removals", removals, app_id=f"moderation/{plan.kind}/{run_id}/removals", version=0)
             if plan.streams:

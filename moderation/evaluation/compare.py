@@ -65,12 +65,12 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, slices: dict[str, dict
         raise ModerationError("the two models' predictions carry different labels for the same examples")
     out = []
     for cat, group in both.groupby("category", sort=True):
-        parts = [(None, None, group)]
-        for col, members in slices.items():
-            for value, ids in sorted(members.items()):
+        parts: list[tuple[str | None, str | None, pd.DataFrame]] = [(None, None, group)]
+        for slice_col, members in slices.items():
+            for slice_value, ids in sorted(members.items()):
                 part = group[group["example_id"].isin(ids)]
                 if min_slice_n <= len(part) < len(group):  # a slice of every example repeats "all"
-                    parts.append((col, value, part))
+                    parts.append((slice_col, slice_value, part))
         for col, value, part in parts:
             y = part["label_a"].to_numpy(dtype=int)
             res = paired_difference(y, part["score_a"].to_numpy(float), part["score_b"].to_numpy(float),

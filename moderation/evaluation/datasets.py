@@ -32,8 +32,10 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -185,13 +187,21 @@ def write_dataset(lake: Lake, name: str, table: pa.Table, *, description: str = 
     tname = table_name(name)
     latest = _latest_metadata(lake, name)
     if latest.get(META_CONTENT) == digest:
-        return lake.version(tname), False
+        return _version(lake, tname), False
     meta = {META_DESCRIPTION: description, META_CONTENT: digest,
             META_PROVENANCE: json.dumps(provenance or {}, sort_keys=True, default=str)}
-    mode = "overwrite" if lake.exists(tname) else "append"
+    mode: Literal["overwrite", "append"] = "overwrite" if lake.exists(tname) else "append"
     write_deltalake(lake.uri(tname), data, mode=mode, schema_mode="overwrite" if mode == "overwrite" else None,
                     storage_options=lake.options, commit_properties=CommitProperties(custom_metadata=meta))
-    return lake.version(tname), True
+    return _version(lake, tname), True
+
+
+def _version(lake: Lake, tname: str) -> int:
+    """The latest version of a dataset table known to exist (just read or written)."""
+    version = lake.version(tname)
+    if version is None:
+        raise DatasetError(f"{lake.uri(tname)}: the dataset table does not exist")
+    return version
 
 
 def read_dataset(lake: Lake, name: str, version: int | None = None) -> tuple[pa.Table, int]:
@@ -289,7 +299,8 @@ def _hatexplain(data_dir: Path, split: str) -> tuple[pa.Table, dict]:
 
 def _youtube_heldout(data_dir: Path) -> tuple[pa.Table, dict]:
     path = next((data_dir / "text" / "youtube_spam").glob(f"*{YOUTUBE_HELDOUT}*.csv"))
-    rows, seen = [], Counter()
+    rows: list[dict[str, Any]] = []
+    seen: Counter[str] = Counter()
     with open(path, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             # The collection repeats some comment ids (a reposted comment): keep each row, suffixed.
@@ -347,8 +358,9 @@ def _pooled(data_dir: Path, split: str) -> tuple[pa.Table, dict]:
         for r in picked[:POOLED_PER_CORPUS]:
             base = f"{name}:{split}:{hashlib.sha256(r.text.encode('utf-8')).hexdigest()[:16]}"
             seen[base] += 1
-            row = {"example_id": base + (f"#{seen[base]}" if seen[base] > 1 else ""), "modality": "text",
-                   "text": r.text, "source": name, "slice_language": r.language, "slice_source": name}
+            row: dict[str, Any] = {"example_id": base + (f"#{seen[base]}" if seen[base] > 1 else ""),
+                                   "modality": "text", "text": r.text, "source": name, "slice_language": r.language,
+                                   "slice_source": name}
             for c in TEXT_CATEGORIES:
                 row[f"label_{c}"] = r.categories.get(c)
             rows.append(row)
@@ -370,7 +382,7 @@ def _functional(data_dir: Path) -> tuple[pa.Table, dict]:
 class StandardDataset:
     name: str
     description: str
-    build: object  # (data_dir) -> (table, provenance)
+    build: Callable[[Path], tuple[pa.Table, dict]]  # (data_dir) -> (table, provenance)
 
 
 STANDARD_DATASETS = (

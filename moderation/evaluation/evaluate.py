@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -245,11 +246,11 @@ def metric_rows(preds: pd.DataFrame, rows: pa.Table, *, thresholds: dict[str, fl
         ok = group[group["score"].notna()]
         quarantined = int(len(group) - len(ok))
         thr = thresholds.get(cat, DEFAULT_THRESHOLD)
-        parts = [(None, None, ok)]
-        for col, members in slices.items():
-            for value, ids in sorted(members.items()):
-                parts.append((col, value, ok[ok["example_id"].isin(ids)]))
-        cat_rows = []
+        parts: list[tuple[str | None, str | None, pd.DataFrame]] = [(None, None, ok)]
+        for slice_col, members in slices.items():
+            for slice_value, ids in sorted(members.items()):
+                parts.append((slice_col, slice_value, ok[ok["example_id"].isin(ids)]))
+        cat_rows: list[dict[str, Any]] = []
         for col, value, part in parts:
             if part.empty and col is not None:
                 continue  # the slice value has no example labelled for this category
@@ -268,14 +269,14 @@ def metric_rows(preds: pd.DataFrame, rows: pa.Table, *, thresholds: dict[str, fl
         # enough negatives only); the overall row carries the widest gap over all columns.
         widest = None
         for col in {r["slice_column"] for r in cat_rows if r["slice_column"]}:
-            members = [r for r in cat_rows if r["slice_column"] == col and r["fpr"] is not None
-                       and r["n"] - r["positives"] >= MIN_GAP_NEGATIVES]
-            if len(members) < 2:
+            gapped = [r for r in cat_rows if r["slice_column"] == col and r["fpr"] is not None
+                      and r["n"] - r["positives"] >= MIN_GAP_NEGATIVES]
+            if len(gapped) < 2:
                 continue
-            low = min(r["fpr"] for r in members)
-            for r in members:
+            low = min(r["fpr"] for r in gapped)
+            for r in gapped:
                 r["fpr_gap"] = r["fpr"] - low
-            gap = max(r["fpr_gap"] for r in members)
+            gap = max(r["fpr_gap"] for r in gapped)
             widest = gap if widest is None else max(widest, gap)
         cat_rows[0]["fpr_gap"] = widest
         out.extend(cat_rows)

@@ -308,7 +308,7 @@ def check_gate(lake: Lake, candidate: LoadedPolicy, registry: dict[str, ModelSpe
 def gate_run_fields(result: GateResult, *, force: bool) -> dict:
     """The runs columns recording the gate's outcome for a run that goes on."""
     status = "overridden" if result.status == "blocked" and force else result.status
-    out = {"gate_status": status, "gate_detail": result.detail()}
+    out: dict[str, str | bool] = {"gate_status": status, "gate_detail": result.detail()}
     if status == "overridden":
         out["forced"] = True
     return out

@@ -182,7 +182,7 @@ def paired_difference(y: np.ndarray, s_a: np.ndarray, s_b: np.ndarray, *, sample
         a, b = point[m]
         d = np.concatenate(diffs[m]) if diffs[m] else np.array([])
         d = d[~np.isnan(d)]
-        row = {**empty, "a": float(a), "b": float(b), "diff": float(a - b)}
+        row: dict[str, float | str | None] = {**empty, "a": float(a), "b": float(b), "diff": float(a - b)}
         if samples > 0 and len(d) >= 0.5 * samples:
             lo, hi = np.quantile(d, [alpha, 1 - alpha])
             row.update(lo=float(lo), hi=float(hi),

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -302,9 +303,10 @@ def _header_rows(columns: pd.Index) -> str:
     the empty group span both rows."""
     if not isinstance(columns, pd.MultiIndex):
         return "<tr>" + "".join(f"<th>{_esc(c)}</th>" for c in columns) + "</tr>"
-    top, bottom = [], []
-    for group, names in groupby(columns, key=lambda c: c[0]):
-        names = [n for _, n in names]
+    top: list[str] = []
+    bottom: list[str] = []
+    for group, members in groupby(columns, key=lambda c: c[0]):
+        names = [n for _, n in members]
         if group:
             top.append(f'<th colspan="{len(names)}">{_esc(group)}</th>')
             bottom.extend(f"<th>{_esc(n)}</th>" for n in names)
@@ -514,7 +516,7 @@ def _paired_text(r) -> str:
 def comparison_frame(evaluations: list[DatasetEvaluation], min_slice_n: int) -> pd.DataFrame:
     """Model vs baseline per dataset x category x (production model, baseline) pair; ``_below``
     marks a production model below the baseline overall."""
-    out = []
+    out: list[dict[str, Any]] = []
     for ev in evaluations:
         for cat in ev.categories:
             rows = ev.overall(cat)

@@ -139,7 +139,7 @@ def _read_label_file(path: Path, data: bytes) -> tuple[list[str], list[dict]]:
             reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
             names = [n.strip() for n in (reader.fieldnames or [])]
             reader.fieldnames = names
-            rows = []
+            rows: list[dict[str, str | None]] = []
             for r in reader:
                 if None in r:  # more values than header columns
                     raise DatasetError(f"{path}: row {len(rows) + 1} (line {reader.line_num}) has "
@@ -203,12 +203,13 @@ def parse_label_rows(path: Path, names: list[str], raw: list[dict], *, column_ma
         DatasetError: naming the file, row, column and value of the first bad value.
     """
     column_map = dict(column_map or {})
-    for fld, col in column_map.items():
+    for fld, mapped in column_map.items():
         if fld not in LABEL_FIELDS:
-            raise DatasetError(f"{path}: column mapping {fld}={col}: {fld!r} is not a labels field; "
+            raise DatasetError(f"{path}: column mapping {fld}={mapped}: {fld!r} is not a labels field; "
                                f"fields: {list(LABEL_FIELDS)}")
-        if col not in names:
-            raise DatasetError(f"{path}: column mapping {fld}={col}: the file has no column {col!r}; it has {names}")
+        if mapped not in names:
+            raise DatasetError(f"{path}: column mapping {fld}={mapped}: the file has no column {mapped!r}; "
+                               f"it has {names}")
     col = {f: column_map.get(f, f) for f in LABEL_FIELDS if column_map.get(f, f) in names}
     for required in ("item_id", "category", "reviewed_at"):
         if required not in col:
@@ -256,6 +257,7 @@ def parse_label_rows(path: Path, names: list[str], raw: list[dict], *, column_ma
             if source == "moderator" and decision in APPEAL_DECISIONS:
                 raise bad("decision", "an appeal outcome on a row whose source is 'moderator'", get("decision"))
         if decision is None:
+            assert label is not None  # no decision and no label was refused above
             decision = ({1: "upheld", 0: "overturned"} if source == "appeal" else
                         {1: "violating", 0: "not_violating"})[label]
         label = DECISIONS[decision]

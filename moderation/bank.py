@@ -25,6 +25,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -203,7 +204,9 @@ def add_to_bank(
     seen: set[str] = set()
     if table is not None:
         seen.update(table.to_pyarrow_dataset().to_table(columns=["hash"]).column("hash").to_pylist())
-    added, already, rows = [], [], []
+    added: list[str] = []
+    already: list[str] = []
+    rows: list[dict[str, Any]] = []
     now = dt.datetime.now(dt.UTC)
     for path, variants in hashed:
         new = [(v, h, q) for v, h, q in variants if h not in seen]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from moderation.errors import ModerationError
 from moderation.lake import Lake
 
 KEY = ("item_id", "modality", "model_id")
@@ -104,10 +105,11 @@ def run_attempt(cmd: list[str], *, kill_after: float | None = None, faults: str 
     env.pop("MODERATION_FAULTS", None)
     if faults:
         env["MODERATION_FAULTS"] = faults
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    out = open(log_path, "ab") if log_path else None
     started = time.time()
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=out if out is not None else subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     killed = False
     try:
         proc.wait(timeout=kill_after if kill_after is not None else timeout)
@@ -123,7 +125,7 @@ def run_attempt(cmd: list[str], *, kill_after: float | None = None, faults: str 
         except ProcessLookupError:
             pass
         _kill_tagged(tag)
-        if log_path:
+        if out is not None:
             out.close()
     killed = killed or proc.returncode == -signal.SIGKILL
     label = faults or (f"kill@{kill_after:.1f}s" if kill_after is not None else "none")
@@ -199,6 +201,8 @@ def chaos_backfill(
     if reference is not None:  # an uninterrupted run of the same catalog and policy already exists
         ref_lake, ref_run = reference
         row = ref_lake.get_run(ref_run)
+        if row is None:
+            raise ModerationError(f"reference run {ref_run} is not in {ref_lake.root}")
         ref = Attempt(fault="none", returncode=0, killed=False, started=row["started_at"].timestamp(),
                       seconds=(row["ended_at"] - row["started_at"]).total_seconds())
     else:

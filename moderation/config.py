@@ -460,7 +460,7 @@ def load_policy(path: Path | str, registry: dict[str, ModelSpec] | None = None) 
                 policy.rule_for(cat, market)
             except ValidationError as e:
                 given = overrides[cat].model_fields_set
-                name = next((f for f in ("threshold", "review_threshold") if f in given), None)
+                name: str | None = next((f for f in ("threshold", "review_threshold") if f in given), None)
                 field = f"markets.{market}.{cat}" + (f".{name}" if name else "")
                 details = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
                 raise ConfigError(

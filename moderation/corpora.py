@@ -127,6 +127,7 @@ def _finish(rows: list[LabelledText], rule: SplitRule) -> list[LabelledText]:
     keyed: list[tuple[str, LabelledText]] = []
     for r in rows:
         key = normalise_key(r.text)
+        split: str
         if rule == "hash":
             split = hash_split(key)
         elif rule == "carve" and r.split == "train":

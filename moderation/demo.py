@@ -426,7 +426,8 @@ def long_speech_clip(
     """
     rate = 16_000
     pieces = []
-    start = end = None
+    start: float | None = None
+    end: float | None = None
     if plant:
         spoken = _trim(_espeak_pcm(plant))
         start, end = at_seconds, at_seconds + spoken.size / rate
@@ -434,7 +435,7 @@ def long_speech_clip(
             raise ValueError(f"a plant of {spoken.size / rate:.1f}s at {at_seconds}s does not fit a {seconds}s clip")
         before = _speech_for(rng, at_seconds - _PAUSE_S, topic)
         pieces = [before, np.zeros(int(at_seconds * rate) - before.size, np.float32), spoken]
-    talk = _speech_for(rng, seconds - (end + _PAUSE_S if plant else 0.0), topic)
+    talk = _speech_for(rng, seconds - (end + _PAUSE_S if end is not None else 0.0), topic)
     pause = np.zeros(int(_PAUSE_S * rate) if plant else 0, np.float32)
     pieces += [pause, talk]
     pcm = np.concatenate(pieces)
@@ -566,6 +567,7 @@ def build_demo_table(
         if i < n_empty:
             row.update(title="  ", description="", body_text=None)
         elif i < n_empty + n_banked:
+            assert media_dir is not None  # n_banked is 0 without one
             out = media_dir / "covers" / f"{row['item_id']}.jpg"
             altered_copy(rng.choice(banked), out, rng)
             row.update(cover_image=str(out.resolve()), source_dataset="demo_hash_bank", source_label="banked_copy",
@@ -671,6 +673,7 @@ def _long_form_rows(rows: list[dict], *, texts: int, rng: random.Random, plants:
             where = ("body_text", text.planted_start, text.planted_end, "chars")
         if src is not None:
             field, start, end, unit = where
+            assert start is not None and end is not None  # a plant was given: its place is known
             row.update(source_dataset=src.source, source_label=src.label, planted_field=field,
                        expected_categories=sorted(c for c, v in src.categories.items() if v),
                        planted_start=float(start), planted_end=float(end), planted_unit=unit)

@@ -351,9 +351,10 @@ def run_diff(*, lake_root: str, policy_id: str, from_version: int, to_version: i
     sample = sample_changes(changes, per_stratum=sample_per_stratum, seed=seed)
     samples = pa.Table.from_pandas(sample.assign(**common, sampled_at=now), schema=DIFF_SAMPLES_SCHEMA,
                                    preserve_index=False)
-    keys = {"policy_id": policy_id, "from_version": from_version, "to_version": to_version, "run_id": run_id}
-    _replace_diff_rows(lake, "diffs", diffs, **keys)
-    _replace_diff_rows(lake, "diff_samples", samples, **keys)
+    _replace_diff_rows(lake, "diffs", diffs, policy_id=policy_id, from_version=from_version, to_version=to_version,
+                       run_id=run_id)
+    _replace_diff_rows(lake, "diff_samples", samples, policy_id=policy_id, from_version=from_version,
+                       to_version=to_version, run_id=run_id)
 
     cells = market_cells(changes)
     result = DiffResult(

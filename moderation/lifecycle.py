@@ -119,7 +119,7 @@ def declared_statuses(loaded: LoadedPolicy) -> dict[int, str]:
     same policy_id); ``loaded`` itself included. Files that do not parse are skipped: only the
     loaded version is validated here."""
     policy = loaded.policy
-    out = {policy.version: policy.status}
+    out: dict[int, str] = {policy.version: policy.status}
     for path in sorted(Path(loaded.path).parent.glob("*.y*ml")):
         try:
             data = yaml.safe_load(path.read_text())
@@ -176,6 +176,14 @@ def latest_run(runs: pd.DataFrame, *, kind: str, version: int, **match) -> pd.Se
 
 def _ts(value) -> dt.datetime | None:
     return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
+
+
+def _when(run: pd.Series) -> dt.datetime:
+    """When ``run`` (a ``policy_runs`` row) ended, or started if it has no end."""
+    when = _ts(run["_when"])
+    if when is None:
+        raise ModerationError(f"run {run['run_id']} has neither ended_at nor started_at")
+    return when
 
 
 # ------------------------------------------------------------------------------------------
@@ -243,8 +251,8 @@ def _require_diffed(runs: pd.DataFrame, loaded: LoadedPolicy, lake: Lake, live: 
             f"then {command} (or --force)"
         )
     diff = latest_run(runs, kind="diff", version=policy.version, from_version=live)
-    newest_decide = max(_ts(decide["_when"]), _ts(live_decide["_when"]))
-    if diff is None or _ts(diff["_when"]) < newest_decide:
+    newest_decide = max(_when(decide), _when(live_decide))
+    if diff is None or _when(diff) < newest_decide:
         state = ("no diff" if diff is None else
                  f"the latest diff ({diff['run_id']}) predates the latest decide of v{policy.version} or v{live}")
         raise ModerationError(
@@ -352,7 +360,7 @@ def run_promote(*, lake_root: str, policy_path: str | Path, to: PromoteTarget = 
         started_at=started, promoted_to=to,
     )
     lake.upsert_run(run_row(status="succeeded", ended_at=utcnow(), **row))
-    stamps = {policy.version: to}
+    stamps: dict[int, str] = {policy.version: to}
     if to == "live" and live is not None and live != policy.version:
         stamps[live] = "retired"
     restamped = restamp_status(lake, policy.policy_id, stamps, run_id=run_id)

@@ -96,7 +96,7 @@ def check_artifacts(specs: Iterable[ModelSpec]) -> list[ArtifactCheck]:
     return checks
 
 
-def _check_on_this_node(specs: Sequence[ModelSpec]) -> tuple[str, str, list[ArtifactCheck]]:
+def _check_on_this_node(specs: list[ModelSpec]) -> tuple[str, str, list[ArtifactCheck]]:
     """The Ray task: (the node it ran on, its host name, the checks)."""
     import ray
 

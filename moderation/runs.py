@@ -558,7 +558,9 @@ class RunReport:
         out: list[str] = []
         shown: set[str] = set()
         ids, digests = run.get("model_ids"), run.get("model_digests")
-        paired = bool(ids) and digests is not None and len(digests) == len(ids)
+        # Each model id beside its digest, where the two lists pair up.
+        pairs = list(zip(ids, digests, strict=True)) if ids and digests is not None and len(digests) == len(ids) else []
+        paired = bool(pairs)
         for title, columns in GROUPS:
             lines: list[str] = []
             for name, label in columns:
@@ -567,8 +569,8 @@ class RunReport:
                 if value is None or (paired and name == "model_digests"):
                     continue
                 if paired and name == "model_ids":  # each id beside its digest
-                    width = max(len(m) for m in ids)
-                    for i, (m, d) in enumerate(zip(ids, digests, strict=True)):
+                    width = max(len(m) for m, _ in pairs)
+                    for i, (m, d) in enumerate(pairs):
                         lines += _line("models" if i == 0 else "", f"{m.ljust(width)}  {d}")
                     continue
                 lines += _line(label, _value(value))

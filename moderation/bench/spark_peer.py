@@ -143,12 +143,15 @@ def _local_python(spark: SparkSession, batch_size: int) -> Iterator[None]:
     key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     before_rows, before_exec = spark.conf.get(key), sc.pythonExec
     spark.conf.set(key, str(batch_size))
-    if sc.master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+    if sc.master is not None and sc.master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
         sc.pythonExec = sys.executable
     try:
         yield
     finally:
-        spark.conf.set(key, before_rows)
+        if before_rows is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before_rows)
         sc.pythonExec = before_exec
 
 

@@ -96,7 +96,8 @@ def rollups_chart(table: pa.Table) -> bytes:
     fig.suptitle(title, fontsize=11)
     for i, level in enumerate(levels, start=1):
         top = sorted((r for r in rows if r["level"] == level),
-                     key=lambda r: (-r["flagged_items"], r["policy_id"], r["policy_version"], r["entity_id"]))[:MAX_BARS]
+                     key=lambda r: (-r["flagged_items"], r["policy_id"], r["policy_version"],
+                                    r["entity_id"]))[:MAX_BARS]
         _barh(fig.add_subplot(len(levels), 1, i),
               [f"{r['policy_id']} v{r['policy_version']} · {r['entity_id']}" for r in top],
               [r["flagged_items"] for r in top], title=level, xlabel="flagged items")
@@ -125,7 +126,7 @@ def _stacked(ax, labels: list[str], series: dict[str, list[float]], *, title: st
     left = [0.0] * len(labels)
     for name, values in series.items():
         ax.barh(ys, values, left=left, label=name)
-        left = [a + b for a, b in zip(left, values)]
+        left = [a + b for a, b in zip(left, values, strict=True)]  # one value per label
     ax.set_yticks(ys, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_title(title, fontsize=10)

@@ -22,6 +22,8 @@ README = REPO / "README.md"
 DOCS = REPO / "docs"
 #: the test command the README and CI run (kept verbatim in both)
 SUITE_COMMAND = "bash scripts/setup.sh && .venv/bin/python -m pytest -n 2"
+#: what CI runs between the setup and the tests (docs/development.md)
+LINT_COMMAND = ".venv/bin/ruff check moderation && .venv/bin/mypy moderation && "
 
 
 def command_paths() -> list[tuple[str, ...]]:
@@ -109,7 +111,8 @@ def test_readme_keeps_the_two_commands_and_ci_runs_the_second():
     text = README.read_text()
     assert "bash scripts/setup.sh && .venv/bin/moderation demo\n" in text
     assert SUITE_COMMAND + "\n" in text
-    assert (REPO / ".ci" / "run").read_text().rstrip().endswith(SUITE_COMMAND)
+    ci = (REPO / ".ci" / "run").read_text().rstrip()
+    assert LINT_COMMAND in ci and ci.replace(LINT_COMMAND, "").endswith(SUITE_COMMAND)
 
 
 def test_readme_commands_parse_with_the_cli():

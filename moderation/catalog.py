@@ -229,7 +229,8 @@ def _type_ok(name: str, actual: pa.DataType, expected: pa.DataType) -> bool:
             return True
         return pat.is_string(actual) or pat.is_large_string(actual) or pat.is_string_view(actual)
     if pat.is_list(expected):
-        return (pat.is_list(actual) or pat.is_large_list(actual)) and _type_ok("", actual.value_type, expected.value_type)
+        return ((pat.is_list(actual) or pat.is_large_list(actual))
+                and _type_ok("", actual.value_type, expected.value_type))
     if pat.is_timestamp(expected):
         return pat.is_timestamp(actual)
     return actual.equals(expected)
@@ -421,7 +422,8 @@ def select_ids(snapshot: CatalogSnapshot, where: str) -> pa.Array:
     id_col = snapshot.source["item_id"].replace('"', '""')
     try:
         dt = DeltaTable(snapshot.uri, version=snapshot.version, storage_options=storage_options(snapshot.uri))
-        reader = QueryBuilder().register("catalog", dt).execute(f'SELECT "{id_col}" AS item_id FROM catalog WHERE {where}')
+        sql = f'SELECT "{id_col}" AS item_id FROM catalog WHERE {where}'
+        reader = QueryBuilder().register("catalog", dt).execute(sql)
         ids = pa.table(reader.read_all()).column("item_id")
     except Exception as e:  # DataFusion reports parse and plan errors as generic exceptions
         raise CatalogError(f"catalog {snapshot.uri}: --where {where!r} is not a valid SQL predicate: {e}") from e
@@ -439,7 +441,8 @@ def utf8_sanitize(col: pa.ChunkedArray | pa.Array) -> tuple[pa.ChunkedArray | pa
     except pa.ArrowInvalid:
         pass
     raw = col.cast(pa.large_binary() if pat.is_large_string(col.type) else pa.binary()).to_pylist()
-    bad, fixed = [], []
+    bad: list[int] = []
+    fixed: list[str | None] = []
     for i, b in enumerate(raw):
         if b is None:
             fixed.append(None)

@@ -13,12 +13,15 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Literal, cast
 
 import typer
 
 from moderation.config import default_conf_dir
 from moderation.errors import ModerationError
+
+if TYPE_CHECKING:
+    from moderation.scoring.plan import ChangeSource
 
 #: Every exit status of every command (main() maps errors to them). docs/commands.md's "Exit
 #: codes" table and the --help epilog are generated from this.
@@ -159,14 +162,16 @@ def backfill(
     catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: path or s3://"),
     lake: str = typer.Option(..., help="lake root URI: path or s3://"),
     policy: Path = typer.Option(..., help="policy version file, e.g. conf/policies/catalog-safety/v1.yaml"),
-    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id,
-                                         help="run id; re-using a finished one writes nothing, an unfinished one resumes"),
-    where: Optional[str] = typer.Option(None, help="SQL predicate selecting a catalog slice, e.g. \"item_type = 'track'\""),
-    limit: Optional[int] = typer.Option(None, min=1, help="score at most N items"),
-    catalog_version: Optional[int] = typer.Option(None, min=0, help="read this Delta version of the catalog "
+    run_id: str | None = typer.Option(None, callback=_checked_run_id,
+                                         help="run id; re-using a finished one writes nothing, an unfinished one "
+                                              "resumes"),
+    where: str | None = typer.Option(
+        None, help="SQL predicate selecting a catalog slice, e.g. \"item_type = 'track'\""),
+    limit: int | None = typer.Option(None, min=1, help="score at most N items"),
+    catalog_version: int | None = typer.Option(None, min=0, help="read this Delta version of the catalog "
                                                    "(time travel; default the latest), e.g. to reproduce a past run"),
-    ray_address: Optional[str] = typer.Option(None, help=_RAY_HELP),
-    profile: Optional[Path] = typer.Option(None, help=_PROFILE_HELP),
+    ray_address: str | None = typer.Option(None, help=_RAY_HELP),
+    profile: Path | None = typer.Option(None, help=_PROFILE_HELP),
     map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
     media_root: list[str] = typer.Option([], help=_ROOT_HELP),
     force: bool = typer.Option(False, "--force", help="run although the evaluation gate blocks this policy version "
@@ -198,11 +203,12 @@ def rescan(
     catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: path or s3://"),
     lake: str = typer.Option(..., help="lake root URI: path or s3://"),
     policy: Path = typer.Option(..., help="policy version file"),
-    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id, help="run id; re-using an unfinished one resumes it"),
+    run_id: str | None = typer.Option(None, callback=_checked_run_id,
+                                      help="run id; re-using an unfinished one resumes it"),
     change_source: str = typer.Option("auto", help="auto (the catalog's change data feed when usable, else "
                                       "content hashes), cdf, or anti_join"),
-    ray_address: Optional[str] = typer.Option(None, help=_RAY_HELP),
-    profile: Optional[Path] = typer.Option(None, help=_PROFILE_HELP),
+    ray_address: str | None = typer.Option(None, help=_RAY_HELP),
+    profile: Path | None = typer.Option(None, help=_PROFILE_HELP),
     map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
     media_root: list[str] = typer.Option([], help=_ROOT_HELP),
     force: bool = typer.Option(False, "--force", help="run although the evaluation gate blocks this policy version "
@@ -221,7 +227,7 @@ def rescan(
         _check_follow_ups(decide, enforce)
         result = run_rescan(
             catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
-            change_source=change_source, ray_address=ray_address, profile_path=profile,
+            change_source=cast("ChangeSource", change_source), ray_address=ray_address, profile_path=profile,
             column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root], force=force,
             progress=_progress(),
         )
@@ -235,8 +241,9 @@ def rescan(
 def decide(
     lake: str = typer.Option(..., help="lake root URI"),
     policy: Path = typer.Option(..., help="policy version file"),
-    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id,
-                                         help="run id recorded in runs and in the violations rows (default: decide-<utc time>-<random>)"),
+    run_id: str | None = typer.Option(None, callback=_checked_run_id,
+                                         help="run id recorded in runs and in the violations rows "
+                                              "(default: decide-<utc time>-<random>)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Apply a policy version to the stored scores (no model) and replace its violations."""
@@ -258,8 +265,9 @@ def diff(
     to_version: int = typer.Option(..., "--to", help="the version compared to (the candidate)"),
     sample_per_stratum: int = typer.Option(20, min=0, help="review-sample rows per category x change"),
     seed: int = typer.Option(0, help="review-sample seed"),
-    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id,
-                                         help="run id recorded in runs and in the diffs rows (default: diff-<utc time>-<random>)"),
+    run_id: str | None = typer.Option(None, callback=_checked_run_id,
+                                         help="run id recorded in runs and in the diffs rows "
+                                              "(default: diff-<utc time>-<random>)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Compare two decided versions of a policy (no model): write <lake>/diffs (newly violating,
@@ -280,8 +288,9 @@ def diff(
 def enforce(
     lake: str = typer.Option(..., help="lake root URI"),
     policy: Path = typer.Option(..., help="the live policy version file"),
-    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id,
-                                         help="run id recorded in runs and in the enforcement rows (default: enforce-<utc time>-<random>)"),
+    run_id: str | None = typer.Option(None, callback=_checked_run_id,
+                                         help="run id recorded in runs and in the enforcement rows "
+                                              "(default: enforce-<utc time>-<random>)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Export the actions the live version takes to <lake>/enforcement (one row per item,
@@ -300,7 +309,7 @@ def enforce(
 @app.command()
 def report(
     lake: str = typer.Option(..., help="lake root URI"),
-    master: Optional[str] = typer.Option(None, help="Spark master (default: spark-submit's under spark-submit, "
+    master: str | None = typer.Option(None, help="Spark master (default: spark-submit's under spark-submit, "
                                          "else local[*])"),
     min_cell_count: int = typer.Option(10, "--min-cell-count", min=1,
                                        help="k of reports/transparency: a cell counting fewer items is suppressed "
@@ -334,15 +343,16 @@ def _version_pins(items: list[str]) -> dict[str, int]:
 
 @app.command("sql")
 def sql_(
-    query: str = typer.Argument(..., help="one read-only Spark SQL statement, e.g. \"SELECT count(*) FROM violations\""),
+    query: str = typer.Argument(
+        ..., help="one read-only Spark SQL statement, e.g. \"SELECT count(*) FROM violations\""),
     lake: str = typer.Option(..., help="lake root URI"),
     csv: bool = typer.Option(False, "--csv", help="print CSV with a header (lists and maps as JSON)"),
     json_: bool = typer.Option(False, "--json", help="print JSON Lines, one object per row"),
     version_of: list[str] = typer.Option([], "--version-of", help="TABLE=VERSION: read this Delta version of the "
                                          "table (time travel; repeatable); others are read at their current version"),
-    catalog: Optional[str] = typer.Option(None, help="a catalog Delta table outside the lake, as the view `catalog`"),
+    catalog: str | None = typer.Option(None, help="a catalog Delta table outside the lake, as the view `catalog`"),
     max_rows: int = typer.Option(1000, min=0, help="print at most N rows (0: all); a cut result says so on stderr"),
-    master: Optional[str] = typer.Option(None, help="Spark master (default: spark-submit's under spark-submit, "
+    master: str | None = typer.Option(None, help="Spark master (default: spark-submit's under spark-submit, "
                                          "else local[*])"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -415,7 +425,7 @@ def tables_(
 def demo(
     lake: str = typer.Option(DEFAULT_LAKE, help="lake root for the demo (created if missing)"),
     items: int = typer.Option(2000, min=10, help="items in the demo catalog"),
-    data_dir: Optional[Path] = typer.Option(None, help="labelled data and media (default ../shared/data)"),
+    data_dir: Path | None = typer.Option(None, help="labelled data and media (default ../shared/data)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Build a demo catalog at <lake>/catalog (with generated media in <lake>/demo-media), bank
@@ -454,7 +464,8 @@ def models_list(json_: bool = typer.Option(False, "--json", help=_JSON_HELP)) ->
                           for spec in registry.values()]))
         return
     for spec in registry.values():
-        typer.echo(f"{spec.model_id}  modality={spec.modality}  categories={','.join(spec.categories)}  digest={spec.digest}")
+        typer.echo(f"{spec.model_id}  modality={spec.modality}  categories={','.join(spec.categories)}  "
+                   f"digest={spec.digest}")
         for name, ref in sorted(spec.artifacts.items()):
             derived = f" (converted by {ref.convert})" if ref.convert else ""
             typer.echo(f"    {name:16} {ref.sha256[:16]}…  {ref.uri}{derived}")
@@ -462,11 +473,11 @@ def models_list(json_: bool = typer.Option(False, "--json", help=_JSON_HELP)) ->
 
 @models_app.command("verify")
 def models_verify(
-    model_id: Optional[str] = typer.Argument(None, help="one model id (default: all)"),
-    policy: Optional[Path] = typer.Option(None, help="only the models of this policy version file"),
+    model_id: str | None = typer.Argument(None, help="one model id (default: all)"),
+    policy: Path | None = typer.Option(None, help="only the models of this policy version file"),
     on_cluster: bool = typer.Option(False, "--on-cluster", help="check from a Ray task on every alive node of the "
                                     "cluster, each reading the artifacts as a scoring actor there would"),
-    ray_address: Optional[str] = typer.Option(None, help=_RAY_HELP),
+    ray_address: str | None = typer.Option(None, help=_RAY_HELP),
 ) -> None:
     """Check every artifact's SHA-256 against the registry (derived artifacts built from their
     pinned source first); exit 1 on any mismatch or missing file, on any node with --on-cluster."""
@@ -505,7 +516,7 @@ def bank_add(
     lake: str = typer.Option(..., help="lake root URI"),
     category: str = typer.Option(..., help="policy category the images violate, e.g. sexual"),
     label: str = typer.Option(..., help="label shown as evidence when a cover matches"),
-    source: Optional[str] = typer.Option(None, help="where the images came from (default: each path)"),
+    source: str | None = typer.Option(None, help="where the images came from (default: each path)"),
     min_quality: int = typer.Option(50, min=0, max=100, help="reject hashes below this PDQ quality"),
 ) -> None:
     """Hash images with PDQ and add them to the bank (idempotent: known hashes are skipped).
@@ -537,8 +548,9 @@ def policy_promote(
     to: str = typer.Option("live", help="live or shadow"),
     force: bool = typer.Option(False, "--force", help="promote although the version was not decided or not "
                                "compared (moderation diff) with the live one; recorded in runs"),
-    run_id: Optional[str] = typer.Option(None, callback=_checked_run_id,
-                                         help="run id the promotion is recorded under in runs (default: promote-<utc time>-<random>)"),
+    run_id: str | None = typer.Option(None, callback=_checked_run_id,
+                                         help="run id the promotion is recorded under in runs "
+                                              "(default: promote-<utc time>-<random>)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Make a policy version live (the previous live one is retired) or shadow; recorded in
@@ -549,7 +561,8 @@ def policy_promote(
     if to not in ("live", "shadow"):
         _fail(ModerationError(f"--to {to!r}: expected live or shadow"))
     try:
-        result = run_promote(lake_root=_abs_uri(lake), policy_path=policy, to=to, force=force, run_id=run_id)
+        result = run_promote(lake_root=_abs_uri(lake), policy_path=policy, to=cast(Literal["live", "shadow"], to),
+                             force=force, run_id=run_id)
     except ModerationError as e:
         _fail(e)
     typer.echo(result.summary())
@@ -585,16 +598,18 @@ def policy_status(
                    + (f" (file says {r['declared']})" if r["effective"] != r["declared"] else ""))
 
 
-runs_app = typer.Typer(no_args_is_help=True, help="Past runs (<lake>/runs): what each read and wrote, and how to reproduce it.")
+runs_app = typer.Typer(no_args_is_help=True,
+                       help="Past runs (<lake>/runs): what each read and wrote, and how to reproduce it.")
 app.add_typer(runs_app, name="runs")
 
 
 @runs_app.command("list")
 def runs_list(
     lake: str = typer.Option(..., help="lake root URI"),
-    kind: Optional[str] = typer.Option(None, help="backfill, rescan, decide, diff, promote, enforce, labels_import or review_queue"),
-    policy: Optional[str] = typer.Option(None, help="policy id"),
-    status: Optional[str] = typer.Option(None, help="running, succeeded, failed or blocked"),
+    kind: str | None = typer.Option(
+        None, help="backfill, rescan, decide, diff, promote, enforce, labels_import, review_queue or report"),
+    policy: str | None = typer.Option(None, help="policy id"),
+    status: str | None = typer.Option(None, help="running, succeeded, failed or blocked"),
     limit: int = typer.Option(20, min=1, help="newest N runs"),
     json_: bool = typer.Option(False, "--json", help=_JSON_HELP + ": every recorded column of each run"),
 ) -> None:
@@ -650,9 +665,9 @@ def evaluate(
     lake: str = typer.Option(..., help="lake root URI (datasets in <lake>/eval/datasets, results in <lake>/eval)"),
     model: str = typer.Option(..., help="registry model id, e.g. text-minilm-heads-v1"),
     dataset: str = typer.Option(..., help="evaluation dataset name (moderation eval datasets)"),
-    policy: Optional[Path] = typer.Option(None, help="policy version file: its thresholds (default 0.5) and "
+    policy: Path | None = typer.Option(None, help="policy version file: its thresholds (default 0.5) and "
                                           "version key the results"),
-    dataset_version: Optional[int] = typer.Option(None, min=0, help="a past dataset version (default: latest)"),
+    dataset_version: int | None = typer.Option(None, min=0, help="a past dataset version (default: latest)"),
     baselines: bool = typer.Option(True, help="also evaluate the registry's baseline models (role: baseline)"),
     target_precision: float = typer.Option(0.9, help="for recall at target precision"),
     bootstrap: int = typer.Option(1000, min=0, help="bootstrap resamples for the 95% intervals"),
@@ -684,9 +699,9 @@ def calibrate(
     dataset: str = typer.Option(..., help="evaluation dataset to fit thresholds on (e.g. hatexplain_validation)"),
     policy: Path = typer.Option(..., help="the base policy version file (usually the live one)"),
     target_precision: float = typer.Option(..., help="precision each category's threshold must reach"),
-    review_precision: Optional[float] = typer.Option(None, help="precision of the review band's lower edge "
+    review_precision: float | None = typer.Option(None, help="precision of the review band's lower edge "
                                                      "(default target - 0.2)"),
-    out: Optional[Path] = typer.Option(None, help="where to write the new version (default: beside --policy)"),
+    out: Path | None = typer.Option(None, help="where to write the new version (default: beside --policy)"),
     category: list[str] = typer.Option(None, help="calibrate only this category (repeatable; default all): "
                                        "the others keep the base version's rule"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -727,9 +742,9 @@ def eval_import(
     slice_column: list[str] = typer.Option([], help="a column to slice metrics by, e.g. target_group, language, "
                                            "dialect (repeatable; values with '|' name several groups)"),
     text_column: str = typer.Option("text", help="the text of each example"),
-    id_column: Optional[str] = typer.Option(None, help="the example id (default: the row number)"),
+    id_column: str | None = typer.Option(None, help="the example id (default: the row number)"),
     modality: str = typer.Option("text", help="text, image or audio (media: --media-column holds URIs)"),
-    media_column: Optional[str] = typer.Option(None, help="the media URI column of image/audio examples"),
+    media_column: str | None = typer.Option(None, help="the media URI column of image/audio examples"),
     description: str = typer.Option("", help="what the dataset is"),
 ) -> None:
     """Import a labelled file as a new version of an evaluation dataset."""
@@ -752,7 +767,7 @@ def eval_import(
 @eval_app.command("import-standard")
 def eval_import_standard(
     lake: str = typer.Option(..., help="lake root URI"),
-    data_dir: Optional[Path] = typer.Option(None, help="labelled data folder (default $MODERATION_DATA_DIR or "
+    data_dir: Path | None = typer.Option(None, help="labelled data folder (default $MODERATION_DATA_DIR or "
                                             "../shared/data)"),
     name: list[str] = typer.Option([], help="only these standard datasets (repeatable)"),
 ) -> None:
@@ -775,11 +790,11 @@ def eval_compare(
     model: str = typer.Option(..., help="registry model id (A)"),
     dataset: str = typer.Option(..., help="evaluation dataset name"),
     against: list[str] = typer.Option([], help="model(s) to compare with (B; default: the registry's baselines)"),
-    dataset_version: Optional[int] = typer.Option(None, min=0, help="a past dataset version (default: latest)"),
+    dataset_version: int | None = typer.Option(None, min=0, help="a past dataset version (default: latest)"),
     min_slice_n: int = typer.Option(30, min=1, help="slices with fewer examples are left out"),
     bootstrap: int = typer.Option(1000, help="paired bootstrap resamples (at least 100)"),
     seed: int = typer.Option(0),
-    csv: Optional[Path] = typer.Option(None, help="also write the rows to this CSV file"),
+    csv: Path | None = typer.Option(None, help="also write the rows to this CSV file"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Model A against model B on the same examples, per category and slice: PR-AUC and ROC-AUC
@@ -826,7 +841,7 @@ def eval_from_labels(
     lake: str = typer.Option(..., help="lake root URI (reads <lake>/labels)"),
     catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: the reviewed items' text"),
     name: str = typer.Option("catalog_reviews", help="dataset name; new reviews make a new version"),
-    catalog_version: Optional[int] = typer.Option(None, min=0, help="catalog Delta version (default: latest)"),
+    catalog_version: int | None = typer.Option(None, min=0, help="catalog Delta version (default: latest)"),
     map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
 ) -> None:
     """Turn the latest human label of each (item, category) into a new version of an evaluation
@@ -869,7 +884,7 @@ def labels_import(
     file: Path = typer.Argument(..., help="CSV, TSV or Parquet: item_id, category, decision or label, "
                                 "reviewed_at, [source, market, reviewer, policy_id, policy_version]"),
     lake: str = typer.Option(..., help="lake root URI"),
-    policy: Optional[Path] = typer.Option(None, help="check categories against this policy version"),
+    policy: Path | None = typer.Option(None, help="check categories against this policy version"),
     map_: list[str] = typer.Option([], "--map", help="FIELD=COLUMN: read FIELD from the file's column COLUMN"),
 ) -> None:
     """Import moderator decisions and appeal outcomes (upheld = 1, overturned = 0) into
@@ -893,7 +908,7 @@ def review_queue(
     slice_column: list[str] = typer.Option([], help="stratify by language, item_type, markets or explicit "
                                            "(repeatable; default language and item_type)"),
     seed: int = typer.Option(0, help="same seed, same sample"),
-    queue_id: Optional[str] = typer.Option(None, help="queue id (re-using one writes nothing)"),
+    queue_id: str | None = typer.Option(None, help="queue id (re-using one writes nothing)"),
     requeue_pending: bool = typer.Option(False, help="also queue pairs an earlier queue holds that no review "
                                          "has answered yet (default: leave them out)"),
 ) -> None:

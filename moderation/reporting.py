@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -186,7 +187,8 @@ def read_snapshot(spark: SparkSession, lake: Lake, table: str, *, version: int |
         frames = [
             spark.read.schema(data_schema)
             .parquet(*("s3a://" + f[len("s3://"):] if f.startswith("s3://") else f for f in files))
-            .withColumns({name: F.lit(value).cast(struct[name].dataType) for name, value in zip(partitions, values)})
+            .withColumns({name: F.lit(value).cast(struct[name].dataType)
+                          for name, value in zip(partitions, values, strict=True)})
             for values, files in groups.items()
         ]
         df = frames[0]
@@ -205,7 +207,10 @@ def read_snapshot(spark: SparkSession, lake: Lake, table: str, *, version: int |
 def _has_s3a(spark: SparkSession) -> bool:
     """Whether this Spark can read ``s3a://`` itself (hadoop-aws on the classpath)."""
     try:
-        spark.sparkContext._jvm.java.lang.Class.forName("org.apache.hadoop.fs.s3a.S3AFileSystem")
+        jvm = spark.sparkContext._jvm
+        if jvm is None:  # no JVM gateway: this Spark cannot read anything itself
+            return False
+        jvm.java.lang.Class.forName("org.apache.hadoop.fs.s3a.S3AFileSystem")
         return True
     except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
         return False
@@ -227,7 +232,7 @@ def _read_through_arrow(spark: SparkSession, groups: dict[tuple, list[str]], *, 
         for path in files:
             fs, p = arrow_filesystem(path)
             t = pq.read_table(p, filesystem=fs, schema=data_schema)
-            for name, value in zip(partitions, values):
+            for name, value in zip(partitions, values, strict=True):
                 typ = logical.field(name).type
                 column = pa.nulls(t.num_rows, typ) if value is None else pa.array([value] * t.num_rows).cast(typ)
                 t = t.append_column(logical.field(name), column)
@@ -606,7 +611,7 @@ def violation_trend(violations_df: DataFrame, population_df: DataFrame, decides_
     from pyspark.sql import functions as F
 
     # to_date renders in the session time zone; shifting by it first gives the UTC date.
-    zone = decides_df.sparkSession.conf.get("spark.sql.session.timeZone")
+    zone = decides_df.sparkSession.conf.get("spark.sql.session.timeZone") or "UTC"
     dates = decides_df.select(
         *POLICY_KEYS, F.col("run_id").alias("decide_run_id"),
         F.to_date(F.to_utc_timestamp("ended_at", zone)).alias("decide_date"),
@@ -681,7 +686,7 @@ def rollups(violations_df: DataFrame, population_df: DataFrame, decides_df: Data
     from pyspark.sql import functions as F
 
     items = _item_flags(violations_df, population_df, decides_df)
-    levels = None
+    levels: DataFrame | None = None
     for level, (column, item_type) in ROLLUP_LEVELS.items():
         members = items if item_type is None else items.where(
             (F.col("item_type") == item_type) | F.col(column).isNotNull())
@@ -691,6 +696,7 @@ def rollups(violations_df: DataFrame, population_df: DataFrame, decides_df: Data
             F.col(column).isNotNull().alias("_has_id"), "item_id", "_flagged", "_reviewed", "_severity",
         )
         levels = frame if levels is None else levels.unionByName(frame)
+    assert levels is not None  # ROLLUP_LEVELS is a non-empty constant
     carried = levels.where("_has_id").select(*POLICY_KEYS, "level").distinct()
     counts = _entity_counts(levels.join(carried, on=[*POLICY_KEYS, "level"], how="left_semi"),
                             [*POLICY_KEYS, "level", "entity_id"])
@@ -771,7 +777,8 @@ def detection_methods(violations_df: DataFrame, decides_df: DataFrame, labels_df
     rows = _with_detection_method(
         _decided(violations_df, decides_df).where(F.col("decision") == "violation"), labels_df, "review")
     refs = rows.select(
-        *POLICY_KEYS, "category", "item_id", "review", "evidence_modalities", F.explode_outer("model_refs").alias("_ref"),
+        *POLICY_KEYS, "category", "item_id", "review", "evidence_modalities",
+        F.explode_outer("model_refs").alias("_ref"),
     ).withColumn("model_id", F.coalesce(F.split("_ref", "@").getItem(0), F.lit(UNKNOWN_MODEL)))
     modalities = models_df.select("model_id", "modality").distinct()
     found = (
@@ -963,16 +970,17 @@ class ReportResult:
         lines = ["", f"diff summary: {self.diff_summary_uri}"]
         if not per_diff:
             lines.append("  no diffs")
-        lines += [f"  {p} v{f} -> v{t} (items): {', '.join(changes)}" for (p, f, t), changes in sorted(per_diff.items())]
+        lines += [f"  {p} v{f} -> v{t} (items): {', '.join(changes)}"
+                  for (p, f, t), changes in sorted(per_diff.items())]
         return lines
 
 
-def _text_table(header: tuple[str, ...], lines: list[tuple[str, ...]], *, left: range | set[int]) -> list[str]:
+def _text_table(header: tuple[str, ...], lines: Sequence[tuple[str, ...]], *, left: range | set[int]) -> list[str]:
     """Rows of cells padded to their column's width: the columns in ``left`` left-justified
     (text), the others right-justified (numbers)."""
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     return ["  ".join(cell.ljust(w) if i in left else cell.rjust(w)
-                      for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
             for row in [header, *lines]]
 
 
@@ -1047,7 +1055,7 @@ def pin_snapshot(lake: Lake) -> Snapshot:
     decide the pinned ``runs`` calls succeeded has its rows in the ``violations`` pinned after it,
     unless a newer decide of the same version replaced them in between (see
     :func:`_check_decided_rows`)."""
-    pinned_at = dt.datetime.now(dt.timezone.utc)
+    pinned_at = dt.datetime.now(dt.UTC)
     return Snapshot(versions={t: lake.version(t) for t in PINNED_TABLES}, pinned_at=pinned_at)
 
 
@@ -1073,7 +1081,7 @@ def _check_decided_rows(lake: Lake, snapshot: Snapshot, decides: list) -> list[s
         run_ids = lake.read("violations", columns=["run_id"], filter=pc.field("run_id").isin(sorted(expected)),
                             version=snapshot.versions["violations"]).column("run_id")
     found = {k: 0 for k in expected}
-    for run_id, n in zip(*pc.value_counts(run_ids).flatten()):
+    for run_id, n in zip(*pc.value_counts(run_ids).flatten(), strict=True):
         found[run_id.as_py()] = n.as_py()
     return [
         f"{r['policy_id']} v{r['policy_version']}: decide {run_id} recorded {r['violation_rows']} violations "
@@ -1112,7 +1120,7 @@ def _report(spark: SparkSession, lake: Lake, *, min_cell_count: int = DEFAULT_MI
     from moderation.runinfo import code_version, new_run_id, run_row
 
     run_id = new_run_id("report")
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     snapshot, decides, keys = _pinned_decides(spark, lake)
     pinned = snapshot.versions
     try:
@@ -1168,7 +1176,7 @@ def _report(spark: SparkSession, lake: Lake, *, min_cell_count: int = DEFAULT_MI
     lake.upsert_run(run_row(
         run_id=run_id, kind="report", status="succeeded",
         baseline_versions=[f"{t}={v}" for t, v in pinned.items() if v is not None],
-        code_version=code_version(), started_at=started, ended_at=dt.datetime.now(dt.timezone.utc),
+        code_version=code_version(), started_at=started, ended_at=dt.datetime.now(dt.UTC),
     ))
     return ReportResult(violation_rates_uri=rates_uri, violations_by_category_uri=by_category_uri,
                         rates=rates, totals=totals, diff_summary_uri=diff_summary_uri, diff_totals=diff_totals_table,

@@ -9,7 +9,6 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from moderation.backfill import run_backfill
 from moderation.chaos import chaos_backfill
 from moderation.demo import write_demo_catalog
 from moderation.lake import Lake
@@ -18,7 +17,7 @@ from tests.conftest import POLICY_V1
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
-def test_killed_backfill_resumes_to_exactly_the_uninterrupted_result(tmp_path, data_dir, ray_local):
+def test_killed_backfill_resumes_to_exactly_the_uninterrupted_result(tmp_path, data_dir):
     catalog = write_demo_catalog(str(tmp_path / "catalog"), items=60, data_dir=data_dir)
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump({"batch_size": 8, "actors": 1, "actor_num_cpus": 1.0, "torch_threads": 2,
@@ -28,13 +27,8 @@ def test_killed_backfill_resumes_to_exactly_the_uninterrupted_result(tmp_path, d
     # and a kill between chunks (resume numbers the next chunk). scripts/chaos_backfill.py also
     # kills after the catalog scan and after a scored batch, and at random moments.
     faults = ["before_commit:2", "after_commit:2", "between_chunks:2"]
-    # The uninterrupted reference runs in this process, on the session's local Ray (one Ray start
-    # fewer than a subprocess); the killed runs are `moderation backfill` processes.
-    reference = Lake(str(tmp_path / "reference-lake"))
-    run_backfill(catalog_uri=catalog.uri, lake_root=reference.root, policy_path=POLICY_V1, run_id="reference",
-                 profile_path=profile, progress=False)
     report = chaos_backfill(catalog=catalog.uri, workdir=tmp_path / "chaos", policy=POLICY_V1, profile=profile,
-                            kills=0, faults=faults, seed=3, reference=(reference, "reference"))
+                            kills=0, faults=faults, seed=3)
     print(report.summary())
     killed = [a.fault for a in report.attempts if a.killed]
     assert killed[: len(faults)] == faults, report.summary()  # each fault point really struck
@@ -54,4 +48,4 @@ def test_killed_backfill_resumes_to_exactly_the_uninterrupted_result(tmp_path, d
         if table == "scores":
             assert len(on_disk - referenced) >= 1  # the orphan of before_commit
     assert lake.read("scores", filter=pc.field("run_id") == "chaos").num_rows == \
-        reference.read("scores", filter=pc.field("run_id") == "reference").num_rows
+        Lake(str(tmp_path / "chaos" / "reference-lake")).read("scores", filter=pc.field("run_id") == "reference").num_rows

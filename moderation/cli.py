@@ -463,6 +463,15 @@ def models_list(json_: bool = typer.Option(False, "--json", help=_JSON_HELP)) ->
                                          for name, ref in sorted(spec.artifacts.items())}}
                           for spec in registry.values()]))
         return
+    from moderation.output import is_terminal, print_rich_table
+
+    if is_terminal():
+        print_rich_table(("model", "modality", "categories", "digest", "artifacts"), [
+            (spec.model_id, spec.modality, ",".join(spec.categories), spec.digest[:12] + "…",
+             ", ".join(f"{name}{' (converted)' if ref.convert else ''}"
+                       for name, ref in sorted(spec.artifacts.items())))
+            for spec in registry.values()], title="models (conf/models)")
+        return
     for spec in registry.values():
         typer.echo(f"{spec.model_id}  modality={spec.modality}  categories={','.join(spec.categories)}  "
                    f"digest={spec.digest}")
@@ -592,6 +601,12 @@ def policy_status(
         from moderation.output import dumps
 
         typer.echo(dumps(rows))
+        return
+    from moderation.output import is_terminal, print_rich_table
+
+    if is_terminal():
+        print_rich_table(("policy", "version", "effective", "file says"),
+                         [(r["policy_id"], r["version"], r["effective"], r["declared"]) for r in rows])
         return
     for r in rows:
         typer.echo(f"{r['policy_id']} v{r['version']}: {r['effective']}"
@@ -823,7 +838,7 @@ def eval_datasets(
     """List the evaluation datasets: version, rows, label balance, slices."""
     from moderation.evaluation.datasets import format_datasets, list_datasets
     from moderation.lake import Lake
-    from moderation.output import dumps
+    from moderation.output import dumps, is_terminal, print_rich_table
 
     try:
         rows = list_datasets(Lake(_abs_uri(lake)))
@@ -832,6 +847,10 @@ def eval_datasets(
     if json_:
         typer.echo(dumps([{**r, "labels": {c: {"positives": p, "labelled": n} for c, (p, n) in r["labels"].items()}}
                           for r in rows]))
+    elif is_terminal() and rows:
+        print_rich_table(("dataset", "version", "rows", "labels (positives/labelled)", "slices"), [
+            (r["name"], r["version"], r["rows"], ", ".join(f"{c} {p}/{n}" for c, (p, n) in r["labels"].items()),
+             ", ".join(r["slices"]) or "-") for r in rows])
     else:
         typer.echo(format_datasets(rows))
 

@@ -95,3 +95,24 @@ def test_bank_add_cli(tmp_path, data_dir):
     (tmp_path / "junk.png").write_bytes(b"junk")
     r = CliRunner().invoke(app, [*args[:2], str(tmp_path / "junk.png"), *args[3:]])
     assert r.exit_code == 1 and "rejected" in r.output and "junk.png" in r.output
+
+
+def test_list_commands_draw_rich_tables_at_a_terminal(tmp_path, monkeypatch, data_dir):
+    """At a terminal, `models list`, `policy status` and `eval datasets` draw tables with rich;
+    piped, they print the plain lines scripts already read."""
+    import moderation.output as output
+
+    piped = CliRunner().invoke(app, ["models", "list"])
+    monkeypatch.setattr(output, "is_terminal", lambda: True)
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps cells to the terminal's width
+    drawn = CliRunner().invoke(app, ["models", "list"])
+    assert drawn.exit_code == 0 and "┃ model" in drawn.output and "text-minilm-heads-v1" in drawn.output
+    assert "┃" not in piped.output and "modality=text" in piped.output
+    status = CliRunner().invoke(app, ["policy", "status", "--policy", str(POLICY_V1), "--lake", str(tmp_path)])
+    assert status.exit_code == 0 and "┃ policy" in status.output and "catalog-safety" in status.output
+    from moderation.evaluation.datasets import import_standard
+    from moderation.lake import Lake
+
+    import_standard(Lake(str(tmp_path)), data_dir, names=["youtube_spam_heldout"])
+    sets = CliRunner().invoke(app, ["eval", "datasets", "--lake", str(tmp_path)])
+    assert sets.exit_code == 0 and "┃ dataset" in sets.output and "youtube_spam_heldout" in sets.output

@@ -100,10 +100,11 @@ def arrow_filesystem(uri: str):
     return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
 
 
-def _evolve(dt, schema: pa.Schema) -> None:
+def _evolve(dt, schema: pa.Schema) -> bool:
     """Add the columns of ``schema`` a table written by an older version lacks (schema
     evolution is additive only; older rows read them as null), each with its description as
-    the column comment (the field metadata ``Field.from_arrow`` carries over)."""
+    the column comment (the field metadata ``Field.from_arrow`` carries over). Returns whether
+    it added any (the caller then reloads the table)."""
     from deltalake import Field
 
     have = set(dt.schema().to_arrow().names)
@@ -111,6 +112,7 @@ def _evolve(dt, schema: pa.Schema) -> None:
     if missing:
         log.info("adding columns %s to %s", [f.name for f in missing], dt.table_uri)
         dt.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing])
+    return bool(missing)
 
 
 def as_written(schema: pa.Schema, dt) -> pa.Schema:
@@ -406,8 +408,8 @@ class Lake:
                     self._create("violations", data(TABLE_SCHEMAS["violations"]), partition_by=VIOLATIONS_PARTITIONS,
                                  commit_properties=props)
                     return
-                _evolve(current, TABLE_SCHEMAS["violations"])
-                current = self.open("violations")
+                if _evolve(current, TABLE_SCHEMAS["violations"]):
+                    current = self.open("violations")
                 write_deltalake(
                     self.uri("violations"), data(as_written(TABLE_SCHEMAS["violations"], current)), mode="overwrite",
                     predicate=f"policy_id = '{pid}' AND policy_version = {int(policy_version)}",
@@ -431,8 +433,9 @@ class Lake:
                 if current is None:
                     self._create(table, data, commit_properties=props)
                     return
-                _evolve(current, schema)
-                write_deltalake(self.uri(table), data.cast(as_written(schema, self.open(table))), mode="overwrite",
+                if _evolve(current, schema):
+                    current = self.open(table)
+                write_deltalake(self.uri(table), data.cast(as_written(schema, current)), mode="overwrite",
                                 predicate=predicate, storage_options=self.options, commit_properties=props)
 
     def get_run(self, run_id: str) -> dict | None:

@@ -865,7 +865,7 @@ def eval_from_labels(
 ) -> None:
     """Turn the latest human label of each (item, category) into a new version of an evaluation
     dataset (text of the item from the catalog), so the next evaluation includes the reviews."""
-    from moderation.evaluation.review import labels_to_dataset
+    from moderation.evaluation.labels import labels_to_dataset
 
     try:
         result = labels_to_dataset(_abs_uri(lake), catalog_uri=_abs_uri(catalog), name=name,
@@ -908,7 +908,7 @@ def labels_import(
 ) -> None:
     """Import moderator decisions and appeal outcomes (upheld = 1, overturned = 0) into
     <lake>/labels; importing the same file again writes nothing."""
-    from moderation.evaluation.review import import_labels
+    from moderation.evaluation.labels import import_labels
 
     try:
         result = import_labels(_abs_uri(lake), file, column_map=_column_map(map_) or None, policy_path=policy)
@@ -933,7 +933,7 @@ def review_queue(
 ) -> None:
     """Sample items for human review into <lake>/review_queue: the uncertain band around each
     threshold (stratified by category and slice) plus a random audit sample."""
-    from moderation.evaluation.review import build_review_queue
+    from moderation.evaluation.queue import build_review_queue
 
     try:
         result = build_review_queue(_abs_uri(lake), policy, per_stratum=per_stratum, audit=audit, band=band,

@@ -12,12 +12,8 @@ import pytest
 
 from moderation.config import load_model_registry
 from moderation.evaluation.datasets import DatasetError, read_dataset
-from moderation.evaluation.review import (
-    build_review_queue,
-    import_labels,
-    labels_to_dataset,
-    latest_labels,
-)
+from moderation.evaluation.labels import import_labels, labels_to_dataset, latest_labels
+from moderation.evaluation.queue import build_review_queue
 from moderation.lake import Lake
 from moderation.schemas import REMOVALS_SCHEMA, SCORES_SCHEMA
 from tests.conftest import POLICY_V1

@@ -8,12 +8,14 @@ with rich at a terminal and printed as aligned text elsewhere.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import typer
 
@@ -88,6 +90,38 @@ def _fail(err: ModerationError) -> None:
     raise typer.Exit(code=getattr(err, "exit_code", 2))
 
 
+def _command(group: typer.Typer, name: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a command on ``group``: the skeleton every command shares. Its ``--verbose``
+    sets up logging first, and a ModerationError it raises becomes one ``error:`` line and the
+    error's exit code (``_fail``); any other exception reaches ``main()``."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(fn)  # typer reads the options from the wrapped signature
+        def run(*args: Any, **kwargs: Any) -> None:
+            _setup_logging(bool(kwargs.get("verbose", False)))
+            try:
+                fn(*args, **kwargs)
+            except ModerationError as e:
+                _fail(e)
+
+        group.command(name)(run)
+        return run
+
+    return register
+
+
+def _run_id_option(rows: str, kind: str) -> Any:
+    """``--run-id`` of a command that writes ``rows`` rows (checked by ``_checked_run_id``)."""
+    return typer.Option(None, callback=_checked_run_id,
+                        help=f"run id recorded in runs and in the {rows} rows (default: {kind}-<utc time>-<random>)")
+
+
+#: Options many commands share.
+_LAKE = typer.Option(..., help="lake root URI")
+_VERBOSE = typer.Option(False, "--verbose", "-v",
+                        help="log at INFO (default WARNING; $MODERATION_LOG_LEVEL overrides both)")
+
+
 def _progress() -> bool:
     """A progress bar only for a person at a terminal, not in a job's log."""
     return sys.stderr.isatty()
@@ -157,7 +191,7 @@ def _follow_ups(*, lake: str, policy: Path, decide: bool, enforce: bool) -> None
         typer.echo(run_enforce(lake_root=lake, policy_path=policy).summary())
 
 
-@app.command()
+@_command(app)
 def backfill(
     catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: path or s3://"),
     lake: str = typer.Option(..., help="lake root URI: path or s3://"),
@@ -178,27 +212,23 @@ def backfill(
                                "or model (conf/eval/gate.yaml); the override is recorded in runs"),
     decide: bool = typer.Option(False, "--decide", help=_DECIDE_HELP),
     enforce: bool = typer.Option(False, "--enforce", help=_ENFORCE_HELP),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Score the catalog with the policy's models into <lake>/scores and <lake>/quarantine."""
     from moderation.backfill import run_backfill
 
-    _setup_logging(verbose)
-    try:
-        _check_follow_ups(decide, enforce)
-        result = run_backfill(
-            catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
-            where=where, limit=limit, catalog_version=catalog_version, ray_address=ray_address,
-            profile_path=profile, column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root],
-            force=force, progress=_progress(),
-        )
-        typer.echo(result.summary())
-        _follow_ups(lake=_abs_uri(lake), policy=policy, decide=decide, enforce=enforce)
-    except ModerationError as e:
-        _fail(e)
+    _check_follow_ups(decide, enforce)
+    result = run_backfill(
+        catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
+        where=where, limit=limit, catalog_version=catalog_version, ray_address=ray_address,
+        profile_path=profile, column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root],
+        force=force, progress=_progress(),
+    )
+    typer.echo(result.summary())
+    _follow_ups(lake=_abs_uri(lake), policy=policy, decide=decide, enforce=enforce)
 
 
-@app.command()
+@_command(app)
 def rescan(
     catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: path or s3://"),
     lake: str = typer.Option(..., help="lake root URI: path or s3://"),
@@ -215,106 +245,84 @@ def rescan(
                                "or model (conf/eval/gate.yaml); the override is recorded in runs"),
     decide: bool = typer.Option(False, "--decide", help=_DECIDE_HELP + " (also when nothing changed)"),
     enforce: bool = typer.Option(False, "--enforce", help=_ENFORCE_HELP),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Score only what changed since the last successful run: new items, changed content,
     changed model versions. Items gone from the catalog are recorded in <lake>/removals and
     their violations retired at the next decide. Writes nothing when nothing changed."""
     from moderation.rescan import run_rescan
 
-    _setup_logging(verbose)
-    try:
-        _check_follow_ups(decide, enforce)
-        result = run_rescan(
-            catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
-            change_source=cast("ChangeSource", change_source), ray_address=ray_address, profile_path=profile,
-            column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root], force=force,
-            progress=_progress(),
-        )
-        typer.echo(result.summary())
-        _follow_ups(lake=_abs_uri(lake), policy=policy, decide=decide, enforce=enforce)
-    except ModerationError as e:
-        _fail(e)
+    _check_follow_ups(decide, enforce)
+    result = run_rescan(
+        catalog_uri=_abs_uri(catalog), lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id,
+        change_source=cast("ChangeSource", change_source), ray_address=ray_address, profile_path=profile,
+        column_map=_column_map(map_), media_roots=[_abs_uri(r) for r in media_root], force=force,
+        progress=_progress(),
+    )
+    typer.echo(result.summary())
+    _follow_ups(lake=_abs_uri(lake), policy=policy, decide=decide, enforce=enforce)
 
 
-@app.command()
+@_command(app)
 def decide(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     policy: Path = typer.Option(..., help="policy version file"),
-    run_id: str | None = typer.Option(None, callback=_checked_run_id,
-                                         help="run id recorded in runs and in the violations rows "
-                                              "(default: decide-<utc time>-<random>)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    run_id: str | None = _run_id_option("violations", "decide"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Apply a policy version to the stored scores (no model) and replace its violations."""
     from moderation.decide import run_decide
 
-    _setup_logging(verbose)
-    try:
-        result = run_decide(lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id)
-    except ModerationError as e:
-        _fail(e)
+    result = run_decide(lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id)
     typer.echo(result.summary())
 
 
-@app.command()
+@_command(app)
 def diff(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     policy: str = typer.Option(..., help="policy id, e.g. catalog-safety"),
     from_version: int = typer.Option(..., "--from", help="the version compared from (usually the live one)"),
     to_version: int = typer.Option(..., "--to", help="the version compared to (the candidate)"),
     sample_per_stratum: int = typer.Option(20, min=0, help="review-sample rows per category x change"),
     seed: int = typer.Option(0, help="review-sample seed"),
-    run_id: str | None = typer.Option(None, callback=_checked_run_id,
-                                         help="run id recorded in runs and in the diffs rows "
-                                              "(default: diff-<utc time>-<random>)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    run_id: str | None = _run_id_option("diffs", "diff"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Compare two decided versions of a policy (no model): write <lake>/diffs (newly violating,
     cleared, action changed, per item, category and market) and a stratified review sample to
     <lake>/diff_samples, and print a summary by category, item type, market and language."""
     from moderation.diff import run_diff
 
-    _setup_logging(verbose)
-    try:
-        result = run_diff(lake_root=_abs_uri(lake), policy_id=policy, from_version=from_version,
-                          to_version=to_version, run_id=run_id, sample_per_stratum=sample_per_stratum, seed=seed)
-    except ModerationError as e:
-        _fail(e)
+    result = run_diff(lake_root=_abs_uri(lake), policy_id=policy, from_version=from_version,
+                      to_version=to_version, run_id=run_id, sample_per_stratum=sample_per_stratum, seed=seed)
     typer.echo(result.summary())
 
 
-@app.command()
+@_command(app)
 def enforce(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     policy: Path = typer.Option(..., help="the live policy version file"),
-    run_id: str | None = typer.Option(None, callback=_checked_run_id,
-                                         help="run id recorded in runs and in the enforcement rows "
-                                              "(default: enforce-<utc time>-<random>)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    run_id: str | None = _run_id_option("enforcement", "enforce"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Export the actions the live version takes to <lake>/enforcement (one row per item,
     category and market; change data feed on). Refused for draft and shadow versions.
     Idempotent per version: exporting the same decide again writes nothing."""
     from moderation.enforcement import run_enforce
 
-    _setup_logging(verbose)
-    try:
-        result = run_enforce(lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id)
-    except ModerationError as e:
-        _fail(e)
+    result = run_enforce(lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id)
     typer.echo(result.summary())
 
 
-@app.command()
+@_command(app)
 def report(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     master: str | None = typer.Option(None, help="Spark master (default: spark-submit's under spark-submit, "
                                          "else local[*])"),
     min_cell_count: int = typer.Option(10, "--min-cell-count", min=1,
                                        help="k of reports/transparency: a cell counting fewer items is suppressed "
                                             "(count withheld, suppressed=true)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Spark job: violation counts and rates by policy version, category, item type, market,
     language, and how much of each item its model read (coverage); the analysts' reports (trend by
@@ -323,11 +331,7 @@ def report(
     <lake>/reports/. Also the spark-submit entrypoint (jobs/report.py)."""
     from moderation.reporting import run_report
 
-    _setup_logging(verbose)
-    try:
-        result = run_report(_abs_uri(lake), master=master or _default_master(), min_cell_count=min_cell_count)
-    except ModerationError as e:
-        _fail(e)
+    result = run_report(_abs_uri(lake), master=master or _default_master(), min_cell_count=min_cell_count)
     typer.echo(result.summary())
 
 
@@ -341,11 +345,11 @@ def _version_pins(items: list[str]) -> dict[str, int]:
     return pins
 
 
-@app.command("sql")
+@_command(app, "sql")
 def sql_(
     query: str = typer.Argument(
         ..., help="one read-only Spark SQL statement, e.g. \"SELECT count(*) FROM violations\""),
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     csv: bool = typer.Option(False, "--csv", help="print CSV with a header (lists and maps as JSON)"),
     json_: bool = typer.Option(False, "--json", help="print JSON Lines, one object per row"),
     version_of: list[str] = typer.Option([], "--version-of", help="TABLE=VERSION: read this Delta version of the "
@@ -354,22 +358,18 @@ def sql_(
     max_rows: int = typer.Option(1000, min=0, help="print at most N rows (0: all); a cut result says so on stderr"),
     master: str | None = typer.Option(None, help="Spark master (default: spark-submit's under spark-submit, "
                                          "else local[*])"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Query the lake with Spark SQL, offline: every lake table is a temp view of one pinned
     snapshot (scores, violations, runs, diffs, eval_results, reports_violation_rates, ...; see
     docs/cookbook.md). The snapshot's versions are printed on stderr."""
     from moderation.query import format_rows, run_sql
 
-    _setup_logging(verbose)
-    try:
-        if csv and json_:
-            raise ModerationError("--csv and --json: choose one output format")
-        result = run_sql(_abs_uri(lake), query, versions=_version_pins(version_of),
-                         catalog_uri=None if catalog is None else _abs_uri(catalog), max_rows=max_rows,
-                         master=master or _default_master())
-    except ModerationError as e:
-        _fail(e)
+    if csv and json_:
+        raise ModerationError("--csv and --json: choose one output format")
+    result = run_sql(_abs_uri(lake), query, versions=_version_pins(version_of),
+                     catalog_uri=None if catalog is None else _abs_uri(catalog), max_rows=max_rows,
+                     master=master or _default_master())
     typer.echo(result.pinned.describe(), err=True)
     for name, why in sorted(result.skipped.items()):
         typer.echo(f"warning: {name}: no view: {why}", err=True)
@@ -378,9 +378,9 @@ def sql_(
         typer.echo(f"warning: output cut at {max_rows} rows (--max-rows 0 prints all)", err=True)
 
 
-@app.command("tables")
+@_command(app, "tables")
 def tables_(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     table: list[str] = typer.Argument(None, help="only these tables (path under the lake, e.g. eval/results, or "
                                       "view name, e.g. eval_results; default: all)", show_default=False),
     json_: bool = typer.Option(False, "--json", help=_JSON_HELP),
@@ -396,20 +396,17 @@ def tables_(
     from moderation.dictionary import column_rows, describe_lake, format_tables, overview_rows
     from moderation.output import dumps, is_terminal, print_rich_table
 
-    try:
-        root = _abs_uri(lake)
-        found = describe_lake(root, table or None)
-        if write_comments:
-            from moderation.lake import Lake
-            from moderation.schemas import LAKE_SCHEMAS
+    root = _abs_uri(lake)
+    found = describe_lake(root, table or None)
+    if write_comments:
+        from moderation.lake import Lake
+        from moderation.schemas import LAKE_SCHEMAS
 
-            for info in found:
-                if info.name in LAKE_SCHEMAS:
-                    changed = Lake(root).write_comments(info.name, LAKE_SCHEMAS[info.name])
-                    typer.echo(f"{info.name}: {len(changed)} column comment(s) written", err=True)
-            found = describe_lake(root, table or None)
-    except ModerationError as e:
-        _fail(e)
+        for info in found:
+            if info.name in LAKE_SCHEMAS:
+                changed = Lake(root).write_comments(info.name, LAKE_SCHEMAS[info.name])
+                typer.echo(f"{info.name}: {len(changed)} column comment(s) written", err=True)
+        found = describe_lake(root, table or None)
     if json_:
         typer.echo(dumps([t.to_dict() for t in found]))
     elif is_terminal():
@@ -421,39 +418,32 @@ def tables_(
         typer.echo(format_tables(found, columns=columns))
 
 
-@app.command()
+@_command(app)
 def demo(
     lake: str = typer.Option(DEFAULT_LAKE, help="lake root for the demo (created if missing)"),
     items: int = typer.Option(2000, min=10, help="items in the demo catalog"),
     data_dir: Path | None = typer.Option(None, help="labelled data and media (default ../shared/data)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Build a demo catalog at <lake>/catalog (with generated media in <lake>/demo-media), bank
     two stand-in images, backfill with the models of v3 (text, cover art, audio) and of v9 (the
     fine-tuned multilingual text model), decide v1, v2, v3 and v9 from those scores, and report."""
     from moderation.demo_run import run_demo
 
-    _setup_logging(verbose)
     policies = [default_conf_dir() / "policies" / p for p in DEMO_POLICIES]
-    try:
-        run_demo(lake_root=_abs_uri(lake), items=items, data_dir=data_dir, policies=policies, echo=typer.echo)
-    except ModerationError as e:
-        _fail(e)
+    run_demo(lake_root=_abs_uri(lake), items=items, data_dir=data_dir, policies=policies, echo=typer.echo)
 
 
 models_app = typer.Typer(no_args_is_help=True, help="The model registry (conf/models/).")
 app.add_typer(models_app, name="models")
 
 
-@models_app.command("list")
+@_command(models_app, "list")
 def models_list(json_: bool = typer.Option(False, "--json", help=_JSON_HELP)) -> None:
     """List registered models: id, modality, categories, digest, artifacts."""
     from moderation.config import load_model_registry
 
-    try:
-        registry = load_model_registry()
-    except ModerationError as e:
-        _fail(e)
+    registry = load_model_registry()
     if json_:
         from moderation.output import dumps
 
@@ -480,7 +470,7 @@ def models_list(json_: bool = typer.Option(False, "--json", help=_JSON_HELP)) ->
             typer.echo(f"    {name:16} {ref.sha256[:16]}…  {ref.uri}{derived}")
 
 
-@models_app.command("verify")
+@_command(models_app, "verify")
 def models_verify(
     model_id: str | None = typer.Argument(None, help="one model id (default: all)"),
     policy: Path | None = typer.Option(None, help="only the models of this policy version file"),
@@ -493,12 +483,9 @@ def models_verify(
     from moderation.config import load_model_registry
     from moderation.model_verify import check_artifacts, check_on_cluster, format_checks, format_nodes, select_models
 
-    try:
-        specs = select_models(load_model_registry(), model_id=model_id, policy=policy)
-        if on_cluster:
-            reports = check_on_cluster(specs, address=ray_address)
-    except ModerationError as e:
-        _fail(e)
+    specs = select_models(load_model_registry(), model_id=model_id, policy=policy)
+    if on_cluster:
+        reports = check_on_cluster(specs, address=ray_address)
     if on_cluster:
         for line in format_nodes(reports):
             typer.echo(line)
@@ -519,10 +506,10 @@ bank_app = typer.Typer(no_args_is_help=True, help="The hash bank of known violat
 app.add_typer(bank_app, name="bank")
 
 
-@bank_app.command("add")
+@_command(bank_app, "add")
 def bank_add(
     paths: list[str] = typer.Argument(..., help="image files (or s3:// URIs) to bank"),
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     category: str = typer.Option(..., help="policy category the images violate, e.g. sexual"),
     label: str = typer.Option(..., help="label shown as evidence when a cover matches"),
     source: str | None = typer.Option(None, help="where the images came from (default: each path)"),
@@ -533,11 +520,8 @@ def bank_add(
     from moderation.bank import add_to_bank
     from moderation.lake import Lake
 
-    try:
-        result = add_to_bank(Lake(_abs_uri(lake)), [_abs_uri(p) for p in paths], category=category, label=label,
-                             source=source, min_quality=min_quality)
-    except ModerationError as e:
-        _fail(e)
+    result = add_to_bank(Lake(_abs_uri(lake)), [_abs_uri(p) for p in paths], category=category, label=label,
+                         source=source, min_quality=min_quality)
     typer.echo(f"added {len(result.added)}, already present {len(result.already_present)}, "
                f"rejected {len(result.rejected)} (bank version {result.version})")
     for path, reason in result.rejected:
@@ -550,9 +534,9 @@ policy_app = typer.Typer(no_args_is_help=True, help="Policy versions: lifecycle 
 app.add_typer(policy_app, name="policy")
 
 
-@policy_app.command("promote")
+@_command(policy_app, "promote")
 def policy_promote(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     policy: Path = typer.Option(..., help="the policy version file to promote"),
     to: str = typer.Option("live", help="live or shadow"),
     force: bool = typer.Option(False, "--force", help="promote although the version was not decided or not "
@@ -560,26 +544,22 @@ def policy_promote(
     run_id: str | None = typer.Option(None, callback=_checked_run_id,
                                          help="run id the promotion is recorded under in runs "
                                               "(default: promote-<utc time>-<random>)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Make a policy version live (the previous live one is retired) or shadow; recorded in
     <lake>/runs. Going live needs a decide of the version and a diff from the live version."""
     from moderation.lifecycle import run_promote
 
-    _setup_logging(verbose)
     if to not in ("live", "shadow"):
         _fail(ModerationError(f"--to {to!r}: expected live or shadow"))
-    try:
-        result = run_promote(lake_root=_abs_uri(lake), policy_path=policy, to=cast(Literal["live", "shadow"], to),
-                             force=force, run_id=run_id)
-    except ModerationError as e:
-        _fail(e)
+    result = run_promote(lake_root=_abs_uri(lake), policy_path=policy, to=cast(Literal["live", "shadow"], to),
+                         force=force, run_id=run_id)
     typer.echo(result.summary())
 
 
-@policy_app.command("status")
+@_command(policy_app, "status")
 def policy_status(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     policy: Path = typer.Option(..., help="any version file of the policy (its sibling files are read too)"),
     json_: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
@@ -588,15 +568,12 @@ def policy_status(
     from moderation.lake import Lake
     from moderation.lifecycle import declared_statuses, effective_status
 
-    try:
-        loaded = load_policy(policy)
-        lake_ = Lake(_abs_uri(lake))
-        pid = loaded.policy.policy_id
-        rows = [{"policy_id": pid, "version": version, "declared": declared,
-                 "effective": effective_status(lake_, pid, version, declared)}
-                for version, declared in sorted(declared_statuses(loaded).items())]
-    except ModerationError as e:
-        _fail(e)
+    loaded = load_policy(policy)
+    lake_ = Lake(_abs_uri(lake))
+    pid = loaded.policy.policy_id
+    rows = [{"policy_id": pid, "version": version, "declared": declared,
+             "effective": effective_status(lake_, pid, version, declared)}
+            for version, declared in sorted(declared_statuses(loaded).items())]
     if json_:
         from moderation.output import dumps
 
@@ -618,9 +595,9 @@ runs_app = typer.Typer(no_args_is_help=True,
 app.add_typer(runs_app, name="runs")
 
 
-@runs_app.command("list")
+@_command(runs_app, "list")
 def runs_list(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     kind: str | None = typer.Option(
         None, help="backfill, rescan, decide, diff, promote, enforce, labels_import, review_queue or report"),
     policy: str | None = typer.Option(None, help="policy id"),
@@ -633,10 +610,7 @@ def runs_list(
     from moderation.output import dumps, is_terminal, print_rich_table
     from moderation.runs import format_runs, list_runs, runs_rows
 
-    try:
-        table = list_runs(Lake(_abs_uri(lake)), kind=kind, policy_id=policy, status=status, limit=limit)
-    except ModerationError as e:
-        _fail(e)
+    table = list_runs(Lake(_abs_uri(lake)), kind=kind, policy_id=policy, status=status, limit=limit)
     if json_:
         typer.echo(dumps(table.to_pylist()))
     elif is_terminal() and table.num_rows:
@@ -645,10 +619,10 @@ def runs_list(
         typer.echo(format_runs(table))
 
 
-@runs_app.command("show")
+@_command(runs_app, "show")
 def runs_show(
     run_id: str = typer.Argument(..., help="run id"),
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     check: bool = typer.Option(True, help="check that the run is still reproducible (catalog version readable "
                                "by time travel, policy file with the recorded hash, model digests)"),
     json_: bool = typer.Option(False, "--json", help=_JSON_HELP + ": the row, the checks, the command"),
@@ -658,10 +632,7 @@ def runs_show(
     from moderation.lake import Lake
     from moderation.runs import show_run
 
-    try:
-        report = show_run(Lake(_abs_uri(lake)), run_id, check=check)
-    except ModerationError as e:
-        _fail(e)
+    report = show_run(Lake(_abs_uri(lake)), run_id, check=check)
     if json_:
         from moderation.output import dumps
 
@@ -675,7 +646,7 @@ def runs_show(
 # --------------------------------------------------------------------------------------
 # Evaluation (moderation/evaluation/)
 # --------------------------------------------------------------------------------------
-@app.command()
+@_command(app)
 def evaluate(
     lake: str = typer.Option(..., help="lake root URI (datasets in <lake>/eval/datasets, results in <lake>/eval)"),
     model: str = typer.Option(..., help="registry model id, e.g. text-minilm-heads-v1"),
@@ -690,26 +661,22 @@ def evaluate(
     slices: bool = typer.Option(True, help="print the per-slice rows too"),
     media_root: list[str] = typer.Option([], help="folder or s3:// prefix image/audio examples may lie under "
                                          "(repeatable; default: the data directory's media)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Score an evaluation dataset with a model (and the baselines) and print per-category and
     per-slice metrics with bootstrap 95% intervals; results go to <lake>/eval/results."""
     from moderation.evaluation.evaluate import evaluate as run_evaluate
 
-    _setup_logging(verbose)
-    try:
-        result = run_evaluate(lake_root=_abs_uri(lake), model_id=model, dataset=dataset, policy_path=policy,
-                              dataset_version=dataset_version, baselines=baselines,
-                              target_precision=target_precision, bootstrap=bootstrap, seed=seed,
-                              media_roots=[_abs_uri(r) for r in media_root] or None)
-    except ModerationError as e:
-        _fail(e)
+    result = run_evaluate(lake_root=_abs_uri(lake), model_id=model, dataset=dataset, policy_path=policy,
+                          dataset_version=dataset_version, baselines=baselines,
+                          target_precision=target_precision, bootstrap=bootstrap, seed=seed,
+                          media_roots=[_abs_uri(r) for r in media_root] or None)
     typer.echo(result.summary(slices=slices))
 
 
-@app.command()
+@_command(app)
 def calibrate(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     model: str = typer.Option(..., help="registry model id"),
     dataset: str = typer.Option(..., help="evaluation dataset to fit thresholds on (e.g. hatexplain_validation)"),
     policy: Path = typer.Option(..., help="the base policy version file (usually the live one)"),
@@ -719,19 +686,15 @@ def calibrate(
     out: Path | None = typer.Option(None, help="where to write the new version (default: beside --policy)"),
     category: list[str] = typer.Option(None, help="calibrate only this category (repeatable; default all): "
                                        "the others keep the base version's rule"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Propose per-category thresholds for a target precision and write them as a new draft
     policy version file."""
     from moderation.evaluation.calibrate import calibrate as run_calibrate
 
-    _setup_logging(verbose)
-    try:
-        result = run_calibrate(lake_root=_abs_uri(lake), model_id=model, dataset=dataset, policy_path=policy,
-                               target_precision=target_precision, review_precision=review_precision, out=out,
-                               categories=category or None)
-    except ModerationError as e:
-        _fail(e)
+    result = run_calibrate(lake_root=_abs_uri(lake), model_id=model, dataset=dataset, policy_path=policy,
+                           target_precision=target_precision, review_precision=review_precision, out=out,
+                           categories=category or None)
     typer.echo(result.summary())
 
 
@@ -747,10 +710,10 @@ def _label_map(items: list[str]) -> dict[str, str]:
     return out
 
 
-@eval_app.command("import")
+@_command(eval_app, "import")
 def eval_import(
     file: Path = typer.Argument(..., help="CSV, TSV or Parquet file"),
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     name: str = typer.Option(..., help="dataset name; an existing one gets a new version"),
     label_column: list[str] = typer.Option(..., help="CATEGORY=COLUMN (or COLUMN when named like the category): "
                                            "0/1, true/false, yes/no; empty = not labelled (repeatable)"),
@@ -766,22 +729,19 @@ def eval_import(
     from moderation.evaluation.datasets import import_file, import_provenance, write_dataset
     from moderation.lake import Lake
 
-    try:
-        labels = _label_map(label_column)
-        table = import_file(file, label_columns=labels, slice_columns=slice_column, text_column=text_column,
-                            id_column=id_column, media_column=media_column, modality=modality)
-        version, written = write_dataset(Lake(_abs_uri(lake)), name, table, description=description,
-                                         provenance=import_provenance(file, labels=labels, slices=slice_column))
-    except ModerationError as e:
-        _fail(e)
+    labels = _label_map(label_column)
+    table = import_file(file, label_columns=labels, slice_columns=slice_column, text_column=text_column,
+                        id_column=id_column, media_column=media_column, modality=modality)
+    version, written = write_dataset(Lake(_abs_uri(lake)), name, table, description=description,
+                                     provenance=import_provenance(file, labels=labels, slices=slice_column))
     what = "wrote" if written else "unchanged:"
     typer.echo(f"{what} dataset {name} v{version}: {table.num_rows} examples, labels {sorted(labels)}, "
                f"slices {slice_column or '-'}")
 
 
-@eval_app.command("import-standard")
+@_command(eval_app, "import-standard")
 def eval_import_standard(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     data_dir: Path | None = typer.Option(None, help="labelled data folder (default $MODERATION_DATA_DIR or "
                                             "../shared/data)"),
     name: list[str] = typer.Option([], help="only these standard datasets (repeatable)"),
@@ -791,17 +751,14 @@ def eval_import_standard(
     from moderation.evaluation.datasets import import_standard
     from moderation.lake import Lake
 
-    try:
-        done = import_standard(Lake(_abs_uri(lake)), data_dir or default_data_dir(), name or None)
-    except ModerationError as e:
-        _fail(e)
+    done = import_standard(Lake(_abs_uri(lake)), data_dir or default_data_dir(), name or None)
     for ds, version, written in done:
         typer.echo(f"{'wrote' if written else 'unchanged:'} dataset {ds} v{version}")
 
 
-@eval_app.command("compare")
+@_command(eval_app, "compare")
 def eval_compare(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     model: str = typer.Option(..., help="registry model id (A)"),
     dataset: str = typer.Option(..., help="evaluation dataset name"),
     against: list[str] = typer.Option([], help="model(s) to compare with (B; default: the registry's baselines)"),
@@ -810,19 +767,15 @@ def eval_compare(
     bootstrap: int = typer.Option(1000, help="paired bootstrap resamples (at least 100)"),
     seed: int = typer.Option(0),
     csv: Path | None = typer.Option(None, help="also write the rows to this CSV file"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Model A against model B on the same examples, per category and slice: PR-AUC and ROC-AUC
     differences with paired bootstrap 95% intervals and a verdict (better / worse / no clear
     difference). Reuses stored predictions; writes nothing to the lake."""
     from moderation.evaluation.compare import compare, comparisons_frame, format_comparison
 
-    _setup_logging(verbose)
-    try:
-        results = compare(lake_root=_abs_uri(lake), dataset=dataset, model_id=model, against=against or None,
-                          dataset_version=dataset_version, min_slice_n=min_slice_n, bootstrap=bootstrap, seed=seed)
-    except ModerationError as e:
-        _fail(e)
+    results = compare(lake_root=_abs_uri(lake), dataset=dataset, model_id=model, against=against or None,
+                      dataset_version=dataset_version, min_slice_n=min_slice_n, bootstrap=bootstrap, seed=seed)
     typer.echo("\n\n".join(format_comparison(c) for c in results))
     if csv is not None:
         csv.parent.mkdir(parents=True, exist_ok=True)
@@ -830,9 +783,9 @@ def eval_compare(
         typer.echo(f"wrote {csv}")
 
 
-@eval_app.command("datasets")
+@_command(eval_app, "datasets")
 def eval_datasets(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     json_: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """List the evaluation datasets: version, rows, label balance, slices."""
@@ -840,10 +793,7 @@ def eval_datasets(
     from moderation.lake import Lake
     from moderation.output import dumps, is_terminal, print_rich_table
 
-    try:
-        rows = list_datasets(Lake(_abs_uri(lake)))
-    except ModerationError as e:
-        _fail(e)
+    rows = list_datasets(Lake(_abs_uri(lake)))
     if json_:
         typer.echo(dumps([{**r, "labels": {c: {"positives": p, "labelled": n} for c, (p, n) in r["labels"].items()}}
                           for r in rows]))
@@ -855,7 +805,7 @@ def eval_datasets(
         typer.echo(format_datasets(rows))
 
 
-@eval_app.command("from-labels")
+@_command(eval_app, "from-labels")
 def eval_from_labels(
     lake: str = typer.Option(..., help="lake root URI (reads <lake>/labels)"),
     catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: the reviewed items' text"),
@@ -867,15 +817,12 @@ def eval_from_labels(
     dataset (text of the item from the catalog), so the next evaluation includes the reviews."""
     from moderation.evaluation.labels import labels_to_dataset
 
-    try:
-        result = labels_to_dataset(_abs_uri(lake), catalog_uri=_abs_uri(catalog), name=name,
-                                   column_map=_column_map(map_) or None, catalog_version=catalog_version)
-    except ModerationError as e:
-        _fail(e)
+    result = labels_to_dataset(_abs_uri(lake), catalog_uri=_abs_uri(catalog), name=name,
+                               column_map=_column_map(map_) or None, catalog_version=catalog_version)
     typer.echo(result.summary())
 
 
-@eval_app.command("report")
+@_command(eval_app, "report")
 def eval_report(
     lake: str = typer.Option(..., help="lake root URI (reads <lake>/eval/results and predictions)"),
     out: Path = typer.Option(Path("eval-report"), help="folder for eval_report.html and eval_summary.png"),
@@ -887,10 +834,7 @@ def eval_report(
     from moderation.evaluation.report import write_report
     from moderation.lake import Lake
 
-    try:
-        files = write_report(Lake(_abs_uri(lake)), out, datasets=dataset or None, min_slice_n=min_slice_n)
-    except ModerationError as e:
-        _fail(e)
+    files = write_report(Lake(_abs_uri(lake)), out, datasets=dataset or None, min_slice_n=min_slice_n)
     typer.echo(files.summary())
 
 
@@ -898,11 +842,11 @@ labels_app = typer.Typer(no_args_is_help=True, help="Human review outcomes (<lak
 app.add_typer(labels_app, name="labels")
 
 
-@labels_app.command("import")
+@_command(labels_app, "import")
 def labels_import(
     file: Path = typer.Argument(..., help="CSV, TSV or Parquet: item_id, category, decision or label, "
                                 "reviewed_at, [source, market, reviewer, policy_id, policy_version]"),
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     policy: Path | None = typer.Option(None, help="check categories against this policy version"),
     map_: list[str] = typer.Option([], "--map", help="FIELD=COLUMN: read FIELD from the file's column COLUMN"),
 ) -> None:
@@ -910,16 +854,13 @@ def labels_import(
     <lake>/labels; importing the same file again writes nothing."""
     from moderation.evaluation.labels import import_labels
 
-    try:
-        result = import_labels(_abs_uri(lake), file, column_map=_column_map(map_) or None, policy_path=policy)
-    except ModerationError as e:
-        _fail(e)
+    result = import_labels(_abs_uri(lake), file, column_map=_column_map(map_) or None, policy_path=policy)
     typer.echo(result.summary())
 
 
-@app.command("review-queue")
+@_command(app, "review-queue")
 def review_queue(
-    lake: str = typer.Option(..., help="lake root URI"),
+    lake: str = _LAKE,
     policy: Path = typer.Option(..., help="policy version file: its thresholds define the uncertain band"),
     per_stratum: int = typer.Option(20, min=1, help="most items per category x slice value"),
     audit: int = typer.Option(50, min=0, help="uniform random audit items on top"),
@@ -935,12 +876,9 @@ def review_queue(
     threshold (stratified by category and slice) plus a random audit sample."""
     from moderation.evaluation.queue import build_review_queue
 
-    try:
-        result = build_review_queue(_abs_uri(lake), policy, per_stratum=per_stratum, audit=audit, band=band,
-                                    slice_columns=tuple(slice_column) or ("language", "item_type"), seed=seed,
-                                    queue_id=queue_id, requeue_pending=requeue_pending)
-    except ModerationError as e:
-        _fail(e)
+    result = build_review_queue(_abs_uri(lake), policy, per_stratum=per_stratum, audit=audit, band=band,
+                                slice_columns=tuple(slice_column) or ("language", "item_type"), seed=seed,
+                                queue_id=queue_id, requeue_pending=requeue_pending)
     typer.echo(result.summary())
 
 

@@ -173,6 +173,15 @@ _PROFILE_HELP = "run profile (default conf/jobs/local.yaml; conf/jobs/cluster.ya
 _DECIDE_HELP = "after the run, decide this policy version from the stored scores (as `moderation decide`)"
 _ENFORCE_HELP = "after --decide, export the live version's actions (as `moderation enforce`; refused unless live)"
 
+#: Options of the scoring commands (backfill, rescan).
+_RAY_ADDRESS = typer.Option(None, help=_RAY_HELP)
+_PROFILE = typer.Option(None, help=_PROFILE_HELP)
+_MAP = typer.Option([], "--map", help=_MAP_HELP)
+_MEDIA_ROOT = typer.Option([], "--media-root", help=_ROOT_HELP)
+_FORCE = typer.Option(False, "--force", help="run although the evaluation gate blocks this policy version or model "
+                      "(conf/eval/gate.yaml); the override is recorded in runs")
+_ENFORCE = typer.Option(False, "--enforce", help=_ENFORCE_HELP)
+
 
 def _check_follow_ups(decide: bool, enforce: bool) -> None:
     if enforce and not decide:
@@ -204,14 +213,13 @@ def backfill(
     limit: int | None = typer.Option(None, min=1, help="score at most N items"),
     catalog_version: int | None = typer.Option(None, min=0, help="read this Delta version of the catalog "
                                                    "(time travel; default the latest), e.g. to reproduce a past run"),
-    ray_address: str | None = typer.Option(None, help=_RAY_HELP),
-    profile: Path | None = typer.Option(None, help=_PROFILE_HELP),
-    map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
-    media_root: list[str] = typer.Option([], help=_ROOT_HELP),
-    force: bool = typer.Option(False, "--force", help="run although the evaluation gate blocks this policy version "
-                               "or model (conf/eval/gate.yaml); the override is recorded in runs"),
+    ray_address: str | None = _RAY_ADDRESS,
+    profile: Path | None = _PROFILE,
+    map_: list[str] = _MAP,
+    media_root: list[str] = _MEDIA_ROOT,
+    force: bool = _FORCE,
     decide: bool = typer.Option(False, "--decide", help=_DECIDE_HELP),
-    enforce: bool = typer.Option(False, "--enforce", help=_ENFORCE_HELP),
+    enforce: bool = _ENFORCE,
     verbose: bool = _VERBOSE,
 ) -> None:
     """Score the catalog with the policy's models into <lake>/scores and <lake>/quarantine."""
@@ -237,14 +245,13 @@ def rescan(
                                       help="run id; re-using an unfinished one resumes it"),
     change_source: str = typer.Option("auto", help="auto (the catalog's change data feed when usable, else "
                                       "content hashes), cdf, or anti_join"),
-    ray_address: str | None = typer.Option(None, help=_RAY_HELP),
-    profile: Path | None = typer.Option(None, help=_PROFILE_HELP),
-    map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
-    media_root: list[str] = typer.Option([], help=_ROOT_HELP),
-    force: bool = typer.Option(False, "--force", help="run although the evaluation gate blocks this policy version "
-                               "or model (conf/eval/gate.yaml); the override is recorded in runs"),
+    ray_address: str | None = _RAY_ADDRESS,
+    profile: Path | None = _PROFILE,
+    map_: list[str] = _MAP,
+    media_root: list[str] = _MEDIA_ROOT,
+    force: bool = _FORCE,
     decide: bool = typer.Option(False, "--decide", help=_DECIDE_HELP + " (also when nothing changed)"),
-    enforce: bool = typer.Option(False, "--enforce", help=_ENFORCE_HELP),
+    enforce: bool = _ENFORCE,
     verbose: bool = _VERBOSE,
 ) -> None:
     """Score only what changed since the last successful run: new items, changed content,
@@ -476,7 +483,7 @@ def models_verify(
     policy: Path | None = typer.Option(None, help="only the models of this policy version file"),
     on_cluster: bool = typer.Option(False, "--on-cluster", help="check from a Ray task on every alive node of the "
                                     "cluster, each reading the artifacts as a scoring actor there would"),
-    ray_address: str | None = typer.Option(None, help=_RAY_HELP),
+    ray_address: str | None = _RAY_ADDRESS,
 ) -> None:
     """Check every artifact's SHA-256 against the registry (derived artifacts built from their
     pinned source first); exit 1 on any mismatch or missing file, on any node with --on-cluster."""
@@ -811,7 +818,7 @@ def eval_from_labels(
     catalog: str = typer.Option(..., help="catalog Delta table (or Parquet) URI: the reviewed items' text"),
     name: str = typer.Option("catalog_reviews", help="dataset name; new reviews make a new version"),
     catalog_version: int | None = typer.Option(None, min=0, help="catalog Delta version (default: latest)"),
-    map_: list[str] = typer.Option([], "--map", help=_MAP_HELP),
+    map_: list[str] = _MAP,
 ) -> None:
     """Turn the latest human label of each (item, category) into a new version of an evaluation
     dataset (text of the item from the catalog), so the next evaluation includes the reviews."""

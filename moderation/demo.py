@@ -685,14 +685,12 @@ def write_demo_catalog(
 ) -> DemoCatalog:
     """Write (or overwrite, as a new Delta version) the demo catalog at ``uri`` (see
     ``build_demo_table`` for the arguments)."""
-    from deltalake import write_deltalake
-
-    from moderation.lake import storage_options
+    from moderation.lake import overwrite_table
 
     table, used = build_demo_table(items=items, data_dir=data_dir, seed=seed, media_dir=media_dir,
                                    cover_share=cover_share, audio_share=audio_share, long_form=long_form,
                                    long_audio=long_audio)
-    write_deltalake(uri, table, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri))
+    overwrite_table(uri, table)
     labels = table.column("source_label").to_pylist()
     planted: dict[str, int] = {}
     for label in labels:

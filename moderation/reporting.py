@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from moderation.errors import ConfigError, LakeError
-from moderation.lake import Lake, join_uri, storage_options
+from moderation.lake import Lake, join_uri
 from moderation.schemas import (
     BLAST_RADIUS_SCHEMA,
     CATEGORY_TOTALS_SCHEMA,
@@ -1227,8 +1227,5 @@ def _collect(df: DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 def _overwrite(lake: Lake, name: str, table: pa.Table) -> str:
-    from deltalake import write_deltalake
-
-    uri = lake.uri(f"reports/{name}")
-    write_deltalake(uri, table, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri))
-    return uri
+    lake.overwrite(f"reports/{name}", table)
+    return lake.uri(f"reports/{name}")

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from moderation.errors import LakeError, ModerationError
-from moderation.lake import Lake, storage_options
+from moderation.lake import Lake
 from moderation.schemas import HASH_BANK_SCHEMA  # defined (and described) with the other tables
 
 log = logging.getLogger(__name__)
@@ -221,18 +221,8 @@ def add_to_bank(
         log.warning("not banked: %s (%s)", path, reason)
 
     if rows:
-        from deltalake import CommitProperties, write_deltalake
-
-        uri = lake.uri(HASH_BANK_TABLE)
-        write_deltalake(
-            uri,
-            pa.Table.from_pylist(rows, schema=HASH_BANK_SCHEMA),
-            mode="append",
-            storage_options=storage_options(uri),
-            commit_properties=CommitProperties(
-                custom_metadata={"moderation.run_id": run_id, "moderation.operation": "bank_add"}
-            ),
-        )
+        lake.append(HASH_BANK_TABLE, pa.Table.from_pylist(rows, schema=HASH_BANK_SCHEMA),
+                    metadata={"moderation.run_id": run_id, "moderation.operation": "bank_add"})
     return BankAddResult(
         added=tuple(added),
         already_present=tuple(already),

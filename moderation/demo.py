@@ -36,22 +36,10 @@ import numpy as np
 import pyarrow as pa
 
 from moderation.datasets import LabelledText, read_hatexplain, read_youtube_spam
-from moderation.schemas import CATALOG_SCHEMA, STR_LIST
+from moderation.schemas import DEMO_CATALOG_SCHEMA
 
-DEMO_SCHEMA = pa.schema(
-    list(CATALOG_SCHEMA)
-    + [
-        pa.field("source_dataset", pa.string()),  # where the planted text came from; null if none
-        pa.field("source_label", pa.string()),  # the source's own label (e.g. hatespeech, spam)
-        pa.field("planted_field", pa.string()),  # title | description | body_text
-        pa.field("expected_categories", STR_LIST),  # categories the planted text is labelled with
-        # Where a long-form item's plant lies, [planted_start, planted_end) in planted_unit: chars
-        # (offsets into the normalised body_text) or seconds (into audio_clip); null elsewhere.
-        pa.field("planted_start", pa.float64()),
-        pa.field("planted_end", pa.float64()),
-        pa.field("planted_unit", pa.string()),
-    ]
-)
+#: The demo catalog's schema (defined with the other tables in ``moderation.schemas``).
+DEMO_SCHEMA = DEMO_CATALOG_SCHEMA
 
 ITEM_TYPES = [("track", 0.5), ("episode", 0.25), ("audiobook", 0.15), ("show", 0.10)]
 MARKETS = ["US", "GB", "DE", "SE", "BR", "IN", "JP", "MX"]
@@ -685,14 +673,12 @@ def write_demo_catalog(
 ) -> DemoCatalog:
     """Write (or overwrite, as a new Delta version) the demo catalog at ``uri`` (see
     ``build_demo_table`` for the arguments)."""
-    from deltalake import write_deltalake
-
-    from moderation.lake import storage_options
+    from moderation.lake import overwrite_table
 
     table, used = build_demo_table(items=items, data_dir=data_dir, seed=seed, media_dir=media_dir,
                                    cover_share=cover_share, audio_share=audio_share, long_form=long_form,
                                    long_audio=long_audio)
-    write_deltalake(uri, table, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri))
+    overwrite_table(uri, table)
     labels = table.column("source_label").to_pylist()
     planted: dict[str, int] = {}
     for label in labels:

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from moderation.config import ALL_MARKETS, Policy, load_model_registry, load_policy
 from moderation.errors import LakeError, ModerationError
-from moderation.lake import Lake, _commit_retrying, _TableCreated
+from moderation.lake import Lake
 from moderation.lifecycle import check_immutable, effective_status, latest_run, policy_runs, sql_literal
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
@@ -154,41 +154,18 @@ def _merge(lake: Lake, source: pa.Table, *, policy_id: str, app: str, violations
            version: int) -> dict | None:
     """Merge ``source`` into the export in one commit carrying the app transaction, retried on
     conflict. Returns the merge metrics, or None when the export already held it."""
-    from deltalake import CommitProperties, Transaction, write_deltalake
-
-    props = CommitProperties(app_transactions=[Transaction(app_id=app, version=violations_version)],
-                             custom_metadata={"moderation.run_id": run_id})
-    for attempt in _commit_retrying():
-        with attempt:
-            target = lake.open("enforcement")
-            if target is None:
-                try:
-                    write_deltalake(lake.uri("enforcement"), source, mode="append", configuration=TABLE_CONFIGURATION,
-                                    storage_options=lake.options, commit_properties=props)
-                except Exception as e:  # noqa: BLE001 - another export may have created it
-                    if lake.exists("enforcement"):
-                        raise _TableCreated() from e
-                    raise
-                return {"num_target_rows_inserted": source.num_rows}
-            if _exported(target, app, violations_version, policy_id, version):
-                return None
-            key = " AND ".join(f"t.{k} = s.{k}" for k in KEYS)
-            changed = " OR ".join(f"t.{c} <> s.{c}" for c in COMPARED)
-            metrics = (
-                target.merge(source, predicate=key, source_alias="s", target_alias="t", commit_properties=props)
-                .when_matched_update({c: f"s.{c}" for c in ENFORCEMENT_SCHEMA.names}, predicate=changed)
-                .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(predicate=f"t.policy_id = {sql_literal(policy_id)}")
-                .execute()
-            )
-            if not any(metrics.get(f"num_target_rows_{k}", 0) for k in ("inserted", "updated", "deleted")):
-                # delta-rs commits nothing for a merge that changes nothing, so the app transaction
-                # would go unrecorded and every rerun would merge again: commit it alone (no data
-                # change; change-feed readers see no rows).
-                target.create_write_transaction([], mode="append", schema=ENFORCEMENT_SCHEMA,
-                                                commit_properties=props)
-            return metrics
-    raise AssertionError("unreachable")
+    key = " AND ".join(f"t.{k} = s.{k}" for k in KEYS)
+    changed = " OR ".join(f"t.{c} <> s.{c}" for c in COMPARED)
+    return lake.merge(
+        "enforcement", source, predicate=key, app_id=app, version=violations_version,
+        metadata={"moderation.run_id": run_id}, configuration=TABLE_CONFIGURATION,
+        done=lambda target: _exported(target, app, violations_version, policy_id, version),
+        clauses=lambda m: (
+            m.when_matched_update({c: f"s.{c}" for c in ENFORCEMENT_SCHEMA.names}, predicate=changed)
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(predicate=f"t.policy_id = {sql_literal(policy_id)}")
+        ),
+    )
 
 
 def run_enforce(*, lake_root: str, policy_path: str | Path, run_id: str | None = None,

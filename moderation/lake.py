@@ -1,8 +1,11 @@
 """The lake: the Delta tables under one root (a local folder or an ``s3://`` prefix).
 
-One place commits. Chunked writes are idempotent Delta commits: each carries an app
-transaction ``(app_id, version)`` and is skipped when the table already records that version,
-because delta-rs records app transactions but does not skip a duplicate by itself.
+The only module that writes Delta tables (``tests/test_architecture.py`` holds every other
+module to that): :class:`Lake` appends, overwrites, replaces and merges, with the retries on
+conflict and the app transactions the callers need, and :func:`overwrite_table` writes a table
+outside a lake (the demo catalog). Chunked writes are idempotent Delta commits: each carries an
+app transaction ``(app_id, version)`` and is skipped when the table already records that
+version, because delta-rs records app transactions but does not skip a duplicate by itself.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,8 +25,9 @@ from moderation.schemas import RUNS_SCHEMA, TABLE_SCHEMAS, VIOLATIONS_PARTITIONS
 
 log = logging.getLogger(__name__)
 
-TableName = Literal["scores", "quarantine", "violations", "runs", "removals", "diffs", "diff_samples", "enforcement",
-                    "eval/predictions", "eval/results", "labels", "review_queue"]
+#: A table the pipeline writes, by path under the lake root: a key of
+#: ``moderation.schemas.TABLE_SCHEMAS`` (the one list: adding a table is one entry there).
+TableName: TypeAlias = str
 #: Commit attempts per chunk (reload + check + commit) before the error is raised.
 COMMIT_ATTEMPTS = 8
 ANY = object()
@@ -145,6 +149,35 @@ def _no_views(table: pa.Table) -> pa.Table:
     return table.cast(pa.schema(fields)) if fields != list(table.schema) else table
 
 
+def _schema(table: str) -> pa.Schema:
+    """The schema of a lake table (``TABLE_SCHEMAS``)."""
+    schema = TABLE_SCHEMAS.get(table)
+    if schema is None:
+        raise LakeError(f"internal: {table!r} is not a lake table (moderation.schemas.TABLE_SCHEMAS: "
+                        f"{', '.join(TABLE_SCHEMAS)})")
+    return schema
+
+
+def _commit_properties(metadata: dict[str, str] | None = None, transactions: list | None = None):
+    """CommitProperties with ``metadata`` as the commit info's custom metadata and the app
+    ``transactions``; None when there are neither."""
+    from deltalake import CommitProperties
+
+    if metadata is None and not transactions:
+        return None
+    return CommitProperties(custom_metadata=metadata or {}, app_transactions=transactions or None)
+
+
+def overwrite_table(uri: str, rows: pa.Table, *, metadata: dict[str, str] | None = None) -> None:
+    """Replace the Delta table at ``uri`` whole, rows and schema, as its next version (the first
+    write creates it). For a table outside a lake (the demo catalog); :meth:`Lake.overwrite`
+    writes one of the lake's."""
+    from deltalake import write_deltalake
+
+    write_deltalake(uri, rows, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri),
+                    commit_properties=_commit_properties(metadata))
+
+
 def join_uri(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
@@ -232,7 +265,7 @@ class Lake:
         (``append_files`` with the rows written as one data file first; same arguments, same
         result)."""
         return self._append(table, app_id=app_id, version=version, expect_previous=expect_previous, writer=writer,
-                            data=conform(rows, TABLE_SCHEMAS[table]))
+                            data=conform(rows, _schema(table)))
 
     def append_files(
         self, table: TableName, adds: list, *, app_id: str, version: int, expect_previous: int | None | object = ANY,
@@ -311,11 +344,11 @@ class Lake:
                 elif committed is not None and committed >= version:
                     log.info("skip %s chunk %s/%d: already committed", table, app_id, version)
                     return False
-                _evolve(dt, TABLE_SCHEMAS[table])
+                _evolve(dt, _schema(table))
                 if adds is None:
                     adds = [self.write_data_file(table, data)]
                 fault_point("before_commit")
-                dt.create_write_transaction(adds, mode="append", schema=TABLE_SCHEMAS[table], commit_properties=props)
+                dt.create_write_transaction(adds, mode="append", schema=_schema(table), commit_properties=props)
                 fault_point("after_commit")
                 return True
         raise AssertionError("unreachable")
@@ -342,7 +375,7 @@ class Lake:
         import pyarrow.parquet as pq
         from deltalake.transaction import AddAction
 
-        data = conform(rows, TABLE_SCHEMAS[table])
+        data = conform(rows, _schema(table))
         name = f"part-00000-{uuid.uuid4()}-c000.zstd.parquet"
         fs, path = arrow_filesystem(join_uri(self.uri(table), name))
         if fs is None:  # a local table not created yet (its first chunk): the folder comes first
@@ -357,7 +390,7 @@ class Lake:
         from deltalake import DeltaTable
 
         try:
-            return DeltaTable.create(self.uri(table), schema=TABLE_SCHEMAS[table], mode="ignore",
+            return DeltaTable.create(self.uri(table), schema=_schema(table), mode="ignore",
                                      storage_options=self.options)
         except Exception as e:  # noqa: BLE001 - another writer may have created it
             if self.exists(table):
@@ -424,7 +457,7 @@ class Lake:
         existed gains it first; a concurrent commit is retried on the reloaded table."""
         from deltalake import CommitProperties, write_deltalake
 
-        schema = schema or TABLE_SCHEMAS[table]
+        schema = schema or _schema(table)
         data = conform(rows, schema)
         props = CommitProperties(custom_metadata=metadata or {})
         for attempt in _commit_retrying():
@@ -437,6 +470,111 @@ class Lake:
                     current = self.open(table)
                 write_deltalake(self.uri(table), data.cast(as_written(schema, current)), mode="overwrite",
                                 predicate=predicate, storage_options=self.options, commit_properties=props)
+
+    def append(self, table: str, rows: pa.Table, *, metadata: dict[str, str] | None = None) -> None:
+        """Append ``rows`` in one commit; the first write creates the table. No app transaction
+        and no retry: a call repeated appends the rows again (``append_chunk`` is the
+        exactly-once append). Rows of a lake table are conformed to its schema first.
+
+        Args:
+            metadata: the commit info's custom metadata (e.g. ``{"moderation.run_id": ...}``).
+        """
+        from deltalake import write_deltalake
+
+        schema = TABLE_SCHEMAS.get(table)
+        data = conform(rows, schema) if schema is not None else rows
+        write_deltalake(self.uri(table), data, mode="append", storage_options=self.options,
+                        commit_properties=_commit_properties(metadata))
+
+    def overwrite(self, table: str, rows: pa.Table, *, metadata: dict[str, str] | None = None) -> None:
+        """Replace ``table`` whole, rows and schema, in one commit (its next version; older ones
+        stay readable by time travel); the first write creates it. For tables rewritten whole
+        each time (``reports/*``, evaluation datasets)."""
+        overwrite_table(self.uri(table), rows, metadata=metadata)
+
+    def rewrite(self, table: str, *, predicate: str, rows: Callable[[Any], pa.Table | None],
+                schema: pa.Schema | None = None, metadata: dict[str, str] | None = None) -> pa.Table | None:
+        """Read, change and write back the rows matching the SQL ``predicate`` in one atomic commit.
+
+        ``rows(dt)`` computes the new rows from the table's snapshot ``dt`` (the DeltaTable,
+        which gained the columns of ``schema`` it lacked). The overwrite commits against that
+        snapshot, so a commit in between is a conflict and ``rows`` is called again on the
+        reloaded table (bounded, with backoff). The rows are conformed to ``schema`` (default:
+        the table's). Returns the rows written, or None when the table does not exist or
+        ``rows`` returned None (nothing is written then)."""
+        from deltalake import write_deltalake
+
+        schema = schema or _schema(table)
+        props = _commit_properties(metadata or {})
+        for attempt in _commit_retrying():
+            with attempt:
+                current = self.open(table)
+                if current is None:
+                    return None
+                _evolve(current, schema)  # rows are written with every column of the schema
+                data = rows(current)
+                if data is None:
+                    return None
+                write_deltalake(current, conform(data, schema), mode="overwrite", predicate=predicate,
+                                storage_options=self.options, commit_properties=props)
+                return data
+        raise AssertionError("unreachable")
+
+    def merge(
+        self, table: str, source: pa.Table, *, predicate: str, clauses: Callable[[Any], Any],
+        metadata: dict[str, str] | None = None, app_id: str | None = None, version: int | None = None,
+        done: Callable[[Any], bool] | None = None, schema: pa.Schema | None = None, merge_schema: bool = False,
+        configuration: dict[str, str] | None = None,
+    ) -> dict | None:
+        """MERGE ``source`` (alias ``s``) into ``table`` (alias ``t``) on the SQL ``predicate`` in
+        one commit, retried on the reloaded table when another writer commits in between
+        (bounded, with backoff). The first write creates the table with ``source`` as its rows.
+
+        Args:
+            clauses: adds the merge's clauses to delta-rs' ``TableMerger`` and returns it, e.g.
+                ``lambda m: m.when_matched_update_all().when_not_matched_insert_all()``.
+            metadata: the commit info's custom metadata.
+            app_id, version: the app transaction the commit carries (exactly once: with ``done``).
+                A merge that changes nothing commits the transaction alone (no data change),
+                since delta-rs commits nothing for it and the version would go unrecorded.
+            done: called with the table's snapshot before merging; True means the table already
+                holds this merge (e.g. its app transaction records ``version``): nothing is
+                written and None is returned.
+            schema: cast ``source`` to it with the table's own column comments (``as_written``).
+            merge_schema: let the merge add the source's columns the table lacks.
+            configuration: the table's configuration when this write creates it (e.g. the change
+                data feed).
+
+        Returns:
+            delta-rs' merge metrics (``{"num_target_rows_inserted": n}`` when this write created
+            the table), or None when ``done`` said the table held it already.
+        """
+        from deltalake import Transaction
+
+        if (app_id is None) != (version is None):
+            raise LakeError("internal: merge takes app_id and version together")
+        txns = [Transaction(app_id=app_id, version=version)] if app_id is not None and version is not None else None
+        props = _commit_properties(metadata or {}, txns)
+        for attempt in _commit_retrying():
+            with attempt:
+                target = self.open(table)
+                if target is None:
+                    self._create(table, source, commit_properties=props,
+                                 **({"configuration": configuration} if configuration is not None else {}))
+                    return {"num_target_rows_inserted": source.num_rows}
+                if done is not None and done(target):
+                    return None
+                data = source.cast(as_written(schema, target)) if schema is not None else source
+                merger = target.merge(data, predicate=predicate, source_alias="s", target_alias="t",
+                                      merge_schema=merge_schema, commit_properties=props)
+                metrics = clauses(merger).execute()
+                if txns and not any(metrics.get(f"num_target_rows_{k}", 0) for k in ("inserted", "updated", "deleted")):
+                    # delta-rs commits nothing for a merge that changes nothing, so the app
+                    # transaction would go unrecorded and every rerun would merge again: commit it
+                    # alone (no data change; change-feed readers see no rows).
+                    target.create_write_transaction([], mode="append", schema=_schema(table), commit_properties=props)
+                return metrics
+        raise AssertionError("unreachable")
 
     def get_run(self, run_id: str) -> dict | None:
         runs = self.read("runs", filter=pc.field("run_id") == run_id)
@@ -451,24 +589,10 @@ class Lake:
         retried on the reloaded table (bounded, with backoff). Columns this table predates are
         added (schema evolution is additive only)."""
 
-        from deltalake import CommitProperties
-
         data = pa.Table.from_pylist([row], schema=RUNS_SCHEMA)
-        props = CommitProperties(custom_metadata={"moderation.run_id": str(row["run_id"])})
-        for attempt in _commit_retrying():
-            with attempt:
-                dt = self.open("runs")
-                if dt is None:
-                    self._create("runs", data, commit_properties=props)
-                    return
-                (
-                    dt.merge(data.cast(as_written(RUNS_SCHEMA, dt)), predicate="t.run_id = s.run_id",
-                             source_alias="s", target_alias="t",
-                             merge_schema=True, commit_properties=props)
-                    .when_matched_update_all()
-                    .when_not_matched_insert_all()
-                    .execute()
-                )
+        self.merge("runs", data, predicate="t.run_id = s.run_id", schema=RUNS_SCHEMA, merge_schema=True,
+                   metadata={"moderation.run_id": str(row["run_id"])},
+                   clauses=lambda m: m.when_matched_update_all().when_not_matched_insert_all())
 
     def write_comments(self, table: str, schema: pa.Schema) -> list[str]:
         """Set the column comments of an existing ``table`` to the descriptions in ``schema``

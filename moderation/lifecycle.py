@@ -33,7 +33,7 @@ import yaml
 
 from moderation.config import LoadedPolicy, load_model_registry, load_policy
 from moderation.errors import ModerationError
-from moderation.lake import Lake, _commit_retrying, _evolve, conform
+from moderation.lake import Lake, conform
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id, run_row
 from moderation.schemas import RUNS_SCHEMA, VIOLATIONS_SCHEMA
@@ -270,28 +270,23 @@ def restamp_status(lake: Lake, policy_id: str, stamps: dict[int, str], *, run_id
     redone on the new rows) rather than changed with ``DeltaTable.update``: delta-rs 1.6's
     update writes string columns as Arrow ``string_view`` (delta-io/delta-rs#4579), after which
     any PyArrow read filtering the table on a string column fails."""
-    from deltalake import CommitProperties, write_deltalake
-
     if not stamps or not lake.exists("violations"):
         return 0
     versions = sorted(int(v) for v in stamps)
     predicate = f"policy_id = {sql_literal(policy_id)} AND policy_version IN ({', '.join(map(str, versions))})"
-    props = CommitProperties(custom_metadata={"moderation.run_id": run_id})
-    for attempt in _commit_retrying():
-        with attempt:
-            table = lake.open("violations")
-            _evolve(table, VIOLATIONS_SCHEMA)  # rows are written with every column of the schema
-            rows = table.to_pyarrow_dataset().to_table(
-                filter=(pc.field("policy_id") == policy_id) & pc.field("policy_version").isin(versions))
-            if rows.num_rows == 0:
-                return 0
-            status = rows.column("policy_version").to_pandas().map({int(v): s for v, s in stamps.items()})
-            rows = rows.set_column(rows.schema.get_field_index("policy_status"), "policy_status",
-                                   pa.array(status.to_numpy(), pa.string()))
-            write_deltalake(table, conform(rows, VIOLATIONS_SCHEMA), mode="overwrite", predicate=predicate,
-                            storage_options=lake.options, commit_properties=props)
-            return rows.num_rows
-    raise AssertionError("unreachable")
+
+    def restamped(table) -> pa.Table | None:
+        rows = table.to_pyarrow_dataset().to_table(
+            filter=(pc.field("policy_id") == policy_id) & pc.field("policy_version").isin(versions))
+        if rows.num_rows == 0:
+            return None
+        status = rows.column("policy_version").to_pandas().map({int(v): s for v, s in stamps.items()})
+        return rows.set_column(rows.schema.get_field_index("policy_status"), "policy_status",
+                               pa.array(status.to_numpy(), pa.string()))
+
+    written = lake.rewrite("violations", predicate=predicate, rows=restamped, schema=VIOLATIONS_SCHEMA,
+                           metadata={"moderation.run_id": run_id})
+    return 0 if written is None else written.num_rows
 
 
 def stale_stamps(lake: Lake, policy_id: str, version: int, status: str) -> int:

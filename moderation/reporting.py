@@ -28,13 +28,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from moderation.errors import ConfigError, LakeError
-from moderation.lake import Lake, join_uri, storage_options
+from moderation.lake import Lake, join_uri
 from moderation.schemas import (
+    ANALYST_SCHEMAS,
     BLAST_RADIUS_SCHEMA,
     CATEGORY_TOTALS_SCHEMA,
     COVERAGE_SCHEMA,
     DETECTION_SCHEMA,
     DIFF_SUMMARY_SCHEMA,
+    DIFF_TOTALS_SCHEMA,
     REPORT_SNAPSHOT_SCHEMA,
     ROLLUPS_SCHEMA,
     TABLE_SCHEMAS,
@@ -42,7 +44,6 @@ from moderation.schemas import (
     VIOLATION_RATES_SCHEMA,
     VIOLATION_TREND_SCHEMA,
     VIOLATIONS_BY_CATEGORY_SCHEMA,
-    col,
 )
 
 if TYPE_CHECKING:
@@ -88,18 +89,6 @@ DEFAULT_MIN_CELL_COUNT = 10
 BLAST_RADIUS_TOP = 20
 #: The column every issue-17 report table ends with (the lake versions read), added by ``_report``.
 LAKE_VERSIONS = "lake_versions"
-#: Distinct changed items per diff x change, for ``ReportResult.summary`` (not written).
-DIFF_TOTALS_SCHEMA = pa.schema(
-    [
-        col("policy_id", pa.string(), "policy"),
-        col("from_version", pa.int32(), "the version compared from"),
-        col("to_version", pa.int32(), "the version compared to"),
-        col("change", pa.string(), "the `diffs` change"),
-        col("items", pa.int64(), "distinct items with that change"),
-    ]
-)
-
-
 def spark_session(master: str | None = "local[*]", *, app_name: str = "moderation-report") -> SparkSession:
     """A Spark session sized for a small machine (getOrCreate: an active session is reused).
 
@@ -1185,16 +1174,6 @@ def _report(spark: SparkSession, lake: Lake, *, min_cell_count: int = DEFAULT_MI
                         run_id=run_id)
 
 
-#: The issue-17 report tables, by name under ``reports/``, in the order they are written.
-ANALYST_SCHEMAS = {
-    "violation_trend": VIOLATION_TREND_SCHEMA,
-    "rollups": ROLLUPS_SCHEMA,
-    "blast_radius": BLAST_RADIUS_SCHEMA,
-    "detection": DETECTION_SCHEMA,
-    "transparency": TRANSPARENCY_SCHEMA,
-}
-
-
 def _with_lake_versions(table: pa.Table, versions: dict[str, int | None], schema: pa.Schema) -> pa.Table:
     """``table`` (``schema`` without ``lake_versions``) with the pinned versions as its
     ``lake_versions`` column on every row, in ``schema``."""
@@ -1227,8 +1206,5 @@ def _collect(df: DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 def _overwrite(lake: Lake, name: str, table: pa.Table) -> str:
-    from deltalake import write_deltalake
-
-    uri = lake.uri(f"reports/{name}")
-    write_deltalake(uri, table, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri))
-    return uri
+    lake.overwrite(f"reports/{name}", table)
+    return lake.uri(f"reports/{name}")

@@ -66,6 +66,22 @@ CATALOG_SCHEMA = pa.schema(
         col("updated_at", TS, "when the catalog last changed the item"),
     ]
 )
+#: The demo catalog (``moderation.demo``, written at ``<lake>/catalog`` by ``moderation demo``):
+#: the catalog columns, then where each planted text came from, for measuring what was found.
+DEMO_CATALOG_SCHEMA = pa.schema(
+    list(CATALOG_SCHEMA)
+    + [
+        col("source_dataset", pa.string(), "demo: the dataset the planted text came from; null if none"),
+        col("source_label", pa.string(), "demo: the source's own label (e.g. `hatespeech`, `spam`)"),
+        col("planted_field", pa.string(), "demo: where the text was planted: `title`, `description` or `body_text`"),
+        col("expected_categories", STR_LIST, "demo: the categories the planted text is labelled with"),
+        col("planted_start", pa.float64(),
+            "demo: where a long-form item's plant starts, in `planted_unit` (chars into the normalised "
+            "`body_text`, or seconds into `audio_clip`); null elsewhere"),
+        col("planted_end", pa.float64(), "demo: where a long-form item's plant ends (exclusive), in `planted_unit`"),
+        col("planted_unit", pa.string(), "demo: `chars` or `seconds`; null when the plant has no place"),
+    ]
+)
 REQUIRED_CATALOG_COLUMNS = ("item_id",)
 TEXT_COLUMNS = ("title", "description", "body_text")
 
@@ -591,6 +607,17 @@ DIFF_SUMMARY_SCHEMA = pa.schema(
     ]
 )
 
+#: Distinct changed items per diff x change, for ``reporting.ReportResult.summary`` (not written).
+DIFF_TOTALS_SCHEMA = pa.schema(
+    [
+        col("policy_id", pa.string(), "policy"),
+        col("from_version", pa.int32(), "the version compared from"),
+        col("to_version", pa.int32(), "the version compared to"),
+        col("change", pa.string(), "the `diffs` change"),
+        col("items", pa.int64(), "distinct items with that change"),
+    ]
+)
+
 #: ``moderation evaluate``: one score per example x category for one model digest on one
 #: dataset version (written once; later evaluations of the same pair reuse it).
 EVAL_PREDICTIONS_SCHEMA = pa.schema(
@@ -726,7 +753,9 @@ HASH_BANK_SCHEMA = pa.schema(
     ]
 )
 
-#: The tables the pipeline writes through :class:`moderation.lake.Lake`, by path under the lake root.
+#: The tables the pipeline writes through :class:`moderation.lake.Lake`, by path under the lake
+#: root: the one list of them (``lake.TableName`` is a key; adding a table is one entry here, and
+#: ``tests/test_architecture.py`` fails for a table the code writes that is missing).
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "scores": SCORES_SCHEMA,
     "quarantine": QUARANTINE_SCHEMA,
@@ -740,6 +769,16 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "eval/results": EVAL_RESULTS_SCHEMA,
     "labels": LABELS_SCHEMA,
     "review_queue": REVIEW_QUEUE_SCHEMA,
+    "hash_bank": HASH_BANK_SCHEMA,
+}
+
+#: The issue-17 report tables, by name under ``reports/``, in the order they are written.
+ANALYST_SCHEMAS: dict[str, pa.Schema] = {
+    "violation_trend": VIOLATION_TREND_SCHEMA,
+    "rollups": ROLLUPS_SCHEMA,
+    "blast_radius": BLAST_RADIUS_SCHEMA,
+    "detection": DETECTION_SCHEMA,
+    "transparency": TRANSPARENCY_SCHEMA,
 }
 
 #: The report tables ``moderation report`` rewrites, by path under the lake root.
@@ -749,18 +788,13 @@ REPORT_SCHEMAS: dict[str, pa.Schema] = {
     "reports/coverage": COVERAGE_SCHEMA,
     "reports/diff_summary": DIFF_SUMMARY_SCHEMA,
     "reports/snapshot": REPORT_SNAPSHOT_SCHEMA,
-    "reports/violation_trend": VIOLATION_TREND_SCHEMA,
-    "reports/rollups": ROLLUPS_SCHEMA,
-    "reports/blast_radius": BLAST_RADIUS_SCHEMA,
-    "reports/detection": DETECTION_SCHEMA,
-    "reports/transparency": TRANSPARENCY_SCHEMA,
+    **{f"reports/{name}": schema for name, schema in ANALYST_SCHEMAS.items()},
 }
 
 #: The data dictionary: every table with a fixed schema, by path under the lake root (the demo's
 #: ``catalog`` included). ``moderation tables`` and docs/tables.md read it.
 LAKE_SCHEMAS: dict[str, pa.Schema] = {
     **TABLE_SCHEMAS,
-    "hash_bank": HASH_BANK_SCHEMA,
     **REPORT_SCHEMAS,
     "catalog": CATALOG_SCHEMA,
 }

@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -180,8 +180,6 @@ def write_dataset(lake: Lake, name: str, table: pa.Table, *, description: str = 
     A content identical to the latest version writes nothing and returns that version. A new
     version replaces the rows (and columns) whole; older versions stay readable by time travel.
     """
-    from deltalake import CommitProperties, write_deltalake
-
     data = validate(table, origin=f"dataset {name}")
     digest = content_sha256(data)
     tname = table_name(name)
@@ -190,9 +188,10 @@ def write_dataset(lake: Lake, name: str, table: pa.Table, *, description: str = 
         return _version(lake, tname), False
     meta = {META_DESCRIPTION: description, META_CONTENT: digest,
             META_PROVENANCE: json.dumps(provenance or {}, sort_keys=True, default=str)}
-    mode: Literal["overwrite", "append"] = "overwrite" if lake.exists(tname) else "append"
-    write_deltalake(lake.uri(tname), data, mode=mode, schema_mode="overwrite" if mode == "overwrite" else None,
-                    storage_options=lake.options, commit_properties=CommitProperties(custom_metadata=meta))
+    if lake.exists(tname):
+        lake.overwrite(tname, data, metadata=meta)
+    else:
+        lake.append(tname, data, metadata=meta)
     return _version(lake, tname), True
 
 

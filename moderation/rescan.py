@@ -32,11 +32,16 @@ writes nothing at all.
 The baseline tables' versions, the change source and the baseline run are recorded in the
 run's ``runs`` row, so a killed re-scan resumes with exactly the same selection.
 
-Memory (issue 16): planning never holds the catalog or ``scores`` in the driver. The newest
-event per pair is computed in SQL by DataFusion (inside delta-rs) over the pinned tables; the
-catalog is hashed one batch at a time into a temporary Parquet spill on local disk, which
-DataFusion joins with that baseline bucket by bucket of item ids (``BUCKET_ROWS``). Only the
-pairs to score or remove, duplicate and invalid ids and id-less rows come back to Python.
+Memory and time (issue 16): planning never holds the catalog or ``scores`` in the driver, and
+reads each side once. One DataFusion query (inside delta-rs) streams the baseline events (every
+``scores`` and ``quarantine`` row of the planned models) and one the ``removals`` rows out of the
+pinned tables; the catalog is read and hashed one batch at a time. Each row goes to a local
+Arrow file of its bucket of item ids (``moderation.spill.bucket_of``; ``BUCKET_ROWS`` pairs a
+bucket, ``$MODERATION_RESCAN_BUCKET_ROWS`` overrides it). Then each bucket is compared on its own:
+its files become small local Delta tables in a fresh DataFusion session, where SQL finds the
+newest event per pair and joins it with the catalog's pairs. So the time grows with the rows,
+not with rows times buckets, and the native memory with one bucket. Only the pairs to score or
+remove, duplicate and invalid ids and id-less rows come back to Python.
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ import math
 import os
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -65,20 +70,24 @@ from moderation.classifiers.base import RETRIED_REASONS, RunContext, build_class
 from moderation.classifiers.windows import LIMIT_WORDS
 from moderation.config import ModelSpec
 from moderation.errors import ModerationError
-from moderation.lake import Lake, storage_options
-from moderation.schemas import REMOVALS_SCHEMA, STR_LIST
+from moderation.lake import Lake, arrow_filesystem, storage_options
+from moderation.schemas import REMOVALS_SCHEMA, STR_LIST, TS
 from moderation.scoring.plan import CHANGE_SOURCES, ChangeSource, ScoringPlan, ScoringRequest, ScoringResult
 from moderation.scoring.run import PreparedRun, execute
 from moderation.selection import SCAN_ROWS, PreludeRow, Selection, _usable_id_mask
+from moderation.spill import BucketSpill, table_rows
 
 #: The lake tables a re-scan compares with (their versions are pinned in ``runs``).
 BASELINE_TABLES = ("scores", "quarantine", "removals")
 
-#: Pairs (baseline events or catalog rows) DataFusion compares in one pass; above it the item
-#: ids are split into buckets compared one after the other, so the planner's native memory
-#: stays near this many rows' worth whatever the catalog's size.
+#: Pairs (baseline events or catalog pairs) compared in one bucket: the item ids are split into
+#: as many buckets as the larger side needs (``moderation.spill.bucket_of``), and DataFusion
+#: compares one bucket's local files at a time, so the planner's native memory stays near this
+#: many rows' worth whatever the catalog's size.
 BUCKET_ROWS = 1_000_000
-#: At most this many buckets (the first two hex digits of an id's MD5).
+#: Overrides ``BUCKET_ROWS`` when set (read at plan time; benchmarks force several buckets with it).
+BUCKET_ROWS_ENV = "MODERATION_RESCAN_BUCKET_ROWS"
+#: At most this many buckets (a local file per side each).
 MAX_BUCKETS = 256
 
 
@@ -167,30 +176,43 @@ def _cut_sql(columns: set[str]) -> str:
     return f"CASE WHEN units_scored IS NOT NULL AND ({cut}) THEN CAST(units_scored AS DOUBLE) END"
 
 
-_HEX = "'0123456789abcdef'"
-
-
-def _bucket_sql(buckets: int, bucket: int) -> Callable[[str], str]:
-    """A predicate builder keeping the item ids of ``bucket`` of ``buckets``: the first two hex
-    digits of the id's MD5 modulo ``buckets``, so an id falls in the same bucket in every table."""
-    if buckets == 1:
-        return lambda column: "TRUE"
-
-    def where(column: str) -> str:
-        h = f"md5({column})"
-        return (f"((strpos({_HEX}, substr({h}, 1, 1)) - 1) * 16 + strpos({_HEX}, substr({h}, 2, 1)) - 1) "
-                f"% {buckets} = {bucket}")
-
-    return where
-
-
 def _buckets(rows: int, bucket_rows: int) -> int:
     return max(1, min(MAX_BUCKETS, math.ceil(rows / max(1, bucket_rows))))
 
 
+def _bucket_rows(bucket_rows: int | None) -> int:
+    """``bucket_rows`` when given, else ``$MODERATION_RESCAN_BUCKET_ROWS`` when set, else ``BUCKET_ROWS``."""
+    if bucket_rows is not None:
+        return bucket_rows
+    raw = os.environ.get(BUCKET_ROWS_ENV, "").strip()
+    if not raw:
+        return BUCKET_ROWS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ModerationError(f"${BUCKET_ROWS_ENV}={raw!r}: expected a positive number of pairs per bucket")
+    return value
+
+
+#: The baseline events the planner splits by bucket: one row per ``scores`` or ``quarantine``
+#: row of the planned models (see ``_LakeSQL.events_sql``).
+EVENT_SCHEMA = pa.schema([
+    pa.field("item_id", pa.string()), pa.field("modality", pa.string()), pa.field("model_id", pa.string()),
+    pa.field("digest", pa.string()), pa.field("state", pa.string()), pa.field("event_at", TS),
+    pa.field("attrs", pa.string()), pa.field("cut_at", pa.float64()), pa.field("retry", pa.bool_()),
+    pa.field("src", pa.int32()),
+])
+#: The ``removals`` rows the planner splits by bucket.
+REMOVED_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("modality", pa.string()),
+                            pa.field("removed_at", TS)])
+
+
 class _LakeSQL:
     """The baseline tables at their pinned versions (and ``runs``, for the digests quarantine
-    rows do not carry) in one DataFusion session; results stream back as Arrow batches."""
+    rows do not carry) in one DataFusion session. The planner reads them once: one query streams
+    every baseline event (``events_sql``), one every ``removals`` row (``removals_sql``)."""
 
     def __init__(self, lake: Lake, versions: dict[str, int | None], models: list[ModelSpec]) -> None:
         from deltalake import QueryBuilder
@@ -198,6 +220,7 @@ class _LakeSQL:
         self.qb = QueryBuilder()
         self.model_ids = [m.model_id for m in models]
         self.columns: dict[str, set[str]] = {}
+        self.tables: dict[str, object] = {}
         for table in BASELINE_TABLES:
             if versions.get(table) is not None:
                 self.register(table, lake.open(table, version=versions[table]))
@@ -206,33 +229,32 @@ class _LakeSQL:
 
     def register(self, name: str, table) -> None:
         self.qb.register(name, table)
+        self.tables[name] = table
         self.columns[name] = set(table.schema().to_arrow().names)
 
     def batches(self, sql: str) -> pa.RecordBatchReader:
+        """A query's result as a stream of Arrow batches: the only way the planner reads the lake."""
         return pa.RecordBatchReader.from_stream(self.qb.execute(sql))
 
-    def table(self, sql: str) -> pa.Table:
-        """A query's whole result: only for results as small as what must be scored or removed."""
-        return self.batches(sql).read_all()
-
     def events(self) -> int:
-        """Rows of ``scores`` and ``quarantine`` at the pinned versions (bounds the baseline)."""
-        return sum(self.table(f"SELECT count(*) AS n FROM {t}").column("n")[0].as_py()
-                   for t in ("scores", "quarantine") if t in self.columns)
+        """Rows of ``scores`` and ``quarantine`` at the pinned versions, from the Delta log's add
+        actions (no data read): they size the buckets."""
+        return sum(table_rows(self.tables[t]) for t in ("scores", "quarantine") if t in self.tables)
 
-    def with_base(self, where: Callable[[str], str]) -> str:
-        """``WITH ... base AS (...)``: the newest ``scores`` or ``quarantine`` row per (item_id,
-        modality, model_id) of the ids ``where`` keeps (a quarantine row wins over a scores row
-        at the same instant), with columns digest, state (content hash, or ``catalog:<reason>``
-        for a pair the driver quarantined), attrs, cut_at, retry (a quarantine row with one of
-        ``RETRIED_REASONS``) and present (False when a later ``removals`` row retired it)."""
+    def events_sql(self) -> str | None:
+        """Every ``scores`` and ``quarantine`` row of the planned models (None: neither table
+        exists) as an event: item_id, modality, model_id, digest, state (content hash, or
+        ``catalog:<reason>`` for a pair the driver quarantined), event_at, attrs, cut_at, retry (a
+        quarantine row with one of ``RETRIED_REASONS``) and src (1 for quarantine: it wins over a
+        scores row at the same instant)."""
         ids = _in_list(self.model_ids)
         parts = []
         if "scores" in self.columns:
             parts.append(
                 f"SELECT s.item_id, s.modality, s.model_id, s.model_digest AS digest, s.content_hash AS state, "
                 f"s.scored_at AS event_at, {_attrs_sql('s')} AS attrs, {_cut_sql(self.columns['scores'])} AS cut_at, "
-                f"FALSE AS retry, 0 AS src FROM scores s WHERE s.model_id IN {ids} AND {where('s.item_id')}")
+                f"FALSE AS retry, CAST(0 AS INT) AS src FROM scores s WHERE s.model_id IN {ids} "
+                f"AND s.item_id IS NOT NULL")
         if "quarantine" in self.columns:
             have = self.columns["quarantine"]
             content = "q.content_hash" if "content_hash" in have else "CAST(NULL AS VARCHAR)"
@@ -249,36 +271,114 @@ class _LakeSQL:
                 f"AS state, q.quarantined_at AS event_at, CAST(NULL AS VARCHAR) AS attrs, "
                 f"CAST(NULL AS DOUBLE) AS cut_at, "
                 f"coalesce(q.reason IN {_in_list(sorted(RETRIED_REASONS))}, FALSE) "
-                f"AND coalesce(q.stage <> 'catalog', TRUE) AS retry, 1 AS src "
-                f"FROM quarantine q {join} WHERE q.model_id IN {ids} AND q.item_id IS NOT NULL "
-                f"AND {where('q.item_id')}")
-        if not parts:
-            return ("WITH base AS (SELECT CAST(NULL AS VARCHAR) AS item_id, CAST(NULL AS VARCHAR) AS modality, "
-                    "CAST(NULL AS VARCHAR) AS model_id, CAST(NULL AS VARCHAR) AS digest, "
-                    "CAST(NULL AS VARCHAR) AS state, "
-                    "CAST(NULL AS VARCHAR) AS attrs, CAST(NULL AS DOUBLE) AS cut_at, FALSE AS retry, "
-                    "FALSE AS present WHERE FALSE)")
-        ranked = ("ranked AS (SELECT *, row_number() OVER (PARTITION BY item_id, modality, model_id "
-                  "ORDER BY event_at DESC, src DESC) AS rn FROM events)")
-        if "removals" in self.columns:
-            gone = (f", gone AS (SELECT item_id, modality, max(removed_at) AS removed_at FROM removals "
-                    f"WHERE {where('item_id')} GROUP BY item_id, modality)")
-            present, join = ("(g.removed_at IS NULL OR r.event_at > g.removed_at)",
-                             "LEFT JOIN gone g ON g.item_id = r.item_id AND g.modality = r.modality")
-        else:
-            gone, present, join = "", "TRUE", ""
-        return (f"WITH events AS ({' UNION ALL '.join(parts)}), {ranked}{gone}, "
-                f"base AS (SELECT r.item_id, r.modality, r.model_id, r.digest, r.state, r.attrs, r.cut_at, r.retry, "
-                f"{present} AS present FROM ranked r {join} WHERE r.rn = 1)")
+                f"AND coalesce(q.stage <> 'catalog', TRUE) AS retry, CAST(1 AS INT) AS src "
+                f"FROM quarantine q {join} WHERE q.model_id IN {ids} AND q.item_id IS NOT NULL")
+        return " UNION ALL ".join(parts) if parts else None
+
+    def removals_sql(self) -> str | None:
+        """Every ``removals`` row with an item id (None: the table does not exist)."""
+        if "removals" not in self.columns:
+            return None
+        return "SELECT item_id, modality, removed_at FROM removals WHERE item_id IS NOT NULL"
+
+
+#: Per bucket, ``WITH ... base AS (...)``: the newest event per (item_id, modality, model_id) of
+#: the bucket's ``events`` (a quarantine row wins over a scores row at the same instant), with
+#: columns digest, state, attrs, cut_at, retry and present (False when a later row of the
+#: bucket's ``removed`` retired it).
+BASE_SQL = (
+    "WITH ranked AS (SELECT *, row_number() OVER (PARTITION BY item_id, modality, model_id "
+    "ORDER BY event_at DESC, src DESC) AS rn FROM events), "
+    "gone AS (SELECT item_id, modality, max(removed_at) AS removed_at FROM removed GROUP BY item_id, modality), "
+    "base AS (SELECT r.item_id, r.modality, r.model_id, r.digest, r.state, r.attrs, r.cut_at, r.retry, "
+    "(g.removed_at IS NULL OR r.event_at > g.removed_at) AS present FROM ranked r "
+    "LEFT JOIN gone g ON g.item_id = r.item_id AND g.modality = r.modality WHERE r.rn = 1)"
+)
+
+
+def _add(spill: BucketSpill, rows: pa.Table | pa.RecordBatch) -> None:
+    """Append ``rows`` (cast to the spill's schema) to their buckets."""
+    batches = rows.to_batches() if isinstance(rows, pa.Table) else [rows]
+    for batch in batches:
+        if batch.schema != spill.schema:
+            batch = pa.RecordBatch.from_arrays([batch.column(f.name).cast(f.type) for f in spill.schema],
+                                               schema=spill.schema)
+        spill.add(batch)
+
+
+class _Split:
+    """Both sides of the comparison split by bucket of item ids (``moderation.spill.bucket_of``)
+    into local Arrow files, each row read once: the baseline events and ``removals`` rows (one
+    streaming query each over the lake) and the catalog spill (``current``: written by the
+    planner batch by batch). Each bucket is then compared on its own: its files become small
+    local Delta tables in a fresh DataFusion session (``query``), so a bucket's SQL reads that
+    bucket's rows only."""
+
+    def __init__(self, folder: Path, buckets: int) -> None:
+        self.folder, self.buckets = folder, buckets
+        self.events = BucketSpill(folder, "events", EVENT_SCHEMA, buckets)
+        self.removed = BucketSpill(folder, "removed", REMOVED_SCHEMA, buckets)
+        self.current = BucketSpill(folder, "current", CURRENT_SCHEMA, buckets)
+
+    def add_baseline(self, sql: _LakeSQL) -> None:
+        """One pass over the lake's baseline: every event and removal routed to its bucket."""
+        for spill, query in ((self.events, sql.events_sql()), (self.removed, sql.removals_sql())):
+            if query is not None:
+                for batch in sql.batches(query):
+                    _add(spill, batch)
+            spill.close()
+
+    def query(self, b: int, *, current: bool = False) -> _BucketSQL:
+        """A DataFusion session over bucket ``b``: tables ``events`` and ``removed`` (and ``cur``,
+        the catalog spill, once written)."""
+        from deltalake import DeltaTable, QueryBuilder
+
+        qb = QueryBuilder()
+        names = [("events", self.events), ("removed", self.removed)] + ([("cur", self.current)] if current else [])
+        for name, spill in names:
+            qb.register(name, DeltaTable(self._delta(spill, b)))
+        return _BucketSQL(qb)
+
+    def _delta(self, spill: BucketSpill, b: int) -> str:
+        """Bucket ``b`` of ``spill`` as a local Delta table (written once, streamed from its Arrow file)."""
+        from deltalake import write_deltalake
+
+        path = self.folder / f"bucket-{b:04d}" / spill.paths[b].stem
+        if not path.exists():
+            spill.close()
+            if spill.paths[b].exists():
+                with pa.ipc.open_stream(spill.paths[b]) as reader:
+                    write_deltalake(str(path), reader)
+                spill.paths[b].unlink()
+            else:
+                write_deltalake(str(path), spill.schema.empty_table())
+        return str(path)
+
+
+class _BucketSQL:
+    """Queries over one bucket's local tables."""
+
+    def __init__(self, qb) -> None:
+        self.qb = qb
+
+    def batches(self, sql: str) -> pa.RecordBatchReader:
+        return pa.RecordBatchReader.from_stream(self.qb.execute(sql))
+
+    def table(self, sql: str) -> pa.Table:
+        """A query's whole result: at most one bucket's rows."""
+        return self.batches(sql).read_all()
 
 
 def load_baseline(lake: Lake, versions: dict[str, int | None], models: list[ModelSpec],
                   ids: list[str] | None = None):
-    """The baseline (see ``_LakeSQL.with_base``) as a pandas DataFrame, for inspection and tests
-    of small lakes: the planner itself never materialises it."""
+    """The baseline (see ``BASE_SQL``) as a pandas DataFrame, for inspection and tests of small
+    lakes: the planner itself never materialises it."""
     sql = _LakeSQL(lake, versions, models)
     where = f" WHERE item_id IN {_in_list(ids)}" if ids is not None else ""
-    return sql.table(sql.with_base(lambda column: "TRUE") + f" SELECT * FROM base{where}").to_pandas()
+    with tempfile.TemporaryDirectory(prefix="moderation-baseline-") as tmp:
+        split = _Split(Path(tmp), 1)
+        split.add_baseline(sql)
+        return split.query(0).table(f"{BASE_SQL} SELECT * FROM base{where}").to_pandas()
 
 
 def baseline_run(lake: Lake, catalog_uri: str, models: list[ModelSpec], *, exclude: str | None = None) -> dict | None:
@@ -360,6 +460,21 @@ def _current(kind: str, item_ids, *, grp: int | None = None, modality: str | Non
     return pa.table(cols, schema=CURRENT_SCHEMA)
 
 
+def _catalog_rows(snapshot: CatalogSnapshot) -> int:
+    """Rows of the snapshot's data files from their Parquet footers, deleted rows included (an
+    upper bound: it only sizes the buckets). A file that cannot be opened counts 0 here; reading
+    it reports the error."""
+    rows = 0
+    for f in snapshot.files:
+        fs, path = arrow_filesystem(f.path)
+        try:
+            with pq.ParquetFile(path, filesystem=fs) if fs is not None else pq.ParquetFile(path) as pf:
+                rows += pf.metadata.num_rows
+        except (OSError, pa.ArrowInvalid):
+            continue
+    return rows
+
+
 def _any_id_in(snapshot: CatalogSnapshot, f, ids: pa.Array) -> bool:
     """Whether data file ``f`` holds any of ``ids`` (reads its id column only)."""
     return any(pc.any(pc.is_in(t.column("item_id"), value_set=ids)).as_py()
@@ -375,23 +490,23 @@ def plan_rescan(
     versions: dict[str, int | None],
     change_source: ChangeSource = "auto",
     exclude_run: str | None = None,
-    bucket_rows: int = BUCKET_ROWS,
+    bucket_rows: int | None = None,
 ) -> RescanPlan:
     """Compare the catalog snapshot with the lake's baseline at ``versions``.
 
-    Memory: the driver never holds the catalog or the baseline. The catalog is read and hashed
-    one batch at a time (``SCAN_ROWS`` rows) into a temporary Parquet spill on local disk
-    (item id, hash group, content hash and attributes per pair: about 100 bytes a pair);
-    DataFusion (inside delta-rs) then joins that spill with the newest ``scores`` /
-    ``quarantine`` event per pair, bucket by bucket of item ids (``bucket_rows`` pairs a
-    bucket), and hands back only what must be scored or removed. What the driver keeps grows
-    with the selected pairs, the removed pairs, duplicate and invalid ids and id-less rows.
+    Memory: the driver never holds the catalog or the baseline. One streaming query per side
+    of the lake (the ``scores`` / ``quarantine`` events, the ``removals``) and the catalog, read
+    and hashed one batch at a time (``SCAN_ROWS`` rows), are split by bucket of item ids into
+    local Arrow files (item id, hash group, content hash and attributes per pair: about 100
+    bytes a pair), each row read once; DataFusion then compares one bucket at a time over that
+    bucket's files only (``bucket_rows`` pairs a bucket; None: ``$MODERATION_RESCAN_BUCKET_ROWS``
+    or ``BUCKET_ROWS``), and hands back only what must be scored or removed. What the driver
+    keeps grows with the selected pairs, the removed pairs, duplicate and invalid ids and
+    id-less rows.
 
     Raises:
         ModerationError: ``change_source='cdf'`` was asked for but cannot be used.
     """
-    from deltalake import DeltaTable, convert_to_deltalake
-
     base_run = baseline_run(lake, snapshot.uri, models, exclude=exclude_run)
     candidates: pa.Array | None = None
     source, notes = "anti_join", []
@@ -418,107 +533,106 @@ def plan_rescan(
 
     classifiers = {m.model_id: build_classifier(m, context=context) for m in models}
     limits = {m.model_id: item_limit(classifiers[m.model_id]) for m in models}
+    groups: dict[tuple, list[ModelSpec]] = defaultdict(list)  # models sharing content hashes
+    for m in models:
+        groups[classifiers[m.model_id].hash_key()].append(m)
+    group_of = {key: i for i, key in enumerate(groups)}
+    modalities: list[str] = sorted({m.modality for m in models if snapshot.has_modality(m.modality)})
     sql = _LakeSQL(lake, versions, models)
-    events = sql.events()
+    # Sized before either side is read: the baseline's events (from the Delta log) and the
+    # catalog's pairs at most (its rows from the Parquet footers, once per hash group).
+    buckets = _buckets(max(sql.events(), _catalog_rows(snapshot) * max(1, len(groups))), _bucket_rows(bucket_rows))
     lim = ("CASE model_id " + " ".join(f"WHEN {_lit(m)} THEN {float(n)}" for m, n in limits.items() if n is not None)
            + " END") if any(n is not None for n in limits.values()) else "CAST(NULL AS DOUBLE)"
     raised_sql = f"coalesce(cut_at < {lim}, FALSE)"
     retried = 0
     raised_by: Counter[str] = Counter()
     more: list[pa.Array] = []
-    buckets = _buckets(events, bucket_rows)
-    for b in range(buckets):
-        head = sql.with_base(_bucket_sql(buckets, b))
-        for r in sql.table(f"{head} SELECT model_id, sum(CASE WHEN retry THEN 1 ELSE 0 END) AS retry, "
-                           f"sum(CASE WHEN {raised_sql} THEN 1 ELSE 0 END) AS raised FROM base WHERE present "
-                           f"GROUP BY model_id").to_pylist():
-            retried += r["retry"] or 0
-            raised_by[r["model_id"]] += r["raised"] or 0
-        if candidates is not None:  # unchanged in the catalog, but to be scored again
-            more.append(sql.table(f"{head} SELECT DISTINCT item_id FROM base WHERE present AND "
-                                  f"(retry OR {raised_sql})").column("item_id").cast(pa.string()).combine_chunks())
-    if retried:
-        notes.append(f"{retried} pair(s) quarantined for a reason that may pass "
-                     f"({', '.join(sorted(RETRIED_REASONS))}) are retried")
-    raised_by = Counter({m: n for m, n in raised_by.items() if n})
-    if raised_by:
-        notes.append(f"{sum(raised_by.values())} pair(s) scored partially under a lower item limit are re-scored ("
-                     + ", ".join(f"{m}: {n}, limit now {limits[m]}"
-                                 for m, n in sorted(raised_by.items(), key=lambda kv: (-kv[1], kv[0]))) + ")")
-    if candidates is not None and any(len(a) for a in more):
-        candidates = pc.unique(pa.concat_arrays([candidates, *more]))
-
-    groups: dict[tuple, list[ModelSpec]] = defaultdict(list)  # models sharing content hashes
-    for m in models:
-        groups[classifiers[m.model_id].hash_key()].append(m)
-    group_of = {key: i for i, key in enumerate(groups)}
-    modalities: list[str] = sorted({m.modality for m in models if snapshot.has_modality(m.modality)})
 
     with tempfile.TemporaryDirectory(prefix="moderation-rescan-") as tmp:
-        spill = os.path.join(tmp, "current")
-        os.makedirs(spill)
+        split = _Split(Path(tmp), buckets)
+        split.add_baseline(sql)  # the one pass over scores, quarantine (and runs) and removals
+        for b in range(buckets):
+            here = split.query(b)
+            for r in here.table(f"{BASE_SQL} SELECT model_id, sum(CASE WHEN retry THEN 1 ELSE 0 END) AS retry, "
+                                f"sum(CASE WHEN {raised_sql} THEN 1 ELSE 0 END) AS raised FROM base WHERE present "
+                                f"GROUP BY model_id").to_pylist():
+                retried += r["retry"] or 0
+                raised_by[r["model_id"]] += r["raised"] or 0
+            if candidates is not None:  # unchanged in the catalog, but to be scored again
+                more.append(here.table(f"{BASE_SQL} SELECT DISTINCT item_id FROM base WHERE present AND "
+                                       f"(retry OR {raised_sql})").column("item_id").cast(pa.string()).combine_chunks())
+        if retried:
+            notes.append(f"{retried} pair(s) quarantined for a reason that may pass "
+                         f"({', '.join(sorted(RETRIED_REASONS))}) are retried")
+        raised_by = Counter({m: n for m, n in raised_by.items() if n})
+        if raised_by:
+            notes.append(f"{sum(raised_by.values())} pair(s) scored partially under a lower item limit are re-scored ("
+                         + ", ".join(f"{m}: {n}, limit now {limits[m]}"
+                                     for m, n in sorted(raised_by.items(), key=lambda kv: (-kv[1], kv[0]))) + ")")
+        if candidates is not None and any(len(a) for a in more):
+            candidates = pc.unique(pa.concat_arrays([candidates, *more]))
+        del more
+
+        # The catalog side: read and hashed batch by batch, each batch routed to its buckets.
+        current = split.current
         missing: dict[str, list[PreludeRow]] = defaultdict(list)
         invalid: dict[bytes, set[str]] = {}
-        rows_read = pairs = 0
-        with pq.ParquetWriter(os.path.join(spill, "part-00000.parquet"), CURRENT_SCHEMA) as writer:
-            if candidates is not None:
-                writer.write_table(_current("cand", candidates))
-            for f in snapshot.files:
-                new_file = baseline_files is None or f.path not in baseline_files
-                name = os.path.basename(f.path)
-                if candidates is not None and not new_file and not _any_id_in(snapshot, f, candidates):
-                    continue  # data files are immutable: rows of a file the baseline read changed only if listed
-                for t in snapshot.read(f, snapshot.columns, batch_rows=SCAN_ROWS):
-                    if candidates is not None:
-                        keep = pc.fill_null(pc.is_in(t.column("item_id"), value_set=candidates), False)
-                        if new_file:  # rows without a usable id are not in the feed's id list
-                            keep = pc.or_(keep, pc.invert(_usable_id_mask(t.column("item_id"))))
-                        t = t.filter(keep)
-                    if not t.num_rows:
-                        continue
-                    rows_read += t.num_rows
-                    ids = t.column("item_id")
-                    fixed, bad = utf8_sanitize(ids)
-                    usable = np.asarray(_usable_id_mask(ids, (fixed, bad)).to_numpy(zero_copy_only=False), dtype=bool)
-                    flags = {}
+        rows_read = 0
+        if candidates is not None:
+            _add(current, _current("cand", candidates))
+        for f in snapshot.files:
+            new_file = baseline_files is None or f.path not in baseline_files
+            name = os.path.basename(f.path)
+            if candidates is not None and not new_file and not _any_id_in(snapshot, f, candidates):
+                continue  # data files are immutable: rows of a file the baseline read changed only if listed
+            for t in snapshot.read(f, snapshot.columns, batch_rows=SCAN_ROWS):
+                if candidates is not None:
+                    keep = pc.fill_null(pc.is_in(t.column("item_id"), value_set=candidates), False)
+                    if new_file:  # rows without a usable id are not in the feed's id list
+                        keep = pc.or_(keep, pc.invert(_usable_id_mask(t.column("item_id"))))
+                    t = t.filter(keep)
+                if not t.num_rows:
+                    continue
+                rows_read += t.num_rows
+                ids = t.column("item_id")
+                fixed, bad = utf8_sanitize(ids)
+                usable = np.asarray(_usable_id_mask(ids, (fixed, bad)).to_numpy(zero_copy_only=False), dtype=bool)
+                flags = {}
+                for mod in modalities:
+                    mask = modality_mask(t, mod)
+                    flags[mod] = np.ones(t.num_rows, bool) if mask is None else np.asarray(
+                        mask.to_numpy(zero_copy_only=False), dtype=bool)
+                bad_set = set(bad)
+                raw = ids.cast(pa.binary()).to_pylist() if bad else []  # read only for the bad rows
+                for i in np.flatnonzero(~usable):
                     for mod in modalities:
-                        mask = modality_mask(t, mod)
-                        flags[mod] = np.ones(t.num_rows, bool) if mask is None else np.asarray(
-                            mask.to_numpy(zero_copy_only=False), dtype=bool)
-                    bad_set = set(bad)
-                    raw = ids.cast(pa.binary()).to_pylist() if bad else []  # read only for the bad rows
-                    for i in np.flatnonzero(~usable):
-                        for mod in modalities:
-                            if not flags[mod][i]:
-                                continue
-                            if i in bad_set:
-                                invalid.setdefault(raw[i], set()).add(mod)
-                            elif new_file:
-                                missing[mod].append(PreludeRow(
-                                    None, "missing_item_id", f"a row of data file {name} has a null or blank item_id"))
-                    u = t.filter(pa.array(usable))
-                    writer.write_table(_current("row", u.column("item_id")))
-                    for mod in modalities:
-                        rows = u.filter(pa.array(flags[mod][usable]))
-                        if not rows.num_rows:
+                        if not flags[mod][i]:
                             continue
-                        work = to_work_rows(rows, mod)
-                        for key, members in groups.items():
-                            if members[0].modality != mod:
-                                continue
-                            hashes = classifiers[members[0].model_id].content_hashes(work)
-                            writer.write_table(_current("pair", work.column("item_id"), grp=group_of[key],
-                                                        modality=mod, hashes=hashes, work=work))
-                            pairs += work.num_rows
-            for raw_id, mods in invalid.items():
-                shown = raw_id.decode("utf-8", "backslashreplace")
-                for mod in sorted(mods):
-                    writer.write_table(_current("inv", [shown], modality=mod))
-        convert_to_deltalake(spill)
-        sql.register("cur", DeltaTable(spill))
-        compared = _compare(sql, models, groups, group_of, limits, cdf=candidates is not None,
-                            buckets=_buckets(max(events, pairs, rows_read), bucket_rows),
-                            invalid=bool(invalid))
+                        if i in bad_set:
+                            invalid.setdefault(raw[i], set()).add(mod)
+                        elif new_file:
+                            missing[mod].append(PreludeRow(
+                                None, "missing_item_id", f"a row of data file {name} has a null or blank item_id"))
+                u = t.filter(pa.array(usable))
+                _add(current, _current("row", u.column("item_id")))
+                for mod in modalities:
+                    rows = u.filter(pa.array(flags[mod][usable]))
+                    if not rows.num_rows:
+                        continue
+                    work = to_work_rows(rows, mod)
+                    for key, members in groups.items():
+                        if members[0].modality != mod:
+                            continue
+                        hashes = classifiers[members[0].model_id].content_hashes(work)
+                        _add(current, _current("pair", work.column("item_id"), grp=group_of[key],
+                                               modality=mod, hashes=hashes, work=work))
+        for raw_id, mods in invalid.items():
+            shown = raw_id.decode("utf-8", "backslashreplace")
+            for mod in sorted(mods):
+                _add(current, _current("inv", [shown], modality=mod))
+        current.close()
+        compared = _compare(split, models, groups, group_of, limits, cdf=candidates is not None, invalid=bool(invalid))
     keep, changed_n, unchanged, dup_rows, dup_groups, marks, gone_rows = compared
 
     dup_ids = set(dup_rows)
@@ -570,12 +684,12 @@ def plan_rescan(
     )
 
 
-def _compare(sql: _LakeSQL, models: list[ModelSpec], groups: dict[tuple, list[ModelSpec]], group_of: dict[tuple, int],
-             limits: dict[str, int | None], *, cdf: bool, buckets: int, invalid: bool):
-    """The catalog spill (``cur``) against the baseline, bucket by bucket of item ids, in
-    DataFusion: per model the ids to score and the count of unchanged pairs; the duplicate ids
-    (rows, hash groups); the baseline state of duplicate and invalid ids; the pairs to remove.
-    Only those come back to Python."""
+def _compare(split: _Split, models: list[ModelSpec], groups: dict[tuple, list[ModelSpec]], group_of: dict[tuple, int],
+             limits: dict[str, int | None], *, cdf: bool, invalid: bool):
+    """The catalog spill (``cur``) against the baseline, one bucket of item ids at a time, in
+    DataFusion over that bucket's local tables only: per model the ids to score and the count of
+    unchanged pairs; the duplicate ids (rows, hash groups); the baseline state of duplicate and
+    invalid ids; the pairs to remove. Only those come back to Python."""
     rows = []
     for key, members in groups.items():
         for m in members:
@@ -590,6 +704,13 @@ def _compare(sql: _LakeSQL, models: list[ModelSpec], groups: dict[tuple, list[Mo
                # row (quarantine rows carry none).
                f"OR coalesce(b.attrs <> {_attrs_sql('c')}, FALSE) "
                "OR coalesce(b.cut_at < mdl.lim, FALSE) OR coalesce(b.retry, FALSE)")
+    dups = "dups AS (SELECT item_id, count(*) AS n FROM cur WHERE kind = 'row' GROUP BY item_id HAVING count(*) > 1)"
+    cand = "cand AS (SELECT DISTINCT item_id FROM cur WHERE kind = 'cand')"
+    base_in = ("base_in AS (SELECT * FROM base WHERE item_id IN (SELECT item_id FROM cand))" if cdf
+               else "base_in AS (SELECT * FROM base)")
+    head = f"{BASE_SQL}, {cand}, {base_in}, {dups}, {mdl}"
+    dup_query = (f"WITH {dups} SELECT d.item_id, d.n, c.grp FROM dups d LEFT JOIN (SELECT DISTINCT item_id, "
+                 f"grp FROM cur WHERE kind = 'pair') c ON c.item_id = d.item_id")
     keep: dict[str, list[str]] = defaultdict(list)
     changed_n: Counter = Counter()
     unchanged = 0
@@ -597,17 +718,9 @@ def _compare(sql: _LakeSQL, models: list[ModelSpec], groups: dict[tuple, list[Mo
     dup_groups: dict[int, set[str]] = defaultdict(set)
     marks: dict[str, dict[str, tuple]] = defaultdict(dict)
     gone_rows: list[dict] = []
-    for b in range(buckets):
-        where = _bucket_sql(buckets, b)
-        dups = (f"dups AS (SELECT item_id, count(*) AS n FROM cur WHERE kind = 'row' AND {where('item_id')} "
-                f"GROUP BY item_id HAVING count(*) > 1)")
-        cand = f"cand AS (SELECT DISTINCT item_id FROM cur WHERE kind = 'cand' AND {where('item_id')})"
-        base_in = ("base_in AS (SELECT * FROM base WHERE item_id IN (SELECT item_id FROM cand))" if cdf
-                   else "base_in AS (SELECT * FROM base)")
-        head = f"{sql.with_base(where)}, {cand}, {base_in}, {dups}, {mdl}"
+    for b in range(split.buckets):
+        sql = split.query(b, current=True)
         here = []
-        dup_query = (f"WITH {dups} SELECT d.item_id, d.n, c.grp FROM dups d LEFT JOIN (SELECT DISTINCT item_id, "
-                     f"grp FROM cur WHERE kind = 'pair' AND {where('item_id')}) c ON c.item_id = d.item_id")
         for r in sql.table(dup_query).to_pylist():
             dup_rows[r["item_id"]] = r["n"]
             here.append(r["item_id"])
@@ -619,7 +732,7 @@ def _compare(sql: _LakeSQL, models: list[ModelSpec], groups: dict[tuple, list[Mo
         for batch in sql.batches(
                 f"{head} SELECT mdl.model_id, CASE WHEN {changed} THEN c.item_id END AS item_id, count(*) AS n "
                 f"FROM cur c JOIN mdl ON mdl.grp = c.grp LEFT JOIN base_in b ON b.item_id = c.item_id "
-                f"AND b.model_id = mdl.model_id WHERE c.kind = 'pair' AND {where('c.item_id')} "
+                f"AND b.model_id = mdl.model_id WHERE c.kind = 'pair' "
                 f"AND c.item_id NOT IN (SELECT item_id FROM dups) GROUP BY 1, 2"):
             for r in batch.to_pylist():
                 if r["item_id"] is None:
@@ -635,9 +748,8 @@ def _compare(sql: _LakeSQL, models: list[ModelSpec], groups: dict[tuple, list[Mo
         # Pairs the baseline has that the catalog no longer has.
         for batch in sql.batches(
                 f"{head}, live AS (SELECT DISTINCT item_id, modality FROM base_in WHERE present), "
-                f"now AS (SELECT DISTINCT item_id, modality FROM cur WHERE kind IN ('pair', 'inv') "
-                f"AND {where('item_id')}), "
-                f"ids AS (SELECT DISTINCT item_id FROM cur WHERE kind = 'row' AND {where('item_id')}) "
+                f"now AS (SELECT DISTINCT item_id, modality FROM cur WHERE kind IN ('pair', 'inv')), "
+                f"ids AS (SELECT DISTINCT item_id FROM cur WHERE kind = 'row') "
                 f"SELECT l.item_id, l.modality, CASE WHEN i.item_id IS NULL THEN 'item_deleted' "
                 f"ELSE 'media_removed' END AS reason FROM live l LEFT JOIN now n ON n.item_id = l.item_id "
                 f"AND n.modality = l.modality LEFT JOIN ids i ON i.item_id = l.item_id WHERE n.item_id IS NULL"):

@@ -6,7 +6,10 @@ tiny real Delta catalogs and lakes written here, the real text model's content h
 from __future__ import annotations
 
 import datetime as dt
+import re
 import tracemalloc
+from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -71,7 +74,9 @@ def _summary(plan: rescan.RescanPlan) -> dict:
     }
 
 
-def test_a_plan_is_the_same_whatever_the_buckets_and_selects_exactly_what_changed(tmp_path):
+def _mixed_lake(tmp_path) -> tuple[Lake, list[str]]:
+    """40 items scored at T0 (i008 by an older model digest); i005 and i009 quarantined for a
+    reason that may pass; i007 removed after it was scored."""
     ids = [f"i{k:03d}" for k in range(40)]
     lake = _lake(tmp_path, _rows(ids), digest={"i008": "sha256:old"})
     (m,) = _models()
@@ -84,13 +89,26 @@ def test_a_plan_is_the_same_whatever_the_buckets_and_selects_exactly_what_change
     gone = [{"run_id": "r0", "item_id": "i007", "modality": "text", "reason": "item_deleted", "catalog_uri": "c",
              "catalog_version": 0, "removed_at": T0 + dt.timedelta(hours=1)}]
     write_deltalake(lake.uri("removals"), pa.Table.from_pylist(gone, schema=REMOVALS_SCHEMA))
+    return lake, ids
+
+
+def _changed(ids: list[str]) -> list[dict]:
     now = _rows([i for i in ids if i != "i003"] + ["i004", "i040"],
                 i001={"title": "a new title"}, i002={"markets": ["FR", "US", "DE"]},
                 i010={"markets": ["FR", "US", "US"]})  # the same set of markets: unchanged
     now.append({**now[0], "item_id": "  "})  # a blank id
+    return now
 
-    plans = [_summary(_plan(tmp_path, lake, now, bucket_rows=n)) for n in (10**9, 7, 1)]
-    assert plans[0] == plans[1] == plans[2]
+
+def test_a_plan_is_the_same_whatever_the_buckets_and_selects_exactly_what_changed(tmp_path, monkeypatch):
+    lake, ids = _mixed_lake(tmp_path)
+    (m,) = _models()
+    now = _changed(ids)
+
+    plans = [_summary(_plan(tmp_path, lake, now, bucket_rows=n)) for n in (10**9, 7, 3, 1)]
+    monkeypatch.setenv(rescan.BUCKET_ROWS_ENV, "5")  # read at plan time when bucket_rows is not given
+    plans.append(_summary(_plan(tmp_path, lake, now)))
+    assert all(p == plans[0] for p in plans[1:])
     got = plans[0]
     assert got["keep"] == {m.model_id: ["i001", "i002", "i005", "i007", "i008", "i009", "i040"]}
     assert got["stream"] == {m.model_id: {"text": 7}}
@@ -100,6 +118,77 @@ def test_a_plan_is_the_same_whatever_the_buckets_and_selects_exactly_what_change
     assert got["unchanged"] == 40 - 1 - 1 - 6  # i003 gone, i004 duplicated, 6 changed among the first 40
     assert got["rows_read"] == len(now)
     assert got["notes"][-1].startswith("2 pair(s) quarantined for a reason that may pass")
+
+
+def test_a_change_feed_plan_is_the_same_whatever_the_buckets(tmp_path):
+    """The ``cdf`` path: the feed's ids (and the quarantined pairs to retry, found in the
+    baseline's buckets before the catalog is read) go into the catalog side's buckets."""
+    from deltalake import DeltaTable
+
+    from moderation.runinfo import run_row
+
+    lake, ids = _mixed_lake(tmp_path)
+    (m,) = _models()
+    catalog = tmp_path / "catalog"
+    write_deltalake(str(catalog), pa.Table.from_pylist(_rows(ids), schema=CATALOG_SCHEMA),
+                    configuration={"delta.enableChangeDataFeed": "true"})
+    uri = open_catalog(str(catalog)).uri
+    lake.upsert_run(run_row(run_id="base", kind="backfill", status="succeeded", catalog_uri=uri, catalog_version=0,
+                            model_ids=[m.model_id], model_digests=[m.digest], started_at=T0, ended_at=T0))
+    table = DeltaTable(str(catalog))
+    table.update(predicate="item_id = 'i001'", updates={"title": "'a new title'"})
+    table.delete("item_id = 'i003'")
+    write_deltalake(str(catalog), pa.Table.from_pylist(_rows(["i040", "i004"]), schema=CATALOG_SCHEMA), mode="append")
+
+    def plan(n: int) -> dict:
+        got = rescan.plan_rescan(open_catalog(str(catalog)), _models(), lake, context=RunContext(lake_root=lake.root),
+                                 versions=rescan.pinned_versions(lake), change_source="cdf", bucket_rows=n)
+        assert got.change_source == "cdf"
+        return _summary(got)
+
+    plans = [plan(n) for n in (10**9, 7, 1)]
+    assert plans[0] == plans[1] == plans[2]
+    got = plans[0]
+    # Listed by the feed: i001 (edited), i003 (deleted), i004 (duplicated), i040 (new); retried: i005, i009.
+    assert got["keep"] == {m.model_id: ["i001", "i005", "i009", "i040"]}
+    assert got["removals"] == [("i003", "text", "item_deleted")]
+    assert [p[:2] for p in got["prelude"][m.model_id]] == [("i004", "duplicate_item_id")]
+
+
+def test_each_baseline_table_is_read_once_whatever_the_buckets(tmp_path, monkeypatch):
+    """Issue 16: the lake's baseline tables are each scanned by one query however many buckets
+    the plan uses; the per-bucket queries read local tables only. Every read of a Delta table
+    by the planner goes through DataFusion's ``QueryBuilder``, counted here per table."""
+    from deltalake import QueryBuilder
+
+    lake, ids = _mixed_lake(tmp_path)
+    now = _changed(ids)
+    register, execute = QueryBuilder.register, QueryBuilder.execute
+
+    def counting_register(self, name, table):
+        self.counted = {**getattr(self, "counted", {}), name: table.table_uri}
+        sessions[name] += 1
+        return register(self, name, table)
+
+    def counting_execute(self, sql):
+        for name, uri in getattr(self, "counted", {}).items():
+            if re.search(rf"\b(FROM|JOIN)\s+{name}\b", sql):
+                reads[uri] += 1
+        return execute(self, sql)
+
+    monkeypatch.setattr(QueryBuilder, "register", counting_register)
+    monkeypatch.setattr(QueryBuilder, "execute", counting_execute)
+    lake_root = Path(lake.root).resolve().as_posix()
+    # 42 pairs a side (the catalog's 42 rows, the lake's 40 scores and 2 quarantine rows).
+    for n, buckets in ((10**9, 1), (7, 6), (1, 42)):
+        reads: Counter[str] = Counter()
+        sessions: Counter[str] = Counter()
+        _plan(tmp_path, lake, now, bucket_rows=n)
+        on_lake = {uri.rstrip("/").rsplit("/", 1)[-1]: k for uri, k in reads.items() if lake_root in uri}
+        assert on_lake == {"scores": 1, "quarantine": 1, "removals": 1}, n
+        # One session per bucket to count retries (events, removed), one to compare (and cur).
+        assert sessions["cur"] == buckets and sessions["events"] == 2 * buckets, n
+        assert all("moderation-rescan-" in uri for uri in reads if lake_root not in uri)  # the bucket files
 
 
 def _peak_python_bytes(tmp_path, n: int) -> int:

@@ -120,9 +120,18 @@ def _batch(start: int, n: int, words, rng):
     markets = pa.array(["US", "DE", "BR", "SE", "JP", "GB", "FR", "MX"])
     body = text(12)
     body = pc.if_else(pa.array(rng.random(n) < 0.5), body, pa.nulls(n, pa.string()))
+    item_type = pc.take(kinds, pa.array(rng.integers(0, 3, n)))
+
+    def group_id(prefix: str, kind: str, per: int) -> pa.Array:
+        """``<prefix><k>`` for items of ``kind`` (about ``per`` items a group), null for the others."""
+        k = pc.binary_join_element_wise(prefix, pc.cast(pa.array(rng.integers(0, n // per + 1, n)), pa.string()), "")
+        return pc.if_else(pc.equal(item_type, kind), k, pa.nulls(n, pa.string()))
+
     columns = {
         "item_id": ids,
-        "item_type": pc.take(kinds, pa.array(rng.integers(0, 3, n))),
+        "item_type": item_type,
+        "show_id": group_id("sh", "episode", 10),
+        "album_id": group_id("al", "track", 10),
         "title": pc.binary_join_element_wise(text(3), pc.cast(pa.array(rng.integers(1, 1000, n)), pa.string()), " "),
         "description": text(8),
         "body_text": body,

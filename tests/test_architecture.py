@@ -27,9 +27,9 @@ LAKE_MODULE = PACKAGE / "lake.py"
 WRITERS = {"write_deltalake", "convert_to_deltalake"}
 #: (module, name) pairs allowed anyway, with why.
 ALLOWED = {
-    # The re-scan planner converts its local temporary spill (a scratch folder, never a lake table)
-    # in place to query it with DataFusion.
-    ("rescan.py", "convert_to_deltalake"),
+    # The re-scan planner writes each bucket of its local temporary spill (a scratch folder, never
+    # a lake table) as a small Delta table to query it with DataFusion.
+    ("rescan.py", "write_deltalake"),
 }
 #: Lake methods whose first argument is a table path under the lake root.
 TABLE_METHODS = {"uri", "open", "exists", "read", "version", "transaction_version", "append_chunk", "append_files",

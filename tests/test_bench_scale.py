@@ -71,3 +71,18 @@ def test_unknown_kind_lists_valid_ones(tmp_path, unregistered):
                     f"artifacts:\n  a:\n    uri: /x.json\n    sha256: {'0' * 64}\n")
     with pytest.raises(ConfigError, match="unknown kind 'nope'; valid: minilm_heads"):
         config.load_model_spec(path)
+
+
+def test_synthetic_catalog_is_a_valid_catalog(tmp_path, bench):
+    """The benchmark's catalog writer follows the catalog schema as it grows (it once failed at the
+    write when the schema gained show_id / album_id) and the catalog reads as a moderation catalog."""
+    from moderation.catalog import open_catalog
+
+    bench.write_catalog(tmp_path / "catalog", 500, batch_rows=200)
+    snapshot = open_catalog(str(tmp_path / "catalog"))
+    rows = pa.concat_tables([t for f in snapshot.files for t in snapshot.read(f, snapshot.columns)])
+    assert rows.num_rows == 500 and len(set(rows.column("item_id").to_pylist())) == 500
+    types = rows.column("item_type").to_pylist()
+    shows, albums = rows.column("show_id").to_pylist(), rows.column("album_id").to_pylist()
+    assert all((s is not None) == (t == "episode") for s, t in zip(shows, types, strict=True))
+    assert all((a is not None) == (t == "track") for a, t in zip(albums, types, strict=True))

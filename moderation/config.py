@@ -21,8 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from moderation.errors import ConfigError
 
-Modality = Literal["text", "image", "audio"]
-MODALITIES: tuple[Modality, ...] = ("text", "image", "audio")
+# Re-exported: the modalities, with the catalog columns that feed each, are moderation/modalities.py's.
+from moderation.modalities import MODALITIES as MODALITIES
+from moderation.modalities import Modality as Modality
+
 Action = Literal["remove", "restrict", "age_restrict", "demote", "label"]
 Severity = Literal["low", "medium", "high", "critical"]
 #: A version's status: its file declares the initial one; promotions (``moderation policy

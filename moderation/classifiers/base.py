@@ -28,7 +28,8 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from moderation.config import DEFAULT_MAX_ITEM_SECONDS, DEFAULT_MAX_ITEM_WORDS, Modality, ModelSpec
+from moderation.config import DEFAULT_MAX_ITEM_SECONDS, DEFAULT_MAX_ITEM_WORDS, ModelSpec
+from moderation.modalities import Modality, media_column
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,6 @@ QREASON = "qreason"  # null when the row can be scored, else a quarantine reason
 QDETAIL = "qdetail"
 QSTAGE = "qstage"
 CONTENT_HASH = "content_hash"
-
-#: The catalog field holding each media modality's URI.
-MEDIA_FIELDS = {"image": "cover_image", "audio": "audio_clip"}
 
 #: The work row columns ``process_batch`` passes on (the ``scores`` columns that come from the catalog).
 RESULT_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit", "creator_id", "show_id", "album_id")
@@ -133,7 +131,7 @@ class Classifier(abc.ABC):
         from moderation.media import MediaError, read_media
 
         out = []
-        for uri in batch.column(MEDIA_FIELDS[self.modality]).to_pylist():
+        for uri in self.media_uris(batch):
             data = None
             if uri:
                 try:
@@ -142,6 +140,10 @@ class Classifier(abc.ABC):
                     pass
             out.append(media_content_hash(data, uri))
         return out
+
+    def media_uris(self, batch: pa.Table) -> list[str | None]:
+        """The media URIs of a media classifier's work rows (its modality's catalog column)."""
+        return batch.column(media_column(self.modality)).to_pylist()
 
     def prepare(self, batch: pa.Table) -> pa.Table:
         """``preprocess`` plus the checks every modality shares: a row without an item id

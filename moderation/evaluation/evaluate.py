@@ -43,6 +43,7 @@ from moderation.evaluation.metrics import (
 )
 from moderation.lake import Lake
 from moderation.lifecycle import sql_literal
+from moderation.modalities import MEDIA_COLUMNS
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id
 from moderation.schemas import EVAL_PREDICTIONS_SCHEMA, EVAL_RESULTS_SCHEMA
@@ -78,8 +79,10 @@ def _work_table(rows: pa.Table, spec: ModelSpec) -> pa.Table:
         "title": col("title"),
         "description": col("description"),
         "body_text": body,
-        "cover_image": media if spec.modality == "image" else pa.nulls(n, pa.string()),
-        "audio_clip": media if spec.modality == "audio" else pa.nulls(n, pa.string()),
+        # Each media modality's URI column (moderation.modalities): the example's media_uri in
+        # the column of the model's modality, null in the others.
+        **{column: media if modality == spec.modality else pa.nulls(n, pa.string())
+           for modality, column in MEDIA_COLUMNS.items()},
         "modality": pa.array([spec.modality] * n, pa.string()),
     })
 
@@ -106,7 +109,7 @@ def check_media_uris(rows: pa.Table, *, dataset: str, version: int, roots: tuple
     for i, (example_id, modality, uri) in enumerate(zip(rows.column("example_id").to_pylist(),
                                                         rows.column("modality").to_pylist(),
                                                         rows.column("media_uri").to_pylist(), strict=True)):
-        if modality == "text" or not uri:
+        if modality not in MEDIA_COLUMNS or not uri:  # text: no media to read
             continue
         try:
             check_root(uri, roots, kind=modality)

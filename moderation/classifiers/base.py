@@ -28,6 +28,9 @@ from typing import ClassVar
 
 import pyarrow as pa
 
+# The kind -> class map lives in registry.py, which imports the implementations only when one
+# is built; ``build_classifier`` is re-exported here for the callers that import it from base.
+from moderation.classifiers.registry import build_classifier as build_classifier
 from moderation.config import DEFAULT_MAX_ITEM_SECONDS, DEFAULT_MAX_ITEM_WORDS, ModelSpec
 from moderation.modalities import Modality, media_column
 
@@ -262,48 +265,3 @@ class Classifier(abc.ABC):
         if torch is not None and self.device and self.device.startswith("cuda") and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
         time.sleep(self.context.score_backoff_s * 2 ** (k - 1))
-
-
-def build_classifier(spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> Classifier:
-    """The classifier implementation for a registry entry's ``kind`` (nothing loaded yet)."""
-    if spec.kind == "pdq_bank":
-        from moderation.classifiers.pdq import PdqBankClassifier
-
-        return PdqBankClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "minilm_heads":
-        from moderation.classifiers.text import MiniLMHeadsClassifier
-
-        return MiniLMHeadsClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "muse_heads":
-        from moderation.classifiers.text import MuseHeadsClassifier
-
-        return MuseHeadsClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "e5_heads":
-        from moderation.classifiers.text import E5HeadsClassifier
-
-        return E5HeadsClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "cascade_heads":
-        from moderation.classifiers.cascade import CascadeHeadsClassifier
-
-        return CascadeHeadsClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "open_nsfw":
-        from moderation.classifiers.image import OpenNsfwClassifier
-
-        return OpenNsfwClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "ocr_text":
-        from moderation.classifiers.ocr import OcrTextClassifier
-
-        return OcrTextClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "speech_text":
-        from moderation.classifiers.audio import SpeechTextClassifier
-
-        return SpeechTextClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "benchmark_null":  # only loadable after benchmark.register() (config.ModelSpec)
-        from moderation.classifiers.benchmark import NullClassifier
-
-        return NullClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "profanity_check":
-        from moderation.classifiers.lexical import ProfanityCheckClassifier
-
-        return ProfanityCheckClassifier(spec, batch_size=batch_size, context=context)
-    raise ValueError(f"model {spec.model_id}: no classifier for kind {spec.kind!r}")

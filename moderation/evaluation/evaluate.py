@@ -24,7 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moderation.classifiers.base import QREASON, RunContext, build_classifier
+from moderation.classifiers.base import QREASON, RunContext
+from moderation.classifiers.registry import build_classifier
 from moderation.config import LoadedPolicy, ModelSpec, load_model_registry, load_policy
 from moderation.errors import ConfigError, ModerationError
 from moderation.evaluation.datasets import (

@@ -22,9 +22,9 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Generic, TypeVar, cast
 
 import pyarrow as pa
 
@@ -32,7 +32,11 @@ import pyarrow as pa
 # is built; ``build_classifier`` is re-exported here for the callers that import it from base.
 from moderation.classifiers.registry import build_classifier as build_classifier
 from moderation.config import DEFAULT_MAX_ITEM_SECONDS, DEFAULT_MAX_ITEM_WORDS, ModelSpec
+from moderation.media import MediaError
 from moderation.modalities import Modality, media_column
+
+M = TypeVar("M")
+V = TypeVar("V")
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,51 @@ def media_content_hash(data: bytes | None, uri: str | None) -> str:
     return hashlib.sha256(data if data is not None else (uri or "").encode()).hexdigest()
 
 
+@dataclass
+class MediaInputs(Generic[V]):
+    """Per work row of a media batch: what the classifier made of the media (None where the
+    row is quarantined), its content hash and its quarantine columns."""
+
+    values: list[V | None] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+    details: list[str | None] = field(default_factory=list)
+    stages: list[str | None] = field(default_factory=list)
+
+    def prepared(self, batch: pa.Table, inputs: dict[str, pa.Array]) -> pa.Table:
+        """``batch`` plus these rows' content hashes, ``inputs`` and quarantine columns."""
+        return prepared(batch, hashes=self.hashes, inputs=inputs, reasons=self.reasons, details=self.details,
+                        stages=self.stages)
+
+
+def media_inputs(uris: Sequence[str | None], load: Callable[[str | None], tuple[bytes, M]],
+                 use: Callable[[str, M], V]) -> MediaInputs[V]:
+    """``use(uri, media)`` for each URI's ``load(uri) -> (bytes, media)`` (``load`` refuses a
+    null or empty URI); a ``MediaError`` from either quarantines the row with its reason
+    (detail cut at 500 characters, stage ``preprocess``). The content hash is that of the
+    bytes when they were read (by ``load``, or carried by its error as ``MediaError.data``),
+    else of the URI."""
+    out: MediaInputs[V] = MediaInputs()
+    for uri in uris:
+        data = None
+        try:
+            data, media = load(uri)
+            value = use(cast(str, uri), media)
+        except MediaError as e:
+            out.hashes.append(media_content_hash(data if data is not None else e.data, uri))
+            out.values.append(None)
+            out.reasons.append(e.reason)
+            out.details.append(e.detail[:500])
+            out.stages.append("preprocess")
+            continue
+        out.hashes.append(media_content_hash(data, uri))
+        out.values.append(value)
+        out.reasons.append(None)
+        out.details.append(None)
+        out.stages.append(None)
+    return out
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a classifier may need from its run beyond the registry entry. Picklable."""
@@ -131,7 +180,7 @@ class Classifier(abc.ABC):
     def content_hashes(self, batch: pa.Table) -> list[str]:
         """The CONTENT_HASH ``preprocess`` gives each work row, computed without preparing the
         input (media: the bytes are read and hashed, not decoded)."""
-        from moderation.media import MediaError, read_media
+        from moderation.media import read_media
 
         out = []
         for uri in self.media_uris(batch):

@@ -19,17 +19,11 @@ import io
 import os
 import shutil
 import subprocess
-from typing import ClassVar
 
 import pyarrow as pa
 
-from moderation.classifiers.base import (
-    Classifier,
-    RunContext,
-    media_content_hash,
-    prepared,
-)
-from moderation.classifiers.image import load_cover
+from moderation.classifiers.base import RunContext
+from moderation.classifiers.image import CoverClassifier
 from moderation.classifiers.text import MiniLMHeadsClassifier, coverage_columns
 from moderation.classifiers.windows import Coverage
 from moderation.config import ModelSpec
@@ -127,16 +121,12 @@ def _tsv_text(tsv: str, *, min_conf: float) -> str:
     return "\n".join(" ".join(ws) for ws in lines.values())
 
 
-class OcrTextClassifier(Classifier):
+class OcrTextClassifier(CoverClassifier):
     """OCR of ``cover_image`` scored by the MiniLM text heads (categories of the text model)."""
-
-    modality: ClassVar = "image"
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
         super().__init__(spec, batch_size=batch_size, context=context)
         pre = spec.preprocessing
-        self.max_bytes = int(pre.get("max_bytes", 20_000_000))
-        self.max_pixels = int(pre.get("max_pixels", 50_000_000))
         self.ocr_psm = int(pre.get("ocr_psm", 11))
         self.ocr_timeout_s = float(pre.get("ocr_timeout_s", 30.0))
         self.ocr_min_side = int(pre.get("ocr_min_side", 600))
@@ -155,54 +145,28 @@ class OcrTextClassifier(Classifier):
     # ---- CPU side -------------------------------------------------------------------
     def preprocess(self, batch: pa.Table) -> pa.Table:
         binary = tesseract_binary()
-        uris = batch.column("cover_image").to_pylist()
-        hashes: list[str] = []
-        texts: list[str | None] = []
-        coverage: list[Coverage | None] = []
-        reasons: list[str | None] = []
-        details: list[str | None] = []
-        stages: list[str | None] = []
-        for uri in uris:
-            data = None
-            try:
-                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
-                                       roots=self.context.media_roots)
-                raw = ocr_image(
-                    img, binary=binary, uri=uri, psm=self.ocr_psm, timeout_s=self.ocr_timeout_s,
-                    min_side=self.ocr_min_side, max_side=self.ocr_max_side, min_conf=self.ocr_min_conf,
-                )
-            except MediaError as e:
-                hashes.append(media_content_hash(data if data is not None else e.data, uri))
-                texts.append(None)
-                coverage.append(None)
-                reasons.append(e.reason)
-                details.append(e.detail[:500])
-                stages.append("preprocess")
-                continue
+
+        def read_text(uri: str, img) -> tuple[str, Coverage]:
+            raw = ocr_image(
+                img, binary=binary, uri=uri, psm=self.ocr_psm, timeout_s=self.ocr_timeout_s,
+                min_side=self.ocr_min_side, max_side=self.ocr_max_side, min_conf=self.ocr_min_conf,
+            )
             fields, cov = self._text.limited({"body_text": raw}, max_chars=None)
-            hashes.append(media_content_hash(data, uri))
-            texts.append(fields["body_text"])
-            coverage.append(cov)
-            reasons.append(None)
-            details.append(None)
-            stages.append(None)
-        wins, coverage = self._text.scored_windows([{"body_text": t or ""} for t in texts], coverage)
-        return prepared(
-            batch,
-            hashes=hashes,
-            inputs={
-                "ocr_text": pa.array(texts, pa.string()),  # "" when no text was found
-                "segments": pa.array([[w.text for w in ws] for ws in wins], pa.list_(pa.string())),
-                # The text heads report the winning segment's name as evidence: name each window
-                # by the words it holds, so the evidence is the OCR text itself.
-                "segment_names": pa.array([[f"ocr:{w.text[:EVIDENCE_CHARS]}" for w in ws] for ws in wins],
-                                          pa.list_(pa.string())),
-                **coverage_columns(coverage),
-            },
-            reasons=reasons,
-            details=details,
-            stages=stages,
-        )
+            return fields["body_text"], cov
+
+        rows = self.covers(batch, read_text)
+        texts = [None if v is None else v[0] for v in rows.values]
+        wins, coverage = self._text.scored_windows([{"body_text": t or ""} for t in texts],
+                                                   [None if v is None else v[1] for v in rows.values])
+        return rows.prepared(batch, {
+            "ocr_text": pa.array(texts, pa.string()),  # "" when no text was found
+            "segments": pa.array([[w.text for w in ws] for ws in wins], pa.list_(pa.string())),
+            # The text heads report the winning segment's name as evidence: name each window
+            # by the words it holds, so the evidence is the OCR text itself.
+            "segment_names": pa.array([[f"ocr:{w.text[:EVIDENCE_CHARS]}" for w in ws] for ws in wins],
+                                      pa.list_(pa.string())),
+            **coverage_columns(coverage),
+        })
 
     # ---- device side ----------------------------------------------------------------
     def setup(self, device: str = "cpu") -> None:

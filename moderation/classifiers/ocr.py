@@ -19,6 +19,7 @@ import io
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass, fields
 
 import pyarrow as pa
 
@@ -50,18 +51,45 @@ def tesseract_binary() -> str:
     return path
 
 
-def ocr_image(
-    img, *, binary: str, uri: str, psm: int, timeout_s: float, min_side: int, max_side: int, min_conf: float
-) -> str:
+@dataclass(frozen=True)
+class OcrOptions:
+    """How Tesseract reads a cover: the registry entry's ``preprocessing.ocr_<field>``, else
+    these defaults (see ``ocr_image``)."""
+
+    psm: int = 11  # page segmentation mode: 11, sparse text (text anywhere on the cover)
+    timeout_s: float = 30.0
+    min_side: int = 600
+    max_side: int = 1600
+    min_conf: float = 75.0
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> OcrOptions:
+        """The options of a registry entry, each read as its default's type.
+
+        Raises:
+            ConfigError: ``ocr_min_side`` not positive, or above ``ocr_max_side``.
+        """
+        defaults = cls()
+        given = {f.name: spec.preprocessing.get(f"ocr_{f.name}") for f in fields(cls)}
+        opts = cls(**{k: type(getattr(defaults, k))(v) for k, v in given.items() if v is not None})
+        if not 0 < opts.min_side <= opts.max_side:
+            raise ConfigError(
+                f"model {spec.model_id}: preprocessing ocr_min_side ({opts.min_side}) must be positive "
+                f"and at most ocr_max_side ({opts.max_side})"
+            )
+        return opts
+
+
+def ocr_image(img, *, binary: str, uri: str, options: OcrOptions) -> str:
     """Words Tesseract reads in ``img`` (a Pillow image), in reading order, lines joined by
     newlines; ``""`` when it finds no word.
 
-    Words under ``min_conf`` confidence, or without a letter or digit, are dropped: on photos
+    Words under ``options.min_conf`` confidence, or without a letter or digit, are dropped: on photos
     (grass, gravel, star fields) sparse-text mode finds dozens of low-confidence "words" in
     the texture, which would otherwise be scored as text. An image whose only surviving words
     are single characters counts as having no text.
 
-    The image is scaled so its longest side lies in ``[min_side, max_side]`` (Tesseract
+    The image is scaled so its longest side lies in ``[options.min_side, options.max_side]`` (Tesseract
     misses text under ~20 px high, as on thumbnails; large covers only cost time), made
     grayscale with its contrast stretched, and inverted when mostly dark, since Tesseract
     reads dark text on a light ground best. On rendered covers (light and dark grounds,
@@ -70,11 +98,12 @@ def ocr_image(
     without the inversion.
 
     Raises:
-        MediaError: ``ocr_failed`` when Tesseract exits non-zero or runs past ``timeout_s``.
+        MediaError: ``ocr_failed`` when Tesseract exits non-zero or runs past ``options.timeout_s``.
         ModerationError: Tesseract cannot load its English language data.
     """
     from PIL import Image, ImageOps, ImageStat
 
+    min_side, max_side, timeout_s = options.min_side, options.max_side, options.timeout_s
     side = max(img.size)
     scale = min_side / side if side < min_side else max_side / side if side > max_side else 1.0
     if scale != 1.0:
@@ -89,7 +118,7 @@ def ocr_image(
     # One OpenMP thread: several OCR tasks already run side by side, and on 2 cores Tesseract's
     # own threading made textured photos 2-4x slower.
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    cmd = [binary, "stdin", "stdout", "--psm", str(psm), "-l", OCR_LANGUAGE, "tsv"]
+    cmd = [binary, "stdin", "stdout", "--psm", str(options.psm), "-l", OCR_LANGUAGE, "tsv"]
     try:
         proc = subprocess.run(cmd, input=buf.getvalue(), capture_output=True, timeout=timeout_s, env=env, check=False)
     except subprocess.TimeoutExpired as e:
@@ -103,7 +132,7 @@ def ocr_image(
                 f"tesseract cannot load its {OCR_LANGUAGE!r} language data: {stderr.splitlines()[0]}; {INSTALL_HINT}"
             )
         raise MediaError("ocr_failed", f"{uri}: tesseract exited {proc.returncode}: {stderr[-300:]}")
-    return _tsv_text(proc.stdout.decode("utf-8", "replace"), min_conf=min_conf)
+    return _tsv_text(proc.stdout.decode("utf-8", "replace"), min_conf=options.min_conf)
 
 
 def _tsv_text(tsv: str, *, min_conf: float) -> str:
@@ -126,17 +155,7 @@ class OcrTextClassifier(CoverClassifier):
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
         super().__init__(spec, batch_size=batch_size, context=context)
-        pre = spec.preprocessing
-        self.ocr_psm = int(pre.get("ocr_psm", 11))
-        self.ocr_timeout_s = float(pre.get("ocr_timeout_s", 30.0))
-        self.ocr_min_side = int(pre.get("ocr_min_side", 600))
-        self.ocr_max_side = int(pre.get("ocr_max_side", 1600))
-        self.ocr_min_conf = float(pre.get("ocr_min_conf", 75.0))
-        if not 0 < self.ocr_min_side <= self.ocr_max_side:
-            raise ConfigError(
-                f"model {spec.model_id}: preprocessing ocr_min_side ({self.ocr_min_side}) must be positive "
-                f"and at most ocr_max_side ({self.ocr_max_side})"
-            )
+        self.ocr = OcrOptions.from_spec(spec)
         # Same artifacts, categories, windows and word limit as the text model; only the
         # modality of the rows it sees differs.
         self._text = MiniLMHeadsClassifier(spec.model_copy(update={"modality": "text"}), batch_size=batch_size,
@@ -147,10 +166,7 @@ class OcrTextClassifier(CoverClassifier):
         binary = tesseract_binary()
 
         def read_text(uri: str, img) -> tuple[str, Coverage]:
-            raw = ocr_image(
-                img, binary=binary, uri=uri, psm=self.ocr_psm, timeout_s=self.ocr_timeout_s,
-                min_side=self.ocr_min_side, max_side=self.ocr_max_side, min_conf=self.ocr_min_conf,
-            )
+            raw = ocr_image(img, binary=binary, uri=uri, options=self.ocr)
             fields, cov = self._text.limited({"body_text": raw}, max_chars=None)
             return fields["body_text"], cov
 

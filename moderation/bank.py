@@ -166,8 +166,7 @@ def add_to_bank(
     Raises:
         ModerationError: invalid category, label or min_quality.
     """
-    from moderation.classifiers.image import load_cover
-    from moderation.media import MediaError
+    from moderation.media import MediaError, load_cover
     from moderation.runinfo import new_run_id
 
     if not _CATEGORY.match(category):

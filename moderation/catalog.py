@@ -30,22 +30,17 @@ import pyarrow.types as pat
 
 from moderation.errors import CatalogError
 from moderation.lake import arrow_filesystem, join_uri, storage_options
-from moderation.schemas import CATALOG_SCHEMA, REQUIRED_CATALOG_COLUMNS, TEXT_COLUMNS
+from moderation.modalities import INPUT_COLUMNS, MEDIA_COLUMNS, MODALITY_INPUTS, TEXT_COLUMNS
+from moderation.schemas import CATALOG_SCHEMA, REQUIRED_CATALOG_COLUMNS
 
 if TYPE_CHECKING:
     import numpy as np
 
 #: The catalog ids ``scores`` carries for the report's roll-ups (issue 17; null where the catalog lacks them).
 ROLLUP_ID_COLUMNS = ("creator_id", "show_id", "album_id")
-#: Columns copied from the catalog into each (item, modality) work row.
-WORK_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit", *TEXT_COLUMNS, "cover_image", "audio_clip",
-                *ROLLUP_ID_COLUMNS)
-#: The catalog column holding each media modality's URI. An item is selected for a media
-#: modality only when it has one; every item is selected for text (no usable text is a
-#: quarantine reason, not a reason to skip).
-MEDIA_COLUMNS = {"image": "cover_image", "audio": "audio_clip"}
-#: The fields whose input each modality scores: invalid UTF-8 there quarantines the pair.
-MODALITY_INPUTS = {"text": TEXT_COLUMNS, "image": ("cover_image",), "audio": ("audio_clip",)}
+#: Columns copied from the catalog into each (item, modality) work row: every modality's input
+#: fields (``moderation.modalities.MODALITY_COLUMNS``: the text fields, the media URIs).
+WORK_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit", *INPUT_COLUMNS, *ROLLUP_ID_COLUMNS)
 #: Column in work rows naming fields whose bytes were not valid UTF-8 (see ``to_work_rows``).
 INVALID_UTF8 = "invalid_utf8_fields"
 

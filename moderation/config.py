@@ -19,10 +19,13 @@ from typing import Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from moderation.classifiers.registry import check_kind
 from moderation.errors import ConfigError
 
-Modality = Literal["text", "image", "audio"]
-MODALITIES: tuple[Modality, ...] = ("text", "image", "audio")
+# Re-exported: the modalities, with the catalog columns that feed each, are moderation/modalities.py's.
+from moderation.modalities import MODALITIES as MODALITIES
+from moderation.modalities import Modality as Modality
+
 Action = Literal["remove", "restrict", "age_restrict", "demote", "label"]
 Severity = Literal["low", "medium", "high", "critical"]
 #: A version's status: its file declares the initial one; promotions (``moderation policy
@@ -232,39 +235,20 @@ class ArtifactRef(_Strict):
         return self
 
 
-#: The classifier kinds a registry entry may name (moderation/classifiers/base.py ``build_classifier``).
-ClassifierKind = Literal["minilm_heads", "muse_heads", "e5_heads", "cascade_heads", "open_nsfw", "ocr_text",
-                         "speech_text", "pdq_bank", "profanity_check"]
-#: Kinds that exist only in a process that registered them (``register_kind``): the benchmark's
-#: zero-cost classifier (moderation/classifiers/benchmark.py), which no policy may ship with.
-_REGISTERED_KINDS: set[str] = set()
-
-
-def register_kind(kind: str) -> None:
-    """Let registry entries of this process name ``kind`` (only scripts/bench_scale.py does,
-    through ``moderation.classifiers.benchmark.register()``)."""
-    _REGISTERED_KINDS.add(kind)
-
-
 class ModelSpec(_Strict):
     """A model registry entry (conf/models/<model_id>.yaml)."""
 
     model_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     modality: Modality
-    #: Which classifier implementation loads these artifacts (a ``ClassifierKind``).
+    #: Which classifier implementation loads these artifacts: a kind of
+    #: ``moderation.classifiers.registry.KINDS`` (checked on load; benchmark-only kinds only
+    #: where the process registered them).
     kind: str
 
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        if v in get_args(ClassifierKind) or v in _REGISTERED_KINDS:
-            return v
-        from moderation.classifiers.benchmark import BENCHMARK_KIND
-
-        if v == BENCHMARK_KIND:
-            raise ValueError(f"kind {v!r} is the benchmark's zero-cost classifier (no model): it exists only "
-                             "inside scripts/bench_scale.py, which registers it; a policy cannot score with it")
-        raise ValueError(f"unknown kind {v!r}; valid: {', '.join(get_args(ClassifierKind))}")
+        return check_kind(v)
     categories: tuple[str, ...] = Field(min_length=1)
     artifacts: dict[str, ArtifactRef] = Field(min_length=1)
     preprocessing: dict[str, int | float | str] = {}

@@ -8,16 +8,25 @@ A run reads media only under its configured roots (``media_roots`` in the run pr
 ``--media-root``; by default the catalog's own folder and the data directory's media). A URI
 outside them (``../`` traversal, a symlink out, ``file:///etc/…``, another bucket, another
 scheme) is refused before anything is opened: ``{kind}_outside_roots``.
+
+Cover art is read and decoded here too (``load_cover``, for the image classifiers and the hash
+bank), with its reason codes: ``image_missing``, ``image_empty``, ``image_too_large``,
+``image_unreadable`` (reading the bytes), ``image_unsupported_format``, ``image_undecodable``,
+``image_too_many_pixels`` and ``image_truncated`` (decoding them; see ``decode_image``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
 import os
+import warnings
 from collections.abc import Callable, Hashable, Iterator
 from typing import TypeVar
 from urllib.parse import unquote, urlparse
+
+from moderation.modalities import media_column
 
 T = TypeVar("T")
 
@@ -210,3 +219,56 @@ def get_bounded(client, bucket: str, key: str, *, max_bytes: int) -> bytes:
     finally:
         body.close()
     return b"".join(parts)
+
+
+# --------------------------------------------------------------------------------------
+# Cover art
+# --------------------------------------------------------------------------------------
+
+#: The image formats accepted for cover art (Pillow's names).
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
+
+
+def decode_image(data: bytes, *, uri: str, max_pixels: int):
+    """Decode ``data`` to an RGB Pillow image, or raise MediaError with a reason code."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (then errors at 2x) above MAX_IMAGE_PIXELS; our own limit decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            width, height = img.size
+    except Image.DecompressionBombError as e:
+        raise MediaError("image_too_many_pixels", f"{uri}: {e}") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise MediaError("image_undecodable", f"{uri}: {e}") from e
+    if fmt not in ACCEPTED_FORMATS:
+        raise MediaError("image_unsupported_format", f"{uri}: format {fmt}; accepted {sorted(ACCEPTED_FORMATS)}")
+    if width * height > max_pixels:
+        raise MediaError("image_too_many_pixels", f"{uri}: {width}x{height} > {max_pixels} pixels")
+    try:
+        img.load()
+        return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:
+        raise MediaError("image_truncated", f"{uri}: {e}") from e
+
+
+def load_cover(uri: str | None, *, max_bytes: int, max_pixels: int, roots: tuple[str, ...] | None = None):
+    """(bytes, RGB Pillow image) of the cover art at ``uri`` (under ``roots``), or MediaError
+    with its reason (``data`` set when the bytes were read). Inside ``shared_reads`` a cover
+    is read and decoded once."""
+    if not uri:
+        raise MediaError("image_missing", f"{media_column('image')} is null or empty")
+
+    def load():
+        data = read_media(uri, max_bytes=max_bytes, kind="image", roots=roots)
+        try:
+            return data, decode_image(data, uri=uri, max_pixels=max_pixels)
+        except MediaError as e:
+            e.data = data
+            raise
+
+    # Decoded once per cover for all of a modality's models (shared_reads).
+    return shared(("cover", uri, max_bytes, max_pixels, roots), load)

@@ -192,7 +192,7 @@ def prepare_batch(batch: pa.Table, *, pass_: ModalityPass, context: RunContext) 
 
     Media rows are prepared a few at a time under ``media.shared_reads``: each cover or clip is
     read, and each cover decoded, once for all of the pass's models."""
-    from moderation.classifiers.base import build_classifier
+    from moderation.classifiers.registry import build_classifier
     from moderation.media import shared_reads
 
     classifiers = [build_classifier(spec, context=context) for spec in pass_.models]
@@ -247,7 +247,7 @@ class ScoreActor:
     ) -> None:
         import torch
 
-        from moderation.classifiers.base import build_classifier
+        from moderation.classifiers.registry import build_classifier
         from moderation.security import check_environment
 
         check_environment()  # a worker's environment can differ from the driver's
@@ -328,7 +328,7 @@ def score_stream(
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
         object_store_memory=profile.object_store_mb * 2**20 // 2
     )
-    from moderation.classifiers.base import build_classifier
+    from moderation.classifiers.registry import build_classifier
 
     uses_gpu = any(build_classifier(m).uses_gpu for m in pass_.models)
     placement = plan_placement(profile, ray.cluster_resources(), uses_gpu=uses_gpu)

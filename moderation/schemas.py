@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from moderation.modalities import TEXT_COLUMNS as TEXT_COLUMNS  # re-exported: its importers read it here
+
 TS = pa.timestamp("us", tz="UTC")
 STR_LIST = pa.list_(pa.string())
 #: The field metadata key of a column's description (Delta's, Spark's and Databricks' column comment).
@@ -83,7 +85,6 @@ DEMO_CATALOG_SCHEMA = pa.schema(
     ]
 )
 REQUIRED_CATALOG_COLUMNS = ("item_id",)
-TEXT_COLUMNS = ("title", "description", "body_text")
 
 #: Scoring: one row per item x modality x model version x run.
 SCORES_SCHEMA = pa.schema(

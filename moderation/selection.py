@@ -25,8 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moderation.catalog import MEDIA_COLUMNS, CatalogSnapshot, modality_mask, utf8_sanitize
+from moderation.catalog import CatalogSnapshot, modality_mask, utf8_sanitize
 from moderation.errors import CatalogError
+from moderation.modalities import MEDIA_COLUMNS
 
 SCAN_ROWS = 65_536
 
@@ -126,7 +127,7 @@ def plan_selection(
             return np.ones(batch.num_rows, dtype=bool)
         return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
 
-    live = [m for m in modalities if m == "text" or m in media]
+    live = [m for m in modalities if m not in MEDIA_COLUMNS or m in media]  # text: every item
     for f in snapshot.files:
         name = os.path.basename(f.path)
         for t in snapshot.read(f, fields, batch_rows=SCAN_ROWS):

@@ -29,7 +29,9 @@ def bench(monkeypatch):
 @pytest.fixture
 def unregistered(monkeypatch):
     """A process where nothing registered extra kinds (whatever other tests did)."""
-    monkeypatch.setattr(config, "_REGISTERED_KINDS", set())
+    from moderation.classifiers import registry
+
+    monkeypatch.setattr(registry, "_REGISTERED_KINDS", set())
 
 
 def test_benchmark_kind_refused_without_registration(tmp_path, bench, unregistered):

@@ -12,7 +12,6 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import write_deltalake
 
-import moderation.classifiers.image as image
 import moderation.media as media
 import moderation.pipeline as pipeline
 from moderation.catalog import open_catalog
@@ -54,7 +53,7 @@ def _prepared(snapshot, pass_, context):
 def test_each_cover_is_read_and_decoded_once_for_all_image_models(covers, monkeypatch):
     snapshot, context = covers
     reads, decodes = Counter(), Counter()
-    real_read, real_decode = media._read, image.decode_image
+    real_read, real_decode = media._read, media.decode_image
 
     def read(uri, **kw):
         reads[uri] += 1
@@ -65,7 +64,7 @@ def test_each_cover_is_read_and_decoded_once_for_all_image_models(covers, monkey
         return real_decode(data, uri=uri, max_pixels=max_pixels)
 
     monkeypatch.setattr(media, "_read", read)
-    monkeypatch.setattr(image, "decode_image", decode)
+    monkeypatch.setattr(media, "decode_image", decode)
     selection = plan_selection(snapshot, ["image"])
     out = _prepared(snapshot, _pass(snapshot, {"*": selection}), context)
     # 5 items with a cover URI, 3 models each; the junk file is quarantined by all three.

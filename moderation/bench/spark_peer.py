@@ -70,7 +70,7 @@ def _loaded(spec: ModelSpec, batch_size: int, torch_threads: int, context: RunCo
     if clf is None:
         import torch
 
-        from moderation.classifiers.base import build_classifier
+        from moderation.classifiers.registry import build_classifier
         from moderation.security import check_environment
 
         check_environment()  # a worker's environment can differ from the driver's

@@ -61,13 +61,14 @@ from moderation.classifiers.base import (
     Classifier,
     RunContext,
     media_content_hash,
-    prepared,
+    media_inputs,
 )
 from moderation.classifiers.text import MiniLMHeadsClassifier, coverage_columns, normalize_text
 from moderation.classifiers.windows import Coverage
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError, ModerationError
 from moderation.media import MediaError, read_media
+from moderation.modalities import media_column
 
 if TYPE_CHECKING:
     from py3langid.langid import LanguageIdentifier
@@ -529,54 +530,32 @@ class SpeechTextClassifier(Classifier):
         if self._vad is None:
             self._vad = SileroVad(read_verified(self.spec.model_id, "vad", self.spec.artifacts["vad"]))
         window = int(self.window_s * SAMPLE_RATE)
-        uris = batch.column("audio_clip").to_pylist()
-        hashes: list[str] = []
-        starts: list[list[int]] = []
-        ends: list[list[int]] = []
-        coverage: list[Coverage | None] = []
-        reasons: list[str | None] = []
-        details: list[str | None] = []
-        stages: list[str | None] = []
-        for uri in uris:
-            data = None
-            try:
-                if not uri:
-                    raise MediaError("audio_missing", "audio_clip is null or empty")
-                data = read_media(uri, max_bytes=self.max_bytes, kind="audio", roots=self.context.media_roots)
-                scan = scan_audio(data, uri=uri, vad=self._vad, max_seconds=self.max_item_seconds,
-                                  max_claimed_s=self.max_claimed_s, window=window, threshold=self.vad_threshold)
-            except MediaError as e:
-                hashes.append(media_content_hash(data, uri))
-                starts.append([])
-                ends.append([])
-                coverage.append(None)
-                reasons.append(e.reason)
-                details.append(e.detail[:500])
-                stages.append("preprocess")
-                continue
-            if scan.reason is not None:
-                log.warning("%s: %s (%s)", self.spec.model_id, scan.detail, scan.reason)
-            hashes.append(media_content_hash(data, uri))
-            # Only where the speech is travels to the actor (sample offsets, not samples): the
-            # actor decodes the clip again, streaming, and keeps just those windows' audio.
-            starts.append([s for s, _ in scan.windows])
-            ends.append([e for _, e in scan.windows])
-            coverage.append(scan.coverage)
-            reasons.append(None)
-            details.append(None)
-            stages.append(None)
-        return prepared(
-            batch,
-            hashes=hashes,
-            inputs={
-                "window_start": pa.array(starts, pa.list_(pa.int64())),  # sample offsets
-                "window_end": pa.array(ends, pa.list_(pa.int64())),
-                **coverage_columns(coverage),
-            },
-            reasons=reasons,
-            details=details,
-            stages=stages,
-        )
+        vad = self._vad
+
+        def scan(uri: str, data: bytes) -> AudioScan:
+            found = scan_audio(data, uri=uri, vad=vad, max_seconds=self.max_item_seconds,
+                               max_claimed_s=self.max_claimed_s, window=window, threshold=self.vad_threshold)
+            if found.reason is not None:
+                log.warning("%s: %s (%s)", self.spec.model_id, found.detail, found.reason)
+            return found
+
+        rows = media_inputs(self.media_uris(batch), self._read, scan)
+        scans = rows.values
+        # Only where the speech is travels to the actor (sample offsets, not samples): the
+        # actor decodes the clip again, streaming, and keeps just those windows' audio.
+        return rows.prepared(batch, {
+            "window_start": pa.array([[] if x is None else [s for s, _ in x.windows] for x in scans],
+                                     pa.list_(pa.int64())),  # sample offsets
+            "window_end": pa.array([[] if x is None else [e for _, e in x.windows] for x in scans],
+                                   pa.list_(pa.int64())),
+            **coverage_columns([None if x is None else x.coverage for x in scans]),
+        })
+
+    def _read(self, uri: str | None) -> tuple[bytes, bytes]:
+        if not uri:
+            raise MediaError("audio_missing", f"{media_column(self.modality)} is null or empty")
+        data = read_media(uri, max_bytes=self.max_bytes, kind="audio", roots=self.context.media_roots)
+        return data, data
 
     # ---- device side ----------------------------------------------------------------
     def setup(self, device: str = "cpu") -> None:
@@ -687,7 +666,8 @@ class SpeechTextClassifier(Classifier):
         n = batch.num_rows
         starts = batch.column("window_start").to_pylist()
         ends = batch.column("window_end").to_pylist()
-        texts = self.transcribe_rows(batch.column("audio_clip").to_pylist(), batch.column(CONTENT_HASH).to_pylist(),
+        uris = batch.column(media_column(self.modality)).to_pylist()  # rows with windows have one
+        texts = self.transcribe_rows(uris, batch.column(CONTENT_HASH).to_pylist(),
                                      [list(zip(s, e, strict=True)) for s, e in zip(starts, ends, strict=True)])
         scores = [dict.fromkeys(categories, 0.0) for _ in range(n)]
         evidence = [dict.fromkeys(categories, NO_SPEECH_EVIDENCE) for _ in range(n)]

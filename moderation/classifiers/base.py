@@ -22,13 +22,21 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Generic, TypeVar, cast
 
 import pyarrow as pa
 
-from moderation.config import DEFAULT_MAX_ITEM_SECONDS, DEFAULT_MAX_ITEM_WORDS, Modality, ModelSpec
+# The kind -> class map lives in registry.py, which imports the implementations only when one
+# is built; ``build_classifier`` is re-exported here for the callers that import it from base.
+from moderation.classifiers.registry import build_classifier as build_classifier
+from moderation.config import DEFAULT_MAX_ITEM_SECONDS, DEFAULT_MAX_ITEM_WORDS, ModelSpec
+from moderation.media import MediaError
+from moderation.modalities import Modality, media_column
+
+M = TypeVar("M")
+V = TypeVar("V")
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +45,6 @@ QREASON = "qreason"  # null when the row can be scored, else a quarantine reason
 QDETAIL = "qdetail"
 QSTAGE = "qstage"
 CONTENT_HASH = "content_hash"
-
-#: The catalog field holding each media modality's URI.
-MEDIA_FIELDS = {"image": "cover_image", "audio": "audio_clip"}
 
 #: The work row columns ``process_batch`` passes on (the ``scores`` columns that come from the catalog).
 RESULT_COLUMNS = ("item_id", "item_type", "language", "markets", "explicit", "creator_id", "show_id", "album_id")
@@ -80,6 +85,51 @@ def media_content_hash(data: bytes | None, uri: str | None) -> str:
     it with the stored one to skip unchanged pairs (rescan.py computes it the same way, through
     ``Classifier.content_hashes``)."""
     return hashlib.sha256(data if data is not None else (uri or "").encode()).hexdigest()
+
+
+@dataclass
+class MediaInputs(Generic[V]):
+    """Per work row of a media batch: what the classifier made of the media (None where the
+    row is quarantined), its content hash and its quarantine columns."""
+
+    values: list[V | None] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+    details: list[str | None] = field(default_factory=list)
+    stages: list[str | None] = field(default_factory=list)
+
+    def prepared(self, batch: pa.Table, inputs: dict[str, pa.Array]) -> pa.Table:
+        """``batch`` plus these rows' content hashes, ``inputs`` and quarantine columns."""
+        return prepared(batch, hashes=self.hashes, inputs=inputs, reasons=self.reasons, details=self.details,
+                        stages=self.stages)
+
+
+def media_inputs(uris: Sequence[str | None], load: Callable[[str | None], tuple[bytes, M]],
+                 use: Callable[[str, M], V]) -> MediaInputs[V]:
+    """``use(uri, media)`` for each URI's ``load(uri) -> (bytes, media)`` (``load`` refuses a
+    null or empty URI); a ``MediaError`` from either quarantines the row with its reason
+    (detail cut at 500 characters, stage ``preprocess``). The content hash is that of the
+    bytes when they were read (by ``load``, or carried by its error as ``MediaError.data``),
+    else of the URI."""
+    out: MediaInputs[V] = MediaInputs()
+    for uri in uris:
+        data = None
+        try:
+            data, media = load(uri)
+            value = use(cast(str, uri), media)
+        except MediaError as e:
+            out.hashes.append(media_content_hash(data if data is not None else e.data, uri))
+            out.values.append(None)
+            out.reasons.append(e.reason)
+            out.details.append(e.detail[:500])
+            out.stages.append("preprocess")
+            continue
+        out.hashes.append(media_content_hash(data, uri))
+        out.values.append(value)
+        out.reasons.append(None)
+        out.details.append(None)
+        out.stages.append(None)
+    return out
 
 
 @dataclass(frozen=True)
@@ -130,10 +180,10 @@ class Classifier(abc.ABC):
     def content_hashes(self, batch: pa.Table) -> list[str]:
         """The CONTENT_HASH ``preprocess`` gives each work row, computed without preparing the
         input (media: the bytes are read and hashed, not decoded)."""
-        from moderation.media import MediaError, read_media
+        from moderation.media import read_media
 
         out = []
-        for uri in batch.column(MEDIA_FIELDS[self.modality]).to_pylist():
+        for uri in self.media_uris(batch):
             data = None
             if uri:
                 try:
@@ -142,6 +192,10 @@ class Classifier(abc.ABC):
                     pass
             out.append(media_content_hash(data, uri))
         return out
+
+    def media_uris(self, batch: pa.Table) -> list[str | None]:
+        """The media URIs of a media classifier's work rows (its modality's catalog column)."""
+        return batch.column(media_column(self.modality)).to_pylist()
 
     def prepare(self, batch: pa.Table) -> pa.Table:
         """``preprocess`` plus the checks every modality shares: a row without an item id
@@ -260,48 +314,3 @@ class Classifier(abc.ABC):
         if torch is not None and self.device and self.device.startswith("cuda") and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
         time.sleep(self.context.score_backoff_s * 2 ** (k - 1))
-
-
-def build_classifier(spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> Classifier:
-    """The classifier implementation for a registry entry's ``kind`` (nothing loaded yet)."""
-    if spec.kind == "pdq_bank":
-        from moderation.classifiers.pdq import PdqBankClassifier
-
-        return PdqBankClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "minilm_heads":
-        from moderation.classifiers.text import MiniLMHeadsClassifier
-
-        return MiniLMHeadsClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "muse_heads":
-        from moderation.classifiers.text import MuseHeadsClassifier
-
-        return MuseHeadsClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "e5_heads":
-        from moderation.classifiers.text import E5HeadsClassifier
-
-        return E5HeadsClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "cascade_heads":
-        from moderation.classifiers.cascade import CascadeHeadsClassifier
-
-        return CascadeHeadsClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "open_nsfw":
-        from moderation.classifiers.image import OpenNsfwClassifier
-
-        return OpenNsfwClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "ocr_text":
-        from moderation.classifiers.ocr import OcrTextClassifier
-
-        return OcrTextClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "speech_text":
-        from moderation.classifiers.audio import SpeechTextClassifier
-
-        return SpeechTextClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "benchmark_null":  # only loadable after benchmark.register() (config.ModelSpec)
-        from moderation.classifiers.benchmark import NullClassifier
-
-        return NullClassifier(spec, batch_size=batch_size, context=context)
-    if spec.kind == "profanity_check":
-        from moderation.classifiers.lexical import ProfanityCheckClassifier
-
-        return ProfanityCheckClassifier(spec, batch_size=batch_size, context=context)
-    raise ValueError(f"model {spec.model_id}: no classifier for kind {spec.kind!r}")

@@ -6,7 +6,8 @@ benchmark with it measures is everything around the model: selection, the Ray Da
 the Delta commits, decide and the report.
 
 Its kind (``BENCHMARK_KIND``) is refused by every registry entry and policy load
-(``moderation.config.ModelSpec``) unless the process called :func:`register` first, which only
+(``moderation.config.ModelSpec``, through ``moderation.classifiers.registry.check_kind``) unless
+the process called :func:`register` first, which only
 the benchmark does: no policy under conf/ can ship with it. Ray workers build it from the
 already-validated spec the driver sends them, so they need no registration.
 """
@@ -19,16 +20,12 @@ from typing import ClassVar
 import pyarrow as pa
 
 from moderation.classifiers.base import Classifier, prepared
+from moderation.classifiers.registry import BENCHMARK_KIND, register_kind
 from moderation.schemas import TEXT_COLUMNS
-
-#: The model kind of the benchmark classifier; exists only after :func:`register`.
-BENCHMARK_KIND = "benchmark_null"
 
 
 def register() -> None:
     """Allow ``kind: benchmark_null`` registry entries in this process (the benchmark only)."""
-    from moderation.config import register_kind
-
     register_kind(BENCHMARK_KIND)
 
 

@@ -89,7 +89,7 @@ class CascadeHeadsClassifier(MiniLMHeadsClassifier):
         self._last_sent = np.zeros(0, dtype=bool)
 
     def setup(self, device: str = "cpu") -> None:
-        from moderation.classifiers.base import build_classifier
+        from moderation.classifiers.registry import build_classifier
 
         members: list[MiniLMHeadsClassifier] = []
         for role in ("cheap", "strong"):

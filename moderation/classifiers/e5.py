@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moderation.artifacts import read_verified
-from moderation.classifiers.batching import length_batches
+from moderation.classifiers.batching import encode_batches
 from moderation.config import ModelSpec
 
 MAGIC = b"E5S1"
@@ -360,7 +360,6 @@ class E5Encoder:
     is encoded whole, window by window (``windows`` gives them)."""
 
     def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
-        import torch
 
         image = parse_image(read_verified(spec.model_id, "encoder", spec.artifacts["encoder"]))
         self.tokenizer = UnigramTokenizer(image)
@@ -374,7 +373,6 @@ class E5Encoder:
         self.window = image.max_positions - 2
         self.prefix = str(spec.preprocessing.get("e5_prefix", DEFAULT_PREFIX))
         self.device = device
-        self._torch = torch
         self.max_batch_tokens = int(spec.preprocessing.get("max_batch_tokens", 16384))
         self.dim = image.hidden
 
@@ -391,24 +389,15 @@ class E5Encoder:
         return self.encode_ids(self.content_ids(texts), batch_size=batch_size)
 
     def encode_ids(self, content: list[list[int]], batch_size: int = 64) -> np.ndarray:
-        torch = self._torch
         owner, weight, rows = [], [], []
         for i, ids in enumerate(content):
             for wnd in self.windows(ids):
                 owner.append(i)
                 weight.append(max(len(wnd) - 2, 1))
                 rows.append(wnd)
-        pooled = np.zeros((len(rows), self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for idx in length_batches([len(r) for r in rows], batch_size, self.max_batch_tokens):
-                width = len(rows[idx[-1]])
-                arr = np.full((len(idx), width), self.tokenizer.bos, dtype=np.int64)
-                mask = np.zeros((len(idx), width), dtype=np.int64)
-                for r, i in enumerate(idx):
-                    arr[r, : len(rows[i])] = rows[i]
-                    mask[r, : len(rows[i])] = 1
-                emb = self.model(torch.from_numpy(arr).to(self.device), torch.from_numpy(mask).to(self.device))
-                pooled[idx] = emb.float().cpu().numpy()
+        pooled = encode_batches(self.model, rows, np.zeros((len(rows), self.dim), dtype=np.float32),
+                                batch_size=batch_size, max_tokens=self.max_batch_tokens, pad=self.tokenizer.bos,
+                                device=self.device)
         out = np.zeros((len(content), self.dim), dtype=np.float64)
         np.add.at(out, np.array(owner, dtype=np.int64),
                   pooled.astype(np.float64) * np.array(weight, dtype=np.float64)[:, None])

@@ -2,7 +2,8 @@
 has one) from safetensors weights that each node derives from the packaged ONNX (a derived
 artifact, ``convert: onnx_graph``: built, digest-checked and cached by ``read_verified``).
 
-Decoding happens on CPU in preprocessing and every failure mode becomes a quarantine reason
+Decoding happens on CPU in preprocessing (``moderation.media.load_cover``, shared by the image
+classifiers through ``CoverClassifier``) and every failure mode becomes a quarantine reason
 for the image modality only (the item's other modalities are still scored):
 
   image_missing, image_empty, image_too_large, image_unreadable   (reading the bytes)
@@ -14,119 +15,60 @@ for the image modality only (the item's other modalities are still scored):
 
 from __future__ import annotations
 
-import io
-import warnings
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from moderation.artifacts import read_verified
-from moderation.classifiers.base import (
-    Classifier,
-    RunContext,
-    media_content_hash,
-    prepared,
-)
+from moderation.classifiers.base import Classifier, MediaInputs, RunContext, media_inputs
 from moderation.config import ModelSpec
-from moderation.media import MediaError, read_media, shared
+from moderation.media import load_cover
+from moderation.modalities import media_column
 
 if TYPE_CHECKING:
     from moderation.classifiers.onnx_graph import GraphModule
 
-ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
+V = TypeVar("V")
+
 INPUT_SHAPE = (224, 224, 3)
 
 
-def decode_image(data: bytes, *, uri: str, max_pixels: int):
-    """Decode ``data`` to an RGB Pillow image, or raise MediaError with a reason code."""
-    from PIL import Image, UnidentifiedImageError
+class CoverClassifier(Classifier):
+    """The image classifiers' shared reading of cover art: ``preprocessing.max_bytes`` and
+    ``max_pixels`` bound each cover, ``media.load_cover`` reads and decodes it (once for all
+    of a modality's models inside ``media.shared_reads``), and a cover that cannot be read or
+    decoded quarantines its row with the reason ``load_cover`` gives."""
 
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns (then errors at 2x) above MAX_IMAGE_PIXELS; our own limit decides.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = img.format
-            width, height = img.size
-    except Image.DecompressionBombError as e:
-        raise MediaError("image_too_many_pixels", f"{uri}: {e}") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise MediaError("image_undecodable", f"{uri}: {e}") from e
-    if fmt not in ACCEPTED_FORMATS:
-        raise MediaError("image_unsupported_format", f"{uri}: format {fmt}; accepted {sorted(ACCEPTED_FORMATS)}")
-    if width * height > max_pixels:
-        raise MediaError("image_too_many_pixels", f"{uri}: {width}x{height} > {max_pixels} pixels")
-    try:
-        img.load()
-        return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as e:
-        raise MediaError("image_truncated", f"{uri}: {e}") from e
-
-
-def load_cover(uri: str | None, *, max_bytes: int, max_pixels: int, roots: tuple[str, ...] | None = None):
-    """(bytes, RGB Pillow image) of the cover art at ``uri`` (under ``roots``), or MediaError
-    with its reason. Inside ``media.shared_reads`` a cover is read and decoded once."""
-    if not uri:
-        raise MediaError("image_missing", "cover_image is null or empty")
-
-    def load():
-        data = read_media(uri, max_bytes=max_bytes, kind="image", roots=roots)
-        try:
-            return data, decode_image(data, uri=uri, max_pixels=max_pixels)
-        except MediaError as e:
-            e.data = data
-            raise
-
-    # Decoded once per cover for all of a modality's models (media.shared_reads).
-    return shared(("cover", uri, max_bytes, max_pixels, roots), load)
-
-
-class OpenNsfwClassifier(Classifier):
     modality: ClassVar = "image"
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
         super().__init__(spec, batch_size=batch_size, context=context)
         self.max_bytes = int(spec.preprocessing.get("max_bytes", 20_000_000))
         self.max_pixels = int(spec.preprocessing.get("max_pixels", 50_000_000))
+
+    def covers(self, batch: pa.Table, use: Callable[[str, Any], V]) -> MediaInputs[V]:
+        """``use(uri, image)`` for each work row's cover (an RGB Pillow image); a
+        ``MediaError`` from reading, decoding or ``use`` quarantines the row."""
+        return media_inputs(self.media_uris(batch), self._load, use)
+
+    def _load(self, uri: str | None):
+        return load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels, roots=self.context.media_roots)
+
+
+class OpenNsfwClassifier(CoverClassifier):
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
+        super().__init__(spec, batch_size=batch_size, context=context)
         self._module: GraphModule | None = None
 
     # ---- CPU side -------------------------------------------------------------------
     def preprocess(self, batch: pa.Table) -> pa.Table:
         from moderation.classifiers.open_nsfw import preprocess_image
 
-        uris = batch.column("cover_image").to_pylist()
-        hashes: list[str] = []
-        pixels: list[bytes | None] = []
-        reasons: list[str | None] = []
-        details: list[str | None] = []
-        stages: list[str | None] = []
-        for uri in uris:
-            try:
-                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
-                                       roots=self.context.media_roots)
-                arr = preprocess_image(img)
-                hashes.append(media_content_hash(data, uri))
-                pixels.append(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
-                reasons.append(None)
-                details.append(None)
-                stages.append(None)
-            except MediaError as e:
-                hashes.append(media_content_hash(e.data, uri))
-                pixels.append(None)
-                reasons.append(e.reason)
-                details.append(e.detail[:500])
-                stages.append("preprocess")
-        return prepared(
-            batch,
-            hashes=hashes,
-            inputs={
-                "pixels": pa.array(pixels, pa.binary()),
-            },
-            reasons=reasons,
-            details=details,
-            stages=stages,
-        )
+        rows = self.covers(
+            batch, lambda _uri, img: np.ascontiguousarray(preprocess_image(img), dtype=np.float32).tobytes())
+        return rows.prepared(batch, {"pixels": pa.array(rows.values, pa.binary())})
 
     # ---- device side ----------------------------------------------------------------
     def setup(self, device: str = "cpu") -> None:
@@ -152,4 +94,5 @@ class OpenNsfwClassifier(Classifier):
         for start in range(0, len(arrays), self.batch_size):
             chunk = np.stack(arrays[start : start + self.batch_size])
             probs.extend(float(p) for p in nsfw_probability(self._module, chunk, device=self.device or "cpu"))
-        return [{category: p} for p in probs], [{category: "cover_image"} for _ in probs]
+        field = media_column(self.modality)  # the evidence: the whole cover
+        return [{category: p} for p in probs], [{category: field} for _ in probs]

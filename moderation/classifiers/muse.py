@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from moderation.artifacts import load_npz, read_verified
-from moderation.classifiers.batching import length_batches
+from moderation.classifiers.batching import encode_batches
 from moderation.config import ModelSpec
 
 VOCAB_CHUNKS = 17
@@ -142,13 +142,11 @@ class MuseEncoder:
     dim = EMB_DIM
 
     def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
-        import torch
 
         weights = load_npz(read_verified(spec.model_id, "encoder", spec.artifacts["encoder"]))
         self.tokenizer = load_tokenizer(read_verified(spec.model_id, "tokenizer", spec.artifacts["tokenizer"]))
         self.model = _build_module(weights).eval().to(device)
         self.device = device
-        self._torch = torch
         #: Tokens per forward pass (padded batch rows x longest row): bounds activation memory
         #: whatever the batch's texts; a longer text runs alone.
         self.max_batch_tokens = int(spec.preprocessing.get("max_batch_tokens", 16384))
@@ -161,19 +159,8 @@ class MuseEncoder:
         return self.encode_ids(self.token_ids(texts), batch_size=batch_size)
 
     def encode_ids(self, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
-        torch = self._torch
-        out = np.zeros((len(ids), EMB_DIM), dtype=np.float32)
-        with torch.inference_mode():
-            for idx in length_batches([len(x) for x in ids], batch_size, self.max_batch_tokens):
-                width = len(ids[idx[-1]])
-                arr = np.full((len(idx), width), PAD_ID, dtype=np.int64)
-                mask = np.zeros((len(idx), width), dtype=np.int64)
-                for r, i in enumerate(idx):
-                    arr[r, : len(ids[i])] = ids[i]
-                    mask[r, : len(ids[i])] = 1
-                emb = self.model(torch.from_numpy(arr).to(self.device), torch.from_numpy(mask).to(self.device))
-                out[idx] = emb.float().cpu().numpy()
-        return out
+        return encode_batches(self.model, ids, np.zeros((len(ids), EMB_DIM), dtype=np.float32),
+                              batch_size=batch_size, max_tokens=self.max_batch_tokens, pad=PAD_ID, device=self.device)
 
 
 __all__ = ["MuseEncoder", "load_tokenizer"]

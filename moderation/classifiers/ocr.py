@@ -19,17 +19,12 @@ import io
 import os
 import shutil
 import subprocess
-from typing import ClassVar
+from dataclasses import dataclass, fields
 
 import pyarrow as pa
 
-from moderation.classifiers.base import (
-    Classifier,
-    RunContext,
-    media_content_hash,
-    prepared,
-)
-from moderation.classifiers.image import load_cover
+from moderation.classifiers.base import RunContext
+from moderation.classifiers.image import CoverClassifier
 from moderation.classifiers.text import MiniLMHeadsClassifier, coverage_columns
 from moderation.classifiers.windows import Coverage
 from moderation.config import ModelSpec
@@ -56,18 +51,45 @@ def tesseract_binary() -> str:
     return path
 
 
-def ocr_image(
-    img, *, binary: str, uri: str, psm: int, timeout_s: float, min_side: int, max_side: int, min_conf: float
-) -> str:
+@dataclass(frozen=True)
+class OcrOptions:
+    """How Tesseract reads a cover: the registry entry's ``preprocessing.ocr_<field>``, else
+    these defaults (see ``ocr_image``)."""
+
+    psm: int = 11  # page segmentation mode: 11, sparse text (text anywhere on the cover)
+    timeout_s: float = 30.0
+    min_side: int = 600
+    max_side: int = 1600
+    min_conf: float = 75.0
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> OcrOptions:
+        """The options of a registry entry, each read as its default's type.
+
+        Raises:
+            ConfigError: ``ocr_min_side`` not positive, or above ``ocr_max_side``.
+        """
+        defaults = cls()
+        given = {f.name: spec.preprocessing.get(f"ocr_{f.name}") for f in fields(cls)}
+        opts = cls(**{k: type(getattr(defaults, k))(v) for k, v in given.items() if v is not None})
+        if not 0 < opts.min_side <= opts.max_side:
+            raise ConfigError(
+                f"model {spec.model_id}: preprocessing ocr_min_side ({opts.min_side}) must be positive "
+                f"and at most ocr_max_side ({opts.max_side})"
+            )
+        return opts
+
+
+def ocr_image(img, *, binary: str, uri: str, options: OcrOptions) -> str:
     """Words Tesseract reads in ``img`` (a Pillow image), in reading order, lines joined by
     newlines; ``""`` when it finds no word.
 
-    Words under ``min_conf`` confidence, or without a letter or digit, are dropped: on photos
+    Words under ``options.min_conf`` confidence, or without a letter or digit, are dropped: on photos
     (grass, gravel, star fields) sparse-text mode finds dozens of low-confidence "words" in
     the texture, which would otherwise be scored as text. An image whose only surviving words
     are single characters counts as having no text.
 
-    The image is scaled so its longest side lies in ``[min_side, max_side]`` (Tesseract
+    The image is scaled so its longest side lies in ``[options.min_side, options.max_side]`` (Tesseract
     misses text under ~20 px high, as on thumbnails; large covers only cost time), made
     grayscale with its contrast stretched, and inverted when mostly dark, since Tesseract
     reads dark text on a light ground best. On rendered covers (light and dark grounds,
@@ -76,11 +98,12 @@ def ocr_image(
     without the inversion.
 
     Raises:
-        MediaError: ``ocr_failed`` when Tesseract exits non-zero or runs past ``timeout_s``.
+        MediaError: ``ocr_failed`` when Tesseract exits non-zero or runs past ``options.timeout_s``.
         ModerationError: Tesseract cannot load its English language data.
     """
     from PIL import Image, ImageOps, ImageStat
 
+    min_side, max_side, timeout_s = options.min_side, options.max_side, options.timeout_s
     side = max(img.size)
     scale = min_side / side if side < min_side else max_side / side if side > max_side else 1.0
     if scale != 1.0:
@@ -95,7 +118,7 @@ def ocr_image(
     # One OpenMP thread: several OCR tasks already run side by side, and on 2 cores Tesseract's
     # own threading made textured photos 2-4x slower.
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    cmd = [binary, "stdin", "stdout", "--psm", str(psm), "-l", OCR_LANGUAGE, "tsv"]
+    cmd = [binary, "stdin", "stdout", "--psm", str(options.psm), "-l", OCR_LANGUAGE, "tsv"]
     try:
         proc = subprocess.run(cmd, input=buf.getvalue(), capture_output=True, timeout=timeout_s, env=env, check=False)
     except subprocess.TimeoutExpired as e:
@@ -109,7 +132,7 @@ def ocr_image(
                 f"tesseract cannot load its {OCR_LANGUAGE!r} language data: {stderr.splitlines()[0]}; {INSTALL_HINT}"
             )
         raise MediaError("ocr_failed", f"{uri}: tesseract exited {proc.returncode}: {stderr[-300:]}")
-    return _tsv_text(proc.stdout.decode("utf-8", "replace"), min_conf=min_conf)
+    return _tsv_text(proc.stdout.decode("utf-8", "replace"), min_conf=options.min_conf)
 
 
 def _tsv_text(tsv: str, *, min_conf: float) -> str:
@@ -127,26 +150,12 @@ def _tsv_text(tsv: str, *, min_conf: float) -> str:
     return "\n".join(" ".join(ws) for ws in lines.values())
 
 
-class OcrTextClassifier(Classifier):
+class OcrTextClassifier(CoverClassifier):
     """OCR of ``cover_image`` scored by the MiniLM text heads (categories of the text model)."""
-
-    modality: ClassVar = "image"
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
         super().__init__(spec, batch_size=batch_size, context=context)
-        pre = spec.preprocessing
-        self.max_bytes = int(pre.get("max_bytes", 20_000_000))
-        self.max_pixels = int(pre.get("max_pixels", 50_000_000))
-        self.ocr_psm = int(pre.get("ocr_psm", 11))
-        self.ocr_timeout_s = float(pre.get("ocr_timeout_s", 30.0))
-        self.ocr_min_side = int(pre.get("ocr_min_side", 600))
-        self.ocr_max_side = int(pre.get("ocr_max_side", 1600))
-        self.ocr_min_conf = float(pre.get("ocr_min_conf", 75.0))
-        if not 0 < self.ocr_min_side <= self.ocr_max_side:
-            raise ConfigError(
-                f"model {spec.model_id}: preprocessing ocr_min_side ({self.ocr_min_side}) must be positive "
-                f"and at most ocr_max_side ({self.ocr_max_side})"
-            )
+        self.ocr = OcrOptions.from_spec(spec)
         # Same artifacts, categories, windows and word limit as the text model; only the
         # modality of the rows it sees differs.
         self._text = MiniLMHeadsClassifier(spec.model_copy(update={"modality": "text"}), batch_size=batch_size,
@@ -155,54 +164,25 @@ class OcrTextClassifier(Classifier):
     # ---- CPU side -------------------------------------------------------------------
     def preprocess(self, batch: pa.Table) -> pa.Table:
         binary = tesseract_binary()
-        uris = batch.column("cover_image").to_pylist()
-        hashes: list[str] = []
-        texts: list[str | None] = []
-        coverage: list[Coverage | None] = []
-        reasons: list[str | None] = []
-        details: list[str | None] = []
-        stages: list[str | None] = []
-        for uri in uris:
-            data = None
-            try:
-                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
-                                       roots=self.context.media_roots)
-                raw = ocr_image(
-                    img, binary=binary, uri=uri, psm=self.ocr_psm, timeout_s=self.ocr_timeout_s,
-                    min_side=self.ocr_min_side, max_side=self.ocr_max_side, min_conf=self.ocr_min_conf,
-                )
-            except MediaError as e:
-                hashes.append(media_content_hash(data if data is not None else e.data, uri))
-                texts.append(None)
-                coverage.append(None)
-                reasons.append(e.reason)
-                details.append(e.detail[:500])
-                stages.append("preprocess")
-                continue
+
+        def read_text(uri: str, img) -> tuple[str, Coverage]:
+            raw = ocr_image(img, binary=binary, uri=uri, options=self.ocr)
             fields, cov = self._text.limited({"body_text": raw}, max_chars=None)
-            hashes.append(media_content_hash(data, uri))
-            texts.append(fields["body_text"])
-            coverage.append(cov)
-            reasons.append(None)
-            details.append(None)
-            stages.append(None)
-        wins, coverage = self._text.scored_windows([{"body_text": t or ""} for t in texts], coverage)
-        return prepared(
-            batch,
-            hashes=hashes,
-            inputs={
-                "ocr_text": pa.array(texts, pa.string()),  # "" when no text was found
-                "segments": pa.array([[w.text for w in ws] for ws in wins], pa.list_(pa.string())),
-                # The text heads report the winning segment's name as evidence: name each window
-                # by the words it holds, so the evidence is the OCR text itself.
-                "segment_names": pa.array([[f"ocr:{w.text[:EVIDENCE_CHARS]}" for w in ws] for ws in wins],
-                                          pa.list_(pa.string())),
-                **coverage_columns(coverage),
-            },
-            reasons=reasons,
-            details=details,
-            stages=stages,
-        )
+            return fields["body_text"], cov
+
+        rows = self.covers(batch, read_text)
+        texts = [None if v is None else v[0] for v in rows.values]
+        wins, coverage = self._text.scored_windows([{"body_text": t or ""} for t in texts],
+                                                   [None if v is None else v[1] for v in rows.values])
+        return rows.prepared(batch, {
+            "ocr_text": pa.array(texts, pa.string()),  # "" when no text was found
+            "segments": pa.array([[w.text for w in ws] for ws in wins], pa.list_(pa.string())),
+            # The text heads report the winning segment's name as evidence: name each window
+            # by the words it holds, so the evidence is the OCR text itself.
+            "segment_names": pa.array([[f"ocr:{w.text[:EVIDENCE_CHARS]}" for w in ws] for ws in wins],
+                                      pa.list_(pa.string())),
+            **coverage_columns(coverage),
+        })
 
     # ---- device side ----------------------------------------------------------------
     def setup(self, device: str = "cpu") -> None:

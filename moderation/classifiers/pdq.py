@@ -33,15 +33,10 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from moderation.classifiers.base import (
-    Classifier,
-    RunContext,
-    media_content_hash,
-    prepared,
-)
+from moderation.classifiers.base import RunContext
+from moderation.classifiers.image import CoverClassifier
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError
-from moderation.media import MediaError
 
 if TYPE_CHECKING:
     from moderation.bank import BankSnapshot
@@ -82,14 +77,11 @@ def parse_params(data: bytes, *, where: str) -> PdqParams:
     return PdqParams(**obj)
 
 
-class PdqBankClassifier(Classifier):
+class PdqBankClassifier(CoverClassifier):
     uses_gpu: ClassVar[bool] = False  # hashing and XOR-popcount matching run on the CPU
-    modality: ClassVar = "image"
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 64, context: RunContext = RunContext()) -> None:
         super().__init__(spec, batch_size=batch_size, context=context)
-        self.max_bytes = int(spec.preprocessing.get("max_bytes", 20_000_000))
-        self.max_pixels = int(spec.preprocessing.get("max_pixels", 50_000_000))
         self._params: PdqParams | None = None
         self._banks: dict[str, BankSnapshot] | None = None  # category -> bank, after setup()
         self._bank_version: int | None = None
@@ -98,43 +90,12 @@ class PdqBankClassifier(Classifier):
     def preprocess(self, batch: pa.Table) -> pa.Table:
         """Adds ``pdq_hash`` (hex) and ``pdq_quality`` besides the columns every modality adds."""
         from moderation.bank import pdq_hash
-        from moderation.classifiers.image import load_cover
 
-        hashes: list[str] = []
-        pdqs: list[str | None] = []
-        qualities: list[int | None] = []
-        reasons: list[str | None] = []
-        details: list[str | None] = []
-        stages: list[str | None] = []
-        for uri in batch.column("cover_image").to_pylist():
-            try:
-                data, img = load_cover(uri, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
-                                       roots=self.context.media_roots)
-                hex_, quality = pdq_hash(img)
-                hashes.append(media_content_hash(data, uri))
-                pdqs.append(hex_)
-                qualities.append(quality)
-                reasons.append(None)
-                details.append(None)
-                stages.append(None)
-            except MediaError as e:
-                hashes.append(media_content_hash(e.data, uri))
-                pdqs.append(None)
-                qualities.append(None)
-                reasons.append(e.reason)
-                details.append(e.detail[:500])
-                stages.append("preprocess")
-        return prepared(
-            batch,
-            hashes=hashes,
-            inputs={
-                "pdq_hash": pa.array(pdqs, pa.string()),
-                "pdq_quality": pa.array(qualities, pa.int32()),
-            },
-            reasons=reasons,
-            details=details,
-            stages=stages,
-        )
+        rows = self.covers(batch, lambda _uri, img: pdq_hash(img))  # (hex, quality) per cover
+        return rows.prepared(batch, {
+            "pdq_hash": pa.array([None if v is None else v[0] for v in rows.values], pa.string()),
+            "pdq_quality": pa.array([None if v is None else v[1] for v in rows.values], pa.int32()),
+        })
 
     # ---- scoring side ---------------------------------------------------------------
     def setup(self, device: str = "cpu") -> None:

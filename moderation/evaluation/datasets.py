@@ -43,11 +43,11 @@ import pyarrow.compute as pc
 from moderation.datasets import YOUTUBE_HELDOUT, _hx_label
 from moderation.errors import ModerationError
 from moderation.lake import Lake, arrow_filesystem
+from moderation.modalities import MODALITIES
 
 DATASETS_DIR = "eval/datasets"
 LABEL_PREFIX = "label_"
 SLICE_PREFIX = "slice_"
-MODALITIES = ("text", "image", "audio")
 BASE_FIELDS = {
     "example_id": pa.string(), "modality": pa.string(), "text": pa.string(), "title": pa.string(),
     "description": pa.string(), "media_uri": pa.string(), "source": pa.string(),

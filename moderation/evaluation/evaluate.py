@@ -24,7 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moderation.classifiers.base import QREASON, RunContext, build_classifier
+from moderation.classifiers.base import QREASON, RunContext
+from moderation.classifiers.registry import build_classifier
 from moderation.config import LoadedPolicy, ModelSpec, load_model_registry, load_policy
 from moderation.errors import ConfigError, ModerationError
 from moderation.evaluation.datasets import (
@@ -43,6 +44,7 @@ from moderation.evaluation.metrics import (
 )
 from moderation.lake import Lake
 from moderation.lifecycle import sql_literal
+from moderation.modalities import MEDIA_COLUMNS
 from moderation.results import utcnow
 from moderation.runinfo import code_version, new_run_id
 from moderation.schemas import EVAL_PREDICTIONS_SCHEMA, EVAL_RESULTS_SCHEMA
@@ -78,8 +80,10 @@ def _work_table(rows: pa.Table, spec: ModelSpec) -> pa.Table:
         "title": col("title"),
         "description": col("description"),
         "body_text": body,
-        "cover_image": media if spec.modality == "image" else pa.nulls(n, pa.string()),
-        "audio_clip": media if spec.modality == "audio" else pa.nulls(n, pa.string()),
+        # Each media modality's URI column (moderation.modalities): the example's media_uri in
+        # the column of the model's modality, null in the others.
+        **{column: media if modality == spec.modality else pa.nulls(n, pa.string())
+           for modality, column in MEDIA_COLUMNS.items()},
         "modality": pa.array([spec.modality] * n, pa.string()),
     })
 
@@ -106,7 +110,7 @@ def check_media_uris(rows: pa.Table, *, dataset: str, version: int, roots: tuple
     for i, (example_id, modality, uri) in enumerate(zip(rows.column("example_id").to_pylist(),
                                                         rows.column("modality").to_pylist(),
                                                         rows.column("media_uri").to_pylist(), strict=True)):
-        if modality == "text" or not uri:
+        if modality not in MEDIA_COLUMNS or not uri:  # text: no media to read
             continue
         try:
             check_root(uri, roots, kind=modality)

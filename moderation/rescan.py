@@ -8,6 +8,10 @@ newest ``scores`` or ``quarantine`` row of the pair, not retired by a ``removals
 * its model version changed (the registry digest differs from the one that scored it), or
 * the item attributes ``scores`` carries for decide changed (markets, explicit, language, item
   type): decisions per market and explicit exemptions follow the catalog, or
+* the ids ``scores`` carries for the report's roll-ups changed (``creator_id``, ``show_id``,
+  ``album_id``): an item moved to another creator, show or album counts there from the next
+  decide on. Compared only with ``scores`` rows that carry them (a table written before issue 17
+  has no such columns: no re-score for them), or
 * it was scored partially under an item limit (``coverage_reason`` has ``limit_words`` or
   ``limit_seconds``) that the run's ``max_item_words`` / ``max_item_seconds`` now exceeds: more of
   it would be scored now (issue 13), or
@@ -60,6 +64,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from moderation.catalog import (
+    ROLLUP_ID_COLUMNS,
     CatalogSnapshot,
     modality_mask,
     to_work_rows,
@@ -166,6 +171,12 @@ def _attrs_sql(x: str) -> str:
             f"CASE WHEN {x}.explicit IS NULL THEN 'None' WHEN {x}.explicit THEN 'True' ELSE 'False' END)")
 
 
+def _owners_sql(x: str) -> str:
+    """One comparable string of a row's roll-up ids (``ROLLUP_ID_COLUMNS``), for ``scores`` rows
+    and catalog rows alike (a missing id and a null one are the same)."""
+    return "concat_ws(chr(31), " + ", ".join(f"coalesce({x}.{c}, 'None')" for c in ROLLUP_ID_COLUMNS) + ")"
+
+
 def _cut_sql(columns: set[str]) -> str:
     """Per ``scores`` row, the units scored when an item limit (``max_item_words`` or
     ``max_item_seconds``) cut the item (NULL: not cut by a limit, or scored before coverage was
@@ -201,8 +212,8 @@ def _bucket_rows(bucket_rows: int | None) -> int:
 EVENT_SCHEMA = pa.schema([
     pa.field("item_id", pa.string()), pa.field("modality", pa.string()), pa.field("model_id", pa.string()),
     pa.field("digest", pa.string()), pa.field("state", pa.string()), pa.field("event_at", TS),
-    pa.field("attrs", pa.string()), pa.field("cut_at", pa.float64()), pa.field("retry", pa.bool_()),
-    pa.field("src", pa.int32()),
+    pa.field("attrs", pa.string()), pa.field("owners", pa.string()), pa.field("cut_at", pa.float64()),
+    pa.field("retry", pa.bool_()), pa.field("src", pa.int32()),
 ])
 #: The ``removals`` rows the planner splits by bucket.
 REMOVED_SCHEMA = pa.schema([pa.field("item_id", pa.string()), pa.field("modality", pa.string()),
@@ -250,9 +261,11 @@ class _LakeSQL:
         ids = _in_list(self.model_ids)
         parts = []
         if "scores" in self.columns:
+            owners = _owners_sql("s") if set(ROLLUP_ID_COLUMNS) <= self.columns["scores"] else "CAST(NULL AS VARCHAR)"
             parts.append(
                 f"SELECT s.item_id, s.modality, s.model_id, s.model_digest AS digest, s.content_hash AS state, "
-                f"s.scored_at AS event_at, {_attrs_sql('s')} AS attrs, {_cut_sql(self.columns['scores'])} AS cut_at, "
+                f"s.scored_at AS event_at, {_attrs_sql('s')} AS attrs, {owners} AS owners, "
+                f"{_cut_sql(self.columns['scores'])} AS cut_at, "
                 f"FALSE AS retry, CAST(0 AS INT) AS src FROM scores s WHERE s.model_id IN {ids} "
                 f"AND s.item_id IS NOT NULL")
         if "quarantine" in self.columns:
@@ -269,6 +282,7 @@ class _LakeSQL:
                 f"SELECT q.item_id, q.modality, q.model_id, {digest} AS digest, "
                 f"CASE WHEN q.stage = 'catalog' THEN 'catalog:' || coalesce(q.reason, 'None') ELSE {content} END "
                 f"AS state, q.quarantined_at AS event_at, CAST(NULL AS VARCHAR) AS attrs, "
+                f"CAST(NULL AS VARCHAR) AS owners, "
                 f"CAST(NULL AS DOUBLE) AS cut_at, "
                 f"coalesce(q.reason IN {_in_list(sorted(RETRIED_REASONS))}, FALSE) "
                 f"AND coalesce(q.stage <> 'catalog', TRUE) AS retry, CAST(1 AS INT) AS src "
@@ -284,13 +298,13 @@ class _LakeSQL:
 
 #: Per bucket, ``WITH ... base AS (...)``: the newest event per (item_id, modality, model_id) of
 #: the bucket's ``events`` (a quarantine row wins over a scores row at the same instant), with
-#: columns digest, state, attrs, cut_at, retry and present (False when a later row of the
+#: columns digest, state, attrs, owners, cut_at, retry and present (False when a later row of the
 #: bucket's ``removed`` retired it).
 BASE_SQL = (
     "WITH ranked AS (SELECT *, row_number() OVER (PARTITION BY item_id, modality, model_id "
     "ORDER BY event_at DESC, src DESC) AS rn FROM events), "
     "gone AS (SELECT item_id, modality, max(removed_at) AS removed_at FROM removed GROUP BY item_id, modality), "
-    "base AS (SELECT r.item_id, r.modality, r.model_id, r.digest, r.state, r.attrs, r.cut_at, r.retry, "
+    "base AS (SELECT r.item_id, r.modality, r.model_id, r.digest, r.state, r.attrs, r.owners, r.cut_at, r.retry, "
     "(g.removed_at IS NULL OR r.event_at > g.removed_at) AS present FROM ranked r "
     "LEFT JOIN gone g ON g.item_id = r.item_id AND g.modality = r.modality WHERE r.rn = 1)"
 )
@@ -443,6 +457,7 @@ CURRENT_SCHEMA = pa.schema([
     pa.field("kind", pa.string()), pa.field("grp", pa.int32()), pa.field("modality", pa.string()),
     pa.field("item_id", pa.string()), pa.field("hash", pa.string()), pa.field("item_type", pa.string()),
     pa.field("language", pa.string()), pa.field("markets", STR_LIST), pa.field("explicit", pa.bool_()),
+    *(pa.field(c, pa.string()) for c in ROLLUP_ID_COLUMNS),
 ])
 
 
@@ -454,7 +469,7 @@ def _current(kind: str, item_ids, *, grp: int | None = None, modality: str | Non
     cols = {"kind": pa.array([kind] * n, pa.string()), "grp": pa.array([grp] * n, pa.int32()),
             "modality": pa.array([modality] * n, pa.string()), "item_id": ids,
             "hash": pa.array(hashes if hashes is not None else [None] * n, pa.string())}
-    for a in ATTRIBUTES:
+    for a in (*ATTRIBUTES, *ROLLUP_ID_COLUMNS):
         typ = CURRENT_SCHEMA.field(a).type
         cols[a] = work.column(a).cast(typ) if work is not None and a in work.column_names else pa.nulls(n, typ)
     return pa.table(cols, schema=CURRENT_SCHEMA)
@@ -703,6 +718,8 @@ def _compare(split: _Split, models: list[ModelSpec], groups: dict[tuple, list[Mo
                # Item attributes decide reads from scores: compared where the baseline is a scores
                # row (quarantine rows carry none).
                f"OR coalesce(b.attrs <> {_attrs_sql('c')}, FALSE) "
+               # The roll-up ids: compared where the baseline scores row carries them.
+               f"OR coalesce(b.owners <> {_owners_sql('c')}, FALSE) "
                "OR coalesce(b.cut_at < mdl.lim, FALSE) OR coalesce(b.retry, FALSE)")
     dups = "dups AS (SELECT item_id, count(*) AS n FROM cur WHERE kind = 'row' GROUP BY item_id HAVING count(*) > 1)"
     cand = "cand AS (SELECT DISTINCT item_id FROM cur WHERE kind = 'cand')"

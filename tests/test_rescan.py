@@ -100,9 +100,11 @@ def test_rescan_scores_exactly_the_changed_pairs_and_records_removals(env):
     rest = [i for i in ids if i not in deleted]
     edited = rest[:3]
     relabelled = rest[3]  # metadata only (markets): same content hash, but decide reads the markets
+    moved = rest[4]  # to another creator: same content hash, but the report's roll-ups read creator_id
     for item in edited:
         dt.update(predicate=f"item_id = '{item}'", updates={"title": f"'A changed title for {item}'"})
     dt.update(predicate=f"item_id = '{relabelled}'", updates={"markets": "make_array('US', 'SE', 'NO')"})
+    dt.update(predicate=f"item_id = '{moved}'", updates={"creator_id": "'creator_moved'"})
     dt.delete(predicate=" OR ".join(f"item_id = '{i}'" for i in deleted))
     new_rows = table.slice(0, 2).to_pylist()
     for n, row in enumerate(new_rows):
@@ -111,14 +113,14 @@ def test_rescan_scores_exactly_the_changed_pairs_and_records_removals(env):
 
     # The change data feed and the full content-hash comparison find the same pairs.
     cdf, full = _plan(env, "cdf"), _plan(env, "anti_join")
-    expected = sorted([*edited, relabelled, "new_000", "new_001"])
+    expected = sorted([*edited, relabelled, moved, "new_000", "new_001"])
     for plan in (cdf, full):
         sel = plan.selections["text-minilm-heads-v1"]
         assert sorted(sel.keep_ids.to_pylist()) == expected
         assert sorted(plan.removals.column("item_id").to_pylist()) == sorted(deleted)
         assert set(plan.removals.column("reason").to_pylist()) == {"item_deleted"}
     assert cdf.change_source == "cdf" and full.change_source == "anti_join"
-    assert full.unchanged_pairs == ITEMS - len(deleted) - len(edited) - 1
+    assert full.unchanged_pairs == ITEMS - len(deleted) - len(edited) - 2
     assert cdf.rows_read < full.rows_read  # the feed reads only the changed items
 
     out = CliRunner().invoke(app, ["rescan", "--catalog", env["catalog"], "--lake", lake.root, "--policy",
@@ -133,10 +135,12 @@ def test_rescan_scores_exactly_the_changed_pairs_and_records_removals(env):
     rows = lake.read("scores", filter=pc.field("run_id") == "rescan-1")
     q = lake.read("quarantine", filter=pc.field("run_id") == "rescan-1")
     assert sorted(rows.column("item_id").to_pylist() + q.column("item_id").to_pylist()) == expected
-    assert run["removed_pairs"] == len(deleted) and run["unchanged_pairs"] == ITEMS - len(deleted) - len(edited) - 1
+    assert run["removed_pairs"] == len(deleted) and run["unchanged_pairs"] == ITEMS - len(deleted) - len(edited) - 2
     # The re-scored item carries its new markets, which decide reads.
     assert sorted(rows.filter(pc.equal(rows.column("item_id"), relabelled)).column("markets")[0].as_py()) == \
         ["NO", "SE", "US"]
+    # ... and the moved one its new creator, which the roll-ups read.
+    assert rows.filter(pc.equal(rows.column("item_id"), moved)).column("creator_id").to_pylist() == ["creator_moved"]
     removals = lake.read("removals", filter=pc.field("run_id") == "rescan-1")
     assert sorted(removals.column("item_id").to_pylist()) == sorted(deleted)
     assert set(removals.column("catalog_version").to_pylist()) == {DeltaTable(env["catalog"]).version()}

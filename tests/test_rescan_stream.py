@@ -220,3 +220,22 @@ def test_planning_python_memory_does_not_grow_with_the_catalog_or_scores(tmp_pat
 @pytest.mark.parametrize("rows, buckets", [(0, 1), (10, 1), (1_000_000, 1), (1_000_001, 2), (10**12, 256)])
 def test_bucket_count_follows_the_rows_within_bounds(rows, buckets):
     assert rescan._buckets(rows, 1_000_000) == buckets
+
+
+def test_a_changed_creator_is_rescored_unless_the_scores_predate_the_rollup_ids(tmp_path):
+    """creator_id / show_id / album_id: a changed id re-scores the pair (scores carry them for the
+    report's roll-ups); a scores table written before they existed triggers nothing."""
+    ids = [f"i{k:03d}" for k in range(6)]
+    rows = _rows(ids, i002={"creator_id": "c-new"}, i004={"album_id": "al-9"})
+    lake = _lake(tmp_path / "a", _rows(ids))  # scores with the columns, all null
+    plan = _plan(tmp_path / "a", lake, rows)
+    assert plan.selections["text-minilm-heads-v1"].keep_ids.to_pylist() == ["i002", "i004"]
+    assert plan.unchanged_pairs == 4
+
+    old = _lake(tmp_path / "b", _rows(ids))
+    dt_scores = old.open("scores")
+    legacy = dt_scores.to_pyarrow_table().drop_columns(["creator_id", "show_id", "album_id"])
+    write_deltalake(old.uri("scores"), legacy, mode="overwrite", schema_mode="overwrite")
+    assert "creator_id" not in old.open("scores").schema().to_arrow().names
+    plan = _plan(tmp_path / "b", old, rows)
+    assert plan.selections["text-minilm-heads-v1"].keep_ids.to_pylist() == [] and plan.unchanged_pairs == 6

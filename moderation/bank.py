@@ -168,7 +168,7 @@ def add_to_bank(
     """
     from moderation.classifiers.image import load_cover
     from moderation.media import MediaError
-    from moderation.runinfo import new_run_id
+    from moderation.runs import new_run_id
 
     if not _CATEGORY.match(category):
         raise ModerationError(f"bank category {category!r} must be lower-case letters, digits, _")

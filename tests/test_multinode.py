@@ -36,6 +36,7 @@ import yaml
 from moderation.backfill import run_accounting
 from moderation.config import default_conf_dir
 from moderation.lake import Lake, storage_options
+from moderation.runs import read_run
 from tests.ray_start import RayStartCluster
 from tests.s3_server import SeaweedS3
 
@@ -174,10 +175,10 @@ def _assert_same_scores(got: dict, want: dict) -> None:
 
 
 def _assert_accounted(lake: Lake, run_id: str) -> dict:
-    run = lake.get_run(run_id)
+    run = read_run(lake, run_id)
     scored, quarantined, dupes = run_accounting(lake, run_id)
-    assert run["status"] == "succeeded", run
-    assert dupes == 0 and scored + quarantined == run["selected_pairs"], (scored, quarantined, run)
+    assert run.status == "succeeded", run
+    assert dupes == 0 and scored + quarantined == run.selected_pairs, (scored, quarantined, run)
     return run
 
 

@@ -44,7 +44,7 @@ from moderation.evaluation.metrics import (
 from moderation.lake import Lake
 from moderation.lifecycle import sql_literal
 from moderation.results import utcnow
-from moderation.runinfo import code_version, new_run_id
+from moderation.runs import code_version, new_run_id
 from moderation.schemas import EVAL_PREDICTIONS_SCHEMA, EVAL_RESULTS_SCHEMA
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from moderation.evaluation.datasets import DatasetError, read_dataset
 from moderation.evaluation.labels import import_labels, labels_to_dataset, latest_labels
 from moderation.evaluation.queue import build_review_queue
 from moderation.lake import Lake
-from moderation.runs import read_run
+from moderation.runs import RunRecord, read_run
 from moderation.schemas import REMOVALS_SCHEMA, SCORES_SCHEMA
 from tests.conftest import POLICY_V1
 
@@ -90,8 +90,8 @@ def test_import_labels_maps_decisions_and_appeals_and_is_idempotent(tmp_path):
     r2 = import_labels(lake, f2)
     assert (r2.written, r2.already_present, r2.already_imported) == (1, 5, False)
     assert lake.version("labels") == version + 1 and lake.read("labels").num_rows == 6
-    runs = lake.read("runs", filter=pc.field("kind") == "labels_import").to_pylist()
-    assert {x["run_id"]: (x["status"], x["scored_pairs"]) for x in runs} == {
+    runs = map(RunRecord.from_row, lake.read("runs", filter=pc.field("kind") == "labels_import").to_pylist())
+    assert {x.run_id: (x.status, x.scored_pairs) for x in runs} == {
         r.import_id: ("succeeded", 5), again.import_id: ("succeeded", 0), r2.import_id: ("succeeded", 1)}
     assert "written" in r.summary() and "already imported" in again.summary()
 

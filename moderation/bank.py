@@ -167,7 +167,7 @@ def add_to_bank(
         ModerationError: invalid category, label or min_quality.
     """
     from moderation.media import MediaError, load_cover
-    from moderation.runinfo import new_run_id
+    from moderation.runs import new_run_id
 
     if not _CATEGORY.match(category):
         raise ModerationError(f"bank category {category!r} must be lower-case letters, digits, _")

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from moderation.errors import ModerationError
 from moderation.lake import Lake
+from moderation.runs import read_run
 
 KEY = ("item_id", "modality", "model_id")
 
@@ -164,8 +165,8 @@ def compare_runs(reference: Lake, ref_run: str, chaos: Lake, chaos_run: str, rep
             mismatches += 1
     report.score_mismatches = mismatches
     report.runs_rows = chaos.read("runs", filter=pc.field("run_id") == chaos_run).num_rows
-    run = chaos.get_run(chaos_run)
-    report.final_status = run["status"] if run else None
+    run = read_run(chaos, chaos_run)
+    report.final_status = run.status if run else None
 
 
 def compare_violations(reference: Lake, chaos: Lake, policy: str | Path) -> bool:
@@ -200,11 +201,12 @@ def chaos_backfill(
     ref_run = "reference"
     if reference is not None:  # an uninterrupted run of the same catalog and policy already exists
         ref_lake, ref_run = reference
-        row = ref_lake.get_run(ref_run)
-        if row is None:
-            raise ModerationError(f"reference run {ref_run} is not in {ref_lake.root}")
-        ref = Attempt(fault="none", returncode=0, killed=False, started=row["started_at"].timestamp(),
-                      seconds=(row["ended_at"] - row["started_at"]).total_seconds())
+        row = read_run(ref_lake, ref_run)
+        if row is None or row.started_at is None or row.ended_at is None:
+            raise ModerationError(f"reference run {ref_run} is not in {ref_lake.root}"
+                                  if row is None else f"reference run {ref_run} in {ref_lake.root} has not ended")
+        ref = Attempt(fault="none", returncode=0, killed=False, started=row.started_at.timestamp(),
+                      seconds=(row.ended_at - row.started_at).total_seconds())
     else:
         ref = run_attempt(backfill_command(catalog, ref_lake.root, policy, ref_run, profile, extra_args), log_path=log)
         if ref.returncode != 0:
@@ -217,8 +219,8 @@ def chaos_backfill(
     startup = min(duration, max(0.0, first.timestamp() - ref.started)) if first else 0.0
     cmd = backfill_command(catalog, chaos_lake.root, policy, "chaos", profile, extra_args)
     def finished() -> bool:
-        run = chaos_lake.get_run("chaos")
-        return bool(run and run["status"] == "succeeded")
+        run = read_run(chaos_lake, "chaos")
+        return bool(run and run.status == "succeeded")
 
     for fault in faults or []:
         report.attempts.append(run_attempt(cmd, faults=fault, log_path=log))

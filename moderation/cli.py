@@ -53,7 +53,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 def _version(value: bool) -> None:
     if value:
-        from moderation.runinfo import code_version
+        from moderation.runs import code_version
 
         typer.echo(f"moderation {code_version()}")
         raise typer.Exit()

@@ -47,7 +47,7 @@ from moderation.errors import LakeError
 from moderation.lake import Lake
 from moderation.lifecycle import check_immutable, effective_status, restamp_status
 from moderation.results import utcnow
-from moderation.runinfo import code_version, new_run_id, run_row
+from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import STR_LIST, VIOLATIONS_SCHEMA
 from moderation.spill import BUCKET_ROWS, BucketSpill, item_buckets, scan_batches, spill_table, table_rows
 
@@ -405,7 +405,7 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
         raise LakeError(f"{lake.uri('scores')}: no scores yet; run `moderation backfill` first")
     scores_version = dt_scores.version()
     run_id = run_id or new_run_id("decide")
-    started = utcnow()
+    timing = RunTiming.start()
     status = effective_status(lake, policy.policy_id, policy.version, policy.status)
     have = set(dt_scores.schema().to_arrow().names)
     columns = SCORE_COLUMNS + [c for c in EVIDENCE_COLUMNS if c in have]
@@ -459,13 +459,9 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
         items=items, violations=violation_rows, reviews=reviews, scores_version=scores_version,
         policy_status=status, retired_rows=retired, warnings=tuple(warnings),
     )
-    models = [registry[m] for m in policy.models]
-    lake.upsert_run(run_row(
-        run_id=run_id, kind="decide", status="succeeded", policy_id=policy.policy_id,
-        policy_version=policy.version, policy_hash=loaded.content_hash, policy_path=str(policy_path),
-        model_ids=[m.model_id for m in models], model_digests=[m.digest for m in models],
-        modalities=sorted({m.modality for m in models}), categories=sorted(policy.categories),
-        scores_version=scores_version, violation_rows=rows_written, retired_rows=retired,
-        code_version=code_version(), started_at=started, ended_at=utcnow(),
+    provenance = PolicyProvenance.of(loaded, [registry[m] for m in policy.models], path=policy_path, scope=True)
+    write_run(lake, RunRecord(
+        run_id=run_id, kind="decide", status="succeeded", **provenance.columns(), scores_version=scores_version,
+        violation_rows=rows_written, retired_rows=retired, **timing.ended(),
     ))
     return result

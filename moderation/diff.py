@@ -33,7 +33,7 @@ from moderation.lake import Lake, TableName
 from moderation.lifecycle import sql_literal
 from moderation.reporting import NO_LANGUAGE, NO_MARKET
 from moderation.results import utcnow
-from moderation.runinfo import code_version, new_run_id, run_row
+from moderation.runs import RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import DIFF_SAMPLES_SCHEMA, DIFF_SUMMARY_SCHEMA, DIFFS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ def run_diff(*, lake_root: str, policy_id: str, from_version: int, to_version: i
     if sample_per_stratum < 0:
         raise ModerationError(f"sample_per_stratum must be 0 or more, got {sample_per_stratum}")
     lake = Lake(lake_root)
-    started = utcnow()
+    timing = RunTiming.start()
     run_id = run_id or new_run_id("diff")
     decides = {v: _decide_runs(lake, policy_id, v) for v in (from_version, to_version)}
     for v in (from_version, to_version):
@@ -367,11 +367,11 @@ def run_diff(*, lake_root: str, policy_id: str, from_version: int, to_version: i
         by_market=breakdown(cells, "market"), by_language=breakdown(cells, "language"),
         cells=summary_cells(cells, policy_id=policy_id, from_version=from_version, to_version=to_version),
     )
-    lake.upsert_run(run_row(
+    write_run(lake, RunRecord(
         run_id=run_id, kind="diff", status="succeeded", policy_id=policy_id, policy_version=to_version,
         from_version=from_version, diff_rows=len(changes),
-        baseline_versions=None if violations_version is None else [f"violations={violations_version}"],
-        code_version=code_version(), started_at=started, ended_at=utcnow(),
+        baseline_versions=None if violations_version is None else (f"violations={violations_version}",),
+        **timing.ended(),
     ))
     log.info("diff %s: %s v%d -> v%d: %d rows", run_id, policy_id, from_version, to_version, len(changes))
     return result

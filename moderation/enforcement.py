@@ -38,7 +38,7 @@ from moderation.errors import LakeError, ModerationError
 from moderation.lake import Lake
 from moderation.lifecycle import check_immutable, effective_status, latest_run, policy_runs, sql_literal
 from moderation.results import utcnow
-from moderation.runinfo import code_version, new_run_id, run_row
+from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import ENFORCEMENT_SCHEMA, STR_LIST
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def run_enforce(*, lake_root: str, policy_path: str | Path, run_id: str | None =
         raise LakeError(f"{lake.uri('violations')}: no violations table; run `moderation decide` first")
     violations_version = dt_violations.version()
     run_id = run_id or new_run_id("enforce")
-    started = utcnow()
+    timing = RunTiming.start()
     # Partition columns pushed down; decision filtered in memory (see _policy_rows). A table
     # written before scope_markets existed lacks it (enforcement_rows copes).
     have = set(dt_violations.schema().to_arrow().names)
@@ -212,22 +212,20 @@ def run_enforce(*, lake_root: str, policy_path: str | Path, run_id: str | None =
     ).filter(pc.field("decision") == "violation")
     source = enforcement_rows(flagged, policy, run_id=run_id, now=utcnow())
     app = app_id(policy.policy_id, policy.version)
-    models = [registry[m] for m in policy.models]
-    row = dict(
-        run_id=run_id, kind="enforce", policy_id=policy.policy_id, policy_version=policy.version,
-        policy_hash=loaded.content_hash, policy_path=str(policy_path),
-        model_ids=[m.model_id for m in models], model_digests=[m.digest for m in models],
-        baseline_versions=[f"violations={violations_version}"], code_version=code_version(), started_at=started,
+    record = RunRecord(
+        run_id=run_id, kind="enforce", status="running",
+        **PolicyProvenance.of(loaded, [registry[m] for m in policy.models], path=policy_path).columns(),
+        baseline_versions=(f"violations={violations_version}",), **timing.columns(),
     )
     existing = lake.open("enforcement")
     if existing is not None and _exported(existing, app, violations_version, policy.policy_id, policy.version):
         return _result(lake, policy, None, violations_version, {}, already=True)
-    lake.upsert_run(run_row(status="running", **row))
+    write_run(lake, record)
     metrics = _merge(lake, source, policy_id=policy.policy_id, app=app, violations_version=violations_version,
                      run_id=run_id, version=policy.version)
     # None: another export of this version committed between the check and the merge.
     result = _result(lake, policy, run_id, violations_version, metrics or {}, already=metrics is None)
-    lake.upsert_run(run_row(status="succeeded", enforcement_rows=result.rows, ended_at=utcnow(), **row))
+    write_run(lake, record.replace(status="succeeded", enforcement_rows=result.rows, **timing.ended()))
     log.info("enforce %s: %s v%d: %d rows", run_id, policy.policy_id, policy.version, result.rows)
     return result
 

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from moderation.errors import LakeError
 from moderation.faults import fault_point
-from moderation.schemas import RUNS_SCHEMA, TABLE_SCHEMAS, VIOLATIONS_PARTITIONS
+from moderation.schemas import TABLE_SCHEMAS, VIOLATIONS_PARTITIONS
 
 log = logging.getLogger(__name__)
 
@@ -575,24 +574,6 @@ class Lake:
                     target.create_write_transaction([], mode="append", schema=_schema(table), commit_properties=props)
                 return metrics
         raise AssertionError("unreachable")
-
-    def get_run(self, run_id: str) -> dict | None:
-        runs = self.read("runs", filter=pc.field("run_id") == run_id)
-        if runs.num_rows == 0:
-            return None
-        return runs.to_pylist()[0]
-
-    def upsert_run(self, row: dict) -> None:
-        """Insert or update the one ``runs`` row of a run (merge on run_id).
-
-        Runs of other jobs merge into the same table concurrently; a conflicting commit is
-        retried on the reloaded table (bounded, with backoff). Columns this table predates are
-        added (schema evolution is additive only)."""
-
-        data = pa.Table.from_pylist([row], schema=RUNS_SCHEMA)
-        self.merge("runs", data, predicate="t.run_id = s.run_id", schema=RUNS_SCHEMA, merge_schema=True,
-                   metadata={"moderation.run_id": str(row["run_id"])},
-                   clauses=lambda m: m.when_matched_update_all().when_not_matched_insert_all())
 
     def write_comments(self, table: str, schema: pa.Schema) -> list[str]:
         """Set the column comments of an existing ``table`` to the descriptions in ``schema``

@@ -34,8 +34,7 @@ import yaml
 from moderation.config import LoadedPolicy, load_model_registry, load_policy
 from moderation.errors import ModerationError
 from moderation.lake import Lake, conform
-from moderation.results import utcnow
-from moderation.runinfo import code_version, new_run_id, run_row
+from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import RUNS_SCHEMA, VIOLATIONS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def sql_literal(value: str) -> str:
 def policy_runs(lake: Lake, policy_id: str) -> pd.DataFrame:
     """Every ``runs`` row of one policy (every column present, older tables included), oldest
     first by end (then start) time."""
-    # Filtered in memory: ``runs`` is merged into (upsert_run), and delta-rs 1.6 merges write
+    # Filtered in memory: ``runs`` is merged into (write_run), and delta-rs 1.6 merges write
     # string_view files that a PyArrow filter pushed down to them can fail on (delta-rs#4579).
     runs = lake.read("runs")
     table = conform(runs.filter(pc.field("policy_id") == policy_id), RUNS_SCHEMA)
@@ -345,16 +344,12 @@ def run_promote(*, lake_root: str, policy_path: str | Path, to: PromoteTarget = 
             _require_diffed(runs, loaded, lake, live, decide)
 
     run_id = run_id or new_run_id("promote")
-    started = utcnow()
-    models = [registry[m] for m in policy.models]
-    row = dict(
-        run_id=run_id, kind="promote", policy_id=policy.policy_id, policy_version=policy.version,
-        policy_hash=loaded.content_hash, policy_path=str(policy_path),
-        model_ids=[m.model_id for m in models], model_digests=[m.digest for m in models],
-        from_version=live if to == "live" else None, forced=bool(force), code_version=code_version(),
-        started_at=started, promoted_to=to,
-    )
-    lake.upsert_run(run_row(status="succeeded", ended_at=utcnow(), **row))
+    timing = RunTiming.start()
+    write_run(lake, RunRecord(
+        run_id=run_id, kind="promote", status="succeeded",
+        **PolicyProvenance.of(loaded, [registry[m] for m in policy.models], path=policy_path).columns(),
+        from_version=live if to == "live" else None, forced=bool(force), promoted_to=to, **timing.ended(),
+    ))
     stamps: dict[int, str] = {policy.version: to}
     if to == "live" and live is not None and live != policy.version:
         stamps[live] = "retired"

@@ -1106,10 +1106,10 @@ def _pinned_decides(spark: SparkSession, lake: Lake) -> tuple[Snapshot, DataFram
 def _report(spark: SparkSession, lake: Lake, *, min_cell_count: int = DEFAULT_MIN_CELL_COUNT) -> ReportResult:
     if min_cell_count < 1:
         raise ConfigError(f"--min-cell-count must be at least 1, got {min_cell_count}")
-    from moderation.runinfo import code_version, new_run_id, run_row
+    from moderation.runs import RunRecord, RunTiming, new_run_id, write_run
 
     run_id = new_run_id("report")
-    started = dt.datetime.now(dt.UTC)
+    timing = RunTiming.start()
     snapshot, decides, keys = _pinned_decides(spark, lake)
     pinned = snapshot.versions
     try:
@@ -1162,10 +1162,9 @@ def _report(spark: SparkSession, lake: Lake, *, min_cell_count: int = DEFAULT_MI
         log.info("report: %d %s rows -> %s (chart %s)", table.num_rows, name, analyst_uris[name], chart_uris[name])
     snapshot_uri = _overwrite(lake, "snapshot", snapshot.table())
     # After the pins: the report's own runs row never changes what it read.
-    lake.upsert_run(run_row(
+    write_run(lake, RunRecord(
         run_id=run_id, kind="report", status="succeeded",
-        baseline_versions=[f"{t}={v}" for t, v in pinned.items() if v is not None],
-        code_version=code_version(), started_at=started, ended_at=dt.datetime.now(dt.UTC),
+        baseline_versions=tuple(f"{t}={v}" for t, v in pinned.items() if v is not None), **timing.ended(),
     ))
     return ReportResult(violation_rates_uri=rates_uri, violations_by_category_uri=by_category_uri,
                         rates=rates, totals=totals, diff_summary_uri=diff_summary_uri, diff_totals=diff_totals_table,

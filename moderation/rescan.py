@@ -57,6 +57,7 @@ import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -779,12 +780,14 @@ def plan_rescan_run(prepared: PreparedRun) -> ScoringPlan:
     pins (a resume: those its ``runs`` row recorded, with its change source), so a killed re-scan
     resumes with exactly the same selection. A new re-scan that finds nothing to score or remove
     is planned as ``write_nothing``."""
-    existing, request = prepared.existing, prepared.request
-    versions = decode_versions(existing.get("baseline_versions")) if existing else pinned_versions(prepared.lake)
+    existing, request = prepared.record, prepared.request
+    versions = (decode_versions(list(existing.baseline_versions or [])) if existing
+                else pinned_versions(prepared.lake))
     models = list(prepared.models)
     plan = plan_rescan(prepared.snapshot, models, prepared.lake, context=prepared.context, versions=versions,
                        exclude_run=prepared.run_id,
-                       change_source=(existing.get("change_source") if existing else None) or request.change_source)
+                       change_source=cast(ChangeSource,
+                                          (existing.change_source if existing else None) or request.change_source))
     return ScoringPlan(
         kind="rescan", models=prepared.models, selections=plan.selections, snapshot=prepared.snapshot,
         removals=plan.removals, where_expr=prepared.where, item_limit=prepared.limit,

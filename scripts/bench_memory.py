@@ -190,9 +190,10 @@ def job_seconds(lake: str, run_id: str) -> float | None:
     """The run's own started_at -> ended_at from the runs table (Ray start-up included)."""
     try:
         from moderation.lake import Lake
+        from moderation.runs import read_run
 
-        row = Lake(lake).get_run(run_id)
-        return (row["ended_at"] - row["started_at"]).total_seconds() if row and row["ended_at"] else None
+        row = read_run(Lake(lake), run_id)
+        return (row.ended_at - row.started_at).total_seconds() if row and row.started_at and row.ended_at else None
     except Exception:  # noqa: BLE001 - a benchmark nicety only
         return None
 

@@ -34,6 +34,7 @@ from moderation.classifiers.audio import (
 from moderation.classifiers.base import QREASON, RunContext
 from moderation.config import default_conf_dir, load_model_spec
 from moderation.errors import ArtifactError
+from moderation.runs import RunRecord, write_run
 
 SPEC_PATH = default_conf_dir() / "models" / "audio-speech-text-v1.yaml"
 SPEC = load_model_spec(SPEC_PATH)
@@ -444,7 +445,6 @@ def test_a_rescan_rescores_clips_cut_by_a_lower_seconds_limit(tmp_path, long_cli
     from moderation.lake import Lake
     from moderation.rescan import pinned_versions, plan_rescan
     from moderation.results import split_results
-    from moderation.runinfo import run_row
     from moderation.schemas import CATALOG_SCHEMA
 
     path, _, _ = long_clip  # 72 s
@@ -455,9 +455,9 @@ def test_a_rescan_rescores_clips_cut_by_a_lower_seconds_limit(tmp_path, long_cli
         schema=CATALOG_SCHEMA))
     lake = Lake(str(tmp_path / "lake"))
     now = dt.datetime.now(dt.timezone.utc)
-    lake.upsert_run(run_row(run_id="base", kind="backfill", status="succeeded", catalog_uri=catalog, catalog_version=0,
-                            model_ids=[SPEC.model_id], model_digests=[SPEC.digest], max_item_seconds=20,
-                            started_at=now, ended_at=now))
+    write_run(lake, RunRecord(run_id="base", kind="backfill", status="succeeded", catalog_uri=catalog,
+                              catalog_version=0, model_ids=[SPEC.model_id], model_digests=[SPEC.digest],
+                              max_item_seconds=20, started_at=now, ended_at=now))
     low = SpeechTextClassifier(SPEC, context=RunContext(max_item_seconds=20))
     rows = low.preprocess(_rows(list(clips.values())))
     fake = rows.append_column("category_scores", pa.array([[("hate", 0.1)]] * 2, pa.map_(pa.string(), pa.float32())))

@@ -17,6 +17,7 @@ from moderation.cli import app
 from moderation.decide import run_decide
 from moderation.demo import write_demo_catalog
 from moderation.lake import Lake
+from moderation.runs import read_run
 from tests.conftest import POLICY_V1, POLICY_V2
 
 # The timeout also guards the actor-pool hang of ray-project/ray#44687 (a pool holding every
@@ -77,10 +78,10 @@ def test_accounting_invariant(env):
     assert Counter(scored + q_ids) == Counter(ids)  # each selected pair exactly once
     assert len(q_ids) >= 1 and set(quarantined.column("reason").to_pylist()) == {"no_usable_text"}
     assert (result.scored_pairs, result.quarantined_pairs) == (len(scored), len(q_ids))
-    run = lake.get_run("it-full")
-    assert run["status"] == "succeeded" and run["catalog_version"] == 0 and run["modalities"] == ["text"]
-    assert (run["selected_pairs"], run["scored_pairs"], run["quarantined_pairs"]) == (ITEMS, len(scored), len(q_ids))
-    assert run["model_digests"] and len(run["config_hash"]) == 64
+    run = read_run(lake, "it-full")
+    assert run.status == "succeeded" and run.catalog_version == 0 and run.modalities == ("text",)
+    assert (run.selected_pairs, run.scored_pairs, run.quarantined_pairs) == (ITEMS, len(scored), len(q_ids))
+    assert run.model_digests and len(run.config_hash) == 64
 
 
 def test_work_is_committed_in_idempotent_chunks(env):
@@ -144,7 +145,7 @@ def test_where_and_limit_select_a_slice(env):
     assert res.selected_pairs == 15 == res.scored_pairs + res.quarantined_pairs
     types = lake.read("scores", filter=pc.field("run_id") == "it-tracks").column("item_type").to_pylist()
     assert set(types) == {"track"}
-    assert lake.get_run("it-tracks")["where_expr"] == "item_type = 'track'"
+    assert read_run(lake, "it-tracks").where_expr == "item_type = 'track'"
 
 
 def test_two_policy_versions_decide_differently_from_the_same_scores(env):

@@ -12,6 +12,7 @@ import yaml
 from moderation.classifiers.base import build_classifier
 from moderation.classifiers.cascade import CASCADE_EVIDENCE_KEY, bands, member_spec
 from moderation.config import ArtifactRef, load_model_registry
+from moderation.runs import read_run
 
 CASCADE = "text-cascade-muse-e5-v1"
 TEXTS = [
@@ -132,7 +133,7 @@ def test_backfill_records_the_band_and_the_share_sent(tmp_path, ray_local, data_
     result = run_backfill(catalog_uri=catalog.uri, lake_root=lake.root, policy_path=policy, run_id="cascade-run",
                           profile_path=profile, progress=False)
     assert result.status == "succeeded"
-    (entry,) = [json.loads(s) for s in lake.get_run("cascade-run")["cascade"]]
+    (entry,) = [json.loads(s) for s in read_run(lake, "cascade-run").cascade]
     scores = lake.read("scores").to_pylist()
     stages = [dict(s["evidence"])[CASCADE_EVIDENCE_KEY] for s in scores]
     assert entry["model_id"] == CASCADE and entry["pairs"] == len(scores) == result.scored_pairs

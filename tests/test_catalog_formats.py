@@ -11,6 +11,7 @@ from deltalake import DeltaTable, QueryBuilder, write_deltalake
 
 from moderation.catalog import open_catalog
 from moderation.errors import CatalogError
+from moderation.runs import read_run
 
 
 @pytest.fixture(scope="module")
@@ -151,5 +152,5 @@ def test_backfill_through_the_column_mapping(delta_dir, tmp_path):
     assert sorted(r["item_id"] for r in scores) == sorted(
         r["item_id"] for r in _reference(str(delta_dir / "table_with_column_mapping"), '"Super Name" AS item_id'))
     assert {r["item_type"] for r in scores} == {"BMS", "BME"}
-    assert Lake(str(lake)).get_run("cm")["catalog_columns"] == [
-        "item_id=Super Name", "item_type=Company Very Short", "title=Super Name"]
+    assert read_run(Lake(str(lake)), "cm").catalog_columns == (
+        "item_id=Super Name", "item_type=Company Very Short", "title=Super Name")

@@ -19,6 +19,7 @@ from moderation.chaos import backfill_command
 from moderation.decide import run_decide
 from moderation.demo import write_demo_catalog
 from moderation.lake import Lake
+from moderation.runs import read_run
 from tests.conftest import POLICY_V1, POLICY_V2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -51,10 +52,10 @@ def test_two_backfills_on_one_lake_both_finish_with_all_rows(two_backfills):
     expected = {"tracks": tracks, "others": len(types) - tracks}
     for name, proc in procs.items():
         assert proc.returncode == 0, outputs[name]
-        run = lake.get_run(name)
+        run = read_run(lake, name)
         scored, quarantined, dupes = run_accounting(lake, name)
-        assert run["status"] == "succeeded" and dupes == 0
-        assert scored + quarantined == run["selected_pairs"] == expected[name]
+        assert run.status == "succeeded" and dupes == 0
+        assert scored + quarantined == run.selected_pairs == expected[name]
     assert lake.read("runs").num_rows == 2
 
 

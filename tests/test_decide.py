@@ -12,6 +12,7 @@ from moderation.config import load_model_registry, load_policy
 from moderation.decide import apply_policy, latest_scores, run_decide
 from moderation.errors import LakeError
 from moderation.lake import Lake
+from moderation.runs import read_run
 from moderation.schemas import SCORES_SCHEMA, VIOLATIONS_SCHEMA
 from tests.conftest import POLICY_V1, POLICY_V2
 
@@ -249,8 +250,8 @@ def test_removals_retire_violations_in_the_next_decide(tmp_path):
     assert _decided_rows(lake, 1) == {("back", "hate", "*"): "violation", ("kept", "hate", "*"): "violation"}
     assert second.retired_rows == 2 and second.items == 2
     assert "2 rows of the previous decide retired by removals" in second.summary()
-    run = lake.get_run(second.run_id)
-    assert run["retired_rows"] == 2 and run["violation_rows"] == 2
+    run = read_run(lake, second.run_id)
+    assert run.retired_rows == 2 and run.violation_rows == 2
     assert run_decide(lake_root=lake.root, policy_path=POLICY_V1).retired_rows == 0  # already gone
 
 
@@ -356,4 +357,4 @@ def test_decide_in_buckets_equals_deciding_all_at_once(tmp_path, monkeypatch):
         return sorted(tuple(map(str, r.values())) for r in table.to_pylist())
 
     assert rows(split_lake) == rows(whole_lake) and len(rows(whole_lake)) == whole.violations + whole.reviews
-    assert split_lake.get_run("second")["violation_rows"] == whole.violations + whole.reviews
+    assert read_run(split_lake, "second").violation_rows == whole.violations + whole.reviews

@@ -13,7 +13,7 @@ from moderation.decide import run_decide
 from moderation.diff import CHANGES, run_diff
 from moderation.errors import LakeError, ModerationError
 from moderation.lake import Lake
-from moderation.runinfo import run_row
+from moderation.runs import RunRecord, read_run, write_run
 from moderation.schemas import DIFF_SAMPLES_SCHEMA, DIFFS_SCHEMA, VIOLATIONS_SCHEMA
 from tests.conftest import POLICY_V1, POLICY_V2
 from tests.test_decide import scores
@@ -39,8 +39,8 @@ def decided(lake: Lake, version: int, rows: list[dict], *, policy_id: str = "P",
              "severity": "high", "run_id": run_id, "decided_at": T0, **r} for r in rows]
     lake.replace_violations(pa.Table.from_pylist(full, schema=VIOLATIONS_SCHEMA), policy_id=policy_id,
                             policy_version=version, run_id=run_id)
-    lake.upsert_run(run_row(run_id=run_id, kind="decide", status=status, policy_id=policy_id,
-                            policy_version=version, started_at=T0, ended_at=T0))
+    write_run(lake, RunRecord(run_id=run_id, kind="decide", status=status, policy_id=policy_id,
+                              policy_version=version, started_at=T0, ended_at=T0))
     return run_id
 
 
@@ -110,10 +110,10 @@ def test_every_change_kind(two_versions):
     assert result.counts == {"newly_violating": 2, "cleared": 2, "action_changed": 1, "newly_review": 1,
                              "review_cleared": 1}
     assert result.diff_rows == 7 and result.items == 7
-    run = lake.get_run("diff-1")
-    assert (run["kind"], run["status"], run["policy_id"], run["from_version"], run["policy_version"],
-            run["diff_rows"]) == ("diff", "succeeded", "P", 1, 2, 7)
-    assert run["code_version"] and run["started_at"] <= run["ended_at"]
+    run = read_run(lake, "diff-1")
+    assert (run.kind, run.status, run.policy_id, run.from_version, run.policy_version,
+            run.diff_rows) == ("diff", "succeeded", "P", 1, 2, 7)
+    assert run.code_version and run.started_at <= run.ended_at
 
 
 def test_summary_breakdowns(two_versions):

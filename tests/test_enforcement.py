@@ -16,6 +16,7 @@ from moderation.enforcement import app_id, run_enforce
 from moderation.errors import ModerationError
 from moderation.lake import Lake
 from moderation.lifecycle import run_promote
+from moderation.runs import read_run
 from tests.conftest import POLICY_V1
 from tests.test_markets import LOW, T0, score_row, scores_table
 
@@ -93,8 +94,8 @@ def test_export_rows_per_market(lake, policies):
     assert {r["decide_run_id"] for r in rows.values()} == {decide_run}
     assert {(r["policy_id"], r["policy_version"], r["run_id"]) for r in rows.values()} == {(PID, 4, result.run_id)}
     assert (result.rows, result.inserted, result.updated, result.deleted) == (7, 7, 0, 0)
-    run = lake.get_run(result.run_id)
-    assert (run["kind"], run["status"], run["enforcement_rows"]) == ("enforce", "succeeded", 7)
+    run = read_run(lake, result.run_id)
+    assert (run.kind, run.status, run.enforcement_rows) == ("enforce", "succeeded", 7)
     table = lake.open("enforcement")
     assert table.metadata().configuration.get("delta.enableChangeDataFeed") == "true"
     assert table.transaction_version(app_id(PID, 4)) == lake.version("violations") == result.violations_version

@@ -36,6 +36,7 @@ from moderation.evaluation.metrics import (
     weighted_metrics,
 )
 from moderation.lake import Lake
+from moderation.runs import RunRecord, read_run, write_run
 from tests.conftest import POLICY_V1
 
 SMALL = 90  # examples of the small dataset cut from HateXplain test at run time
@@ -323,14 +324,14 @@ def test_gate_blocks_a_worse_candidate_and_force_is_recorded(env, tmp_path, data
     with pytest.raises(GateBlocked, match="recall"):
         run_backfill(catalog_uri=catalog.uri, lake_root=lake.root, policy_path=policies / "v5.yaml",
                      run_id="cand-1", profile_path=profile, progress=False)
-    blocked = lake.get_run("cand-1")
-    assert blocked["status"] == "blocked" and blocked["gate_status"] == "blocked"
-    assert json.loads(blocked["gate_detail"])["drops"] and not lake.exists("scores")
+    blocked = read_run(lake, "cand-1")
+    assert blocked.status == "blocked" and blocked.gate_status == "blocked"
+    assert json.loads(blocked.gate_detail)["drops"] and not lake.exists("scores")
     forced = run_backfill(catalog_uri=catalog.uri, lake_root=lake.root, policy_path=policies / "v5.yaml",
                           run_id="cand-2", profile_path=profile, progress=False, force=True)
     assert forced.status == "succeeded"
-    row = lake.get_run("cand-2")
-    assert row["gate_status"] == "overridden" and row["forced"] is True and row["status"] == "succeeded"
+    row = read_run(lake, "cand-2")
+    assert row.gate_status == "overridden" and row.forced is True and row.status == "succeeded"
     listed = cli("runs", "list", "--lake", lake.root)
     assert "cand-1" in listed and "blocked" in listed
 
@@ -411,8 +412,6 @@ def test_calibrate_a_candidate_model_swaps_it_into_the_new_version(env, tmp_path
 
 
 def test_gate_holes_model_digest_change_unloadable_live_version_and_nothing_comparable(tmp_path):
-    from moderation.runinfo import run_row
-
     lake = Lake(str(tmp_path / "lake"))
     ds.write_dataset(lake, "tiny", pa.table({"example_id": ["a", "b"], "text": ["x", "y"],
                                              "label_hate": pa.array([1, 0], pa.int8())}))
@@ -425,9 +424,9 @@ def test_gate_holes_model_digest_change_unloadable_live_version_and_nothing_comp
 
     # The live version scored with an older digest of the same model id: the "same" policy file is
     # a different candidate, and the old digest cannot be evaluated any more.
-    lake.upsert_run(run_row(run_id="old", kind="backfill", status="succeeded", policy_id="catalog-safety",
-                            policy_version=1, policy_hash=live.content_hash, model_ids=["text-minilm-heads-v1"],
-                            model_digests=["0" * 64]))
+    write_run(lake, RunRecord(run_id="old", kind="backfill", status="succeeded", policy_id="catalog-safety",
+                              policy_version=1, policy_hash=live.content_hash, model_ids=["text-minilm-heads-v1"],
+                              model_digests=["0" * 64]))
     gate = check_gate(lake, live, registry, config=config)
     assert gate.status == "blocked" and set(gate.changed) == {"hate", "harassment", "spam"}
     assert any("no longer holds" in r for r in gate.reasons)

@@ -18,6 +18,7 @@ from deltalake import DeltaTable
 from moderation.lake import ChunkFenced, Lake
 from moderation.lease import LeaseHeld, RunLease
 from moderation.results import utcnow
+from moderation.runs import RunRecord, read_run, write_run
 from moderation.schemas import QUARANTINE_SCHEMA
 
 
@@ -339,7 +340,6 @@ def test_a_reworded_description_never_breaks_a_lake_written_before(tmp_path):
     from deltalake import DeltaTable, write_deltalake
 
     from moderation.decide import run_decide
-    from moderation.runinfo import run_row
     from moderation.schemas import COMMENT, RUNS_SCHEMA, VIOLATIONS_SCHEMA
     from tests.conftest import POLICY_V1
     from tests.test_decide import T0, scores
@@ -348,10 +348,10 @@ def test_a_reworded_description_never_breaks_a_lake_written_before(tmp_path):
         return pa.schema([f.with_metadata({COMMENT: "an older wording"}) if f.name == name else f for f in schema])
 
     lake = Lake(str(tmp_path))
-    write_deltalake(lake.uri("runs"), pa.Table.from_pylist([run_row(run_id="a", kind="backfill", status="running")],
-                                                           schema=RUNS_SCHEMA).cast(older(RUNS_SCHEMA, "kind")))
-    lake.upsert_run(run_row(run_id="a", kind="backfill", status="succeeded"))
-    assert lake.get_run("a")["status"] == "succeeded"
+    first = RunRecord(run_id="a", kind="backfill", status="running").to_row()
+    write_deltalake(lake.uri("runs"), pa.Table.from_pylist([first], schema=RUNS_SCHEMA).cast(older(RUNS_SCHEMA, "kind")))
+    write_run(lake, RunRecord(run_id="a", kind="backfill", status="succeeded"))
+    assert read_run(lake, "a").status == "succeeded"
     write_deltalake(lake.uri("violations"), VIOLATIONS_SCHEMA.empty_table().cast(older(VIOLATIONS_SCHEMA, "score")),
                     partition_by=["policy_id", "policy_version"])
     lake.append_chunk("scores", scores([("x", {"hate": 0.95, "harassment": 0.1, "spam": 0.1}, False, T0)]),

@@ -16,7 +16,7 @@ from moderation.errors import ModerationError
 from moderation.lake import Lake
 from moderation.lifecycle import effective_status, live_version, run_promote
 from moderation.results import utcnow
-from moderation.runinfo import run_row
+from moderation.runs import RunRecord, read_run, write_run
 from tests.conftest import POLICY_V1
 from tests.test_markets import LOW, score_row, scores_table
 
@@ -43,15 +43,15 @@ def lake(tmp_path) -> Lake:
 
 def promote_row(lake: Lake, version: int, to: str, n: int) -> None:
     when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=n)
-    lake.upsert_run(run_row(run_id=f"promote-{n}", kind="promote", status="succeeded", policy_id=PID,
-                            policy_version=version, started_at=when, ended_at=when, promoted_to=to))
+    write_run(lake, RunRecord(run_id=f"promote-{n}", kind="promote", status="succeeded", policy_id=PID,
+                              policy_version=version, started_at=when, ended_at=when, promoted_to=to))
 
 
 def diff_row(lake: Lake, from_version: int, to_version: int, run_id: str = "diff-1") -> None:
     """What moderation/diff.py records for a succeeded diff."""
     now = utcnow()
-    lake.upsert_run(run_row(run_id=run_id, kind="diff", status="succeeded", policy_id=PID, policy_version=to_version,
-                            from_version=from_version, diff_rows=1, started_at=now, ended_at=now))
+    write_run(lake, RunRecord(run_id=run_id, kind="diff", status="succeeded", policy_id=PID, policy_version=to_version,
+                              from_version=from_version, diff_rows=1, started_at=now, ended_at=now))
 
 
 def statuses(lake: Lake) -> dict[int, set[str]]:
@@ -75,16 +75,16 @@ def test_effective_status_follows_promote_runs(lake):
         1: "retired", 2: "retired", 3: "live", 4: "draft"}
     assert live_version(lake, PID, declared) == 3
     assert effective_status(lake, "other-policy", 1, "shadow") == "shadow"  # other policies untouched
-    lake.upsert_run(run_row(run_id="promote-9", kind="promote", status="running", policy_id=PID, policy_version=4,
-                            promoted_to="live"))
+    write_run(lake, RunRecord(run_id="promote-9", kind="promote", status="running", policy_id=PID, policy_version=4,
+                              promoted_to="live"))
     assert effective_status(lake, PID, 4, "draft") == "draft"  # unfinished promotions do not count
 
 
 def test_promote_runs_recorded_before_promoted_to_still_count(lake):
     """Promote runs written before runs had promoted_to kept their target in change_source."""
     when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-    lake.upsert_run(run_row(run_id="promote-old", kind="promote", status="succeeded", policy_id=PID, policy_version=2,
-                            started_at=when, ended_at=when, change_source="live"))
+    write_run(lake, RunRecord(run_id="promote-old", kind="promote", status="succeeded", policy_id=PID, policy_version=2,
+                              started_at=when, ended_at=when, change_source="live"))
     declared = {1: "live", 2: "shadow"}
     assert {v: effective_status(lake, PID, v, s) for v, s in declared.items()} == {1: "retired", 2: "live"}
     promote_row(lake, 1, "live", 1)  # a later promote, recorded in promoted_to
@@ -127,10 +127,10 @@ def test_promote_to_live_needs_a_decide_and_a_diff_with_the_live_version(lake, p
     result = run_promote(lake_root=lake.root, policy_path=v2)
     assert (result.to, result.from_version, result.forced, result.noop) == ("live", 1, False, False)
     assert "v2 is now live (replacing v1, now retired)" in result.summary()
-    run = lake.get_run(result.run_id)
-    assert (run["kind"], run["status"], run["policy_version"], run["from_version"], run["forced"]) == (
+    run = read_run(lake, result.run_id)
+    assert (run.kind, run.status, run.policy_version, run.from_version, run.forced) == (
         "promote", "succeeded", 2, 1, False)
-    assert run["promoted_to"] == "live" and run["change_source"] is None and run["policy_path"] == str(v2) and run["policy_hash"]
+    assert run.promoted_to == "live" and run.change_source is None and run.policy_path == str(v2) and run.policy_hash
     assert statuses(lake) == {1: {"retired"}, 2: {"live"}}
     assert result.restamped_rows == lake.read("violations").num_rows
     # The next decides stamp the effective status too.
@@ -149,8 +149,8 @@ def test_force_skips_the_checks_and_is_recorded(lake, policies):
         run_promote(lake_root=lake.root, policy_path=policies / "v4.yaml")
     result = run_promote(lake_root=lake.root, policy_path=policies / "v4.yaml", force=True)
     assert result.forced and "FORCED" in result.summary()
-    run = lake.get_run(result.run_id)
-    assert run["forced"] is True and run["from_version"] == 1
+    run = read_run(lake, result.run_id)
+    assert run.forced is True and run.from_version == 1
     assert statuses(lake) == {1: {"retired"}}  # v4 has no rows yet
     assert run_decide(lake_root=lake.root, policy_path=policies / "v4.yaml").policy_status == "live"
     assert statuses(lake) == {1: {"retired"}, 4: {"live"}}
@@ -180,8 +180,8 @@ def test_a_used_version_is_immutable(lake, policies):
     msg = str(e.value)
     following = max(int(p.stem[1:]) for p in policies.glob("v*.yaml")) + 1  # the next free version number
     assert str(path) in msg and first.run_id in msg and "immutable once used" in msg and f"version: {following}" in msg
-    run = lake.get_run(first.run_id)
-    assert run["policy_hash"][:12] in msg
+    run = read_run(lake, first.run_id)
+    assert run.policy_hash[:12] in msg
     for call in (run_promote, run_enforce):
         with pytest.raises(ModerationError, match="immutable once used"):
             call(lake_root=lake.root, policy_path=path, **({"force": True} if call is run_promote else {}))

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from moderation.cli import app
 from moderation.lake import Lake
+from moderation.runs import read_run
 from tests.conftest import POLICY_V1, POLICY_V2
 from tests.test_decide import scores
 
@@ -63,9 +64,9 @@ def test_decide_diff_promote_enforce(lake):
     assert set(samples.column("item_id").to_pylist()) == {"a", "c"}
 
     cli("policy", "promote", "--lake", root, "--policy", POLICY_V2, "--run-id", "p2")
-    promote = lake.get_run("p2")
-    assert promote["kind"] == "promote" and promote["promoted_to"] == "live" and promote["from_version"] == 1
-    assert not promote["forced"]
+    promote = read_run(lake, "p2")
+    assert promote.kind == "promote" and promote.promoted_to == "live" and promote.from_version == 1
+    assert not promote.forced
     status = cli("policy", "status", "--lake", root, "--policy", POLICY_V1)
     assert "catalog-safety v1: retired" in status and "catalog-safety v2: live" in status
     stamps = {(r["policy_version"], r["policy_status"]) for r in lake.read("violations").to_pylist()}
@@ -87,7 +88,7 @@ def test_decide_diff_promote_enforce(lake):
         assert kind in listing
     assert cli("runs", "list", "--lake", root, "--kind", "promote").count("p2") == 1
     shown = cli("runs", "show", "d2", "--lake", root)
-    assert lake.get_run("d2")["policy_hash"][:12] in shown and "moderation decide" in shown
+    assert read_run(lake, "d2").policy_hash[:12] in shown and "moderation decide" in shown
 
 
 def test_an_edited_policy_version_is_refused_once_used(lake, tmp_path):

@@ -31,6 +31,7 @@ from moderation.classifiers.windows import (
 )
 from moderation.config import RunProfile, load_model_registry
 from moderation.results import split_results
+from moderation.runs import RunRecord, write_run
 
 PLANTED_SENTENCES = (
     "Muslims are filthy terrorists and every one of them should be thrown out of this country.",
@@ -235,7 +236,6 @@ def test_a_rescan_rescores_pairs_cut_by_a_lower_limit(tmp_path, spec, transcript
     from moderation.catalog import open_catalog
     from moderation.lake import Lake
     from moderation.rescan import pinned_versions, plan_rescan
-    from moderation.runinfo import run_row
     from moderation.schemas import CATALOG_SCHEMA
 
     catalog = str(tmp_path / "catalog")
@@ -245,9 +245,9 @@ def test_a_rescan_rescores_pairs_cut_by_a_lower_limit(tmp_path, spec, transcript
         schema=CATALOG_SCHEMA), configuration={"delta.enableChangeDataFeed": "true"})
     lake = Lake(str(tmp_path / "lake"))
     now = dt.datetime.now(dt.timezone.utc)
-    lake.upsert_run(run_row(run_id="base", kind="backfill", status="succeeded", catalog_uri=catalog, catalog_version=0,
-                            model_ids=[spec.model_id], model_digests=[spec.digest], max_item_words=1_000,
-                            started_at=now, ended_at=now))
+    write_run(lake, RunRecord(run_id="base", kind="backfill", status="succeeded", catalog_uri=catalog,
+                              catalog_version=0, model_ids=[spec.model_id], model_digests=[spec.digest],
+                              max_item_words=1_000, started_at=now, ended_at=now))
     low = MiniLMHeadsClassifier(spec, context=RunContext(max_item_words=1_000))
     rows = low.preprocess(_rows(item_id=list(items), title=["T", "T"], body_text=list(items.values())))
     fake = rows.append_column("category_scores", pa.array([[("hate", 0.1)]] * 2, pa.map_(pa.string(), pa.float32())))
@@ -385,7 +385,9 @@ def test_a_run_scores_with_the_profile_windowing_and_a_resume_keeps_its_own():
     legacy = run_models(registry, ids, windowing="legacy")
     assert [m.digest for m in tokens] == [registry[m].digest for m in ids]
     assert legacy[0].preprocessing["windowing"] == "legacy" and legacy[1] is registry[ids[1]]
-    started_legacy = {"model_digests": [m.digest for m in legacy]}
-    assert [m.digest for m in run_models(registry, ids, windowing="tokens", existing=started_legacy)] == \
+    def started(models) -> RunRecord:
+        return RunRecord(run_id="r", kind="backfill", status="running", model_digests=[m.digest for m in models])
+
+    assert [m.digest for m in run_models(registry, ids, windowing="tokens", existing=started(legacy))] == \
         [m.digest for m in legacy]
-    assert run_models(registry, ids, windowing="legacy", existing={"model_digests": [m.digest for m in tokens]}) == tokens
+    assert run_models(registry, ids, windowing="legacy", existing=started(tokens)) == tokens

@@ -17,6 +17,7 @@ from moderation.backfill import run_accounting, run_backfill
 from moderation.config import default_conf_dir
 from moderation.decide import run_decide
 from moderation.lake import Lake
+from moderation.runs import read_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 POLICY_V3 = default_conf_dir() / "policies" / "catalog-safety" / "v3.yaml"
@@ -75,7 +76,7 @@ def test_text_and_image_backfill(ray_local, data_dir, tmp_path):
     # it06/it07 lost their image but their text was still scored.
     text_ids = set(s.filter(pc.field("modality") == "text").column("item_id").to_pylist())
     assert {"it06", "it07"} <= text_ids
-    assert lake.get_run("mm")["hash_bank_version"] == 0
+    assert read_run(lake, "mm").hash_bank_version == 0
 
     d = run_decide(lake_root=lake.root, policy_path=POLICY_V3)
     assert d.items == n

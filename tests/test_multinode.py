@@ -36,6 +36,7 @@ import yaml
 from moderation.backfill import run_accounting
 from moderation.config import default_conf_dir
 from moderation.lake import Lake, storage_options
+from moderation.runs import RunRecord, read_run
 from tests.ray_start import RayStartCluster
 from tests.s3_server import SeaweedS3
 
@@ -173,11 +174,11 @@ def _assert_same_scores(got: dict, want: dict) -> None:
             assert g_cats[c] == pytest.approx(v, abs=1e-4), (key, c)
 
 
-def _assert_accounted(lake: Lake, run_id: str) -> dict:
-    run = lake.get_run(run_id)
+def _assert_accounted(lake: Lake, run_id: str) -> RunRecord:
+    run = read_run(lake, run_id)
     scored, quarantined, dupes = run_accounting(lake, run_id)
-    assert run["status"] == "succeeded", run
-    assert dupes == 0 and scored + quarantined == run["selected_pairs"], (scored, quarantined, run)
+    assert run.status == "succeeded", run
+    assert dupes == 0 and scored + quarantined == run.selected_pairs, (scored, quarantined, run)
     return run
 
 
@@ -197,10 +198,10 @@ def test_submitted_v3_backfill_runs_on_the_worker_nodes(env, single_node):
     lake = env["lake"]
     run = _assert_accounted(lake, "multi")
     # text for 12 items; 3 image models (OCR, open_nsfw, PDQ) for 5 covers; audio for 3 clips.
-    assert run["selected_pairs"] == ITEMS + 3 * 5 + 3
+    assert run.selected_pairs == ITEMS + 3 * 5 + 3
     # A lake with no evaluation datasets: the gate compares nothing and lets the draft run
     # (with evaluations that block it, docs/deployment.md's command needs --force, recorded in runs).
-    assert run["gate_status"] == "not_configured" and not run["forced"], run
+    assert run.gate_status == "not_configured" and not run.forced, run
     ips = _node_ips(env)
     actors = _score_actors(env)
     assert actors, "no scoring actor in Ray's state API"

@@ -32,7 +32,7 @@ from moderation.diff import run_diff
 from moderation.errors import LakeError
 from moderation.lake import Lake
 from moderation.query import QueryError, check_read_only, format_rows, lake_tables, pin_lake, view_name
-from moderation.runinfo import run_row
+from moderation.runs import RunRecord, write_run
 from moderation.schemas import QUARANTINE_SCHEMA, SCORES_SCHEMA
 from tests.conftest import POLICY_V1, POLICY_V2
 
@@ -95,9 +95,9 @@ def build_query_lake(root: Path) -> Lake:
             "stage": "decode", "reason": "media_unreadable", "detail": "truncated JPEG", "quarantined_at": when,
             "content_hash": f"q-{run_id}",
         })
-        lake.upsert_run(run_row(run_id=run_id, kind="backfill", status="succeeded", policy_id="catalog-safety",
-                                policy_version=1, selected_pairs=items.num_rows + 1, scored_pairs=items.num_rows,
-                                quarantined_pairs=1, started_at=when - dt.timedelta(minutes=5), ended_at=when))
+        write_run(lake, RunRecord(run_id=run_id, kind="backfill", status="succeeded", policy_id="catalog-safety",
+                                  policy_version=1, selected_pairs=items.num_rows + 1, scored_pairs=items.num_rows,
+                                  quarantined_pairs=1, started_at=when - dt.timedelta(minutes=5), ended_at=when))
     lake.append_chunk("quarantine", pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA),
                       app_id="quarantine", version=0)
     run_decide(lake_root=lake.root, policy_path=POLICY_V1, run_id="decide-v1")

@@ -13,6 +13,7 @@ import pytest
 
 from moderation.errors import ClusterError
 from moderation.pipeline import ensure_ray
+from moderation.runs import RunRecord
 from tests.conftest import POLICY_V1
 from tests.ray_start import RayStartCluster
 
@@ -159,9 +160,9 @@ def test_a_running_ray_start_cluster_is_ignored_without_an_address_and_joined_wi
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "started a private local Ray" in r.stderr and "ValueError" not in r.stderr
-    (run,) = Lake(str(lake)).read("runs").to_pylist()
-    assert run["status"] == "succeeded"
-    assert run["selected_pairs"] == run["scored_pairs"] + run["quarantined_pairs"] == 12
+    (run,) = map(RunRecord.from_row, Lake(str(lake)).read("runs").to_pylist())
+    assert run.status == "succeeded"
+    assert run.selected_pairs == run.scored_pairs + run.quarantined_pairs == 12
 
     # RAY_ADDRESS=auto: the `ray start` cluster, joined without object_store_memory (the same
     # ensure_ray as a backfill's, through the cheapest command that runs a task on the cluster).

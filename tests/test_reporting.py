@@ -18,6 +18,7 @@ from moderation.reporting import (
     spark_schema,
     violation_rates,
 )
+from moderation.runs import RunRecord, write_run
 from moderation.schemas import (
     RUNS_SCHEMA,
     SCORES_SCHEMA,
@@ -442,16 +443,14 @@ def race_lake(root) -> Lake:
 def second_decide(lake: Lake, *, record: bool = True) -> None:
     """A newer decide of P v1 over a newer scores version (d added): flags b, c and d instead of a.
     ``record=False``: it replaces the violations but dies before its runs row."""
-    from moderation.runinfo import run_row
-
     append(lake, "scores", [score("d", scored_at=T0 + HOUR, run_id="backfill-2")])
     rows = pa.Table.from_pylist([violation("P", 1, i, "hate", "violation", run_id="decide-2") for i in "bcd"],
                                 schema=VIOLATIONS_SCHEMA)
     lake.replace_violations(rows, policy_id="P", policy_version=1, run_id="decide-2")
     if record:
-        lake.upsert_run(run_row(**decide_run("decide-2", "P", 1, categories=["hate"], model_ids=["m1"],
-                                             scores_version=lake.version("scores"), ended_at=T0 + 2 * HOUR,
-                                             violation_rows=3)))
+        write_run(lake, RunRecord(**decide_run("decide-2", "P", 1, categories=["hate"], model_ids=["m1"],
+                                               scores_version=lake.version("scores"), ended_at=T0 + 2 * HOUR,
+                                               violation_rows=3)))
 
 
 def test_a_decide_committing_during_the_report_changes_nothing_in_it(spark, tmp_path, monkeypatch):

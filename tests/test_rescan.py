@@ -24,6 +24,7 @@ from moderation.decide import run_decide
 from moderation.demo import build_demo_table
 from moderation.lake import Lake
 from moderation.rescan import pinned_versions, plan_rescan, run_rescan
+from moderation.runs import read_run
 from tests.conftest import POLICY_V1
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -127,15 +128,15 @@ def test_rescan_scores_exactly_the_changed_pairs_and_records_removals(env):
                                    str(POLICY_V1), "--profile", str(env["profile"]), "--run-id", "rescan-1"])
     assert out.exit_code == 0, out.output
     assert "changes found by cdf since run base" in out.output
-    run = lake.get_run("rescan-1")
-    assert run["kind"] == "rescan" and run["status"] == "succeeded" and run["change_source"] == "cdf"
+    run = read_run(lake, "rescan-1")
+    assert run.kind == "rescan" and run.status == "succeeded" and run.change_source == "cdf"
     # Accounting invariant of re-scans: changed pairs = new scores rows + quarantine rows.
     scored, quarantined, dupes = run_accounting(lake, "rescan-1")
-    assert run["selected_pairs"] == len(expected) == scored + quarantined and dupes == 0
+    assert run.selected_pairs == len(expected) == scored + quarantined and dupes == 0
     rows = lake.read("scores", filter=pc.field("run_id") == "rescan-1")
     q = lake.read("quarantine", filter=pc.field("run_id") == "rescan-1")
     assert sorted(rows.column("item_id").to_pylist() + q.column("item_id").to_pylist()) == expected
-    assert run["removed_pairs"] == len(deleted) and run["unchanged_pairs"] == ITEMS - len(deleted) - len(edited) - 2
+    assert run.removed_pairs == len(deleted) and run.unchanged_pairs == ITEMS - len(deleted) - len(edited) - 2
     # The re-scored item carries its new markets, which decide reads.
     assert sorted(rows.filter(pc.equal(rows.column("item_id"), relabelled)).column("markets")[0].as_py()) == \
         ["NO", "SE", "US"]
@@ -159,7 +160,7 @@ def test_next_decide_retires_the_removed_items(env):
     run_decide(lake_root=lake.root, policy_path=POLICY_V1, run_id="decide-after-rescan")
     after = lake.read("violations")
     assert not set(deleted) & set(after.column("item_id").to_pylist())
-    assert lake.get_run("decide-after-rescan")["retired_rows"] == before.num_rows
+    assert read_run(lake, "decide-after-rescan").retired_rows == before.num_rows
     # Items still in the catalog keep their violations.
     kept = env["violating"] - set(deleted)
     flagged = set(after.filter(pc.equal(after.column("decision"), "violation")).column("item_id").to_pylist())
@@ -234,8 +235,8 @@ def test_killed_rescan_resumes_with_the_same_selection(env):
     assert 0 < partial < len(edited)
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    run = lake.get_run("killed")
-    assert run["status"] == "succeeded" and run["selected_pairs"] == len(edited)
+    run = read_run(lake, "killed")
+    assert run.status == "succeeded" and run.selected_pairs == len(edited)
     scored, quarantined, dupes = run_accounting(lake, "killed")
     assert scored + quarantined == len(edited) and dupes == 0
     removals = lake.read("removals", filter=pc.field("run_id") == "killed")
@@ -261,7 +262,7 @@ def test_a_past_run_is_reproduced_from_its_runs_row(env, tmp_path):
     out = CliRunner().invoke(app, [*args, "--run-id", "replay"])
     assert out.exit_code == 0, out.output
     replay = Lake(str(tmp_path / "replay"))
-    assert replay.get_run("replay")["catalog_version"] == 0
+    assert read_run(replay, "replay").catalog_version == 0
     cols = ["item_id", "content_hash", "category_scores"]
     old = {r["item_id"]: r for r in lake.read("scores", filter=pc.field("run_id") == "base", columns=cols).to_pylist()}
     new = {r["item_id"]: r for r in replay.read("scores", columns=cols).to_pylist()}

@@ -125,7 +125,7 @@ def test_a_change_feed_plan_is_the_same_whatever_the_buckets(tmp_path):
     baseline's buckets before the catalog is read) go into the catalog side's buckets."""
     from deltalake import DeltaTable
 
-    from moderation.runinfo import run_row
+    from moderation.runs import RunRecord, write_run
 
     lake, ids = _mixed_lake(tmp_path)
     (m,) = _models()
@@ -133,8 +133,8 @@ def test_a_change_feed_plan_is_the_same_whatever_the_buckets(tmp_path):
     write_deltalake(str(catalog), pa.Table.from_pylist(_rows(ids), schema=CATALOG_SCHEMA),
                     configuration={"delta.enableChangeDataFeed": "true"})
     uri = open_catalog(str(catalog)).uri
-    lake.upsert_run(run_row(run_id="base", kind="backfill", status="succeeded", catalog_uri=uri, catalog_version=0,
-                            model_ids=[m.model_id], model_digests=[m.digest], started_at=T0, ended_at=T0))
+    write_run(lake, RunRecord(run_id="base", kind="backfill", status="succeeded", catalog_uri=uri, catalog_version=0,
+                              model_ids=(m.model_id,), model_digests=(m.digest,), started_at=T0, ended_at=T0))
     table = DeltaTable(str(catalog))
     table.update(predicate="item_id = 'i001'", updates={"title": "'a new title'"})
     table.delete("item_id = 'i003'")

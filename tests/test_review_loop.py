@@ -15,6 +15,7 @@ from moderation.evaluation.datasets import DatasetError, read_dataset
 from moderation.evaluation.labels import import_labels, labels_to_dataset, latest_labels
 from moderation.evaluation.queue import build_review_queue
 from moderation.lake import Lake
+from moderation.runs import RunRecord, read_run
 from moderation.schemas import REMOVALS_SCHEMA, SCORES_SCHEMA
 from tests.conftest import POLICY_V1
 
@@ -89,8 +90,8 @@ def test_import_labels_maps_decisions_and_appeals_and_is_idempotent(tmp_path):
     r2 = import_labels(lake, f2)
     assert (r2.written, r2.already_present, r2.already_imported) == (1, 5, False)
     assert lake.version("labels") == version + 1 and lake.read("labels").num_rows == 6
-    runs = lake.read("runs", filter=pc.field("kind") == "labels_import").to_pylist()
-    assert {x["run_id"]: (x["status"], x["scored_pairs"]) for x in runs} == {
+    runs = map(RunRecord.from_row, lake.read("runs", filter=pc.field("kind") == "labels_import").to_pylist())
+    assert {x.run_id: (x.status, x.scored_pairs) for x in runs} == {
         r.import_id: ("succeeded", 5), again.import_id: ("succeeded", 0), r2.import_id: ("succeeded", 1)}
     assert "written" in r.summary() and "already imported" in again.summary()
 
@@ -202,8 +203,8 @@ def test_review_queue_samples_the_band_by_stratum_plus_a_disjoint_audit(scored_l
     assert Counter(r["item_id"] for r in audit) == dict.fromkeys(audited, 3)
     assert {r["stratum"] for r in audit} == {"audit"} and not audited & {"removed", "stale"}
     assert {r["stratum_size"] for r in audit} == {q.audit_candidates} == {75 + 1 - 25}
-    run = lake.get_run("q1")
-    assert run["kind"] == "review_queue" and run["status"] == "succeeded" and run["selected_pairs"] == len(rows)
+    run = read_run(lake, "q1")
+    assert run.kind == "review_queue" and run.status == "succeeded" and run.selected_pairs == len(rows)
     assert "hate/language=en" in q.summary()
 
     # Deterministic for a seed; the same queue id writes nothing; another seed samples otherwise.
@@ -322,6 +323,6 @@ def test_a_failed_labels_import_stores_its_error_masked(tmp_path, monkeypatch):
     monkeypatch.setattr(Lake, "append_chunk", failing)
     with pytest.raises(OSError):
         import_labels(lake, write_csv(tmp_path / "l.csv", LABELS_1), import_id="imp-1")
-    error = lake.get_run("imp-1")["error"]
+    error = read_run(lake, "imp-1").error
     assert "PUT refused" in error and "***" in error
     assert secret not in error and "AKIAIOSFODNN7EXAMPLE" not in error

@@ -1,6 +1,6 @@
 """moderation.runs: listing runs, showing one, and its reproducibility checks.
 
-No Ray: runs rows are written directly with ``Lake.upsert_run``, the catalog is a tiny real
+No Ray: runs rows are written directly with ``write_run``, the catalog is a tiny real
 Delta table with two versions in tmp_path.
 """
 
@@ -25,10 +25,10 @@ from moderation.config import (
 )
 from moderation.errors import ModerationError
 from moderation.lake import Lake
-from moderation.runinfo import run_row
 from moderation.runs import (
     GROUPS,
     Check,
+    RunRecord,
     RunReport,
     find_policy_file,
     format_runs,
@@ -36,6 +36,7 @@ from moderation.runs import (
     reproduce_command,
     reproducibility,
     show_run,
+    write_run,
 )
 from moderation.schemas import RUNS_SCHEMA
 
@@ -65,10 +66,10 @@ def lake(tmp_path: Path) -> Lake:
     return Lake(str(tmp_path / "lake"))
 
 
-def backfill_row(registry, catalog: str, policy_path: Path = POLICY_V1, **over) -> dict:
+def backfill_row(registry, catalog: str, policy_path: Path = POLICY_V1, **over) -> RunRecord:
     loaded = load_policy(policy_path, registry)
     models = [registry[m] for m in loaded.policy.models]
-    fields: dict = dict(  # noqa: C408 - keyword form reads like run_row's
+    fields: dict = dict(  # noqa: C408 - keyword form reads like RunRecord's
         run_id="backfill-20240501T120000Z-aaaaaa", kind="backfill", status="succeeded", catalog_uri=catalog,
         catalog_version=0, where_expr="item_type = 'track'", item_limit=100, policy_id=loaded.policy.policy_id,
         policy_version=loaded.policy.version, policy_hash=loaded.content_hash, policy_path=str(policy_path),
@@ -79,13 +80,13 @@ def backfill_row(registry, catalog: str, policy_path: Path = POLICY_V1, **over) 
         started_at=T0, ended_at=T0 + dt.timedelta(seconds=83),
     )
     fields.update(over)
-    return run_row(**fields)
+    return RunRecord(**fields)
 
 
-def decide_row(registry, **over) -> dict:
+def decide_row(registry, **over) -> RunRecord:
     loaded = load_policy(POLICY_V1, registry)
     models = [registry[m] for m in loaded.policy.models]
-    fields: dict = dict(  # noqa: C408 - keyword form reads like run_row's
+    fields: dict = dict(  # noqa: C408 - keyword form reads like RunRecord's
         run_id="decide-20240501T130000Z-bbbbbb", kind="decide", status="succeeded",
         policy_id=loaded.policy.policy_id, policy_version=loaded.policy.version, policy_hash=loaded.content_hash,
         model_ids=[m.model_id for m in models], model_digests=[m.digest for m in models],
@@ -93,7 +94,7 @@ def decide_row(registry, **over) -> dict:
         started_at=T0 + dt.timedelta(hours=1), ended_at=T0 + dt.timedelta(hours=1, seconds=2),
     )
     fields.update(over)
-    return run_row(**fields)
+    return RunRecord(**fields)
 
 
 def names(table: pa.Table) -> list[str]:
@@ -106,12 +107,12 @@ def names(table: pa.Table) -> list[str]:
 
 
 def test_list_runs_newest_first_with_filters_and_limit(lake, registry, catalog):
-    lake.upsert_run(backfill_row(registry, catalog, run_id="b-old", started_at=T0))
-    lake.upsert_run(decide_row(registry, run_id="d-mid", started_at=T0 + dt.timedelta(hours=1)))
+    write_run(lake, backfill_row(registry, catalog, run_id="b-old", started_at=T0))
+    write_run(lake, decide_row(registry, run_id="d-mid", started_at=T0 + dt.timedelta(hours=1)))
     # Same start time: run_id breaks the tie (descending).
-    lake.upsert_run(decide_row(registry, run_id="d-new-a", status="failed", started_at=T0 + dt.timedelta(hours=2)))
-    lake.upsert_run(decide_row(registry, run_id="d-new-b", started_at=T0 + dt.timedelta(hours=2)))
-    lake.upsert_run(run_row(run_id="x-nostart", kind="promote", status="running", policy_id="other-policy"))
+    write_run(lake, decide_row(registry, run_id="d-new-a", status="failed", started_at=T0 + dt.timedelta(hours=2)))
+    write_run(lake, decide_row(registry, run_id="d-new-b", started_at=T0 + dt.timedelta(hours=2)))
+    write_run(lake, RunRecord(run_id="x-nostart", kind="promote", status="running", policy_id="other-policy"))
 
     assert names(list_runs(lake)) == ["d-new-b", "d-new-a", "d-mid", "b-old", "x-nostart"]
     assert names(list_runs(lake, kind="decide")) == ["d-new-b", "d-new-a", "d-mid"]
@@ -142,15 +143,15 @@ def test_list_runs_reads_a_runs_table_that_predates_newer_columns(lake, catalog)
     assert table.column("policy_path").to_pylist() == [None]
     assert "old-run" in format_runs(table)
     report = show_run(lake, "old-run")
-    assert report.run["policy_path"] is None
+    assert report.run.policy_path is None
     assert "policy file" not in report.format()  # no policy hash recorded: no policy check
 
 
 def test_format_runs_is_aligned_and_says_what_each_kind_did(lake, registry, catalog):
-    lake.upsert_run(backfill_row(registry, catalog))
-    lake.upsert_run(decide_row(registry))
-    lake.upsert_run(run_row(run_id="diff-1", kind="diff", status="failed", policy_id="catalog-safety",
-                            policy_version=2, from_version=1, diff_rows=7, started_at=T0 + dt.timedelta(hours=3)))
+    write_run(lake, backfill_row(registry, catalog))
+    write_run(lake, decide_row(registry))
+    write_run(lake, RunRecord(run_id="diff-1", kind="diff", status="failed", policy_id="catalog-safety",
+                              policy_version=2, from_version=1, diff_rows=7, started_at=T0 + dt.timedelta(hours=3)))
     text = format_runs(list_runs(lake))
     lines = text.splitlines()
     assert lines[0].split() == ["RUN", "ID", "KIND", "STATUS", "POLICY", "CATALOG", "COUNTS", "STARTED", "TOOK"]
@@ -182,10 +183,10 @@ def test_groups_name_every_runs_column():
 
 def test_show_prints_every_non_null_column_grouped(lake, registry, catalog):
     row = backfill_row(registry, catalog, hash_bank_version=4, forced=True, error="first line\nsecond line")
-    lake.upsert_run(row)
-    report = show_run(lake, row["run_id"])
+    write_run(lake, row)
+    report = show_run(lake, row.run_id)
     text = report.format()
-    for name, value in row.items():
+    for name, value in row.to_row().items():
         if value is None:
             continue
         values = value if isinstance(value, list) else [value]
@@ -193,33 +194,40 @@ def test_show_prints_every_non_null_column_grouped(lake, registry, catalog):
             shown = v.strftime("%Y-%m-%d %H:%M:%S") if isinstance(v, dt.datetime) else ("yes" if v is True else str(v))
             assert shown.splitlines()[0] in text, f"{name}: {shown!r} not shown"
     labels = {name: label for _, cols in GROUPS for name, label in cols}
-    for name, value in row.items():
+    for name, value in row.to_row().items():
         if value is not None and name != "model_digests":  # digests sit beside the model ids
             assert f"  {labels[name]} " in text, f"label of {name} not shown"
     heads = [ln for ln in text.splitlines() if ln and not ln.startswith(" ")]
-    assert heads[:6] == [f"run {row['run_id']}", "inputs", "outputs", "provenance", "error",
+    assert heads[:6] == [f"run {row.run_id}", "inputs", "outputs", "provenance", "error",
                          "reproducibility: NOT reproducible"]  # the hash bank version 4 does not exist
     assert "selected 3 = scored 2 + quarantined 1  [OK]" in text
     assert "duration            1m23s" in text
     # Model ids are paired with their digests on one line.
-    model, digest = row["model_ids"][0], row["model_digests"][0]
+    model, digest = row.model_ids[0], row.model_digests[0]
     assert any(model in ln and digest in ln for ln in text.splitlines())
     assert "FAIL  hash bank version:" in text
 
 
-def test_show_puts_columns_it_does_not_know_under_other():
-    report = RunReport(lake_root="/lake", run={"run_id": "r1", "kind": "export", "status": "succeeded",
-                                               "exported_rows": 12, "unused": None})
+def test_show_puts_columns_it_does_not_know_under_other(lake):
+    report = RunReport(lake_root="/lake", run=RunRecord(run_id="r1", kind="export", status="succeeded"),
+                       extra=(("exported_rows", 12), ("unused", None)))
     text = report.format()
     assert "other\n  exported_rows       12" in text
     assert "unused" not in text
+    # A runs table written by a newer version: its extra columns are shown, and in --json.
+    newer = pa.schema([*RUNS_SCHEMA, pa.field("exported_rows", pa.int64())])
+    row = {**RunRecord(run_id="r2", kind="export", status="succeeded").to_row(), "exported_rows": 7}
+    write_deltalake(lake.uri("runs"), pa.Table.from_pylist([row], schema=newer))
+    report = show_run(lake, "r2")
+    assert "other\n  exported_rows       7" in report.format()
+    assert report.to_dict()["run"]["exported_rows"] == 7 and report.run.kind == "export"
 
 
 def test_unknown_run_id_names_the_run_and_the_lake(lake, registry, catalog):
     with pytest.raises(ModerationError, match=r"'nope'.*does not exist") as err:
         show_run(lake, "nope")
     assert lake.root in str(err.value)
-    lake.upsert_run(backfill_row(registry, catalog))
+    write_run(lake, backfill_row(registry, catalog))
     with pytest.raises(ModerationError) as err:
         show_run(lake, "backfill-20240501T120000Z")
     msg = str(err.value)
@@ -229,8 +237,8 @@ def test_unknown_run_id_names_the_run_and_the_lake(lake, registry, catalog):
 
 def test_show_a_reproducible_backfill_and_its_command(lake, registry, catalog):
     row = backfill_row(registry, catalog)
-    lake.upsert_run(row)
-    report = show_run(lake, row["run_id"])
+    write_run(lake, row)
+    report = show_run(lake, row.run_id)
     assert report.reproducible
     by_name = {c.name: c for c in report.checks}
     assert set(by_name) == {"catalog version", "policy file", "model text-minilm-heads-v1", "run profile"}
@@ -255,8 +263,8 @@ def test_decide_command_and_scores_version_check(lake, registry):
     write_deltalake(lake.uri("scores"), pa.table({"x": [1]}))
     write_deltalake(lake.uri("scores"), pa.table({"x": [2]}), mode="append")
     row = decide_row(registry)
-    lake.upsert_run(row)
-    report = show_run(lake, row["run_id"])
+    write_run(lake, row)
+    report = show_run(lake, row.run_id)
     assert report.command == f"moderation decide --lake {lake.root} --policy {POLICY_V1}"
     scores = next(c for c in report.checks if c.name == "scores version")
     assert scores.ok and "now at version 1" in scores.detail
@@ -264,13 +272,13 @@ def test_decide_command_and_scores_version_check(lake, registry):
 
 
 def test_kinds_without_a_command_are_shown(lake):
-    lake.upsert_run(run_row(run_id="enforce-1", kind="enforce", status="succeeded", policy_id="catalog-safety",
-                            policy_version=2, enforcement_rows=40, started_at=T0))
+    write_run(lake, RunRecord(run_id="enforce-1", kind="enforce", status="succeeded", policy_id="catalog-safety",
+                              policy_version=2, enforcement_rows=40, started_at=T0))
     report = show_run(lake, "enforce-1")
     assert report.command is None and report.checks == ()
     text = report.format()
     assert "enforcement rows    40" in text and "no command to reproduce it" in text
-    assert reproduce_command({"kind": "promote"}) is None
+    assert reproduce_command(RunRecord(run_id="p", kind="promote", status="succeeded")) is None
 
 
 # ------------------------------------------------------------------------------------------
@@ -278,7 +286,7 @@ def test_kinds_without_a_command_are_shown(lake):
 # ------------------------------------------------------------------------------------------
 
 
-def catalog_check(run: dict) -> Check:
+def catalog_check(run: RunRecord) -> Check:
     return next(c for c in reproducibility(run) if c.name == "catalog version")
 
 
@@ -346,7 +354,7 @@ def test_policy_file_edited_and_no_other_copy(registry, catalog, tmp_path):
     checks = {c.name: c for c in reproducibility(run, conf_dir=tmp_path / "empty-conf")}
     policy = checks["policy file"]
     assert not policy.ok
-    assert "was edited since the run" in policy.detail and run["policy_hash"] in policy.detail
+    assert "was edited since the run" in policy.detail and run.policy_hash in policy.detail
     assert "run profile" not in checks  # no policy file: nothing to recompute the config hash from
     assert "--policy" in reproduce_command(run)
 
@@ -364,15 +372,15 @@ def test_policy_file_edited_but_the_original_is_under_conf(registry, catalog, tm
 
 
 def test_policy_file_missing_and_none_recorded(registry, catalog, tmp_path, lake):
-    run = {**backfill_row(registry, catalog), "policy_path": str(tmp_path / "deleted.yaml"), "policy_hash": "0" * 64}
+    run = backfill_row(registry, catalog).replace(policy_path=str(tmp_path / "deleted.yaml"), policy_hash="0" * 64)
     found, detail = find_policy_file(run)
     assert found is None and "no longer exists" in detail and "0" * 64 in detail
-    lake.upsert_run(run)
-    report = show_run(lake, run["run_id"])
+    write_run(lake, run)
+    report = show_run(lake, run.run_id)
     assert not report.reproducible
     assert "--policy POLICY_FILE" in report.command and "POLICY_FILE: no file" in report.format()
     # An older row without policy_path: found by hash under conf/ alone.
-    found, detail = find_policy_file({**backfill_row(registry, catalog), "policy_path": None})
+    found, detail = find_policy_file(backfill_row(registry, catalog).replace(policy_path=None))
     assert found == POLICY_V1 and "recorded no policy path" in detail
 
 
@@ -389,25 +397,25 @@ def test_relative_policy_path_resolves_against_the_project(registry, catalog):
 
 def test_model_digest_mismatch_and_unknown_model(registry, catalog):
     run = backfill_row(registry, catalog, policy_path=POLICY_V3)
-    ids = run["model_ids"]
+    ids = run.model_ids
     assert len(ids) >= 2
-    digests = list(run["model_digests"])
+    digests = list(run.model_digests)
     digests[1] = "f" * 64
-    run = {**run, "model_digests": digests}
+    run = run.replace(model_digests=digests)
     checks = {c.name: c for c in reproducibility(run)}
     assert checks[f"model {ids[0]}"].ok
     bad = checks[f"model {ids[1]}"]
     assert not bad.ok and "ffffffffffff" in bad.detail and registry[ids[1]].digest[:12] in bad.detail
 
-    gone = {**run, "model_ids": [ids[0], "retired-model-v0"], "model_digests": [run["model_digests"][0], "a" * 64]}
+    gone = run.replace(model_ids=[ids[0], "retired-model-v0"], model_digests=[run.model_digests[0], "a" * 64])
     check = {c.name: c for c in reproducibility(gone)}["model retired-model-v0"]
     assert not check.ok and "no longer in the model registry" in check.detail
 
 
 def test_unmatched_config_hash_only_warns(lake, registry, catalog):
     row = backfill_row(registry, catalog, config_hash="e" * 64)
-    lake.upsert_run(row)
-    report = show_run(lake, row["run_id"])
+    write_run(lake, row)
+    report = show_run(lake, row.run_id)
     profile = next(c for c in report.checks if c.name == "run profile")
     assert not profile.ok and profile.advisory
     assert report.reproducible  # advisory only
@@ -417,8 +425,8 @@ def test_unmatched_config_hash_only_warns(lake, registry, catalog):
 
 def test_show_without_checks(lake, registry, catalog):
     row = backfill_row(registry, catalog, catalog_version=9)  # would fail the catalog check
-    lake.upsert_run(row)
-    report = show_run(lake, row["run_id"], check=False)
+    write_run(lake, row)
+    report = show_run(lake, row.run_id, check=False)
     assert report.checks == () and "reproducibility" not in report.format()
     assert "--catalog-version 9" in report.command
 

@@ -25,6 +25,7 @@ from moderation.cli import app
 from moderation.decide import run_decide
 from moderation.demo import write_demo_catalog
 from moderation.lake import Lake
+from moderation.runs import read_run
 from tests.conftest import POLICY_V1
 from tests.s3_server import SeaweedS3
 
@@ -57,10 +58,10 @@ def test_backfill_decide_report_on_s3(s3, spark):
     proc = _run(s3, "s3-full")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lake = s3["lake"]
-    run = lake.get_run("s3-full")
+    run = read_run(lake, "s3-full")
     scored, quarantined, dupes = run_accounting(lake, "s3-full")
-    assert run["status"] == "succeeded" and run["catalog_version"] == 0 and dupes == 0
-    assert scored + quarantined == run["selected_pairs"] == ITEMS
+    assert run.status == "succeeded" and run.catalog_version == 0 and dupes == 0
+    assert scored + quarantined == run.selected_pairs == ITEMS
     assert lake.version("scores") is not None and lake.uri("scores").startswith("s3://")
     assert not s3["server"].client().list_objects_v2(Bucket=s3["server"].bucket, Prefix="lake/_leases/").get("Contents")
     decided = run_decide(lake_root=lake.root, policy_path=POLICY_V1)
@@ -118,6 +119,7 @@ def held_accounting(*args, **kwargs):
 
 scoring_run.run_accounting = held_accounting
 from moderation.cli import main
+from moderation.runs import read_run
 
 main(sys.argv[3:])
 """
@@ -157,7 +159,7 @@ def test_s3_outage_mid_run_fails_clearly_then_resume_completes(s3, tmp_path):
     again = _run(s3, "s3-outage")
     assert again.returncode == 0, again.stdout + again.stderr
     scored, quarantined, dupes = run_accounting(lake, "s3-outage")
-    assert dupes == 0 and scored + quarantined == ITEMS and lake.get_run("s3-outage")["status"] == "succeeded"
+    assert dupes == 0 and scored + quarantined == ITEMS and read_run(lake, "s3-outage").status == "succeeded"
 
 
 def test_store_failures_delta_rs_wraps_count_as_storage_failures():

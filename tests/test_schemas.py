@@ -11,6 +11,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from moderation import reporting, schemas
 from moderation.lake import Lake, conform
+from moderation.runs import RunRecord, write_run
 from moderation.schemas import COMMENT, LAKE_SCHEMAS, RUNS_SCHEMA, SCORES_SCHEMA, TABLE_SCHEMAS, description
 
 #: Every pa.Schema the project defines for a table, a report or a summary.
@@ -67,7 +68,7 @@ def _comments(uri: str) -> dict[str, str | None]:
 
 def test_a_new_table_carries_the_descriptions_as_column_comments(tmp_path: Path):
     lake = Lake(str(tmp_path / "lake"))
-    lake.upsert_run({"run_id": "r1", "kind": "decide", "status": "running"})
+    write_run(lake, RunRecord(run_id="r1", kind="decide", status="running"))
     comments = _comments(lake.uri("runs"))
     assert comments["kind"] == description(RUNS_SCHEMA.field("kind"))
     assert all(comments[f.name] for f in RUNS_SCHEMA)

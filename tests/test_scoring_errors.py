@@ -21,6 +21,7 @@ from moderation.classifiers.base import SCORE_ERROR, build_classifier
 from moderation.errors import ScoringFailed, StorageError
 from moderation.lake import Lake
 from moderation.rescan import run_rescan
+from moderation.runs import read_run
 from moderation.schemas import CATALOG_SCHEMA
 from tests.conftest import POLICY_V1
 
@@ -95,11 +96,11 @@ def test_a_run_over_the_error_share_fails_with_its_rows_committed(tmp_path, mode
     with pytest.raises(ScoringFailed, match=r"run r1 failed: error share 10\.00% above max_error_share 0\.01"):
         run_backfill(catalog_uri=catalog, lake_root=lake.root, policy_path=POLICY_V1, run_id="r1",
                      profile_path=_profile(tmp_path), progress=False)
-    run = lake.get_run("r1")
-    assert run["status"] == "failed" and run["max_error_share"] == 0.01 and run["score_error_pairs"] == 2
-    assert "2 of 20 selected pairs" in run["error"] and "moderation rescan" in run["error"]
+    run = read_run(lake, "r1")
+    assert run.status == "failed" and run.max_error_share == 0.01 and run.score_error_pairs == 2
+    assert "2 of 20 selected pairs" in run.error and "moderation rescan" in run.error
     # Nothing lost: the accounting holds and every row is committed.
-    assert run["selected_pairs"] == ITEMS and run_accounting(lake, "r1") == (17, 3, 0)
+    assert run.selected_pairs == ITEMS and run_accounting(lake, "r1") == (17, 3, 0)
     q = lake.read("quarantine").to_pylist()
     bad = {r["item_id"]: r for r in q if r["reason"] == SCORE_ERROR}
     assert sorted(bad) == ["item-03", "item-07"]
@@ -128,7 +129,7 @@ def test_a_run_within_the_error_share_succeeds_and_rescan_retries_only_score_err
     first = run_backfill(catalog_uri=catalog, lake_root=lake.root, policy_path=POLICY_V1, run_id="base",
                          profile_path=profile, progress=False)
     assert first.status == "succeeded" and first.score_error_pairs == 2 and "score errors 2" in first.summary()
-    assert lake.get_run("base")["max_error_share"] == 0.2
+    assert read_run(lake, "base").max_error_share == 0.2
     assert _quarantine(lake, "base") == {"item-03": SCORE_ERROR, "item-07": SCORE_ERROR, EMPTY: "no_usable_text"}
 
     # The catalog did not change: only the score_error pairs are selected (through the change
@@ -180,8 +181,8 @@ def test_a_store_failure_in_the_accounting_is_a_resumable_storage_error(tmp_path
                                            r"run the same command again \(same --run-id\) to resume"):
         run_backfill(catalog_uri=catalog, lake_root=lake.root, policy_path=POLICY_V1, run_id="r1",
                      profile_path=_profile(tmp_path), progress=False)
-    run = lake.get_run("r1")
-    assert run["status"] == "failed" and run["error"].startswith("Exception: External error: Parquet error")
+    run = read_run(lake, "r1")
+    assert run.status == "failed" and run.error.startswith("Exception: External error: Parquet error")
     monkeypatch.undo()
     monkeypatch.setattr(pipeline, "ensure_ray", lambda *a, **k: "already")
     monkeypatch.setattr(pipeline, "score_stream", model.stream)
@@ -194,13 +195,13 @@ def test_a_store_failure_before_the_run_starts_is_a_storage_error_too(tmp_path, 
     """Reading the runs table, the lease, the catalog: outside the scoring loop, same one line."""
     from botocore.exceptions import EndpointConnectionError
 
-    from moderation.lake import Lake as LakeClass
+    import moderation.scoring.run as scoring_run
 
-    def unreachable(self, run_id):
+    def unreachable(lake, run_id):
         raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/lake/runs")
 
     catalog, lake = _catalog(tmp_path / "catalog"), Lake(str(tmp_path / "lake"))
-    monkeypatch.setattr(LakeClass, "get_run", unreachable)
+    monkeypatch.setattr(scoring_run, "read_run", unreachable)
     with pytest.raises(StorageError, match=r"^run r1: storage failed: Could not connect to the endpoint URL"):
         run_backfill(catalog_uri=catalog, lake_root=lake.root, policy_path=POLICY_V1, run_id="r1",
                      profile_path=_profile(tmp_path), progress=False)

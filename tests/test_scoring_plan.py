@@ -15,6 +15,7 @@ from deltalake import write_deltalake
 from moderation.backfill import plan_backfill
 from moderation.lake import Lake
 from moderation.rescan import plan_rescan_run
+from moderation.runs import read_run
 from moderation.schemas import CATALOG_SCHEMA
 from moderation.scoring.plan import ScoringPlan, ScoringRequest, ScoringResult
 from moderation.scoring.run import PreparedRun, execute, prepare_run, run_scoring
@@ -98,8 +99,8 @@ def test_run_scoring_commits_any_plan_once_and_accounts_for_it(tmp_path):
     assert (result.status, result.selected_pairs, result.quarantined_pairs, result.scored_pairs) == \
         ("succeeded", plan.selected_pairs, plan.selected_pairs, 0)
     lake = Lake(prepared.lake.root)
-    run = lake.get_run("r1")
-    assert run["kind"] == "backfill" and run["status"] == "succeeded" and run["change_source"] is None
+    run = read_run(lake, "r1")
+    assert run.kind == "backfill" and run.status == "succeeded" and run.change_source is None
     version = lake.version("quarantine")
     # The same run id again: finished, nothing written (the plan is not even built).
     again = execute(prepared.request, kind="backfill", planner=lambda p: pytest.fail("planned a finished run"))
@@ -114,4 +115,4 @@ def test_a_plan_that_writes_nothing_writes_no_runs_row(tmp_path):
                        change_source="anti_join", unchanged_pairs=1, write_nothing=True)
     result = run_scoring(prepared, plan)
     assert result.nothing_changed and result.status == "nothing_changed" and result.unchanged_pairs == 1
-    assert Lake(prepared.lake.root).get_run("r2") is None
+    assert read_run(Lake(prepared.lake.root), "r2") is None

@@ -39,7 +39,7 @@ S3_DOWN = {
     "commit": DeltaError("Failed to parse parquet: External: Generic S3 error: Error performing PUT http://127.0.0.1:"
                          "47497/lake/t/part-00000-1bb6cded-c000.snappy.parquet in 563.3ms, after 3 retries, "
                          "max_retries: 3, retry_timeout: 30s  - HTTP error: error sending request"),
-    # DeltaTable.merge (upsert_run): DeltaError.
+    # DeltaTable.merge (write_run): DeltaError.
     "merge": DeltaError("Generic DeltaTable error: Parquet error: Parquet error: Failed to fetch metadata for file "
                         "t/part-00000-7bfe9035-c000.snappy.parquet: Object Store error: Generic S3 error: Error "
                         "performing GET http://127.0.0.1:47497/lake/t/part-00000-7bfe9035-c000.snappy.parquet in "

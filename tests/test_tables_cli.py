@@ -15,6 +15,7 @@ from moderation import __version__
 from moderation.cli import EXIT_CODES, app
 from moderation.dictionary import describe_lake, type_name
 from moderation.lake import Lake
+from moderation.runs import RunRecord, write_run
 from moderation.schemas import RUNS_SCHEMA, description
 
 from .conftest import POLICY_V1
@@ -25,9 +26,9 @@ runner = CliRunner()
 @pytest.fixture
 def lake(tmp_path: Path) -> Lake:
     lake = Lake(str(tmp_path / "lake"))
-    lake.upsert_run({"run_id": "decide-1", "kind": "decide", "status": "succeeded", "policy_id": "catalog-safety",
-                     "policy_version": 1})
-    lake.upsert_run({"run_id": "backfill-1", "kind": "backfill", "status": "failed"})
+    write_run(lake, RunRecord(run_id="decide-1", kind="decide", status="succeeded", policy_id="catalog-safety",
+                              policy_version=1))
+    write_run(lake, RunRecord(run_id="backfill-1", kind="backfill", status="failed"))
     rows = pa.Table.from_pylist([{"run_id": "backfill-1", "item_id": f"i{i}", "modality": "text", "model_id": "m",
                                   "model_digest": "d", "content_hash": "h", "scored_at": 0} for i in range(3)])
     lake.append_chunk("scores", rows, app_id="moderation/backfill/backfill-1/m", version=0)

@@ -46,7 +46,7 @@ from moderation.lake import Lake
 from moderation.lifecycle import sql_literal
 from moderation.modalities import MEDIA_COLUMNS
 from moderation.results import utcnow
-from moderation.runinfo import code_version, new_run_id
+from moderation.runs import code_version, new_run_id
 from moderation.schemas import EVAL_PREDICTIONS_SCHEMA, EVAL_RESULTS_SCHEMA
 
 log = logging.getLogger(__name__)

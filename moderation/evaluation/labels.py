@@ -60,7 +60,7 @@ from moderation.evaluation.datasets import (
 from moderation.lake import Lake
 from moderation.redact import mask
 from moderation.results import utcnow
-from moderation.runinfo import code_version, new_run_id, run_row
+from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import LABELS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ def import_labels(lake: Lake | str, path: str | Path, *, column_map: dict[str, s
     """
     lake = _lake(lake)
     path = Path(path)
-    started = utcnow()
+    timing = RunTiming.start()
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     data = path.read_bytes()
@@ -318,15 +318,15 @@ def import_labels(lake: Lake | str, path: str | Path, *, column_map: dict[str, s
     duplicates = len(rows) - len(unique)
     import_id = import_id or new_run_id("labels_import")
     app_id = f"labels/{digest}"
-    policy_fields = ({"policy_id": loaded.policy.policy_id, "policy_version": loaded.policy.version,
-                      "policy_hash": loaded.content_hash, "policy_path": str(policy_path)} if loaded else {})
+    # The policy checked against (no models: a label names none).
+    policy_fields = PolicyProvenance.of(loaded, path=policy_path).columns() if loaded and policy_path else {}
 
     def record(status: str, written: int, skipped: int, error: str | None = None) -> None:
-        lake.upsert_run(run_row(
-            run_id=import_id, kind="labels_import", status=status, categories=sorted({r["category"] for r in rows}),
-            selected_pairs=len(rows), scored_pairs=written, unchanged_pairs=skipped, chunks_committed=int(written > 0),
-            config_hash=digest, code_version=code_version(), started_at=started, ended_at=utcnow(), error=error,
-            **policy_fields,
+        write_run(lake, RunRecord(
+            run_id=import_id, kind="labels_import", status=status,
+            categories=tuple(sorted({r["category"] for r in rows})), selected_pairs=len(rows), scored_pairs=written,
+            unchanged_pairs=skipped, chunks_committed=int(written > 0),
+            config_hash=digest, **timing.ended(), error=error, **policy_fields,
         ))
 
     if lake.transaction_version("labels", app_id) is not None:

@@ -25,7 +25,7 @@ from moderation.decide import item_attributes as decide_item_attributes
 from moderation.errors import LakeError, ModerationError
 from moderation.lake import Lake
 from moderation.results import utcnow
-from moderation.runinfo import code_version, new_run_id, run_row
+from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import REVIEW_QUEUE_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def build_review_queue(lake: Lake | str, policy_path: str | Path, *, per_stratum
         ModerationError: a slice column that is not one of ``QUEUE_SLICES``, or a negative size.
     """
     lake = _lake(lake)
-    started = utcnow()
+    timing = RunTiming.start()
     slice_columns = tuple(slice_columns)
     unknown = [c for c in slice_columns if c not in QUEUE_SLICES]
     if unknown:
@@ -347,17 +347,13 @@ def build_review_queue(lake: Lake | str, policy_path: str | Path, *, per_stratum
         written = lake.append_chunk("review_queue", table, app_id=f"review_queue/{queue_id}", version=0)
         if not written:
             table = lake.read("review_queue", filter=pc.field("queue_id") == queue_id)
-    models = [registry[m] for m in policy.models]
-    lake.upsert_run(run_row(
-        run_id=queue_id, kind="review_queue", status="succeeded", policy_id=policy.policy_id,
-        policy_version=policy.version, policy_hash=loaded.content_hash, policy_path=str(policy_path),
-        model_ids=[m.model_id for m in models], model_digests=[m.digest for m in models],
-        modalities=sorted({m.modality for m in models}), categories=sorted(policy.categories),
+    provenance = PolicyProvenance.of(loaded, [registry[m] for m in policy.models], path=policy_path, scope=True)
+    write_run(lake, RunRecord(
+        run_id=queue_id, kind="review_queue", status="succeeded", **provenance.columns(),
         scores_version=scores_version, scored_pairs=scored_pairs,
         unchanged_pairs=int(done.sum()) if scored_pairs else 0,
         selected_pairs=table.num_rows, chunks_committed=int(written),
-        config_hash=hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
-        code_version=code_version(), started_at=started, ended_at=utcnow(),
+        config_hash=hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(), **timing.ended(),
     ))
     return QueueResult(queue_id=queue_id, policy_id=policy.policy_id, policy_version=policy.version,
                        scores_version=scores_version, scored_items=scored_items, scored_pairs=scored_pairs,

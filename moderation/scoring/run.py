@@ -53,7 +53,7 @@ from moderation.errors import (
 from moderation.faults import fault_point
 from moderation.lake import Lake
 from moderation.results import ChunkWriter, utcnow
-from moderation.runinfo import code_version, new_run_id, run_row
+from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, read_run, write_run
 from moderation.scoring.plan import RunKind, ScoringPlan, ScoringRequest, ScoringResult
 from moderation.spill import BUCKET_ROWS, BucketSpill, item_buckets, scan_batches, table_rows
 
@@ -185,15 +185,16 @@ def default_media_roots(catalog_uri: str) -> list[str]:
 
 
 def run_models(registry: dict[str, ModelSpec], model_ids: tuple[str, ...], *, windowing: Windowing,
-               existing: dict | None = None) -> list[ModelSpec]:
+               existing: RunRecord | None = None) -> list[ModelSpec]:
     """The registry entries a run scores with: under the run profile's text ``windowing``, which is
     part of each text model's digest (``windows.with_windowing``). A resume (``existing``: its
-    ``runs`` row) keeps the windowing it started with, the one giving the digests it recorded."""
+    ``runs`` record) keeps the windowing it started with, the one giving the digests it recorded."""
     models = [with_windowing(registry[m], windowing) for m in model_ids]
-    if existing is not None and [m.digest for m in models] != list(existing.get("model_digests") or []):
+    recorded = list(existing.model_digests or []) if existing is not None else None
+    if recorded is not None and [m.digest for m in models] != recorded:
         for other in WINDOWINGS:
             again = [with_windowing(registry[m], other) for m in model_ids]
-            if [m.digest for m in again] == list(existing.get("model_digests") or []):
+            if [m.digest for m in again] == recorded:
                 return again
     return models
 
@@ -207,14 +208,12 @@ def _gate(lake: Lake, loaded, registry, *, run_id: str, kind: str, catalog_uri: 
     if gate.status not in ("not_required",):
         (log.warning if gate.status in ("blocked", "not_configured") else log.info)("%s", gate.message())
     if gate.status == "blocked" and not force:
-        now = utcnow()
-        policy = loaded.policy
-        lake.upsert_run(run_row(
-            run_id=run_id, kind=kind, status="blocked", catalog_uri=catalog_uri, policy_id=policy.policy_id,
-            policy_version=policy.version, policy_hash=loaded.content_hash, policy_path=str(policy_path),
-            model_ids=list(policy.models), model_digests=[registry[m].digest for m in policy.models],
-            code_version=code_version(), started_at=now, ended_at=now, gate_status="blocked",
-            gate_detail=gate.detail(), error=gate.message(),
+        timing = RunTiming.start()
+        write_run(lake, RunRecord(
+            run_id=run_id, kind=kind, status="blocked", catalog_uri=catalog_uri,
+            **PolicyProvenance.of(loaded, [registry[m] for m in loaded.policy.models], path=policy_path).columns(),
+            **timing.ended(at=timing.started_at), gate_status="blocked", gate_detail=gate.detail(),
+            error=gate.message(),
         ))
         raise GateBlocked(f"{gate.message()}\nrun {run_id} recorded as blocked in {lake.uri('runs')}; after "
                           "evaluating, run again, or pass --force to override (recorded in runs)")
@@ -225,7 +224,7 @@ def _gate(lake: Lake, loaded, registry, *, run_id: str, kind: str, catalog_uri: 
 class PreparedRun:
     """A request resolved for one run: what every plan kind is built from and run under.
 
-    ``existing`` is the run's ``runs`` row when it resumes (a resume keeps what it recorded:
+    ``record`` is the run's ``runs`` record when it resumes (a resume keeps what it recorded:
     slice, catalog columns, media roots, windowing, item limits, error share, gate outcome,
     catalog and hash-bank versions); ``where``/``limit`` are the resolved slice.
     """
@@ -237,13 +236,13 @@ class PreparedRun:
     loaded: LoadedPolicy
     profile: RunProfile
     models: tuple[ModelSpec, ...]
-    existing: dict | None
+    record: RunRecord | None
     where: str | None
     limit: int | None
     columns: dict[str, str]
     roots: list[str]
     max_words: int | None
-    max_seconds: float | None
+    max_seconds: int | None
     max_share: float
     gate_fields: dict
     snapshot: CatalogSnapshot
@@ -281,51 +280,52 @@ def prepare_run(request: ScoringRequest, *, kind: RunKind) -> PreparedRun | Scor
     columns = {**profile.catalog_columns, **(request.column_map or {})}
     roots = [*profile.media_roots, *(request.media_roots or [])] or default_media_roots(catalog_uri)
 
-    existing = lake.get_run(run_id)
-    if existing is not None and existing["status"] == "blocked":
+    existing = read_run(lake, run_id)
+    if existing is not None and existing.status == "blocked":
         existing = None  # the gate blocked it before it wrote anything: start afresh
     if existing is not None:
-        if (existing["kind"] != kind or existing["catalog_uri"] != catalog_uri
-                or existing["policy_hash"] != loaded.content_hash):
+        if (existing.kind != kind or existing.catalog_uri != catalog_uri
+                or existing.policy_hash != loaded.content_hash):
             raise ModerationError(
                 f"run id {run_id!r} already exists in {lake.uri('runs')} for another job "
-                f"(kind {existing['kind']}, catalog {existing['catalog_uri']}, policy "
-                f"{existing['policy_id']} v{existing['policy_version']}); choose a new --run-id"
+                f"(kind {existing.kind}, catalog {existing.catalog_uri}, policy "
+                f"{existing.policy_id} v{existing.policy_version}); choose a new --run-id"
             )
-        if existing["status"] == "succeeded":
+        if existing.status == "succeeded":
             return ScoringResult(
-                run_id=run_id, status="succeeded", catalog_version=existing["catalog_version"],
-                selected_pairs=existing["selected_pairs"], scored_pairs=existing["scored_pairs"],
-                quarantined_pairs=existing["quarantined_pairs"], chunks_committed=0,
-                modalities=tuple(existing["modalities"]), already_done=True, kind=kind,
-                unchanged_pairs=existing.get("unchanged_pairs"), removed_pairs=existing.get("removed_pairs"),
-                change_source=existing.get("change_source"), baseline_run_id=existing.get("baseline_run_id"),
+                run_id=run_id, status="succeeded", catalog_version=existing.catalog_version,
+                selected_pairs=existing.selected_pairs or 0, scored_pairs=existing.scored_pairs or 0,
+                quarantined_pairs=existing.quarantined_pairs or 0, chunks_committed=0,
+                modalities=tuple(existing.modalities or ()), already_done=True, kind=kind,
+                unchanged_pairs=existing.unchanged_pairs, removed_pairs=existing.removed_pairs,
+                change_source=existing.change_source, baseline_run_id=existing.baseline_run_id,
             )
         # A resume reads exactly what the run started with.
-        where, limit = existing["where_expr"], existing["item_limit"]
-        columns = dict(c.split("=", 1) for c in existing.get("catalog_columns") or [])
-        roots = list(existing.get("media_roots") or roots)
+        where, limit = existing.where_expr, existing.item_limit
+        columns = dict(c.split("=", 1) for c in existing.catalog_columns or [])
+        roots = list(existing.media_roots or roots)
         models = run_models(registry, policy.models, windowing=profile.text_windowing, existing=existing)
     # A resume scores with the limit the run started with (a run from before the setting: the profile's).
-    max_words = (existing.get("max_item_words") if existing else None) or profile.max_item_words
-    max_seconds = (existing.get("max_item_seconds") if existing else None) or profile.max_item_seconds
-    max_share = existing.get("max_error_share") if existing else None
+    max_words = (existing.max_item_words if existing else None) or profile.max_item_words
+    max_seconds = (existing.max_item_seconds if existing else None) or profile.max_item_seconds
+    max_share = existing.max_error_share if existing else None
     max_share = profile.max_error_share if max_share is None else max_share
     if existing is None:
         gate_fields = _gate(lake, loaded, registry, run_id=run_id, kind=kind, catalog_uri=catalog_uri,
                             policy_path=request.policy_path, force=request.force)
     else:  # a resume passed (or overrode) the gate when it started
-        gate_fields = {k: existing.get(k) for k in ("gate_status", "gate_detail", "forced")}
-    snapshot = open_catalog(catalog_uri, version=existing["catalog_version"] if existing else request.catalog_version,
+        gate_fields = {"gate_status": existing.gate_status, "gate_detail": existing.gate_detail,
+                       "forced": existing.forced}
+    snapshot = open_catalog(catalog_uri, version=existing.catalog_version if existing else request.catalog_version,
                             column_map=columns)
     # Reference data in the lake is pinned once for the run (a resume keeps its pin).
-    bank_version = (existing["hash_bank_version"] if existing else lake.version("hash_bank")) \
+    bank_version = (existing.hash_bank_version if existing else lake.version("hash_bank")) \
         if any(m.kind == "pdq_bank" for m in models) else None
     context = RunContext(lake_root=lake.root, hash_bank_version=bank_version, media_roots=tuple(roots),
                          max_item_words=max_words, max_item_seconds=max_seconds)
     return PreparedRun(
         kind=kind, request=request, run_id=run_id, lake=lake, loaded=loaded, profile=profile, models=tuple(models),
-        existing=existing, where=where, limit=limit, columns=columns, roots=roots, max_words=max_words,
+        record=existing, where=where, limit=limit, columns=columns, roots=roots, max_words=max_words,
         max_seconds=max_seconds, max_share=max_share, gate_fields=gate_fields, snapshot=snapshot,
         bank_version=bank_version, context=context,
     )
@@ -388,20 +388,19 @@ def run_scoring(prepared: PreparedRun, plan: ScoringPlan) -> ScoringResult:
 
     policy, loaded = prepared.loaded.policy, prepared.loaded
     with RunLease(lake.root, run_id, ttl_s=profile.lease_ttl_s) as lease:
-        started = prepared.existing["started_at"] if prepared.existing else utcnow()
-        base = dict(
-            run_id=run_id, kind=plan.kind, catalog_uri=request.catalog_uri, catalog_version=snapshot.version,
-            policy_id=policy.policy_id, policy_version=policy.version,
-            policy_hash=loaded.content_hash, policy_path=str(request.policy_path),
-            model_ids=[m.model_id for m in models],
-            model_digests=[m.digest for m in models], modalities=list(plan.modalities),
-            config_hash=config_hash(policy, profile, *models), code_version=code_version(), started_at=started,
+        # A resume keeps the start it recorded.
+        timing = RunTiming.start(at=prepared.record.started_at if prepared.record else None)
+        base = RunRecord(
+            run_id=run_id, kind=plan.kind, status="running", catalog_uri=request.catalog_uri,
+            catalog_version=snapshot.version, **PolicyProvenance.of(loaded, models, path=request.policy_path).columns(),
+            modalities=tuple(plan.modalities), config_hash=config_hash(policy, profile, *models), **timing.columns(),
             hash_bank_version=prepared.bank_version,
-            catalog_columns=[f"{k}={v}" for k, v in sorted(prepared.columns.items())],
-            media_roots=prepared.roots, max_item_words=prepared.max_words, max_item_seconds=prepared.max_seconds,
-            max_error_share=prepared.max_share, **plan.runs_fields(), **prepared.gate_fields,
+            catalog_columns=tuple(f"{k}={v}" for k, v in sorted(prepared.columns.items())),
+            media_roots=tuple(prepared.roots), max_item_words=prepared.max_words,
+            max_item_seconds=prepared.max_seconds, max_error_share=prepared.max_share, **plan.runs_fields(),
+            **prepared.gate_fields,
         )
-        lake.upsert_run(run_row(**base, status="running"))
+        write_run(lake, base)
 
         chunks = 0
         selected = plan.selected_pairs
@@ -425,8 +424,8 @@ def run_scoring(prepared: PreparedRun, plan: ScoringPlan) -> ScoringResult:
             )
             too_many = error_share_failure(score_errors=score_errors, selected=selected, max_share=prepared.max_share)
             status = "succeeded" if ok and too_many is None else "failed"
-            lake.upsert_run(run_row(
-                **base, status=status, selected_pairs=selected, scored_pairs=scored, quarantined_pairs=quarantined,
+            write_run(lake, base.replace(
+                status=status, selected_pairs=selected, scored_pairs=scored, quarantined_pairs=quarantined,
                 score_error_pairs=score_errors, chunks_committed=chunks, ended_at=utcnow(), error=error or too_many,
                 cascade=cascade_accounting(lake, run_id, models),
             ))
@@ -512,12 +511,12 @@ def error_text(error: BaseException, limit: int = 2000) -> str:
     return text[:limit]
 
 
-def _record_failure(lake: Lake, base: dict, chunks: int, error: BaseException) -> None:
+def _record_failure(lake: Lake, base: RunRecord, chunks: int, error: BaseException) -> None:
     """Mark the run failed (best effort: the store itself may be what failed)."""
     from moderation.redact import mask
 
     try:
-        lake.upsert_run(run_row(**base, status="failed", chunks_committed=chunks, ended_at=utcnow(),
-                                error=mask(error_text(error))))
+        write_run(lake, base.replace(status="failed", chunks_committed=chunks, ended_at=utcnow(),
+                                     error=mask(error_text(error))))
     except Exception as e:  # noqa: BLE001 - the original error is what the user must see
-        log.error("could not record the failure of run %s: %s", base["run_id"], type(e).__name__)
+        log.error("could not record the failure of run %s: %s", base.run_id, type(e).__name__)

@@ -8,7 +8,7 @@ mapping and media roots, the policy file's content hash, and each model's regist
 and the model registry still pins the recorded digests. ``show_run`` prints the row grouped,
 the checks, and the command that runs it again.
 
-Library only (the ``moderation runs`` commands call it); no Ray, no Spark.
+Library only (the ``moderation runs`` commands call it, through ``moderation.runs``); no Ray, no Spark.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ import datetime as dt
 import hashlib
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from moderation.errors import ConfigError, ModerationError, one_line
 from moderation.lake import Lake, arrow_filesystem
+from moderation.runs.record import RUN_COLUMNS, RunRecord, read_row
 from moderation.schemas import RUNS_SCHEMA
 
 #: Run kinds whose output is a function of (catalog version, slice, policy, models): reproduced
@@ -111,22 +113,22 @@ def _duration(start: dt.datetime | None, end: dt.datetime | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def _policy_label(row: dict) -> str:
-    if row.get("policy_id") is None:
+def _policy_label(row: RunRecord) -> str:
+    if row.policy_id is None:
         return "-"
-    version = row.get("policy_version")
-    if row.get("kind") == "diff" and row.get("from_version") is not None:
-        return f"{row['policy_id']} v{row['from_version']}->v{version}"
-    return f"{row['policy_id']} v{version}" if version is not None else row["policy_id"]
+    version = row.policy_version
+    if row.kind == "diff" and row.from_version is not None:
+        return f"{row.policy_id} v{row.from_version}->v{version}"
+    return f"{row.policy_id} v{version}" if version is not None else row.policy_id
 
 
-def _counts(row: dict) -> str:
+def _counts(row: RunRecord) -> str:
     """The counts that say what a run of this kind did, in a few words."""
     def n(name: str) -> int | None:
-        return row.get(name)
+        return getattr(row, name)
 
     parts: list[str] = []
-    if n("selected_pairs") is not None or row.get("kind") in SCORING_KINDS:
+    if n("selected_pairs") is not None or row.kind in SCORING_KINDS:
         if n("selected_pairs") is not None:
             parts.append(f"{n('selected_pairs')} sel")
         if n("scored_pairs") is not None:
@@ -141,7 +143,7 @@ def _counts(row: dict) -> str:
                         ("diff_rows", "diff rows"), ("enforcement_rows", "enforcement rows")):
         if n(name) is not None:
             parts.append(f"{n(name)} {label}")
-    if row.get("kind") == "promote" and n("from_version") is not None:
+    if row.kind == "promote" and n("from_version") is not None:
         parts.append(f"from v{n('from_version')}")
     return ", ".join(parts) or "-"
 
@@ -150,15 +152,15 @@ def runs_rows(table: pa.Table) -> tuple[tuple[str, ...], list[tuple]]:
     """(header, rows) of the runs table ``format_runs`` prints (and the CLI draws with rich)."""
     header = ("RUN ID", "KIND", "STATUS", "POLICY", "CATALOG", "COUNTS", "STARTED", "TOOK")
     lines = []
-    for r in _with_all_columns(table).to_pylist():
-        catalog = "-" if r["catalog_version"] is None else f"v{r['catalog_version']}"
-        if r["catalog_version"] is None and r["catalog_uri"] is not None:
+    for r in map(RunRecord.from_row, table.to_pylist()):
+        catalog = "-" if r.catalog_version is None else f"v{r.catalog_version}"
+        if r.catalog_version is None and r.catalog_uri is not None:
             catalog = "parquet"
-        took = _duration(r["started_at"], r["ended_at"])
-        if r["status"] == "running" and r["ended_at"] is None:
+        took = _duration(r.started_at, r.ended_at)
+        if r.status == "running" and r.ended_at is None:
             took = "…"
-        lines.append((r["run_id"], r["kind"], r["status"], _policy_label(r), catalog, _counts(r),
-                      _ts(r["started_at"], seconds=False), took))
+        lines.append((r.run_id, r.kind, r.status, _policy_label(r), catalog, _counts(r),
+                      _ts(r.started_at, seconds=False), took))
     return header, lines
 
 
@@ -263,8 +265,8 @@ def delta_version_check(name: str, uri: str, version: int) -> Check:
                              f"({_files(len(files))} present{now})")
 
 
-def _catalog_check(run: dict) -> Check | None:
-    uri, version = run.get("catalog_uri"), run.get("catalog_version")
+def _catalog_check(run: RunRecord) -> Check | None:
+    uri, version = run.catalog_uri, run.catalog_version
     if uri is None:
         return None
     if version is None:
@@ -276,7 +278,7 @@ def _catalog_check(run: dict) -> Check | None:
     # Readable as Delta; the backfill must also accept it (reader features, column mapping).
     from moderation.catalog import open_catalog
 
-    columns = dict(c.split("=", 1) for c in run.get("catalog_columns") or [] if "=" in c)
+    columns = dict(c.split("=", 1) for c in run.catalog_columns or [] if "=" in c)
     try:
         open_catalog(uri, version=version, column_map=columns)
     except ModerationError as e:
@@ -300,7 +302,7 @@ def _candidates(recorded: str) -> list[Path]:
     return [path] if path.is_absolute() else [Path.cwd() / path, PROJECT_ROOT / path]
 
 
-def find_policy_file(run: dict, *, conf_dir: Path | None = None) -> tuple[Path | None, str]:
+def find_policy_file(run: RunRecord, *, conf_dir: Path | None = None) -> tuple[Path | None, str]:
     """A policy file whose bytes hash to the run's ``policy_hash``, and how it was found.
 
     The recorded ``policy_path`` wins when it still hashes the same; otherwise every
@@ -311,8 +313,8 @@ def find_policy_file(run: dict, *, conf_dir: Path | None = None) -> tuple[Path |
     """
     from moderation.config import default_conf_dir
 
-    want = run.get("policy_hash")
-    recorded = run.get("policy_path")
+    want = run.policy_hash
+    recorded = run.policy_path
     notes: list[str] = []
     if want is None:
         return None, "the run recorded no policy hash"
@@ -336,9 +338,9 @@ def find_policy_file(run: dict, *, conf_dir: Path | None = None) -> tuple[Path |
                   f"used is lost")
 
 
-def _model_checks(run: dict, models_dir: Path | None) -> list[Check]:
-    ids = list(run.get("model_ids") or [])
-    digests = list(run.get("model_digests") or [])
+def _model_checks(run: RunRecord, models_dir: Path | None) -> list[Check]:
+    ids = list(run.model_ids or [])
+    digests = list(run.model_digests or [])
     if not ids:
         return []
     if len(digests) != len(ids):
@@ -364,12 +366,12 @@ def _model_checks(run: dict, models_dir: Path | None) -> list[Check]:
     return checks
 
 
-def _profile_check(run: dict, policy_file: Path | None, models_dir: Path | None,
+def _profile_check(run: RunRecord, policy_file: Path | None, models_dir: Path | None,
                    conf_dir: Path | None) -> tuple[Check | None, Path | None]:
     """Which run profile under conf/jobs reproduces the run's config hash (policy + profile +
     models), so the command can name it. Advisory: engine settings rarely change scores."""
-    want = run.get("config_hash")
-    if want is None or run.get("kind") not in SCORING_KINDS or policy_file is None:
+    want = run.config_hash
+    if want is None or run.kind not in SCORING_KINDS or policy_file is None:
         return None, None
     from moderation.config import (
         config_hash,
@@ -399,7 +401,7 @@ def _profile_check(run: dict, policy_file: Path | None, models_dir: Path | None,
 
 
 def reproducibility(
-    run: dict, *, lake: Lake | None = None, models_dir: Path | None = None, conf_dir: Path | None = None
+    run: RunRecord, *, lake: Lake | None = None, models_dir: Path | None = None, conf_dir: Path | None = None
 ) -> list[Check]:
     """Check that the inputs a run recorded can still be had.
 
@@ -416,7 +418,7 @@ def reproducibility(
     return _assess(run, lake=lake, models_dir=models_dir, conf_dir=conf_dir)[0]
 
 
-def _assess(run: dict, *, lake: Lake | None, models_dir: Path | None,
+def _assess(run: RunRecord, *, lake: Lake | None, models_dir: Path | None,
             conf_dir: Path | None) -> tuple[list[Check], Path | None, Path | None]:
     """(the checks, the policy file found, the run profile found)."""
     checks: list[Check] = []
@@ -424,15 +426,15 @@ def _assess(run: dict, *, lake: Lake | None, models_dir: Path | None,
     if catalog is not None:
         checks.append(catalog)
     policy_file = None
-    if run.get("policy_hash") is not None:
+    if run.policy_hash is not None:
         policy_file, detail = find_policy_file(run, conf_dir=conf_dir)
         checks.append(Check("policy file", policy_file is not None, detail))
     checks += _model_checks(run, models_dir)
     if lake is not None:
-        if run.get("hash_bank_version") is not None:
-            checks.append(delta_version_check("hash bank version", lake.uri("hash_bank"), run["hash_bank_version"]))
-        if run.get("scores_version") is not None:
-            checks.append(delta_version_check("scores version", lake.uri("scores"), run["scores_version"]))
+        if run.hash_bank_version is not None:
+            checks.append(delta_version_check("hash bank version", lake.uri("hash_bank"), run.hash_bank_version))
+        if run.scores_version is not None:
+            checks.append(delta_version_check("scores version", lake.uri("scores"), run.scores_version))
     profile, profile_file = _profile_check(run, policy_file, models_dir, conf_dir)
     if profile is not None:
         checks.append(profile)
@@ -440,7 +442,7 @@ def _assess(run: dict, *, lake: Lake | None, models_dir: Path | None,
 
 
 def reproduce_command(
-    run: dict, *, lake_root: str | None = None, policy_file: str | Path | None = None,
+    run: RunRecord, *, lake_root: str | None = None, policy_file: str | Path | None = None,
     profile_file: str | Path | None = None,
 ) -> str | None:
     """The command that runs ``run`` again, or None for kinds that score or decide nothing.
@@ -449,22 +451,22 @@ def reproduce_command(
     and media roots into a new lake (``NEW_LAKE``); a decide is the same decide on the lake.
     ``policy_file`` defaults to the recorded ``policy_path`` (``POLICY_FILE`` when none).
     """
-    policy = str(policy_file or run.get("policy_path") or POLICY_PLACEHOLDER)
-    kind = run.get("kind")
-    if kind in SCORING_KINDS and run.get("catalog_uri"):
-        args = ["moderation", "backfill", "--catalog", run["catalog_uri"]]
-        if run.get("catalog_version") is not None:
-            args += ["--catalog-version", str(run["catalog_version"])]
+    policy = str(policy_file or run.policy_path or POLICY_PLACEHOLDER)
+    kind = run.kind
+    if kind in SCORING_KINDS and run.catalog_uri:
+        args = ["moderation", "backfill", "--catalog", run.catalog_uri]
+        if run.catalog_version is not None:
+            args += ["--catalog-version", str(run.catalog_version)]
         args += ["--lake", NEW_LAKE, "--policy", policy]
         if profile_file is not None:
             args += ["--profile", str(profile_file)]
-        if run.get("where_expr"):
-            args += ["--where", run["where_expr"]]
-        if run.get("item_limit") is not None:
-            args += ["--limit", str(run["item_limit"])]
-        for mapping in run.get("catalog_columns") or []:
+        if run.where_expr:
+            args += ["--where", run.where_expr]
+        if run.item_limit is not None:
+            args += ["--limit", str(run.item_limit)]
+        for mapping in run.catalog_columns or []:
             args += ["--map", mapping]
-        for root in run.get("media_roots") or []:
+        for root in run.media_roots or []:
             args += ["--media-root", root]
     elif kind == "decide":
         args = ["moderation", "decide", "--lake", lake_root or "LAKE", "--policy", policy]
@@ -539,13 +541,17 @@ def _line(label: str, value: str) -> list[str]:
 
 @dataclass(frozen=True)
 class RunReport:
-    """A run's row, its reproducibility checks and the command that reproduces it."""
+    """A run's record, its reproducibility checks and the command that reproduces it.
+
+    ``extra``: the columns of the run's row that ``RunRecord`` does not know (a table written by a
+    newer version), so that nothing the row holds is hidden."""
 
     lake_root: str
-    run: dict = field(hash=False)
+    run: RunRecord
     checks: tuple[Check, ...] = ()
     command: str | None = None
     notes: tuple[str, ...] = ()
+    extra: tuple[tuple[str, Any], ...] = ()
 
     @property
     def reproducible(self) -> bool:
@@ -557,7 +563,7 @@ class RunReport:
         run = self.run
         out: list[str] = []
         shown: set[str] = set()
-        ids, digests = run.get("model_ids"), run.get("model_digests")
+        ids, digests = run.model_ids, run.model_digests
         # Each model id beside its digest, where the two lists pair up.
         pairs = list(zip(ids, digests, strict=True)) if ids and digests is not None and len(digests) == len(ids) else []
         paired = bool(pairs)
@@ -565,7 +571,7 @@ class RunReport:
             lines: list[str] = []
             for name, label in columns:
                 shown.add(name)
-                value = run.get(name)
+                value = getattr(run, name)
                 if value is None or (paired and name == "model_digests"):
                     continue
                 if paired and name == "model_ids":  # each id beside its digest
@@ -576,11 +582,11 @@ class RunReport:
                 lines += _line(label, _value(value))
             if title == "outputs":
                 lines += self._accounting()
-            if title == "provenance" and run.get("started_at") is not None and run.get("ended_at") is not None:
-                lines += _line("duration", _duration(run["started_at"], run["ended_at"]))
+            if title == "provenance" and run.started_at is not None and run.ended_at is not None:
+                lines += _line("duration", _duration(run.started_at, run.ended_at))
             if lines:
-                out += [title if title != "run" else f"run {run.get('run_id')}", *lines, ""]
-        other = [(k, v) for k, v in run.items() if k not in shown and v is not None]
+                out += [title if title != "run" else f"run {run.run_id}", *lines, ""]
+        other = [(k, v) for k, v in (*run.to_row().items(), *self.extra) if k not in shown and v is not None]
         if other:
             out += ["other", *[ln for k, v in other for ln in _line(k, _value(v))], ""]
         if self.checks:
@@ -602,7 +608,7 @@ class RunReport:
         from moderation.output import json_value
 
         return {
-            "run": json_value(self.run),
+            "run": json_value({**self.run.to_row(), **dict(self.extra)}),
             "reproducible": self.reproducible if self.checks else None,
             "checks": [{"name": c.name, "ok": c.ok, "advisory": c.advisory, "detail": c.detail} for c in self.checks],
             "command": self.command,
@@ -610,15 +616,16 @@ class RunReport:
         }
 
     def _accounting(self) -> list[str]:
-        sel, sc, q = (self.run.get(k) for k in ("selected_pairs", "scored_pairs", "quarantined_pairs"))
+        sel, sc, q = (getattr(self.run, k) for k in ("selected_pairs", "scored_pairs", "quarantined_pairs"))
         if sel is None or sc is None or q is None:
             return []
         mark = "OK" if sel == sc + q else "MISMATCH"
         return _line("accounting", f"selected {sel} = scored {sc} + quarantined {q}  [{mark}]")
 
 
-def get_run(lake: Lake, run_id: str) -> dict:
-    """The runs row of ``run_id`` with every RUNS_SCHEMA column.
+def require_run(lake: Lake, run_id: str) -> tuple[RunRecord, dict[str, Any]]:
+    """The record of ``run_id`` and the columns of its row the record does not know (a newer
+    table's), or an error that helps find it.
 
     Raises:
         ModerationError: no such run in the lake (naming the run id, the lake's runs table
@@ -627,13 +634,13 @@ def get_run(lake: Lake, run_id: str) -> dict:
     if not lake.exists("runs"):
         raise ModerationError(f"run {run_id!r} not found: {lake.uri('runs')} does not exist (no run has written "
                               f"to lake {lake.root} yet)")
-    rows = _read_runs(lake, pc.field("run_id") == run_id).to_pylist()
-    if not rows:
-        ids = _read_runs(lake).column("run_id").to_pylist()
+    row = read_row(lake, run_id)
+    if row is None:
+        ids = lake.read("runs", columns=["run_id"]).column("run_id").to_pylist()
         near = sorted(i for i in ids if run_id in i)[:5]
         hint = f"; run ids containing it: {', '.join(near)}" if near else "; `moderation runs list` shows its runs"
         raise ModerationError(f"run {run_id!r} not found in {lake.uri('runs')}{hint}")
-    return rows[0]
+    return RunRecord.from_row(row), {k: v for k, v in row.items() if k not in RUN_COLUMNS}
 
 
 def show_run(
@@ -648,21 +655,21 @@ def show_run(
     Raises:
         ModerationError: the run id is not in the lake.
     """
-    run = get_run(lake, run_id)
+    run, extra = require_run(lake, run_id)
     checks: list[Check] = []
     policy_file: Path | str | None = None
     profile_file: Path | None = None
     if check:
         checks, policy_file, profile_file = _assess(run, lake=lake, models_dir=models_dir, conf_dir=conf_dir)
-    if check and policy_file is None and run.get("policy_hash") is not None:
+    if check and policy_file is None and run.policy_hash is not None:
         policy_file = POLICY_PLACEHOLDER  # the recorded path is gone or edited: never name it
     command = reproduce_command(run, lake_root=lake.root, policy_file=policy_file, profile_file=profile_file)
     return RunReport(lake_root=lake.root, run=run, checks=tuple(checks), command=command,
-                     notes=tuple(_notes(run, lake, command)))
+                     notes=tuple(_notes(run, lake, command)), extra=tuple(extra.items()))
 
 
-def _notes(run: dict, lake: Lake, command: str | None) -> list[str]:
-    kind = run.get("kind")
+def _notes(run: RunRecord, lake: Lake, command: str | None) -> list[str]:
+    kind = run.kind
     if command is None:
         return [(f"(a {kind} run scores and decides nothing: there is no command to reproduce it; its inputs "
                  f"are listed above)")]
@@ -670,15 +677,15 @@ def _notes(run: dict, lake: Lake, command: str | None) -> list[str]:
     if kind in SCORING_KINDS:
         notes.append(f"{NEW_LAKE}: a new lake root, so the tables of {lake.root} are left as they are")
     if kind == "rescan":
-        baseline = f" since run {run['baseline_run_id']}" if run.get("baseline_run_id") else ""
+        baseline = f" since run {run.baseline_run_id}" if run.baseline_run_id else ""
         notes.append(f"the rescan scored only pairs changed{baseline}; this backfill scores the whole selection at "
                      f"the same catalog version (the changed pairs get the same scores)")
-    if kind in SCORING_KINDS and run.get("hash_bank_version") is not None:
-        notes.append(f"covers were matched against {lake.uri('hash_bank')} version {run['hash_bank_version']}: "
+    if kind in SCORING_KINDS and run.hash_bank_version is not None:
+        notes.append(f"covers were matched against {lake.uri('hash_bank')} version {run.hash_bank_version}: "
                      f"copy that table into {NEW_LAKE} and restore it to that version first")
-    if kind == "decide" and run.get("scores_version") is not None:
-        notes.append(f"decide reads the latest scores; the run read scores version {run['scores_version']} "
+    if kind == "decide" and run.scores_version is not None:
+        notes.append(f"decide reads the latest scores; the run read scores version {run.scores_version} "
                      f"(the scores version check above says whether scores have moved since)")
-    if run.get("policy_hash") is not None and POLICY_PLACEHOLDER in command:
+    if run.policy_hash is not None and POLICY_PLACEHOLDER in command:
         notes.append(f"{POLICY_PLACEHOLDER}: no file with the run's policy hash was found (see the policy file check)")
     return notes

@@ -191,11 +191,11 @@ def _check_follow_ups(decide: bool, enforce: bool) -> None:
 def _follow_ups(*, lake: str, policy: Path, decide: bool, enforce: bool) -> None:
     """``--decide`` / ``--enforce`` after a scoring run: the same calls as those commands."""
     if decide:
-        from moderation.decide import run_decide
+        from moderation.policy.decide import run_decide
 
         typer.echo(run_decide(lake_root=lake, policy_path=policy).summary())
     if enforce:
-        from moderation.enforcement import run_enforce
+        from moderation.policy.enforcement import run_enforce
 
         typer.echo(run_enforce(lake_root=lake, policy_path=policy).summary())
 
@@ -223,7 +223,7 @@ def backfill(
     verbose: bool = _VERBOSE,
 ) -> None:
     """Score the catalog with the policy's models into <lake>/scores and <lake>/quarantine."""
-    from moderation.backfill import run_backfill
+    from moderation.scoring.backfill import run_backfill
 
     _check_follow_ups(decide, enforce)
     result = run_backfill(
@@ -257,7 +257,7 @@ def rescan(
     """Score only what changed since the last successful run: new items, changed content,
     changed model versions. Items gone from the catalog are recorded in <lake>/removals and
     their violations retired at the next decide. Writes nothing when nothing changed."""
-    from moderation.rescan import run_rescan
+    from moderation.scoring.rescan import run_rescan
 
     _check_follow_ups(decide, enforce)
     result = run_rescan(
@@ -278,7 +278,7 @@ def decide(
     verbose: bool = _VERBOSE,
 ) -> None:
     """Apply a policy version to the stored scores (no model) and replace its violations."""
-    from moderation.decide import run_decide
+    from moderation.policy.decide import run_decide
 
     result = run_decide(lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id)
     typer.echo(result.summary())
@@ -298,7 +298,7 @@ def diff(
     """Compare two decided versions of a policy (no model): write <lake>/diffs (newly violating,
     cleared, action changed, per item, category and market) and a stratified review sample to
     <lake>/diff_samples, and print a summary by category, item type, market and language."""
-    from moderation.diff import run_diff
+    from moderation.policy.diff import run_diff
 
     result = run_diff(lake_root=_abs_uri(lake), policy_id=policy, from_version=from_version,
                       to_version=to_version, run_id=run_id, sample_per_stratum=sample_per_stratum, seed=seed)
@@ -315,7 +315,7 @@ def enforce(
     """Export the actions the live version takes to <lake>/enforcement (one row per item,
     category and market; change data feed on). Refused for draft and shadow versions.
     Idempotent per version: exporting the same decide again writes nothing."""
-    from moderation.enforcement import run_enforce
+    from moderation.policy.enforcement import run_enforce
 
     result = run_enforce(lake_root=_abs_uri(lake), policy_path=policy, run_id=run_id)
     typer.echo(result.summary())
@@ -336,7 +336,7 @@ def report(
     decide date, creator / show / album roll-ups and blast radius, detection methods, a
     transparency summary with small cells suppressed), each with a PNG chart; all written under
     <lake>/reports/. Also the spark-submit entrypoint (jobs/report.py)."""
-    from moderation.reporting import run_report
+    from moderation.reporting.report import run_report
 
     result = run_report(_abs_uri(lake), master=master or _default_master(), min_cell_count=min_cell_count)
     typer.echo(result.summary())
@@ -370,7 +370,7 @@ def sql_(
     """Query the lake with Spark SQL, offline: every lake table is a temp view of one pinned
     snapshot (scores, violations, runs, diffs, eval_results, reports_violation_rates, ...; see
     docs/cookbook.md). The snapshot's versions are printed on stderr."""
-    from moderation.query import format_rows, run_sql
+    from moderation.reporting.query import format_rows, run_sql
 
     if csv and json_:
         raise ModerationError("--csv and --json: choose one output format")
@@ -400,14 +400,14 @@ def tables_(
     count (from the Delta log's statistics, no scan), last writer (the run id its last commit
     recorded, else the operation) and columns with their descriptions (moderation/schemas.py,
     the source of the column comments and of docs/tables.md)."""
-    from moderation.dictionary import column_rows, describe_lake, format_tables, overview_rows
     from moderation.output import dumps, is_terminal, print_rich_table
+    from moderation.reporting.dictionary import column_rows, describe_lake, format_tables, overview_rows
 
     root = _abs_uri(lake)
     found = describe_lake(root, table or None)
     if write_comments:
-        from moderation.lake import Lake
         from moderation.schemas import LAKE_SCHEMAS
+        from moderation.storage.lake import Lake
 
         for info in found:
             if info.name in LAKE_SCHEMAS:
@@ -435,7 +435,7 @@ def demo(
     """Build a demo catalog at <lake>/catalog (with generated media in <lake>/demo-media), bank
     two stand-in images, backfill with the models of v3 (text, cover art, audio) and of v9 (the
     fine-tuned multilingual text model), decide v1, v2, v3 and v9 from those scores, and report."""
-    from moderation.demo_run import run_demo
+    from moderation.demo.catalog.run import run_demo
 
     policies = [default_conf_dir() / "policies" / p for p in DEMO_POLICIES]
     run_demo(lake_root=_abs_uri(lake), items=items, data_dir=data_dir, policies=policies, echo=typer.echo)
@@ -488,7 +488,13 @@ def models_verify(
     """Check every artifact's SHA-256 against the registry (derived artifacts built from their
     pinned source first); exit 1 on any mismatch or missing file, on any node with --on-cluster."""
     from moderation.config import load_model_registry
-    from moderation.model_verify import check_artifacts, check_on_cluster, format_checks, format_nodes, select_models
+    from moderation.scoring.model_verify import (
+        check_artifacts,
+        check_on_cluster,
+        format_checks,
+        format_nodes,
+        select_models,
+    )
 
     specs = select_models(load_model_registry(), model_id=model_id, policy=policy)
     if on_cluster:
@@ -524,8 +530,8 @@ def bank_add(
 ) -> None:
     """Hash images with PDQ and add them to the bank (idempotent: known hashes are skipped).
     Exit 1 if any image was rejected (unreadable, not an image, hash quality too low)."""
-    from moderation.bank import add_to_bank
-    from moderation.lake import Lake
+    from moderation.storage.bank import add_to_bank
+    from moderation.storage.lake import Lake
 
     result = add_to_bank(Lake(_abs_uri(lake)), [_abs_uri(p) for p in paths], category=category, label=label,
                          source=source, min_quality=min_quality)
@@ -555,7 +561,7 @@ def policy_promote(
 ) -> None:
     """Make a policy version live (the previous live one is retired) or shadow; recorded in
     <lake>/runs. Going live needs a decide of the version and a diff from the live version."""
-    from moderation.lifecycle import run_promote
+    from moderation.policy.lifecycle import run_promote
 
     if to not in ("live", "shadow"):
         _fail(ModerationError(f"--to {to!r}: expected live or shadow"))
@@ -572,8 +578,8 @@ def policy_status(
 ) -> None:
     """Each version's declared and effective status (from promotions recorded in <lake>/runs)."""
     from moderation.config import load_policy
-    from moderation.lake import Lake
-    from moderation.lifecycle import declared_statuses, effective_status
+    from moderation.policy.lifecycle import declared_statuses, effective_status
+    from moderation.storage.lake import Lake
 
     loaded = load_policy(policy)
     lake_ = Lake(_abs_uri(lake))
@@ -613,9 +619,9 @@ def runs_list(
     json_: bool = typer.Option(False, "--json", help=_JSON_HELP + ": every recorded column of each run"),
 ) -> None:
     """List runs, newest first."""
-    from moderation.lake import Lake
     from moderation.output import dumps, is_terminal, print_rich_table
     from moderation.runs import format_runs, list_runs, runs_rows
+    from moderation.storage.lake import Lake
 
     table = list_runs(Lake(_abs_uri(lake)), kind=kind, policy_id=policy, status=status, limit=limit)
     if json_:
@@ -636,8 +642,8 @@ def runs_show(
 ) -> None:
     """Everything a run recorded, whether it can still be reproduced, and the command that does.
     Exit 1 when a check fails."""
-    from moderation.lake import Lake
     from moderation.runs import show_run
+    from moderation.storage.lake import Lake
 
     report = show_run(Lake(_abs_uri(lake)), run_id, check=check)
     if json_:
@@ -734,7 +740,7 @@ def eval_import(
 ) -> None:
     """Import a labelled file as a new version of an evaluation dataset."""
     from moderation.evaluation.datasets import import_file, import_provenance, write_dataset
-    from moderation.lake import Lake
+    from moderation.storage.lake import Lake
 
     labels = _label_map(label_column)
     table = import_file(file, label_columns=labels, slice_columns=slice_column, text_column=text_column,
@@ -754,9 +760,9 @@ def eval_import_standard(
     name: list[str] = typer.Option([], help="only these standard datasets (repeatable)"),
 ) -> None:
     """Build the standard evaluation datasets from the held-out splits of the labelled data."""
-    from moderation.datasets import default_data_dir
     from moderation.evaluation.datasets import import_standard
-    from moderation.lake import Lake
+    from moderation.evaluation.sources import default_data_dir
+    from moderation.storage.lake import Lake
 
     done = import_standard(Lake(_abs_uri(lake)), data_dir or default_data_dir(), name or None)
     for ds, version, written in done:
@@ -797,8 +803,8 @@ def eval_datasets(
 ) -> None:
     """List the evaluation datasets: version, rows, label balance, slices."""
     from moderation.evaluation.datasets import format_datasets, list_datasets
-    from moderation.lake import Lake
     from moderation.output import dumps, is_terminal, print_rich_table
+    from moderation.storage.lake import Lake
 
     rows = list_datasets(Lake(_abs_uri(lake)))
     if json_:
@@ -839,7 +845,7 @@ def eval_report(
     """Write a static HTML report (PR curves, calibration plots, slice tables; no server, no
     network) and a PNG summary of the latest evaluations."""
     from moderation.evaluation.report import write_report
-    from moderation.lake import Lake
+    from moderation.storage.lake import Lake
 
     files = write_report(Lake(_abs_uri(lake)), out, datasets=dataset or None, min_slice_n=min_slice_n)
     typer.echo(files.summary())

@@ -29,7 +29,7 @@ from moderation.modalities import Modality as Modality
 Action = Literal["remove", "restrict", "age_restrict", "demote", "label"]
 Severity = Literal["low", "medium", "high", "critical"]
 #: A version's status: its file declares the initial one; promotions (``moderation policy
-#: promote``, recorded in ``runs``) move it on (see moderation/lifecycle.py).
+#: promote``, recorded in ``runs``) move it on (see moderation/policy/lifecycle.py).
 PolicyStatus = Literal["draft", "shadow", "live", "retired"]
 POLICY_STATUSES: tuple[PolicyStatus, ...] = ("draft", "shadow", "live", "retired")
 #: ``violations.market_scope`` of a row decided by a category's global rule.
@@ -172,7 +172,7 @@ class LoadedPolicy(BaseModel):
 REFUSED_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 
 #: Named, deterministic converters a derived artifact may name (``convert:``), implemented in
-#: ``moderation.artifacts.CONVERTERS``. ``onnx_graph``: an ONNX file (weights inside it) to the
+#: ``moderation.storage.artifacts.CONVERTERS``. ``onnx_graph``: an ONNX file (weights inside it) to the
 #: safetensors graph image ``moderation/classifiers/onnx_graph.py`` runs in torch.
 Converter = Literal["onnx_graph"]
 
@@ -183,7 +183,7 @@ class ArtifactRef(_Strict):
     A *derived* artifact (``convert`` set) is built on the node that needs it: the file at
     ``uri`` is checked against ``source_sha256``, converted by the named deterministic
     converter, and the result checked against ``sha256`` (then cached per node; see
-    ``moderation.artifacts.read_verified``). So nothing node-local has to exist beforehand.
+    ``moderation.storage.artifacts.read_verified``). So nothing node-local has to exist beforehand.
     """
 
     uri: str
@@ -302,7 +302,7 @@ class RunProfile(_Strict):
     max_chunks: int = Field(default=200, ge=1)
     gpu: GpuMode = "auto"
     #: On GPU actors, run models in float16 (tested to move scores by < 0.01 and to flip no
-    #: decision at the shipped thresholds on the held-out sets; tests/test_half_precision.py).
+    #: decision at the shipped thresholds on the held-out sets; tests/classifiers/test_half_precision.py).
     half_precision: bool = True
     #: Catalog field -> the catalog's own column name, for catalogs that name their columns
     #: differently (``--map FIELD=COLUMN`` on the command line adds to / overrides these).

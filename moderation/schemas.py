@@ -68,7 +68,7 @@ CATALOG_SCHEMA = pa.schema(
         col("updated_at", TS, "when the catalog last changed the item"),
     ]
 )
-#: The demo catalog (``moderation.demo``, written at ``<lake>/catalog`` by ``moderation demo``):
+#: The demo catalog (``moderation.demo.catalog``, written at ``<lake>/catalog`` by ``moderation demo``):
 #: the catalog columns, then where each planted text came from, for measuring what was found.
 DEMO_CATALOG_SCHEMA = pa.schema(
     list(CATALOG_SCHEMA)
@@ -738,7 +738,7 @@ REVIEW_QUEUE_SCHEMA = pa.schema(
     ]
 )
 
-#: ``moderation bank add``: one row per banked image x crop variant (``moderation.bank``).
+#: ``moderation bank add``: one row per banked image x crop variant (``moderation.storage.bank``).
 HASH_BANK_SCHEMA = pa.schema(
     [
         col("hash", pa.string(), "PDQ perceptual hash, 64 lower-case hex characters", nullable=False),
@@ -754,7 +754,7 @@ HASH_BANK_SCHEMA = pa.schema(
     ]
 )
 
-#: The tables the pipeline writes through :class:`moderation.lake.Lake`, by path under the lake
+#: The tables the pipeline writes through :class:`moderation.storage.lake.Lake`, by path under the lake
 #: root: the one list of them (``lake.TableName`` is a key; adding a table is one entry here, and
 #: ``tests/test_architecture.py`` fails for a table the code writes that is missing).
 TABLE_SCHEMAS: dict[str, pa.Schema] = {

@@ -66,7 +66,7 @@ def speech_pattern(data_dir: Path, work: Path) -> "np.ndarray":  # noqa: F821 - 
     import numpy as np
 
     from moderation.classifiers.audio import SAMPLE_RATE, decode_audio
-    from moderation.demo import speak
+    from moderation.demo.catalog import speak
 
     parts = []
     for clip in sorted((data_dir / "media" / "audio").glob("[0-9]*.ogg")):  # LibriSpeech readings
@@ -117,10 +117,17 @@ def write_episode(path: Path, pattern, minutes: float) -> None:
 def measure(mode: str, path: str) -> dict:
     import numpy as np
 
-    from moderation.artifacts import read_verified
-    from moderation.classifiers.audio import SAMPLE_RATE, SileroVad, decode_audio, pack_windows, scan_audio, speech_spans
-    from moderation.classifiers.audio import window_samples
+    from moderation.classifiers.audio import (
+        SAMPLE_RATE,
+        SileroVad,
+        decode_audio,
+        pack_windows,
+        scan_audio,
+        speech_spans,
+        window_samples,
+    )
     from moderation.config import default_conf_dir, load_model_spec
+    from moderation.storage.artifacts import read_verified
 
     spec = load_model_spec(default_conf_dir() / "models" / "audio-speech-text-v1.yaml")
     vad = SileroVad(read_verified(spec.model_id, "vad", spec.artifacts["vad"]))
@@ -170,7 +177,7 @@ def main() -> None:
         print(json.dumps(measure(*args.measure)))
         return
 
-    from moderation.datasets import default_data_dir
+    from moderation.evaluation.sources import default_data_dir
 
     data_dir = args.data_dir or default_data_dir()
     work = Path(tempfile.mkdtemp(prefix="bench-audio-memory-"))

@@ -23,7 +23,7 @@ machine's cores; ``moderation/bench/spark_peer.py``) over the same catalog snaps
 batches of the profile's batch size, the model loaded once per Python worker with
 ``torch_threads / N`` threads each (the Ray path's one actor has ``torch_threads``), timed from
 reading the snapshot to its last Parquet file written (the Spark session started beforehand, as
-Ray is); its scores are the classifier's own, checked equal in tests/test_spark_peer.py.
+Ray is); its scores are the classifier's own, checked equal in tests/engines/test_spark_peer.py.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def plain_loop(catalog_uri: str, spec, profile, lake_root: str) -> tuple[int, fl
     import torch
     from deltalake import DeltaTable
 
-    from moderation.catalog import modality_mask, open_catalog, to_work_rows
     from moderation.classifiers.base import RunContext, build_classifier
+    from moderation.storage.catalog import modality_mask, open_catalog, to_work_rows
 
     if profile.torch_threads:
         torch.set_num_threads(profile.torch_threads)
@@ -89,7 +89,7 @@ def plain_loop(catalog_uri: str, spec, profile, lake_root: str) -> tuple[int, fl
 def spark_peer(catalog_uri: str, spec, profile, tasks: int, out: str) -> tuple[int, float]:
     """The Spark peer over the same catalog: (pairs, seconds from snapshot read to last file)."""
     from moderation.bench.spark_peer import score_catalog
-    from moderation.reporting import spark_session
+    from moderation.engines.spark import spark_session
 
     spark = spark_session(f"local[{tasks}]", app_name="bench-spark-peer")
     t0 = time.perf_counter()
@@ -129,11 +129,11 @@ def main(
     if peer not in (None, "spark"):
         raise typer.BadParameter(f"--peer {peer!r}: the only peer is 'spark'")
 
-    from moderation.backfill import run_backfill
     from moderation.config import default_conf_dir, load_model_registry, load_policy, load_run_profile
-    from moderation.datasets import default_data_dir
-    from moderation.demo import write_demo_catalog
-    from moderation.pipeline import ensure_ray
+    from moderation.demo.catalog import write_demo_catalog
+    from moderation.engines.ray import ensure_ray
+    from moderation.evaluation.sources import default_data_dir
+    from moderation.scoring.backfill import run_backfill
 
     policies = policy or [default_conf_dir() / "policies/catalog-safety/v1.yaml"]
     profile = load_run_profile(profile_path)

@@ -36,8 +36,8 @@ def _inputs(modality: str, items: int, data_dir: Path):
     """Work rows of real inputs for ``modality``: labelled posts, shared cover images, clips."""
     import pyarrow as pa
 
-    from moderation.catalog import to_work_rows
-    from moderation.datasets import read_hatexplain
+    from moderation.evaluation.sources import read_hatexplain
+    from moderation.storage.catalog import to_work_rows
 
     ids = [f"b{i:06d}" for i in range(items)]
     if modality == "text":
@@ -104,7 +104,7 @@ def main(
 
     from moderation.classifiers.base import QREASON, build_classifier
     from moderation.config import load_model_registry
-    from moderation.datasets import default_data_dir
+    from moderation.evaluation.sources import default_data_dir
 
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU on this machine: nothing to measure (use --device cpu to run on the CPU)")

@@ -84,8 +84,8 @@ def main(
 ) -> None:
     from deltalake import write_deltalake
 
-    from moderation.datasets import default_data_dir
-    from moderation.demo import build_demo_table
+    from moderation.demo.catalog import build_demo_table
+    from moderation.evaluation.sources import default_data_dir
 
     work = Path(workdir or tempfile.mkdtemp(prefix="bench-lifecycle-"))
     work.mkdir(parents=True, exist_ok=True)

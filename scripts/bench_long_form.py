@@ -122,7 +122,7 @@ class AudioRun:
 
 def held_out_posts(data_dir: Path, *, seed: int = 13, max_chars: int | None = None):
     """HateXplain test posts labelled hatespeech (held out from every model's training), shuffled."""
-    from moderation.datasets import read_hatexplain
+    from moderation.evaluation.sources import read_hatexplain
 
     posts = [r for r in read_hatexplain(data_dir, "test")
              if r.label == "hatespeech" and (max_chars is None or len(r.text) <= max_chars)]
@@ -133,7 +133,7 @@ def held_out_posts(data_dir: Path, *, seed: int = 13, max_chars: int | None = No
 def plants(n: int, *, data_dir: Path, min_words: int, spoken: bool = False, seed: int = 13) -> list[str]:
     """``n`` passages of held-out hateful posts (``demo.plant_passage``: posts joined until
     ``min_words`` words; 0: one post each), no post used twice while the posts last."""
-    from moderation.demo import plant_passage
+    from moderation.demo.catalog import plant_passage
 
     posts = held_out_posts(data_dir, seed=seed, max_chars=200 if spoken else None)
     out, at = [], 0
@@ -153,7 +153,7 @@ def long_items(n: int, *, data_dir: Path, words: int = 6_000, plant_words: int =
     """``n`` transcripts of ``words`` words of a show's talk (``demo.long_transcript``: its intro,
     its ad read every 1,500 words), each with a passage of held-out hateful posts planted at word
     ``PLANT_AT``."""
-    from moderation.demo import long_transcript, make_show
+    from moderation.demo.catalog import long_transcript, make_show
 
     rng = random.Random(seed)
     out = []
@@ -165,8 +165,8 @@ def long_items(n: int, *, data_dir: Path, words: int = 6_000, plant_words: int =
 
 def short_rows(items: int, *, data_dir: Path):
     """Text work rows of today's demo mix (``build_demo_table`` without long-form items)."""
-    from moderation.catalog import to_work_rows
-    from moderation.demo import build_demo_table
+    from moderation.demo.catalog import build_demo_table
+    from moderation.storage.catalog import to_work_rows
 
     table, _ = build_demo_table(items=items, data_dir=data_dir, long_form=0, long_audio=0)
     return to_work_rows(table, "text")
@@ -175,7 +175,7 @@ def short_rows(items: int, *, data_dir: Path):
 def long_rows(items: list[LongItem]):
     import pyarrow as pa
 
-    from moderation.catalog import to_work_rows
+    from moderation.storage.catalog import to_work_rows
 
     return to_work_rows(pa.table({"item_id": [x.item_id for x in items], "item_type": ["episode"] * len(items),
                                   "title": [f"Episode {i + 1}" for i in range(len(items))],
@@ -186,7 +186,7 @@ def speech_clip(seconds: float, out: Path, *, data_dir: Path | None = None, seed
     """``demo.long_speech_clip``: ``seconds`` of espeak-ng talk, with (given ``data_dir``) a spoken
     passage of held-out hateful posts from three quarters of the way in (minute 6 of 8, as in the
     demo); None without espeak-ng."""
-    from moderation.demo import _ESPEAK, long_speech_clip
+    from moderation.demo.catalog import _ESPEAK, long_speech_clip
 
     if not _ESPEAK:
         return None
@@ -250,8 +250,8 @@ def _found(row: dict, item: LongItem, threshold: float) -> bool:
 def _warm_rows():
     import pyarrow as pa
 
-    from moderation.catalog import to_work_rows
-    from moderation.demo import _TOPIC, _TRANSCRIPT
+    from moderation.demo.catalog import _TOPIC, _TRANSCRIPT
+    from moderation.storage.catalog import to_work_rows
 
     body = " ".join(f"{line} {topic}." for line, topic in zip(_TRANSCRIPT * 8, _TOPIC * 4))  # about 400 words
     return to_work_rows(pa.table({"item_id": ["warm_0", "warm_1"], "item_type": ["episode"] * 2,
@@ -317,8 +317,8 @@ def plants_alone(spec, items: list[LongItem], *, threshold: float, batch_size: i
     """How many of the planted passages the model flags when each is the whole item (the ceiling)."""
     import pyarrow as pa
 
-    from moderation.catalog import to_work_rows
     from moderation.classifiers.base import build_classifier
+    from moderation.storage.catalog import to_work_rows
 
     clf = build_classifier(spec, batch_size=batch_size)
     clf.setup(device)
@@ -334,9 +334,9 @@ def measure_audio(clip, *, device: str = "cpu", batch_size: int = 64, warm=None)
     threshold with the evidence window on it."""
     import pyarrow as pa
 
-    from moderation.catalog import to_work_rows
     from moderation.classifiers.base import build_classifier
     from moderation.config import load_model_registry
+    from moderation.storage.catalog import to_work_rows
 
     def rows(path: Path, item_id: str):
         return to_work_rows(pa.table({"item_id": [item_id], "item_type": ["episode"], "audio_clip": [str(path)]}), "audio")
@@ -438,7 +438,7 @@ def main(
     import torch
 
     from moderation.config import load_model_registry, load_run_profile
-    from moderation.datasets import default_data_dir
+    from moderation.evaluation.sources import default_data_dir
 
     if quick:
         items, long_count, clip_seconds = min(items, 200), min(long_count, 2), min(clip_seconds, 120.0)

@@ -178,8 +178,8 @@ def sample_run(cmd: list[str], env: dict[str, str], log_path: Path, samples_path
 
 def build_catalog(uri: str, items: int) -> None:
     """A text-only demo catalog: labelled posts from ../shared/data (when present), no media."""
-    from moderation.datasets import default_data_dir
-    from moderation.demo import write_demo_catalog
+    from moderation.demo.catalog import write_demo_catalog
+    from moderation.evaluation.sources import default_data_dir
 
     data_dir = default_data_dir()
     write_demo_catalog(uri, items=items, data_dir=data_dir if Path(data_dir).is_dir() else None,
@@ -189,8 +189,8 @@ def build_catalog(uri: str, items: int) -> None:
 def job_seconds(lake: str, run_id: str) -> float | None:
     """The run's own started_at -> ended_at from the runs table (Ray start-up included)."""
     try:
-        from moderation.lake import Lake
         from moderation.runs import read_run
+        from moderation.storage.lake import Lake
 
         row = read_run(Lake(lake), run_id)
         return (row.ended_at - row.started_at).total_seconds() if row and row.started_at and row.ended_at else None

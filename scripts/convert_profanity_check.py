@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from moderation.artifacts import pin_artifact, write_artifact
 from moderation.classifiers.lexical import POSITIVE_CLASS, TRUSTED_TYPES, load_pipeline
 from moderation.config import PROJECT_ROOT
-from moderation.datasets import default_data_dir
+from moderation.evaluation.sources import default_data_dir
+from moderation.storage.artifacts import pin_artifact, write_artifact
 
 app = typer.Typer(add_completion=False)
 

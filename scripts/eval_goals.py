@@ -23,9 +23,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from moderation.classifiers.base import build_classifier
 from moderation.classifiers.text import normalize_text
 from moderation.config import load_model_registry
-from moderation.datasets import default_data_dir
 from moderation.evaluation.datasets import STANDARD_DATASETS
 from moderation.evaluation.functional import build_functional_suite
+from moderation.evaluation.sources import default_data_dir
 
 app = typer.Typer(add_completion=False)
 DEFAULT_MODELS = ["text-minilm-heads-v1", "text-minilm-heads-v2", "text-profanity-check-v1", "text-muse-heads-v1",

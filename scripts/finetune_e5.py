@@ -39,16 +39,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import train_multilingual_heads as heads_script  # scripts/ (this script's folder)
 import typer
 
-from moderation.artifacts import pin_artifact, write_artifact
 from moderation.classifiers.e5 import ADAPTER_LINEARS, E5Encoder
 from moderation.classifiers.text import normalize_text
 from moderation.config import PROJECT_ROOT, load_model_spec
-from moderation.corpora import CORPORA, TEXT_CATEGORIES, normalise_key
-from moderation.datasets import default_data_dir
-
-import train_multilingual_heads as heads_script  # scripts/ (this script's folder)
+from moderation.evaluation.corpora import CORPORA, TEXT_CATEGORIES, normalise_key
+from moderation.evaluation.sources import default_data_dir
+from moderation.storage.artifacts import pin_artifact, write_artifact
 
 app = typer.Typer(add_completion=False)
 MODEL_ID = "text-e5-ft-v1"
@@ -206,8 +205,8 @@ def main(
     from safetensors.numpy import load as load_np
     from safetensors.numpy import save
 
-    from moderation.artifacts import read_verified
     from moderation.evaluation.functional import build_functional_suite
+    from moderation.storage.artifacts import read_verified
 
     torch.manual_seed(seed)
     registry = PROJECT_ROOT / f"conf/models/{MODEL_ID}.yaml"

@@ -3,7 +3,7 @@ multilingual-e5-small -> text-e5-heads-v1; ``--encoder muse``: USE-m3 -> text-mu
 measure them the way issue 12 asks: per held-out set and language, across datasets (each
 training corpus left out in turn), and on the project's functional suite.
 
-Data (moderation/corpora.py; ../shared/data/SOURCES.md): every corpus's own training split,
+Data (moderation/evaluation/corpora.py; ../shared/data/SOURCES.md): every corpus's own training split,
 never a test split; a row's test key (normalised text) is checked not to occur in any test
 split. ``--data permissive`` (the shipped weights) trains only on corpora whose licence allows
 it (MIT, CC BY); ``--data all`` (research, never shipped) adds the share-alike, GPL and
@@ -44,13 +44,13 @@ import typer
 from safetensors.numpy import save
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from moderation.artifacts import pin_artifact, write_artifact
 from moderation.classifiers.text import normalize_text
 from moderation.config import PROJECT_ROOT, load_model_spec
-from moderation.corpora import CORPORA, TEXT_CATEGORIES, leaked_keys, normalise_key, read_all
-from moderation.datasets import LabelledText, default_data_dir
-from moderation.embedding_cache import EmbeddingCache
+from moderation.evaluation.corpora import CORPORA, TEXT_CATEGORIES, leaked_keys, normalise_key, read_all
+from moderation.evaluation.embedding_cache import EmbeddingCache
 from moderation.evaluation.metrics import recall_at_precision
+from moderation.evaluation.sources import LabelledText, default_data_dir
+from moderation.storage.artifacts import pin_artifact, write_artifact
 
 app = typer.Typer(add_completion=False)
 

@@ -1,6 +1,6 @@
 """Train the reference text heads (hate, harassment, spam) on frozen MiniLM embeddings.
 
-Reads only the training splits of ../shared/data (see moderation/datasets.py), writes the heads
+Reads only the training splits of ../shared/data (see moderation/evaluation/sources.py), writes the heads
 as a safetensors file (categories in the metadata), pins its SHA-256 in the registry entry, and
 prints held-out metrics.
 
@@ -45,10 +45,10 @@ from safetensors.numpy import save
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from moderation.artifacts import pin_artifact, write_artifact
 from moderation.classifiers.text import LexicalModel, MiniLMEncoder, normalize_text
 from moderation.config import PROJECT_ROOT, load_model_spec
-from moderation.datasets import CATEGORIES, LabelledText, default_data_dir, heldout_sets, training_set
+from moderation.evaluation.sources import CATEGORIES, LabelledText, default_data_dir, heldout_sets, training_set
+from moderation.storage.artifacts import pin_artifact, write_artifact
 
 app = typer.Typer(add_completion=False)
 

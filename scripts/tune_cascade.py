@@ -29,8 +29,8 @@ from moderation.classifiers.base import build_classifier
 from moderation.classifiers.cascade import member_spec
 from moderation.classifiers.text import normalize_text
 from moderation.config import PROJECT_ROOT, load_model_registry
-from moderation.corpora import read_all
-from moderation.datasets import default_data_dir
+from moderation.evaluation.corpora import read_all
+from moderation.evaluation.sources import default_data_dir
 
 app = typer.Typer(add_completion=False)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from moderation.config import default_conf_dir
-from moderation.datasets import default_data_dir
+from moderation.evaluation.sources import default_data_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -75,7 +75,7 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def spark():
-    from moderation.reporting import spark_session
+    from moderation.engines.spark import spark_session
 
     session = spark_session("local[2]")
     yield session

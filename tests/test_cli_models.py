@@ -111,7 +111,7 @@ def test_list_commands_draw_rich_tables_at_a_terminal(tmp_path, monkeypatch, dat
     status = CliRunner().invoke(app, ["policy", "status", "--policy", str(POLICY_V1), "--lake", str(tmp_path)])
     assert status.exit_code == 0 and "┃ policy" in status.output and "catalog-safety" in status.output
     from moderation.evaluation.datasets import import_standard
-    from moderation.lake import Lake
+    from moderation.storage.lake import Lake
 
     import_standard(Lake(str(tmp_path)), data_dir, names=["youtube_spam_heldout"])
     sets = CliRunner().invoke(app, ["eval", "datasets", "--lake", str(tmp_path)])

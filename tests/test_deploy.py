@@ -17,8 +17,8 @@ import yaml
 
 from moderation.cli import app
 from moderation.config import default_conf_dir, load_run_profile
+from moderation.engines.ray import plan_placement
 from moderation.errors import ModerationError
-from moderation.pipeline import plan_placement
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -61,12 +61,12 @@ class _Result:
 def calls(monkeypatch):
     """The library calls behind the commands, recorded instead of run; ``main``'s process exit
     becomes a SystemExit and its stream masking is left out (both act on the test process)."""
-    import moderation.backfill
     import moderation.cli
-    import moderation.decide
-    import moderation.enforcement
+    import moderation.policy.decide
+    import moderation.policy.enforcement
     import moderation.redact
-    import moderation.reporting
+    import moderation.reporting.report
+    import moderation.scoring.backfill
 
     seen: dict[str, dict] = {}
 
@@ -78,10 +78,10 @@ def calls(monkeypatch):
             return _Result()
         return run
 
-    monkeypatch.setattr(moderation.backfill, "run_backfill", fake("backfill"))
-    monkeypatch.setattr(moderation.decide, "run_decide", fake("decide"))
-    monkeypatch.setattr(moderation.enforcement, "run_enforce", fake("enforce"))
-    monkeypatch.setattr(moderation.reporting, "run_report", fake("report"))
+    monkeypatch.setattr(moderation.scoring.backfill, "run_backfill", fake("backfill"))
+    monkeypatch.setattr(moderation.policy.decide, "run_decide", fake("decide"))
+    monkeypatch.setattr(moderation.policy.enforcement, "run_enforce", fake("enforce"))
+    monkeypatch.setattr(moderation.reporting.report, "run_report", fake("report"))
     monkeypatch.setattr(moderation.redact, "install", lambda: None)
     monkeypatch.setattr(moderation.cli, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
     seen["fake"] = fake
@@ -136,7 +136,7 @@ def test_help_of_each_entrypoint_lists_every_option(entry):
 @pytest.mark.parametrize("path", sorted(JOBS))
 def test_exit_codes_are_the_clis(path, calls, monkeypatch):
     name = JOBS[path]
-    module = {"backfill": "moderation.backfill", "report": "moderation.reporting"}[name]
+    module = {"backfill": "moderation.scoring.backfill", "report": "moderation.reporting.report"}[name]
     required = ["--lake", "x"] + (["--catalog", "x", "--policy", "x"] if name == "backfill" else [])
     target = sys.modules[module]
     attr = "run_backfill" if name == "backfill" else "run_report"

@@ -28,7 +28,7 @@ def test_a_cause_ray_kept_as_an_object_is_found():
 def test_a_cause_ray_kept_only_as_text_is_rebuilt():
     # What ActorDiedError says when an actor's constructor raised (Ray keeps the traceback's text).
     text = ("The actor died because of an error raised in its creation task, ray::MapWorker(ScoreActor).__init__()\n"
-            "  File \"/x/moderation/artifacts.py\", line 97, in read_artifact\n"
+            "  File \"/x/moderation/storage/artifacts.py\", line 97, in read_artifact\n"
             "moderation.errors.ArtifactError: text-minilm-heads-v1: heads: digest mismatch, refusing to load\n")
     cause = moderation_cause(RuntimeError(text))
     assert type(cause) is ArtifactError and str(cause) == "text-minilm-heads-v1: heads: digest mismatch, refusing to load"

@@ -15,7 +15,6 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from moderation.config import load_model_registry, load_policy
-from moderation.lake import Lake
 from moderation.runs import (
     RUN_COLUMNS,
     PolicyProvenance,
@@ -28,6 +27,7 @@ from moderation.runs import (
     write_run,
 )
 from moderation.schemas import RUNS_SCHEMA
+from moderation.storage.lake import Lake
 
 from .conftest import POLICY_V1
 

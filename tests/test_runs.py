@@ -24,7 +24,6 @@ from moderation.config import (
     load_run_profile,
 )
 from moderation.errors import ModerationError
-from moderation.lake import Lake
 from moderation.runs import (
     GROUPS,
     Check,
@@ -39,6 +38,7 @@ from moderation.runs import (
     write_run,
 )
 from moderation.schemas import RUNS_SCHEMA
+from moderation.storage.lake import Lake
 
 from .conftest import POLICY_V1
 
@@ -441,8 +441,8 @@ def test_show_without_checks(lake, registry, catalog):
 def test_catalog_version_check_on_s3(tmp_path, registry, monkeypatch):
     import pyarrow.fs as pafs
 
-    from moderation.lake import arrow_filesystem, storage_options
     from moderation.runs import delta_version_check
+    from moderation.storage.lake import arrow_filesystem, storage_options
     from tests.s3_server import SeaweedS3
 
     with SeaweedS3(tmp_path / "seaweed") as s3:
@@ -466,7 +466,7 @@ def test_catalog_version_check_on_s3(tmp_path, registry, monkeypatch):
 
 
 def test_a_failed_runs_error_leads_with_the_cause_ray_wrapped():
-    from moderation.backfill import error_text
+    from moderation.scoring.backfill import error_text
 
     class ActorDiedError(Exception):
         pass

@@ -9,10 +9,11 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from moderation import reporting, schemas
-from moderation.lake import Lake, conform
+from moderation import schemas
+from moderation.reporting import report as reporting
 from moderation.runs import RunRecord, write_run
 from moderation.schemas import COMMENT, LAKE_SCHEMAS, RUNS_SCHEMA, SCORES_SCHEMA, TABLE_SCHEMAS, description
+from moderation.storage.lake import Lake, conform
 
 #: Every pa.Schema the project defines for a table, a report or a summary.
 ALL_SCHEMAS = {

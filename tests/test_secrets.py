@@ -36,7 +36,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from moderation.config import default_conf_dir
-from moderation.demo import write_demo_catalog
+from moderation.demo.catalog import write_demo_catalog
 from tests.conftest import POLICY_V1
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]

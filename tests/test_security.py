@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from moderation.media import MediaError, check_root, read_media
 from moderation.redact import mask
 from moderation.security import UnsafeEnvironment, check_environment
+from moderation.storage.media import MediaError, check_root, read_media
 
 
 @pytest.mark.parametrize("value", ["1", "true", "yes"])
@@ -81,11 +81,11 @@ def test_every_model_refuses_a_tampered_artifact(tmp_path):
     actor's setup, or the CPU-side preprocess for silero-vad)."""
     import pyarrow as pa
 
-    from moderation.catalog import to_work_rows
-    from moderation.artifacts import resolve_local
     from moderation.classifiers.base import RunContext, build_classifier
     from moderation.config import load_model_registry
     from moderation.errors import ArtifactError
+    from moderation.storage.artifacts import resolve_local
+    from moderation.storage.catalog import to_work_rows
 
     checked = 0
     for spec in load_model_registry().values():
@@ -151,8 +151,8 @@ def test_an_s3_object_that_grew_after_its_head_is_read_at_most_max_bytes_plus_on
 def test_an_s3_artifact_is_read_at_most_its_cap_plus_one(monkeypatch):
     import boto3
 
-    from moderation import artifacts
     from moderation.errors import ArtifactError
+    from moderation.storage import artifacts
 
     client = _GrowingObjectClient()
     monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
@@ -197,7 +197,7 @@ def test_bounded_s3_reads_on_a_real_server(tmp_path, monkeypatch):
         import boto3
         from botocore.client import BaseClient
 
-        from moderation.media import get_bounded
+        from moderation.storage.media import get_bounded
 
         assert get_bounded(client, s3.bucket, "m/empty.jpg", max_bytes=10) == b""
         got = []

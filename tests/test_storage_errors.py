@@ -139,7 +139,7 @@ def test_storage_boundary_gives_one_line_and_passes_other_errors():
 def test_any_command_exits_3_with_one_line_on_a_store_failure(error, monkeypatch, capsys):
     """Outside a scoring run too (decide, report, runs ...): cli.main is the last boundary."""
     import moderation.cli as cli
-    import moderation.decide as decide
+    import moderation.policy.decide as decide
 
     def fail(**_kw):
         raise error

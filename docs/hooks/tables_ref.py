@@ -28,7 +28,7 @@ def _cell(text: str) -> str:
 
 def columns_markdown(table: str) -> str | None:
     """The Markdown table of ``table``'s columns, or None when no schema names it."""
-    from moderation.dictionary import type_name
+    from moderation.reporting.dictionary import type_name
     from moderation.schemas import EVAL_DATASET_COLUMNS, LAKE_SCHEMAS, description
 
     rows = ["| column | type | meaning |", "|---|---|---|"]

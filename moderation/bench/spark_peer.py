@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from moderation.catalog import CatalogSnapshot, open_catalog
 from moderation.classifiers.base import CONTENT_HASH, QREASON, Classifier, RunContext
 from moderation.config import ModelSpec
+from moderation.storage.catalog import CatalogSnapshot, open_catalog
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,7 +49,7 @@ def output_schema(spec: ModelSpec) -> pa.Schema:
 def score_table(clf: Classifier, rows: pa.Table) -> pa.Table:
     """Catalog rows -> the peer's rows (``output_schema``), through the classifier's own
     ``prepare`` and ``process_batch``: the Ray path's work rows, windowing and scores."""
-    from moderation.catalog import modality_mask, to_work_rows
+    from moderation.storage.catalog import modality_mask, to_work_rows
 
     mask = modality_mask(rows, clf.spec.modality)
     if mask is not None:
@@ -103,7 +103,7 @@ def read_catalog(spark: SparkSession, snapshot: CatalogSnapshot) -> DataFrame:
     """
     from pyspark.sql import functions as F
 
-    from moderation.reporting import spark_schema
+    from moderation.engines.spark import spark_schema
 
     if any(f.deleted for f in snapshot.files):
         raise ValueError(f"catalog {snapshot.uri}: its snapshot deletes rows (deletion vectors), "
@@ -176,7 +176,7 @@ def score_catalog(
     Returns:
         The scored rows (``output_schema``), or their count when written to ``output``.
     """
-    from moderation.reporting import spark_schema
+    from moderation.engines.spark import spark_schema
 
     snapshot = open_catalog(catalog_uri)
     rows = read_catalog(spark, snapshot).repartition(partitions or spark.sparkContext.defaultParallelism)

@@ -55,7 +55,6 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from moderation.artifacts import ctranslate2_spec, read_verified
 from moderation.classifiers.base import (
     CONTENT_HASH,
     Classifier,
@@ -67,8 +66,9 @@ from moderation.classifiers.text import MiniLMHeadsClassifier, coverage_columns,
 from moderation.classifiers.windows import Coverage
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError, ModerationError
-from moderation.media import MediaError, read_media
 from moderation.modalities import media_column
+from moderation.storage.artifacts import ctranslate2_spec, read_verified
+from moderation.storage.media import MediaError, read_media
 
 if TYPE_CHECKING:
     from py3langid.langid import LanguageIdentifier

@@ -32,8 +32,8 @@ import pyarrow as pa
 # is built; ``build_classifier`` is re-exported here for the callers that import it from base.
 from moderation.classifiers.registry import build_classifier as build_classifier
 from moderation.config import DEFAULT_MAX_ITEM_SECONDS, DEFAULT_MAX_ITEM_WORDS, ModelSpec
-from moderation.media import MediaError
 from moderation.modalities import Modality, media_column
+from moderation.storage.media import MediaError
 
 M = TypeVar("M")
 V = TypeVar("V")
@@ -180,7 +180,7 @@ class Classifier(abc.ABC):
     def content_hashes(self, batch: pa.Table) -> list[str]:
         """The CONTENT_HASH ``preprocess`` gives each work row, computed without preparing the
         input (media: the bytes are read and hashed, not decoded)."""
-        from moderation.media import read_media
+        from moderation.storage.media import read_media
 
         out = []
         for uri in self.media_uris(batch):
@@ -203,7 +203,7 @@ class Classifier(abc.ABC):
         not valid UTF-8 (``to_work_rows`` nulls them) cannot be scored (``invalid_utf8``)."""
         import pyarrow.compute as pc
 
-        from moderation.catalog import INVALID_UTF8
+        from moderation.storage.catalog import INVALID_UTF8
 
         out = self.preprocess(batch)
         checks = []
@@ -235,7 +235,7 @@ class Classifier(abc.ABC):
     def to_half(self) -> None:  # noqa: B027 - an optional hook, not abstract: the default converts nothing
         """Switch the loaded model to float16 (GPU actors, when the run profile allows it).
         Default: nothing to convert. The tolerance this may cost is tested per model
-        (tests/test_half_precision.py)."""
+        (tests/classifiers/test_half_precision.py)."""
 
     @abc.abstractmethod
     def score(self, batch: pa.Table) -> tuple[list[dict[str, float]], list[dict[str, str]]]:

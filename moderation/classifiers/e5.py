@@ -7,7 +7,7 @@ unigram vocabulary (pieces and scores), a per-codepoint normalisation map and a 
 (4-bit Q4_0 blocks for the matrices, float32 for biases, layer norms and position embeddings).
 This module parses it with numpy (nothing in it is executed), dequantises the weights into a
 torch module and reproduces the engine's tokenizer and pooling, so the same encoder runs on a
-GPU actor. ``tests/test_e5_port.py`` checks it against the package's own engine.
+GPU actor. ``tests/classifiers/test_e5_port.py`` checks it against the package's own engine.
 
 What the engine does, and this port with it (read off the package's ``e5.c``):
 
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moderation.artifacts import read_verified
 from moderation.classifiers.batching import encode_batches
 from moderation.config import ModelSpec
+from moderation.storage.artifacts import read_verified
 
 MAGIC = b"E5S1"
 QK = 32  # weights per Q4_0 block

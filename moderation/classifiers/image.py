@@ -2,7 +2,7 @@
 has one) from safetensors weights that each node derives from the packaged ONNX (a derived
 artifact, ``convert: onnx_graph``: built, digest-checked and cached by ``read_verified``).
 
-Decoding happens on CPU in preprocessing (``moderation.media.load_cover``, shared by the image
+Decoding happens on CPU in preprocessing (``moderation.storage.media.load_cover``, shared by the image
 classifiers through ``CoverClassifier``) and every failure mode becomes a quarantine reason
 for the image modality only (the item's other modalities are still scored):
 
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from moderation.artifacts import read_verified
 from moderation.classifiers.base import Classifier, MediaInputs, RunContext, media_inputs
 from moderation.config import ModelSpec
-from moderation.media import load_cover
 from moderation.modalities import media_column
+from moderation.storage.artifacts import read_verified
+from moderation.storage.media import load_cover
 
 if TYPE_CHECKING:
     from moderation.classifiers.onnx_graph import GraphModule

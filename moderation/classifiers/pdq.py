@@ -1,5 +1,5 @@
 """Known-image matching for cover art: the PDQ hash of each cover against the lake's hash bank
-(``moderation.bank``), a re-upload of banked content being found however it was re-encoded,
+(``moderation.storage.bank``), a re-upload of banked content being found however it was re-encoded,
 resized or slightly cropped.
 
 Reading and decoding share the image classifier's reason codes (``image_missing`` …
@@ -39,7 +39,7 @@ from moderation.config import ModelSpec
 from moderation.errors import ArtifactError
 
 if TYPE_CHECKING:
-    from moderation.bank import BankSnapshot
+    from moderation.storage.bank import BankSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class PdqBankClassifier(CoverClassifier):
     # ---- CPU side -------------------------------------------------------------------
     def preprocess(self, batch: pa.Table) -> pa.Table:
         """Adds ``pdq_hash`` (hex) and ``pdq_quality`` besides the columns every modality adds."""
-        from moderation.bank import pdq_hash
+        from moderation.storage.bank import pdq_hash
 
         rows = self.covers(batch, lambda _uri, img: pdq_hash(img))  # (hex, quality) per cover
         return rows.prepared(batch, {
@@ -108,9 +108,9 @@ class PdqBankClassifier(CoverClassifier):
             ArtifactError: params artifact missing, tampered or malformed.
             ValueError: the classifier was built without the run's lake root.
         """
-        from moderation.artifacts import read_verified
-        from moderation.bank import HASH_BANK_TABLE, load_bank
-        from moderation.lake import Lake
+        from moderation.storage.artifacts import read_verified
+        from moderation.storage.bank import HASH_BANK_TABLE, load_bank
+        from moderation.storage.lake import Lake
 
         ref = self.spec.artifacts.get(PARAMS_ARTIFACT)
         if ref is None:
@@ -152,7 +152,7 @@ class PdqBankClassifier(CoverClassifier):
         return self._bank_version
 
     def score(self, batch: pa.Table) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
-        from moderation.bank import nearest
+        from moderation.storage.bank import nearest
 
         if self._banks is None or self._params is None:
             raise RuntimeError("setup() was not called")

@@ -26,7 +26,6 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from moderation.artifacts import read_verified
 from moderation.classifiers.base import Classifier, RunContext, prepared
 from moderation.classifiers.windows import (
     LEGACY_WINDOWING,
@@ -47,6 +46,7 @@ from moderation.classifiers.windows import (
 from moderation.config import ModelSpec
 from moderation.errors import ConfigError
 from moderation.schemas import TEXT_COLUMNS
+from moderation.storage.artifacts import read_verified
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPACE = re.compile(r"\s+")
@@ -414,7 +414,7 @@ class MuseHeadsClassifier(MiniLMHeadsClassifier):
     def to_half(self) -> None:
         """Kept in float32: in float16 the layer norms over 1,280 features and the sum over
         tokens move probabilities by up to 0.013 (above the 0.01 tolerance of
-        tests/test_half_precision.py), and the convolutional encoder is cheap in float32 anyway."""
+        tests/classifiers/test_half_precision.py), and the convolutional encoder is cheap in float32 anyway."""
         if self._encoder is None:
             raise RuntimeError("setup() was not called")
 

@@ -23,8 +23,8 @@ import yaml
 from moderation.config import load_model_registry, load_policy
 from moderation.errors import ConfigError, ModerationError
 from moderation.evaluation.metrics import recall_at_precision
-from moderation.lake import Lake
-from moderation.lifecycle import declared_statuses
+from moderation.policy.lifecycle import declared_statuses
+from moderation.storage.lake import Lake
 
 
 @dataclass

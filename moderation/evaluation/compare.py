@@ -24,7 +24,7 @@ from moderation.errors import ConfigError, ModerationError
 from moderation.evaluation.datasets import label_categories, read_dataset
 from moderation.evaluation.evaluate import baseline_models, dataset_slices, predictions
 from moderation.evaluation.metrics import PAIRED_METRICS, paired_difference
-from moderation.lake import Lake
+from moderation.storage.lake import Lake
 
 METRIC_NAMES = {"pr_auc": "PR-AUC", "roc_auc": "ROC-AUC"}
 #: The columns of a comparison table (:func:`compare_predictions`).

@@ -40,10 +40,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moderation.datasets import YOUTUBE_HELDOUT, _hx_label
 from moderation.errors import ModerationError
-from moderation.lake import Lake, arrow_filesystem
+from moderation.evaluation.sources import YOUTUBE_HELDOUT, _hx_label
 from moderation.modalities import MODALITIES
+from moderation.storage.lake import Lake, arrow_filesystem
 
 DATASETS_DIR = "eval/datasets"
 LABEL_PREFIX = "label_"
@@ -312,9 +312,9 @@ def _youtube_heldout(data_dir: Path) -> tuple[pa.Table, dict]:
 
 
 def _germeval(data_dir: Path) -> tuple[pa.Table, dict]:
-    """GermEval 2018's held-out part: the rows ``moderation.corpora`` puts in its test split
+    """GermEval 2018's held-out part: the rows ``moderation.evaluation.corpora`` puts in its test split
     (the multilingual heads train on its train split; the English heads on none of it)."""
-    from moderation.corpora import hash_split, normalise_key
+    from moderation.evaluation.corpora import hash_split, normalise_key
 
     path = data_dir / "text" / "germeval2018" / "training.txt"
     rows = []
@@ -335,13 +335,13 @@ POOLED_PER_CORPUS = 800
 
 
 def _pooled(data_dir: Path, split: str) -> tuple[pa.Table, dict]:
-    """One held-out split of every corpus in ``moderation.corpora`` (at most POOLED_PER_CORPUS
+    """One held-out split of every corpus in ``moderation.evaluation.corpora`` (at most POOLED_PER_CORPUS
     rows each, the same rows every time: smallest SHA-256 of the text), labels per annotated
     category, slices ``language`` and ``source``. A text that also occurs in any corpus's
     training split (short generic posts: "Oui", "non") is left out, so no model trained on the
     corpora has seen an example; a validation text that is also some corpus's test text is left
     out of validation, so calibration never sees a test example."""
-    from moderation.corpora import CORPORA, TEXT_CATEGORIES, normalise_key, read_all
+    from moderation.evaluation.corpora import CORPORA, TEXT_CATEGORIES, normalise_key, read_all
 
     rows, files = [], {}
     corpus_rows = read_all(data_dir)
@@ -393,7 +393,7 @@ STANDARD_DATASETS = (
                     "from training: cross-artist spam", _youtube_heldout),
     StandardDataset("germeval2018_probe", "GermEval 2018 held-out rows (German tweets, OFFENSE = harassment): a "
                     "language probe; the English encoder is expected to do poorly", _germeval),
-    StandardDataset("multilingual_test", "Test splits of 18 corpora in 8 languages (moderation/corpora.py), "
+    StandardDataset("multilingual_test", "Test splits of 18 corpora in 8 languages (moderation/evaluation/corpora.py), "
                     f"<= {POOLED_PER_CORPUS} rows each: cross-dataset and per-language results; slices language, "
                     "source",
                     lambda d: _pooled(d, "test")),

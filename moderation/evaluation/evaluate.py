@@ -42,12 +42,12 @@ from moderation.evaluation.metrics import (
     bootstrap_intervals,
     point_metrics,
 )
-from moderation.lake import Lake
-from moderation.lifecycle import sql_literal
 from moderation.modalities import MEDIA_COLUMNS
-from moderation.results import utcnow
+from moderation.policy.lifecycle import sql_literal
 from moderation.runs import code_version, new_run_id
 from moderation.schemas import EVAL_PREDICTIONS_SCHEMA, EVAL_RESULTS_SCHEMA
+from moderation.scoring.chunks import utcnow
+from moderation.storage.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _work_table(rows: pa.Table, spec: ModelSpec) -> pa.Table:
 
 def default_media_roots() -> list[str]:
     """Where evaluation examples' media may lie by default: the data directory's ``media``."""
-    from moderation.datasets import default_data_dir
+    from moderation.evaluation.sources import default_data_dir
 
     media = default_data_dir() / "media"
     return [str(media.resolve())] if media.is_dir() else []
@@ -103,7 +103,7 @@ def check_media_uris(rows: pa.Table, *, dataset: str, version: int, roots: tuple
     Raises:
         DatasetError: naming the dataset and version, the row, its example_id and the URI.
     """
-    from moderation.media import MediaError, check_root
+    from moderation.storage.media import MediaError, check_root
 
     if "media_uri" not in rows.column_names:
         return

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from moderation.config import LoadedPolicy, ModelSpec, default_conf_dir, load_policy
 from moderation.errors import ConfigError, ModerationError
 from moderation.evaluation.datasets import dataset_names
-from moderation.lake import Lake
+from moderation.storage.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _model_for(policy: LoadedPolicy, registry: dict[str, ModelSpec], category: s
 def live_digests(lake: Lake, live: LoadedPolicy, registry: dict[str, ModelSpec]) -> dict[str, str]:
     """model id -> the digest the live version scored with: that of its newest succeeded backfill
     or rescan, else the registry's current one (nothing was scored with it yet)."""
-    from moderation.lifecycle import policy_runs
+    from moderation.policy.lifecycle import policy_runs
 
     out = {m: registry[m].digest for m in live.policy.models}
     runs = policy_runs(lake, live.policy.policy_id)
@@ -214,7 +214,7 @@ def check_gate(lake: Lake, candidate: LoadedPolicy, registry: dict[str, ModelSpe
     one the live version scored with (its newest succeeded backfill / rescan). Each such category
     must be compared on a gate dataset that labels it; one that cannot be is listed in the notes
     (and blocks when the gate config says ``required``)."""
-    from moderation.lifecycle import declared_statuses, live_version
+    from moderation.policy.lifecycle import declared_statuses, live_version
 
     policy_id = candidate.policy.policy_id
     live_v = live_version(lake, policy_id, declared_statuses(candidate))

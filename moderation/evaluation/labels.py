@@ -57,11 +57,11 @@ from moderation.evaluation.datasets import (
     DatasetError,
     write_dataset,
 )
-from moderation.lake import Lake
 from moderation.redact import mask
-from moderation.results import utcnow
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import LABELS_SCHEMA
+from moderation.scoring.chunks import utcnow
+from moderation.storage.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ def latest_labels(labels: pa.Table) -> pd.DataFrame:
 def _catalog_rows(catalog_uri: str, item_ids: list[str], *, version: int | None,
                   column_map: dict[str, str] | None) -> tuple[pa.Table, int | None]:
     """(the catalog's current rows of ``item_ids`` as work columns, the Delta version read)."""
-    from moderation.catalog import WORK_COLUMNS, open_catalog, to_work_rows
+    from moderation.storage.catalog import WORK_COLUMNS, open_catalog, to_work_rows
 
     snapshot = open_catalog(catalog_uri, version=version, column_map=column_map)
     wanted = pa.array(item_ids, pa.string())

@@ -20,13 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from moderation.config import LoadedPolicy, ModelSpec, load_model_registry, load_policy
-from moderation.decide import SCORE_COLUMNS, category_rows, latest_scores, score_column
-from moderation.decide import item_attributes as decide_item_attributes
 from moderation.errors import LakeError, ModerationError
-from moderation.lake import Lake
-from moderation.results import utcnow
+from moderation.policy.decide import SCORE_COLUMNS, category_rows, latest_scores, score_column
+from moderation.policy.decide import item_attributes as decide_item_attributes
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import REVIEW_QUEUE_SCHEMA
+from moderation.scoring.chunks import utcnow
+from moderation.storage.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _lake(lake: Lake | str) -> Lake:
 
 
 def current_scores(lake: Lake, loaded: LoadedPolicy, registry: dict[str, ModelSpec]) -> tuple[pd.DataFrame, int]:
-    """(:func:`moderation.decide.latest_scores` frame of the policy's models at their registry
+    """(:func:`moderation.policy.decide.latest_scores` frame of the policy's models at their registry
     digests, removed pairs marked ``retired``; the scores Delta version read).
 
     Raises:
@@ -257,7 +257,7 @@ def build_review_queue(lake: Lake | str, policy_path: str | Path, *, per_stratum
                        models_dir: Path | None = None) -> QueueResult:
     """Sample the items of one policy version that humans should review next into ``review_queue``.
 
-    Current scores are decide's (:func:`moderation.decide.latest_scores`): the newest row per
+    Current scores are decide's (:func:`moderation.policy.decide.latest_scores`): the newest row per
     item x modality x model of the policy's models, restricted to each model's registry digest,
     removed pairs excluded; an item's category score is the maximum over the models and
     modalities the category counts (:func:`category_scores`, the global rule: market overrides

@@ -46,7 +46,7 @@ from moderation.evaluation.evaluate import (
     dataset_slices,
     latest_results,
 )
-from moderation.lake import Lake
+from moderation.storage.lake import Lake
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 
 from moderation import __version__
 from moderation.config import PROJECT_ROOT
-from moderation.lake import Lake
 from moderation.schemas import RUNS_SCHEMA
+from moderation.storage.lake import Lake
 
 if TYPE_CHECKING:
     from moderation.config import LoadedPolicy, ModelSpec

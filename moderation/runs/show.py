@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from moderation.errors import ConfigError, ModerationError, one_line
-from moderation.lake import Lake, arrow_filesystem
 from moderation.runs.record import RUN_COLUMNS, RunRecord, read_row
 from moderation.schemas import RUNS_SCHEMA
+from moderation.storage.lake import Lake, arrow_filesystem
 
 #: Run kinds whose output is a function of (catalog version, slice, policy, models): reproduced
 #: by a backfill of the same catalog version into a new lake.
@@ -231,7 +231,7 @@ def delta_version_check(name: str, uri: str, version: int) -> Check:
     snapshot is still in the store (not vacuumed)."""
     from deltalake import DeltaTable
 
-    from moderation.lake import storage_options
+    from moderation.storage.lake import storage_options
 
     opts = storage_options(uri)
     try:
@@ -276,7 +276,7 @@ def _catalog_check(run: RunRecord) -> Check | None:
     if not check.ok:
         return check
     # Readable as Delta; the backfill must also accept it (reader features, column mapping).
-    from moderation.catalog import open_catalog
+    from moderation.storage.catalog import open_catalog
 
     columns = dict(c.split("=", 1) for c in run.catalog_columns or [] if "=" in c)
     try:

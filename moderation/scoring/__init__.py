@@ -7,7 +7,7 @@
   catalog snapshot), ``run_scoring`` (score and commit any plan in idempotent chunks, then
   account) and ``execute`` (the three under one storage boundary).
 
-The plans themselves are built by ``moderation.backfill.plan_backfill`` and
-``moderation.rescan.plan_rescan_run``; neither module imports the other, and this package
+The plans themselves are built by ``moderation.scoring.backfill.plan_backfill`` and
+``moderation.scoring.rescan.plan_rescan_run``; neither module imports the other, and this package
 imports neither.
 """

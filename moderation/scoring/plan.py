@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 
 if TYPE_CHECKING:
-    from moderation.catalog import CatalogSnapshot
     from moderation.config import ModelSpec
-    from moderation.selection import Selection
+    from moderation.scoring.selection import Selection
+    from moderation.storage.catalog import CatalogSnapshot
 
 RunKind = Literal["backfill", "rescan"]
 ChangeSource = Literal["auto", "cdf", "anti_join"]

@@ -5,8 +5,8 @@
 1. ``prepare_run``: environment checks, policy, profile and models; the existing ``runs`` row
    (a finished run returns at once, an unfinished one resumes with what it recorded); the
    evaluation gate of a new run; the catalog snapshot and the reference data pinned for the run.
-2. ``planner(prepared)``: what to score (``moderation.backfill.plan_backfill``,
-   ``moderation.rescan.plan_rescan_run``).
+2. ``planner(prepared)``: what to score (``moderation.scoring.backfill.plan_backfill``,
+   ``moderation.scoring.rescan.plan_rescan_run``).
 3. ``run_scoring(prepared, plan)``: under the run's lease, commit the plan's removals, then model
    by model the driver's quarantine rows and the stream's chunks (each an idempotent Delta
    commit; a resume skips what the run committed), then check the accounting and error share.
@@ -28,7 +28,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moderation.catalog import CatalogSnapshot, open_catalog
 from moderation.classifiers.base import RunContext
 from moderation.classifiers.windows import WINDOWINGS, Windowing, with_windowing
 from moderation.config import (
@@ -51,11 +50,12 @@ from moderation.errors import (
     storage_boundary,
 )
 from moderation.faults import fault_point
-from moderation.lake import Lake
-from moderation.results import ChunkWriter, utcnow
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, read_run, write_run
+from moderation.scoring.chunks import ChunkWriter, utcnow
 from moderation.scoring.plan import RunKind, ScoringPlan, ScoringRequest, ScoringResult
-from moderation.spill import BUCKET_ROWS, BucketSpill, item_buckets, scan_batches, table_rows
+from moderation.storage.catalog import CatalogSnapshot, open_catalog
+from moderation.storage.lake import Lake
+from moderation.storage.spill import BUCKET_ROWS, BucketSpill, item_buckets, scan_batches, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def run_accounting(lake: Lake, run_id: str, *, bucket_rows: int = BUCKET_ROWS) -
     """(scores rows, quarantine rows, duplicated (item, modality, model) keys) of ``run_id``.
 
     One streaming pass over each table counts the run's rows and spills their keys by item
-    bucket to local disk (:mod:`moderation.spill`); then each bucket's keys are grouped alone (a
+    bucket to local disk (:mod:`moderation.storage.spill`); then each bucket's keys are grouped alone (a
     key's rows all fall in one bucket). So the driver never holds the run's keys at once: a
     DataFusion hash aggregate over every key held about 250 MiB per million.
     """
@@ -158,7 +158,7 @@ def cascade_accounting(lake: Lake, run_id: str, models: list) -> list[str] | Non
 
 def _done_ids(lake: Lake, run_id: str, model_id: str) -> pa.Array:
     """The item ids ``run_id`` committed for ``model_id`` (a resume skips them), read a data file
-    at a time (:func:`moderation.spill.scan_batches`): the tables hold every earlier run's files."""
+    at a time (:func:`moderation.storage.spill.scan_batches`): the tables hold every earlier run's files."""
     flt = (pc.field("run_id") == run_id) & (pc.field("model_id") == model_id)
     parts = [pa.array([], pa.string())]
     for table in ("scores", "quarantine"):
@@ -175,7 +175,7 @@ def _done_ids(lake: Lake, run_id: str, model_id: str) -> pa.Array:
 
 def default_media_roots(catalog_uri: str) -> list[str]:
     """The catalog's own folder and the data directory's ``media`` (when it exists)."""
-    from moderation.datasets import default_data_dir
+    from moderation.evaluation.sources import default_data_dir
 
     roots = [catalog_uri.rstrip("/").rsplit("/", 1)[0] if "/" in catalog_uri.rstrip("/") else "."]
     media = default_data_dir() / "media"
@@ -263,7 +263,7 @@ def prepare_run(request: ScoringRequest, *, kind: RunKind) -> PreparedRun | Scor
             another job (kind, catalog or policy differ); a policy version changed after use.
         GateBlocked: a new run the evaluation gate blocks (a ``blocked`` runs row is written).
     """
-    from moderation.lifecycle import check_immutable
+    from moderation.policy.lifecycle import check_immutable
     from moderation.security import check_environment
 
     check_environment()
@@ -370,8 +370,8 @@ def run_scoring(prepared: PreparedRun, plan: ScoringPlan) -> ScoringResult:
     """
     from tqdm import tqdm
 
-    from moderation.lease import RunLease
-    from moderation.pipeline import ensure_ray
+    from moderation.engines.ray import ensure_ray
+    from moderation.storage.lease import RunLease
 
     request, lake, run_id, profile = prepared.request, prepared.lake, prepared.run_id, prepared.profile
     models, snapshot = list(plan.models), plan.snapshot
@@ -460,7 +460,7 @@ def _run_pass(prepared: PreparedRun, plan: ScoringPlan, modality: str, lease, ba
     """Score and commit every model of one modality of ``plan`` in one pass (one Ray Data job):
     each model's driver quarantine rows first, then the files the write tasks report, routed to
     the model's ``ChunkWriter``. Returns the chunks committed."""
-    from moderation.pipeline import ModalityPass, score_stream
+    from moderation.engines.ray import ModalityPass, score_stream
 
     lake, run_id = prepared.lake, prepared.run_id
     models = [m for m in plan.models if m.modality == modality and plan.selections[m.model_id].selected(modality)]

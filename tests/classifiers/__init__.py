@@ -1,0 +1,1 @@
+"""Tests of ``moderation/classifiers/`` (the layout mirrors the package)."""

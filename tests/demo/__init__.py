@@ -1,0 +1,1 @@
+"""Tests of ``moderation/demo/`` (the layout mirrors the package)."""

@@ -1,0 +1,1 @@
+"""Tests of ``moderation/engines/`` (Ray and Spark adapters) (the layout mirrors the package)."""

@@ -1,0 +1,1 @@
+"""Tests of ``moderation/evaluation/`` (the layout mirrors the package)."""

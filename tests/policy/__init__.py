@@ -1,0 +1,1 @@
+"""Tests of ``moderation/policy/`` (the layout mirrors the package)."""

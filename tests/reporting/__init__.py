@@ -1,0 +1,1 @@
+"""Tests of ``moderation/reporting/`` (the layout mirrors the package)."""

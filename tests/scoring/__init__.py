@@ -1,0 +1,1 @@
+"""Tests of ``moderation/scoring/`` (the layout mirrors the package)."""

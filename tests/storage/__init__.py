@@ -1,0 +1,1 @@
+"""Tests of ``moderation/storage/`` (the layout mirrors the package)."""

@@ -17,6 +17,9 @@ from moderation.modalities import TEXT_COLUMNS as TEXT_COLUMNS  # re-exported: i
 
 TS = pa.timestamp("us", tz="UTC")
 STR_LIST = pa.list_(pa.string())
+#: The cell value of a report or diff row whose item lists no market / has no language.
+NO_MARKET = "none"
+NO_LANGUAGE = "unknown"
 #: The field metadata key of a column's description (Delta's, Spark's and Databricks' column comment).
 COMMENT = "comment"
 

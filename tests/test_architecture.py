@@ -3,6 +3,8 @@
 * ``moderation.storage.lake`` is the only module that writes Delta tables: no other module imports
   ``write_deltalake`` (or another delta-rs write entry point) or a private name of
   ``moderation.storage.lake``;
+* every ``moderation`` import goes to the importing module's own layer or a lower one
+  (docs/architecture.md), but for the exceptions listed in ``LAYER_EXCEPTIONS`` with why;
 * every table the code names under the lake root is a key of the one schema map
   (``moderation.schemas.LAKE_SCHEMAS``: ``TABLE_SCHEMAS``, the reports and the catalog), and the
   data dictionary (``moderation tables``) describes every column of every one of them.
@@ -189,3 +191,76 @@ def test_the_data_dictionary_covers_every_table(tmp_path: Path):
     missing = [f"{t}.{c['name']}" for t, info in described.items() for c in info["columns"] if not c["description"]]
     assert not missing, f"columns the data dictionary does not describe: {missing}"
     assert all([c["name"] for c in described[t]["columns"]] == LAKE_SCHEMAS[t].names for t in LAKE_SCHEMAS)
+
+
+#: The layers, lowest first (docs/architecture.md): a module may import its own layer and lower ones.
+LAYERS = ("core", "storage", "classifiers", "engines", "policy", "evaluation", "scoring", "apps")
+#: Folder (or top-level module) -> layer; any other top-level module is core.
+LAYER_OF = {
+    "storage": "storage", "runs": "storage", "classifiers": "classifiers", "engines": "engines", "policy": "policy",
+    "evaluation": "evaluation", "scoring": "scoring", "reporting": "apps", "demo": "apps", "bench": "apps",
+    "cli": "apps", "__main__": "apps",
+    # The kind -> class table: names only (the implementations are imported by name when built),
+    # read by config to check each registry entry's kind.
+    "classifiers.registry": "core",
+}
+#: (importing module, imported module) pairs that cross the layers upward, with why.
+LAYER_EXCEPTIONS = {
+    # The Ray pass is the executor of a scoring plan: its write tasks run the scoring layer's
+    # chunk writer on the workers and its reads apply the plan's selection.
+    ("moderation.engines.ray", "moderation.scoring.chunks"),
+    ("moderation.engines.ray", "moderation.scoring.selection"),
+    # Derived artifacts: the open_nsfw weights are converted from the packaged ONNX graph when first
+    # resolved (a pure converter that imports nothing of moderation).
+    ("moderation.storage.artifacts", "moderation.classifiers.onnx_graph"),
+}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")[1:]
+    for key in (".".join(parts[:2]), parts[0] if parts else ""):
+        if key in LAYER_OF:
+            return LAYER_OF[key]
+    return "core"
+
+
+def _imports(path: Path):
+    """(line, imported moderation module) of every import outside ``if TYPE_CHECKING:``, at
+    module level or inside a function (a lazy import is a dependency all the same)."""
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and "TYPE_CHECKING" in ast.unparse(block.test) for n in ast.walk(block)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "moderation":
+            for alias in node.names:  # ``from moderation.x import y``: y may be a module
+                sub = f"{node.module}.{alias.name}"
+                yield node.lineno, sub if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists() else node.module
+        elif isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "moderation")
+
+
+def test_imports_follow_the_layers():
+    offences, used = [], set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        for line, target in _imports(path):
+            if LAYERS.index(_layer(target)) <= LAYERS.index(_layer(module)):
+                continue
+            if (module, target) in LAYER_EXCEPTIONS:
+                used.add((module, target))
+                continue
+            offences.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {_layer(module)} imports "
+                            f"{_layer(target)} ({target})")
+    assert not offences, "imports that go up the layers (docs/architecture.md):\n" + "\n".join(offences)
+    assert used == LAYER_EXCEPTIONS, f"exceptions no longer needed: {sorted(LAYER_EXCEPTIONS - used)}"
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path: Path):
+    """The checker itself: a policy module importing the scoring layer is found."""
+    bad = tmp_path / "m.py"
+    bad.write_text("def f():\n    from moderation.scoring.run import execute\n")
+    (line, target), = list(_imports(bad))
+    assert line == 2 and target == "moderation.scoring.run"
+    assert LAYERS.index(_layer(target)) > LAYERS.index(_layer("moderation.policy.decide"))

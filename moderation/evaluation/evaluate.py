@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from moderation.classifiers.base import QREASON, RunContext
 from moderation.classifiers.registry import build_classifier
+from moderation.clock import utcnow
 from moderation.config import LoadedPolicy, ModelSpec, load_model_registry, load_policy
 from moderation.errors import ConfigError, ModerationError
 from moderation.evaluation.datasets import (
@@ -46,7 +47,6 @@ from moderation.modalities import MEDIA_COLUMNS
 from moderation.policy.lifecycle import sql_literal
 from moderation.runs import code_version, new_run_id
 from moderation.schemas import EVAL_PREDICTIONS_SCHEMA, EVAL_RESULTS_SCHEMA
-from moderation.scoring.chunks import utcnow
 from moderation.storage.lake import Lake
 
 log = logging.getLogger(__name__)

@@ -49,6 +49,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from moderation.clock import utcnow
 from moderation.config import load_model_registry, load_policy
 from moderation.errors import LakeError, one_line
 from moderation.evaluation.datasets import (
@@ -60,7 +61,6 @@ from moderation.evaluation.datasets import (
 from moderation.redact import mask
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import LABELS_SCHEMA
-from moderation.scoring.chunks import utcnow
 from moderation.storage.lake import Lake
 
 log = logging.getLogger(__name__)

@@ -19,13 +19,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from moderation.clock import utcnow
 from moderation.config import LoadedPolicy, ModelSpec, load_model_registry, load_policy
 from moderation.errors import LakeError, ModerationError
 from moderation.policy.decide import SCORE_COLUMNS, category_rows, latest_scores, score_column
 from moderation.policy.decide import item_attributes as decide_item_attributes
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import REVIEW_QUEUE_SCHEMA
-from moderation.scoring.chunks import utcnow
 from moderation.storage.lake import Lake
 
 log = logging.getLogger(__name__)

@@ -42,12 +42,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from moderation.clock import utcnow
 from moderation.config import ALL_MARKETS, CategoryRule, LoadedPolicy, ModelSpec, load_model_registry, load_policy
 from moderation.errors import LakeError
 from moderation.policy.lifecycle import check_immutable, effective_status, restamp_status
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import STR_LIST, VIOLATIONS_SCHEMA
-from moderation.scoring.chunks import utcnow
 from moderation.storage.lake import Lake
 from moderation.storage.spill import BUCKET_ROWS, BucketSpill, item_buckets, scan_batches, spill_table, table_rows
 

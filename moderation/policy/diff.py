@@ -27,13 +27,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from moderation.clock import utcnow
 from moderation.config import default_conf_dir
 from moderation.errors import LakeError, ModerationError
 from moderation.policy.lifecycle import sql_literal
-from moderation.reporting.report import NO_LANGUAGE, NO_MARKET
 from moderation.runs import RunRecord, RunTiming, new_run_id, write_run
-from moderation.schemas import DIFF_SAMPLES_SCHEMA, DIFF_SUMMARY_SCHEMA, DIFFS_SCHEMA
-from moderation.scoring.chunks import utcnow
+from moderation.schemas import DIFF_SAMPLES_SCHEMA, DIFF_SUMMARY_SCHEMA, DIFFS_SCHEMA, NO_LANGUAGE, NO_MARKET
 from moderation.storage.lake import Lake, TableName
 
 log = logging.getLogger(__name__)

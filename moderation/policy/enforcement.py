@@ -33,12 +33,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from moderation.clock import utcnow
 from moderation.config import ALL_MARKETS, Policy, load_model_registry, load_policy
 from moderation.errors import LakeError, ModerationError
 from moderation.policy.lifecycle import check_immutable, effective_status, latest_run, policy_runs, sql_literal
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import ENFORCEMENT_SCHEMA, STR_LIST
-from moderation.scoring.chunks import utcnow
 from moderation.storage.lake import Lake
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """The Spark report: violation counts and rates per policy version over the items it covered, and
 what share of those items the models read.
 
-Three layers: :func:`read_snapshot` turns one exact Delta snapshot into a Spark DataFrame;
-:func:`latest_decides`, :func:`live_scores`, :func:`population`, :func:`violation_rates`,
+Two layers over the Spark adapter (``moderation.engines.spark``, whose :func:`read_snapshot` turns
+one exact Delta snapshot into a Spark DataFrame): :func:`latest_decides`, :func:`live_scores`, :func:`population`, :func:`violation_rates`,
 :func:`category_totals`, :func:`violations_by_category`, :func:`scoring_coverage`,
 :func:`diff_summary`, :func:`diff_totals` and the analysts' reports of issue 17
 (:func:`violation_trend`, :func:`rollups`, :func:`blast_radius`, :func:`detection_methods`,
@@ -35,6 +35,8 @@ from moderation.schemas import (
     DETECTION_SCHEMA,
     DIFF_SUMMARY_SCHEMA,
     DIFF_TOTALS_SCHEMA,
+    NO_LANGUAGE,
+    NO_MARKET,
     REPORT_SNAPSHOT_SCHEMA,
     ROLLUPS_SCHEMA,
     TABLE_SCHEMAS,
@@ -52,8 +54,6 @@ log = logging.getLogger(__name__)
 
 POLICY_KEYS = ["policy_id", "policy_version"]
 CELL_KEYS = ["item_type", "market", "language"]
-NO_MARKET = "none"
-NO_LANGUAGE = "unknown"
 #: The catalog ids scores rows carry for the roll-ups (issue 17; null in older rows).
 ROLLUP_ID_COLUMNS = ["creator_id", "show_id", "album_id"]
 # The scores columns population() needs; the rest (maps of scores, evidence) are never read.

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from moderation.classifiers.base import CONTENT_HASH, COVERAGE_COLUMNS, QDETAIL, QREASON, QSTAGE
+from moderation.clock import utcnow
 from moderation.config import ModelSpec
 from moderation.faults import fault_point
 from moderation.schemas import QUARANTINE_SCHEMA, SCORES_SCHEMA
@@ -34,10 +35,6 @@ FILES_SCHEMA = pa.schema([
     pa.field("modification_time", pa.int64(), nullable=False),
     pa.field("stats", pa.string(), nullable=False),  # Delta stats JSON (lake.file_stats)
 ])
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def by_model(batch: pa.Table):

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from moderation.classifiers.base import RunContext
 from moderation.classifiers.windows import WINDOWINGS, Windowing, with_windowing
+from moderation.clock import utcnow
 from moderation.config import (
     LoadedPolicy,
     ModelSpec,
@@ -51,7 +52,7 @@ from moderation.errors import (
 )
 from moderation.faults import fault_point
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, read_run, write_run
-from moderation.scoring.chunks import ChunkWriter, utcnow
+from moderation.scoring.chunks import ChunkWriter
 from moderation.scoring.plan import RunKind, ScoringPlan, ScoringRequest, ScoringResult
 from moderation.storage.catalog import CatalogSnapshot, open_catalog
 from moderation.storage.lake import Lake

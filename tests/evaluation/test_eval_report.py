@@ -12,12 +12,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from moderation.clock import utcnow
 from moderation.errors import ModerationError
 from moderation.evaluation.datasets import read_dataset, write_dataset
 from moderation.evaluation.evaluate import metric_rows
 from moderation.evaluation.report import BASELINE_MARK, write_report
 from moderation.schemas import EVAL_PREDICTIONS_SCHEMA, EVAL_RESULTS_SCHEMA
-from moderation.scoring.chunks import utcnow
 from moderation.storage.lake import Lake
 
 DATASET = "synth_eval"

@@ -10,12 +10,12 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
+from moderation.clock import utcnow
 from moderation.errors import ModerationError
 from moderation.policy.decide import run_decide
 from moderation.policy.enforcement import run_enforce
 from moderation.policy.lifecycle import effective_status, live_version, run_promote
 from moderation.runs import RunRecord, read_run, write_run
-from moderation.scoring.chunks import utcnow
 from moderation.storage.lake import Lake
 from tests.conftest import POLICY_V1
 from tests.policy.test_markets import LOW, score_row, scores_table
@@ -42,7 +42,7 @@ def lake(tmp_path) -> Lake:
 
 
 def promote_row(lake: Lake, version: int, to: str, n: int) -> None:
-    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=n)
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=n)
     write_run(lake, RunRecord(run_id=f"promote-{n}", kind="promote", status="succeeded", policy_id=PID,
                               policy_version=version, started_at=when, ended_at=when, promoted_to=to))
 
@@ -82,7 +82,7 @@ def test_effective_status_follows_promote_runs(lake):
 
 def test_promote_runs_recorded_before_promoted_to_still_count(lake):
     """Promote runs written before runs had promoted_to kept their target in change_source."""
-    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     write_run(lake, RunRecord(run_id="promote-old", kind="promote", status="succeeded", policy_id=PID, policy_version=2,
                               started_at=when, ended_at=when, change_source="live"))
     declared = {1: "live", 2: "shadow"}

@@ -15,9 +15,9 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
+from moderation.clock import utcnow
 from moderation.runs import RunRecord, read_run, write_run
 from moderation.schemas import QUARANTINE_SCHEMA
-from moderation.scoring.chunks import utcnow
 from moderation.storage.lake import ChunkFenced, Lake
 from moderation.storage.lease import LeaseHeld, RunLease
 

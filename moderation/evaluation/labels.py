@@ -61,6 +61,7 @@ from moderation.evaluation.datasets import (
 from moderation.redact import mask
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import LABELS_SCHEMA
+from moderation.storage.catalog import resolve_column_map
 from moderation.storage.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -188,15 +189,8 @@ def parse_label_rows(path: Path, names: list[str], raw: list[dict], *, column_ma
     Raises:
         DatasetError: naming the file, row, column and value of the first bad value.
     """
-    column_map = dict(column_map or {})
-    for fld, mapped in column_map.items():
-        if fld not in LABEL_FIELDS:
-            raise DatasetError(f"{path}: column mapping {fld}={mapped}: {fld!r} is not a labels field; "
-                               f"fields: {list(LABEL_FIELDS)}")
-        if mapped not in names:
-            raise DatasetError(f"{path}: column mapping {fld}={mapped}: the file has no column {mapped!r}; "
-                               f"it has {names}")
-    col = {f: column_map.get(f, f) for f in LABEL_FIELDS if column_map.get(f, f) in names}
+    col = resolve_column_map(column_map, fields=LABEL_FIELDS, columns=names, where=str(path), kind="labels",
+                             source="the file", error=DatasetError)
     for required in ("item_id", "category", "reviewed_at"):
         if required not in col:
             raise DatasetError(f"{path}: no {required!r} column (required); columns: {names}")

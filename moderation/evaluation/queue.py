@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from moderation.clock import utcnow
 from moderation.config import LoadedPolicy, ModelSpec, load_model_registry, load_policy
-from moderation.errors import LakeError, ModerationError
+from moderation.errors import ModerationError
 from moderation.policy.decide import SCORE_COLUMNS, category_rows, latest_scores, score_column
 from moderation.policy.decide import item_attributes as decide_item_attributes
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
@@ -49,9 +49,7 @@ def current_scores(lake: Lake, loaded: LoadedPolicy, registry: dict[str, ModelSp
     Raises:
         LakeError: the lake has no scores.
     """
-    dt_scores = lake.open("scores")
-    if dt_scores is None:
-        raise LakeError(f"{lake.uri('scores')}: no scores yet; run `moderation backfill` first")
+    dt_scores = lake.require("scores", written_by="moderation backfill")
     models = list(loaded.policy.models)
     flt = None
     for m in models:

@@ -44,7 +44,6 @@ import pyarrow.compute as pc
 
 from moderation.clock import utcnow
 from moderation.config import ALL_MARKETS, CategoryRule, LoadedPolicy, ModelSpec, load_model_registry, load_policy
-from moderation.errors import LakeError
 from moderation.policy.lifecycle import check_immutable, effective_status, restamp_status
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import STR_LIST, VIOLATIONS_SCHEMA
@@ -400,9 +399,7 @@ def run_decide(*, lake_root: str, policy_path: str | Path, run_id: str | None = 
     policy = loaded.policy
     lake = Lake(lake_root)
     check_immutable(lake, loaded)
-    dt_scores = lake.open("scores")
-    if dt_scores is None:
-        raise LakeError(f"{lake.uri('scores')}: no scores yet; run `moderation backfill` first")
+    dt_scores = lake.require("scores", written_by="moderation backfill")
     scores_version = dt_scores.version()
     run_id = run_id or new_run_id("decide")
     timing = RunTiming.start()

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from moderation.clock import utcnow
 from moderation.config import ALL_MARKETS, Policy, load_model_registry, load_policy
-from moderation.errors import LakeError, ModerationError
+from moderation.errors import ModerationError
 from moderation.policy.lifecycle import check_immutable, effective_status, latest_run, policy_runs, sql_literal
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import ENFORCEMENT_SCHEMA, STR_LIST
@@ -197,9 +197,7 @@ def run_enforce(*, lake_root: str, policy_path: str | Path, run_id: str | None =
             f"(content hash {loaded.content_hash[:12]}): run `moderation decide --lake {lake.root} "
             f"--policy {loaded.path}` first"
         )
-    dt_violations = lake.open("violations")
-    if dt_violations is None:
-        raise LakeError(f"{lake.uri('violations')}: no violations table; run `moderation decide` first")
+    dt_violations = lake.require("violations", written_by="moderation decide")
     violations_version = dt_violations.version()
     run_id = run_id or new_run_id("enforce")
     timing = RunTiming.start()

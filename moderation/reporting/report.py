@@ -1,8 +1,9 @@
 """The Spark report: violation counts and rates per policy version over the items it covered, and
 what share of those items the models read.
 
-Two layers over the Spark adapter (``moderation.engines.spark``, whose :func:`read_snapshot` turns
-one exact Delta snapshot into a Spark DataFrame): :func:`latest_decides`, :func:`live_scores`, :func:`population`, :func:`violation_rates`,
+Two layers over the Spark adapter (``moderation.engines.spark``, whose :func:`read_snapshot`
+turns one exact Delta snapshot into a Spark DataFrame): :func:`latest_decides`,
+:func:`live_scores`, :func:`population`, :func:`violation_rates`,
 :func:`category_totals`, :func:`violations_by_category`, :func:`scoring_coverage`,
 :func:`diff_summary`, :func:`diff_totals` and the analysts' reports of issue 17
 (:func:`violation_trend`, :func:`rollups`, :func:`blast_radius`, :func:`detection_methods`,

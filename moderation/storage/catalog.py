@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -263,18 +263,28 @@ def validate_schema(uri: str, schema: pa.Schema, source: dict[str, str] | None =
                 raise CatalogError(f"catalog {uri}: column {named(fld.name)} has type {actual}, expected {fld.type}")
 
 
+def resolve_column_map(column_map: dict[str, str] | None, *, fields: Sequence[str], columns: list[str], where: str,
+                       kind: str, source: str, error: type[Exception]) -> dict[str, str]:
+    """Field -> the source's own column, for every one of ``fields`` the source provides: a
+    field's own name unless ``column_map`` maps it (``FIELD=COLUMN``, e.g. ``--map``).
+
+    Raises:
+        ``error``: ``<where>: column mapping F=C: 'F' is not a <kind> field`` or ``<source> has no
+        column 'C'``, listing the fields or the columns there are.
+    """
+    column_map = dict(column_map or {})
+    for fld, col in column_map.items():
+        if fld not in fields:
+            raise error(f"{where}: column mapping {fld}={col}: {fld!r} is not a {kind} field; fields: {sorted(fields)}")
+        if col not in columns:
+            raise error(f"{where}: column mapping {fld}={col}: {source} has no column {col!r}; it has {columns}")
+    return {f: column_map.get(f, f) for f in fields if column_map.get(f, f) in columns}
+
+
 def _apply_column_map(uri: str, columns: list[str], column_map: dict[str, str] | None) -> dict[str, str]:
     """Catalog field -> the catalog's own column, for every field the catalog provides."""
-    column_map = dict(column_map or {})
-    known = set(CATALOG_SCHEMA.names)
-    for fld, col in column_map.items():
-        if fld not in known:
-            raise CatalogError(f"catalog {uri}: column mapping {fld}={col}: {fld!r} is not a catalog field; "
-                               f"fields: {sorted(known)}")
-        if col not in columns:
-            raise CatalogError(f"catalog {uri}: column mapping {fld}={col}: the catalog has no column {col!r}; "
-                               f"it has {columns}")
-    return {f: column_map.get(f, f) for f in CATALOG_SCHEMA.names if column_map.get(f, f) in columns}
+    return resolve_column_map(column_map, fields=CATALOG_SCHEMA.names, columns=columns, where=f"catalog {uri}",
+                              kind="catalog", source="the catalog", error=CatalogError)
 
 
 def _delta_snapshot(uri: str, version: int | None, column_map: dict[str, str] | None) -> CatalogSnapshot:

@@ -228,6 +228,18 @@ class Lake:
             return None
         return DeltaTable(self.uri(table), version=version, storage_options=self.options)
 
+    def require(self, table: str, *, written_by: str):
+        """The DeltaTable of a table a command reads; ``written_by`` names the command that writes
+        it (e.g. ``moderation backfill``).
+
+        Raises:
+            LakeError: the table was never written: ``<uri>: no <table> yet; run `<command>` first``.
+        """
+        dt = self.open(table)
+        if dt is None:
+            raise LakeError(f"{self.uri(table)}: no {table} yet; run `{written_by}` first")
+        return dt
+
     def version(self, table: str) -> int | None:
         dt = self.open(table)
         return None if dt is None else dt.version()

@@ -44,10 +44,9 @@ from moderation.evaluation.metrics import (
     point_metrics,
 )
 from moderation.modalities import MEDIA_COLUMNS
-from moderation.policy.lifecycle import sql_literal
 from moderation.runs import code_version, new_run_id
 from moderation.schemas import EVAL_PREDICTIONS_SCHEMA, EVAL_RESULTS_SCHEMA
-from moderation.storage.lake import Lake
+from moderation.storage.lake import Lake, sql_literal
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,9 @@ import pyarrow.compute as pc
 from moderation.clock import utcnow
 from moderation.config import default_conf_dir
 from moderation.errors import LakeError, ModerationError
-from moderation.policy.lifecycle import sql_literal
 from moderation.runs import RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import DIFF_SAMPLES_SCHEMA, DIFF_SUMMARY_SCHEMA, DIFFS_SCHEMA, NO_LANGUAGE, NO_MARKET
-from moderation.storage.lake import Lake, TableName
+from moderation.storage.lake import Lake, TableName, sql_literal
 
 log = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ import pyarrow.compute as pc
 from moderation.clock import utcnow
 from moderation.config import ALL_MARKETS, Policy, load_model_registry, load_policy
 from moderation.errors import ModerationError
-from moderation.policy.lifecycle import check_immutable, effective_status, latest_run, policy_runs, sql_literal
+from moderation.policy.lifecycle import check_immutable, effective_status, latest_run, policy_runs
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import ENFORCEMENT_SCHEMA, STR_LIST
-from moderation.storage.lake import Lake
+from moderation.storage.lake import Lake, sql_literal
 
 log = logging.getLogger(__name__)
 

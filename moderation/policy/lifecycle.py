@@ -35,17 +35,12 @@ from moderation.config import LoadedPolicy, load_model_registry, load_policy
 from moderation.errors import ModerationError
 from moderation.runs import PolicyProvenance, RunRecord, RunTiming, new_run_id, write_run
 from moderation.schemas import RUNS_SCHEMA, VIOLATIONS_SCHEMA
-from moderation.storage.lake import Lake, conform
+from moderation.storage.lake import Lake, conform, sql_literal
 
 log = logging.getLogger(__name__)
 
 PromoteTarget = Literal["live", "shadow"]
 PROMOTE_TARGETS: tuple[PromoteTarget, ...] = ("live", "shadow")
-
-
-def sql_literal(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def policy_runs(lake: Lake, policy_id: str) -> pd.DataFrame:

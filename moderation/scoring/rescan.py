@@ -80,7 +80,7 @@ from moderation.storage.catalog import (
     to_work_rows,
     utf8_sanitize,
 )
-from moderation.storage.lake import Lake, arrow_filesystem, storage_options
+from moderation.storage.lake import Lake, arrow_filesystem, sql_literal, storage_options
 from moderation.storage.spill import BucketSpill, table_rows
 
 #: The lake tables a re-scan compares with (their versions are pinned in ``runs``).
@@ -156,12 +156,8 @@ def item_limit(classifier) -> int | None:
 # --------------------------------------------------------------------------------------
 
 
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _in_list(values) -> str:
-    return "(" + ", ".join(_lit(v) for v in values) + ")" if values else "(NULL)"
+    return "(" + ", ".join(sql_literal(v) for v in values) + ")" if values else "(NULL)"
 
 
 def _attrs_sql(x: str) -> str:
@@ -184,7 +180,7 @@ def _cut_sql(columns: set[str]) -> str:
     recorded)."""
     if not {"units_scored", "coverage_reason"} <= columns:
         return "CAST(NULL AS DOUBLE)"
-    cut = " OR ".join(f"array_has(string_to_array(coverage_reason, ','), {_lit(x)})" for x in ITEM_LIMITS)
+    cut = " OR ".join(f"array_has(string_to_array(coverage_reason, ','), {sql_literal(x)})" for x in ITEM_LIMITS)
     return f"CASE WHEN units_scored IS NOT NULL AND ({cut}) THEN CAST(units_scored AS DOUBLE) END"
 
 
@@ -558,8 +554,8 @@ def plan_rescan(
     # Sized before either side is read: the baseline's events (from the Delta log) and the
     # catalog's pairs at most (its rows from the Parquet footers, once per hash group).
     buckets = _buckets(max(sql.events(), _catalog_rows(snapshot) * max(1, len(groups))), _bucket_rows(bucket_rows))
-    lim = ("CASE model_id " + " ".join(f"WHEN {_lit(m)} THEN {float(n)}" for m, n in limits.items() if n is not None)
-           + " END") if any(n is not None for n in limits.values()) else "CAST(NULL AS DOUBLE)"
+    cut = [f"WHEN {sql_literal(m)} THEN {float(n)}" for m, n in limits.items() if n is not None]
+    lim = f"CASE model_id {' '.join(cut)} END" if cut else "CAST(NULL AS DOUBLE)"
     raised_sql = f"coalesce(cut_at < {lim}, FALSE)"
     retried = 0
     raised_by: Counter[str] = Counter()
@@ -709,9 +705,9 @@ def _compare(split: _Split, models: list[ModelSpec], groups: dict[tuple, list[Mo
     rows = []
     for key, members in groups.items():
         for m in members:
-            digest = "CAST(NULL AS VARCHAR)" if m.digest is None else f"CAST({_lit(m.digest)} AS VARCHAR)"
+            digest = "CAST(NULL AS VARCHAR)" if m.digest is None else f"CAST({sql_literal(m.digest)} AS VARCHAR)"
             limit = limits.get(m.model_id)
-            rows.append(f"(CAST({_lit(m.model_id)} AS VARCHAR), CAST({group_of[key]} AS INT), {digest}, "
+            rows.append(f"(CAST({sql_literal(m.model_id)} AS VARCHAR), CAST({group_of[key]} AS INT), {digest}, "
                         f"CAST({'NULL' if limit is None else float(limit)} AS DOUBLE))")
     mdl = f"mdl AS (SELECT * FROM (VALUES {', '.join(rows)}) AS v(model_id, grp, digest, lim))"
     changed = ("NOT coalesce(b.present, FALSE) OR coalesce(b.digest <> mdl.digest, TRUE) "

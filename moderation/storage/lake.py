@@ -177,6 +177,11 @@ def overwrite_table(uri: str, rows: pa.Table, *, metadata: dict[str, str] | None
                     commit_properties=_commit_properties(metadata))
 
 
+def sql_literal(value: str) -> str:
+    """``value`` as a SQL string literal (quotes doubled), for delta-rs and DataFusion predicates."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def join_uri(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 

@@ -435,7 +435,7 @@ def demo(
     """Build a demo catalog at <lake>/catalog (with generated media in <lake>/demo-media), bank
     two stand-in images, backfill with the models of v3 (text, cover art, audio) and of v9 (the
     fine-tuned multilingual text model), decide v1, v2, v3 and v9 from those scores, and report."""
-    from moderation.demo.catalog.run import run_demo
+    from moderation.demo.run import run_demo
 
     policies = [default_conf_dir() / "policies" / p for p in DEMO_POLICIES]
     run_demo(lake_root=_abs_uri(lake), items=items, data_dir=data_dir, policies=policies, echo=typer.echo)

@@ -89,8 +89,10 @@ BASELINE_TABLES = ("scores", "quarantine", "removals")
 #: Pairs (baseline events or catalog pairs) compared in one bucket: the item ids are split into
 #: as many buckets as the larger side needs (``moderation.storage.spill.bucket_of``), and DataFusion
 #: compares one bucket's local files at a time, so the planner's native memory stays near this
-#: many rows' worth whatever the catalog's size.
-BUCKET_ROWS = 1_000_000
+#: many rows' worth whatever the catalog's size. 250,000 as decide's spill: at 1,000,000 items the
+#: planner's peak RSS is 589 MiB unchanged / 821 MiB 1 % changed, against 937 / 1,353 MiB with
+#: 1,000,000-pair buckets, for the same wall time (docs/development.md, issue 16).
+BUCKET_ROWS = 250_000
 #: Overrides ``BUCKET_ROWS`` when set (read at plan time; benchmarks force several buckets with it).
 BUCKET_ROWS_ENV = "MODERATION_RESCAN_BUCKET_ROWS"
 #: At most this many buckets (a local file per side each).

@@ -328,7 +328,8 @@ def report(
                                          "else local[*])"),
     min_cell_count: int = typer.Option(10, "--min-cell-count", min=1,
                                        help="k of reports/transparency: a cell counting fewer items is suppressed "
-                                            "(count withheld, suppressed=true)"),
+                                            "(count withheld, suppressed=true), and so is the smallest other "
+                                            "cell of any line total that would give it back"),
     verbose: bool = _VERBOSE,
 ) -> None:
     """Spark job: violation counts and rates by policy version, category, item type, market,

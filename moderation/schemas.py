@@ -484,8 +484,12 @@ TRANSPARENCY_SCHEMA = pa.schema(
         col("items", pa.int64(),
             "distinct items flagged `violation` in the cell; null when the cell is suppressed"),
         col("suppressed", pa.bool_(),
-            "true when the cell's count is below `min_cell_count` (1 to k-1 items): its count is withheld, the "
-            "usual protection of small cells in published transparency figures. Cells with no item have no row"),
+            "true when the cell's count is withheld (`suppression` says why). Cells with no item have no row"),
+        col("suppression", pa.string(),
+            "why the count is withheld: `small_cell` (1 to `min_cell_count` - 1 items, the usual protection of "
+            "small cells in published transparency figures) or `complementary` (withheld so that a total per "
+            "action, per detection method or of the market x category cannot give a small cell back by "
+            "subtraction); null when published"),
         col("min_cell_count", pa.int64(), "k, `moderation report --min-cell-count` (default 10)"),
         col("lake_versions", _VERSIONS_TYPE, _LAKE_VERSIONS),
     ]

@@ -83,6 +83,13 @@ AUTOMATED = "automated"
 UNKNOWN_MODEL = "unknown"
 #: Transparency cells counting fewer items than this are suppressed (``--min-cell-count``).
 DEFAULT_MIN_CELL_COUNT = 10
+#: ``suppression`` of a transparency cell withheld for its own count, and of one withheld so that
+#: a line total cannot give a small cell back (see :func:`suppression_pattern`).
+SMALL_CELL = "small_cell"
+COMPLEMENTARY = "complementary"
+#: The transparency table's lines whose totals a reader may know: per action (over detection
+#: methods), per detection method (over actions), and the whole market x category.
+TRANSPARENCY_LINES = (("action",), ("detection_method",), ())
 #: Creators ranked in ``reports/blast_radius`` per policy version.
 BLAST_RADIUS_TOP = 20
 #: The column every issue-17 report table ends with (the lake versions read), added by ``_report``.
@@ -615,6 +622,44 @@ def detection_methods(violations_df: DataFrame, decides_df: DataFrame, labels_df
     return _typed(counts, _body(DETECTION_SCHEMA))
 
 
+def suppression_pattern(cells: Sequence[dict], *, min_cell_count: int,
+                        lines: Sequence[Sequence[str]] = TRANSPARENCY_LINES) -> list[str | None]:
+    """Which cells of one table to withhold, and why: ``small_cell`` (1 to k-1 items),
+    ``complementary`` or None (published), one per cell of ``cells`` (dicts with ``_n``, the
+    count, and the columns ``lines`` name).
+
+    A small cell alone in a line whose total is known (a sum over the other cells of the line,
+    cells absent counting 0) is its line total minus the published cells. So wherever a line
+    holds exactly one withheld cell and another cell, the smallest published cell of that line is
+    withheld too (ties: the first in ``cells``' order), until no line holds exactly one: the usual
+    complementary suppression of published frequency tables. A line of one cell cannot be
+    protected inside the table: its total is the cell (withhold that total where it is published).
+
+    Args:
+        cells: the cells of one table (for ``transparency``: one policy version x market x
+            category), each counted once in every line.
+        min_cell_count: k; a count below it is a small cell.
+        lines: each a tuple of columns whose cells share a line total (``()``: the whole table).
+    """
+    reason: list[str | None] = [SMALL_CELL if c["_n"] < min_cell_count else None for c in cells]
+    members: list[list[int]] = []
+    for key in lines:
+        by: dict[tuple, list[int]] = {}
+        for i, c in enumerate(cells):
+            by.setdefault(tuple(c[k] for k in key), []).append(i)
+        members.extend(by.values())
+    changed = True
+    while changed:  # each pass withholds at least one more cell, so it ends
+        changed = False
+        for line in members:
+            withheld = [i for i in line if reason[i] is not None]
+            if len(withheld) == 1 and len(line) > 1:
+                i = min((i for i in line if reason[i] is None), key=lambda i: (cells[i]["_n"], i))
+                reason[i] = COMPLEMENTARY
+                changed = True
+    return reason
+
+
 def transparency_summary(violations_df: DataFrame, decides_df: DataFrame, labels_df: DataFrame, *,
                          min_cell_count: int = DEFAULT_MIN_CELL_COUNT) -> DataFrame:
     """Flagged items per policy version x market x category x action x detection method, the
@@ -622,8 +667,11 @@ def transparency_summary(violations_df: DataFrame, decides_df: DataFrame, labels
 
     A ``violation`` row of a reported decide counts in the markets it applies to (as in
     :func:`violation_rates`); detection method as :func:`_with_detection_method`. A cell with
-    fewer than ``min_cell_count`` distinct items keeps its row with ``items`` null and
-    ``suppressed`` true; a cell of exactly ``min_cell_count`` is published.
+    fewer than ``min_cell_count`` distinct items keeps its row with ``items`` null, ``suppressed``
+    true and ``suppression`` ``small_cell``; a cell of exactly ``min_cell_count`` is published.
+    Within each policy version x market x category, more cells are withheld (``complementary``)
+    so that no total per action, per detection method or of the whole market x category gives a
+    small cell back by subtraction (:func:`suppression_pattern`).
 
     Args:
         violations_df: ``violations`` rows.
@@ -648,11 +696,23 @@ def transparency_summary(violations_df: DataFrame, decides_df: DataFrame, labels
     counts = (
         cells.groupBy(*POLICY_KEYS, "market", "category", "action", "detection_method")
         .agg(_distinct_items().alias("_n"))
-        .withColumn("suppressed", F.col("_n") < min_cell_count)
-        .withColumn("items", F.when(~F.col("suppressed"), F.col("_n")))
-        .withColumn("min_cell_count", F.lit(min_cell_count).cast("long"))
     )
-    return _typed(counts, _body(TRANSPARENCY_SCHEMA))
+    body = _body(TRANSPARENCY_SCHEMA)
+    # The cells are an aggregate (policy versions x markets x categories x actions x methods):
+    # the pattern is set in the driver, as the report collects every aggregate, and the job needs
+    # no Python on the executors.
+    groups: dict[tuple, list[dict]] = {}
+    for cell in counts.toArrow().to_pylist():
+        key = tuple(cell[k] for k in (*POLICY_KEYS, "market", "category"))
+        groups.setdefault(key, []).append(cell)
+    out = []
+    for key in sorted(groups, key=repr):
+        cells_of = sorted(groups[key], key=lambda c: (c["action"] or "", c["detection_method"] or ""))
+        for cell, why in zip(cells_of, suppression_pattern(cells_of, min_cell_count=min_cell_count), strict=True):
+            out.append({**cell, "items": None if why else cell["_n"], "suppressed": why is not None,
+                        "suppression": why, "min_cell_count": min_cell_count})
+    table = pa.Table.from_pylist(out, schema=body)
+    return counts.sparkSession.createDataFrame(table, schema=spark_schema(body))
 
 
 def _diff_markets(has_scope: bool = True) -> Column:

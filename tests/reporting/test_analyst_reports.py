@@ -242,10 +242,13 @@ def transparency_case(spark):
 
 
 @pytest.mark.parametrize(("k", "published"), [
-    (1, {"US automated": 2, "US human_review": 3, "DE automated": 4}),
-    (3, {"US automated": None, "US human_review": 3, "DE automated": 4}),  # 2 < k; 3 == k is published
-    (4, {"US automated": None, "US human_review": None, "DE automated": 4}),
-    (5, {"US automated": None, "US human_review": None, "DE automated": None}),
+    (1, {"US automated": (2, None), "US human_review": (3, None), "DE automated": (4, None)}),
+    # 2 < k is small; 3 == k would be published, but with the US total it gives the 2 back
+    (3, {"US automated": (None, "small_cell"), "US human_review": (None, "complementary"),
+         "DE automated": (4, None)}),
+    (4, {"US automated": (None, "small_cell"), "US human_review": (None, "small_cell"), "DE automated": (4, None)}),
+    (5, {"US automated": (None, "small_cell"), "US human_review": (None, "small_cell"),
+         "DE automated": (None, "small_cell")}),
 ])
 def test_transparency_suppresses_cells_below_k(spark, k, published):
     from pyspark.testing import assertDataFrameEqual
@@ -253,9 +256,38 @@ def test_transparency_suppresses_cells_below_k(spark, k, published):
     cells = {"US automated": ("US", "automated"), "US human_review": ("US", "human_review"),
              "DE automated": ("DE", "automated")}
     want = expected(spark, TRANSPARENCY_SCHEMA, [
-        ("P", 1, cells[name][0], "hate", "remove", cells[name][1], n, n is None, k) for name, n in published.items()
+        ("P", 1, cells[name][0], "hate", "remove", cells[name][1], n, why is not None, why, k)
+        for name, (n, why) in published.items()
     ])
     assertDataFrameEqual(transparency_summary(*transparency_case(spark), min_cell_count=k), want)
+
+
+def test_complementary_suppression_covers_every_line_of_a_market_and_category(spark):
+    """US x hate: remove/automated 2 (small at k=5), remove/human_review 7, label/automated 6,
+    label/human_review 20; US x spam: one cell of 3 (small, alone: nothing else to withhold)."""
+    from pyspark.testing import assertDataFrameEqual
+
+    counts = {("hate", "remove", False): 2, ("hate", "remove", True): 7,
+              ("hate", "label", False): 6, ("hate", "label", True): 20, ("spam", "remove", False): 3}
+    rows, reviewed = [], []
+    for (category, action, human), n in counts.items():
+        for j in range(n):
+            item = f"{category}-{action}-{human}-{j}"
+            rows.append(flagged(item, category=category, action=action, scope_markets=["US"]))
+            if human:
+                reviewed.append(label(item, category))
+    got = transparency_summary(violations(spark, rows), runs(spark, ONE_DECIDE), labels(spark, reviewed),
+                               min_cell_count=5)
+    # The remove line withholds its 7; the automated line then has one withheld cell (2) beside the
+    # 6, which goes too; the human_review line then holds the 7 and the 20, so the 20 goes as well.
+    want = expected(spark, TRANSPARENCY_SCHEMA, [
+        ("P", 1, "US", "hate", "remove", "automated", None, True, "small_cell", 5),
+        ("P", 1, "US", "hate", "remove", "human_review", None, True, "complementary", 5),
+        ("P", 1, "US", "hate", "label", "automated", None, True, "complementary", 5),
+        ("P", 1, "US", "hate", "label", "human_review", None, True, "complementary", 5),
+        ("P", 1, "US", "spam", "remove", "automated", None, True, "small_cell", 5),
+    ])
+    assertDataFrameEqual(got, want)
 
 
 def test_transparency_refuses_k_below_one(spark):
@@ -284,7 +316,7 @@ def test_report_writes_the_analyst_tables_and_charts(spark, tmp_path):
 
     result = CliRunner().invoke(app, ["report", "--lake", lake.root, "--min-cell-count", "2"])
     assert result.exit_code == 0, result.output
-    assert "analyst reports" in result.output and "1 suppressed" in result.output
+    assert "analyst reports" in result.output and "2 suppressed" in result.output
 
     versions = {"runs": 0, "violations": 0, "scores": 0, "removals": None, "diffs": None, "labels": 0}
     tables = {}
@@ -305,9 +337,10 @@ def test_report_writes_the_analyst_tables_and_charts(spark, tmp_path):
     assert [(r["rank"], r["creator_id"]) for r in tables["blast_radius"].to_pylist()] == [(1, "c1"), (2, "c2")]
     assert {(r["review"], r["violations"]) for r in tables["detection"].to_pylist()} == {
         ("automated", 3), ("human_review", 1)}
-    transparency = {r["detection_method"]: (r["items"], r["suppressed"], r["min_cell_count"])
+    transparency = {r["detection_method"]: (r["items"], r["suppression"], r["min_cell_count"])
                     for r in tables["transparency"].to_pylist()}
-    assert transparency == {"automated": (3, False, 2), "human_review": (None, True, 2)}
+    # 1 human-reviewed item is below k = 2; the 3 automated would give it back from the US total.
+    assert transparency == {"automated": (None, "complementary", 2), "human_review": (None, "small_cell", 2)}
 
     # The example query docs/tables.md gives for each table runs and answers.
     queries = documented_queries()
@@ -368,3 +401,45 @@ def test_a_chart_is_written_to_an_s3_lake(tmp_path):
             with fs.open_input_stream(path) as f:
                 png = f.read()
             assert png.startswith(PNG_MAGIC) and len(png) > 1_000
+
+
+@pytest.mark.parametrize(("counts", "k", "want"), [
+    # one line of two: the published cell would give the small one back
+    ([("a", "x", 4), ("a", "y", 12)], 5, ["small_cell", "complementary"]),
+    # two small cells already hide each other: nothing more withheld
+    ([("a", "x", 4), ("a", "y", 3), ("a", "z", 40)], 5, ["small_cell", "small_cell", None]),
+    # the smallest published cell of the line goes (ties: the first)
+    ([("a", "x", 1), ("a", "y", 9), ("a", "z", 9), ("a", "w", 30)], 5, ["small_cell", "complementary", None, None]),
+    # a line of one cell: nothing in the table can hide it
+    ([("a", "x", 2)], 5, ["small_cell"]),
+    # nothing small: everything published
+    ([("a", "x", 5), ("b", "x", 6)], 5, [None, None]),
+])
+def test_suppression_pattern(counts, k, want):
+    from moderation.reporting.report import suppression_pattern
+
+    cells = [{"action": a, "detection_method": m, "_n": n} for a, m, n in counts]
+    assert suppression_pattern(cells, min_cell_count=k) == want
+
+
+def test_no_line_keeps_a_single_withheld_cell():
+    """Random tables: after suppression, no line (per action, per method, whole) holds exactly one
+    withheld cell beside others, and no cell below k is published."""
+    import random
+
+    from moderation.reporting.report import TRANSPARENCY_LINES, suppression_pattern
+
+    rng = random.Random(5)
+    for _ in range(300):
+        cells = [{"action": a, "detection_method": m, "_n": rng.choice([1, 2, 3, 8, 10, 15, 40])}
+                 for a in ("remove", "restrict", "label", "demote") for m in ("automated", "human_review")
+                 if rng.random() < 0.7]
+        reason = suppression_pattern(cells, min_cell_count=10)
+        assert all(r is not None for c, r in zip(cells, reason, strict=True) if c["_n"] < 10)
+        for key in TRANSPARENCY_LINES:
+            lines: dict[tuple, list[int]] = {}
+            for i, c in enumerate(cells):
+                lines.setdefault(tuple(c[k] for k in key), []).append(i)
+            for members in lines.values():
+                withheld = sum(reason[i] is not None for i in members)
+                assert not (withheld == 1 and len(members) > 1), (cells, reason)

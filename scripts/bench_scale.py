@@ -122,10 +122,15 @@ def _batch(start: int, n: int, words, rng):
     body = pc.if_else(pa.array(rng.random(n) < 0.5), body, pa.nulls(n, pa.string()))
     item_type = pc.take(kinds, pa.array(rng.integers(0, 3, n)))
 
+    def group_ids(prefix: str, per: int) -> pa.Array:
+        """``<prefix><k>``, about ``per`` items a group, numbered from this batch's place in the
+        catalog: the groups grow with the catalog, as a real catalog's creators do."""
+        k = rng.integers(start // per, (start + n) // per + 1, n)
+        return pc.binary_join_element_wise(prefix, pc.cast(pa.array(k), pa.string()), "")
+
     def group_id(prefix: str, kind: str, per: int) -> pa.Array:
-        """``<prefix><k>`` for items of ``kind`` (about ``per`` items a group), null for the others."""
-        k = pc.binary_join_element_wise(prefix, pc.cast(pa.array(rng.integers(0, n // per + 1, n)), pa.string()), "")
-        return pc.if_else(pc.equal(item_type, kind), k, pa.nulls(n, pa.string()))
+        """``group_ids`` for items of ``kind``, null for the others."""
+        return pc.if_else(pc.equal(item_type, kind), group_ids(prefix, per), pa.nulls(n, pa.string()))
 
     columns = {
         "item_id": ids,
@@ -138,7 +143,7 @@ def _batch(start: int, n: int, words, rng):
         "language": pc.take(langs, pa.array(rng.integers(0, len(langs), n))),
         "markets": pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)),
                                             pc.take(markets, pa.array(rng.integers(0, len(markets), 2 * n)))),
-        "creator_id": pc.binary_join_element_wise("cr", pc.cast(pa.array(rng.integers(0, n // 20 + 1, n)), pa.string()), ""),
+        "creator_id": group_ids("cr", 20),
         "explicit": pa.array(rng.random(n) < 0.1),
         "cover_image": pa.nulls(n, pa.string()),
         "audio_clip": pa.nulls(n, pa.string()),

@@ -88,3 +88,17 @@ def test_synthetic_catalog_is_a_valid_catalog(tmp_path, bench):
     shows, albums = rows.column("show_id").to_pylist(), rows.column("album_id").to_pylist()
     assert all((s is not None) == (t == "episode") for s, t in zip(shows, types, strict=True))
     assert all((a is not None) == (t == "track") for a, t in zip(albums, types, strict=True))
+
+
+def test_synthetic_roll_up_groups_grow_with_the_catalog(tmp_path, bench):
+    """Creators (about 20 items each) are numbered across the whole catalog, not drawn again per
+    batch from the same range, so the report's roll-ups grow with the catalog as a real one's do."""
+    from moderation.storage.catalog import open_catalog
+
+    creators = {}
+    for items in (400, 4000):
+        bench.write_catalog(tmp_path / f"c{items}", items, batch_rows=200)
+        snapshot = open_catalog(str(tmp_path / f"c{items}"))
+        rows = pa.concat_tables([t for f in snapshot.files for t in snapshot.read(f, snapshot.columns)])
+        creators[items] = len(set(rows.column("creator_id").to_pylist()))
+    assert 10 <= creators[400] <= 21 and 150 <= creators[4000] <= 201, creators

@@ -129,6 +129,28 @@ def read_snapshot(spark: SparkSession, lake: Lake, table: str, *, version: int |
     return df
 
 
+def can_write(spark: SparkSession, uri: str) -> bool:
+    """Whether this Spark can write files under ``uri`` itself: a local path, or ``s3://`` with
+    the S3A connector on its classpath."""
+    return not uri.startswith("s3://") or _has_s3a(spark)
+
+
+def write_parquet(df: DataFrame, uri: str) -> None:
+    """Write ``df`` as Parquet files (zstd, timestamps as microseconds) into the new folder
+    ``uri`` with Spark's own writer: the executors write, nothing is collected to the driver.
+    A Delta commit of the files is the lake's (``Lake.overwrite_files``); until then no reader
+    sees them. Check :func:`can_write` first."""
+    spark = df.sparkSession
+    key = "spark.sql.parquet.outputTimestampType"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "TIMESTAMP_MICROS")  # Delta's timestamp; Spark's default is INT96
+    try:
+        target = "s3a://" + uri[len("s3://"):] if uri.startswith("s3://") else uri
+        df.write.mode("errorifexists").option("compression", "zstd").parquet(target)
+    finally:
+        spark.conf.set(key, before)
+
+
 def _has_s3a(spark: SparkSession) -> bool:
     """Whether this Spark can read ``s3a://`` itself (hadoop-aws on the classpath)."""
     try:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moderation.engines.spark import read_snapshot, spark_schema, spark_session
+from moderation.engines.spark import can_write, read_snapshot, spark_schema, spark_session, write_parquet
 from moderation.errors import ConfigError, LakeError
 from moderation.schemas import (
     ANALYST_SCHEMAS,
@@ -46,7 +46,7 @@ from moderation.schemas import (
     VIOLATION_TREND_SCHEMA,
     VIOLATIONS_BY_CATEGORY_SCHEMA,
 )
-from moderation.storage.lake import Lake
+from moderation.storage.lake import Lake, join_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -94,6 +94,10 @@ TRANSPARENCY_LINES = (("action",), ("detection_method",), ())
 BLAST_RADIUS_TOP = 20
 #: The column every issue-17 report table ends with (the lake versions read), added by ``_report``.
 LAKE_VERSIONS = "lake_versions"
+#: Report tables with a row per entity, which grow with the catalog: Spark writes their files
+#: into the lake itself where it can reach it (``engines.spark.can_write``), so their rows never
+#: reach the driver; the others are aggregates over bounded keys, collected and written by the lake.
+WIDE_TABLES = ("rollups",)
 
 
 def latest_decides(runs_df: DataFrame) -> DataFrame:
@@ -510,8 +514,8 @@ def rollups(violations_df: DataFrame, population_df: DataFrame, decides_df: Data
 
     Returns:
         Columns of ``ROLLUPS_SCHEMA`` but ``lake_versions``: a row per entity, so, unlike the
-        other report tables, it grows with the catalog (``run_report`` collects it through the
-        driver like the others).
+        other report tables, it grows with the catalog (``WIDE_TABLES``: ``run_report`` has Spark
+        write it into the lake rather than collecting it).
     """
     from pyspark.sql import functions as F
 
@@ -531,6 +535,18 @@ def rollups(violations_df: DataFrame, population_df: DataFrame, decides_df: Data
     counts = _entity_counts(levels.join(carried, on=[*POLICY_KEYS, "level"], how="left_semi"),
                             [*POLICY_KEYS, "level", "entity_id"])
     return _typed(counts, _body(ROLLUPS_SCHEMA))
+
+
+def rollups_top(rollups_df: DataFrame, *, top: int) -> DataFrame:
+    """The rows of :func:`rollups` its chart draws (``charts.rollups_chart``): per level, the
+    ``top`` entities with the most flagged items (``unknown`` and unflagged entities left out;
+    ties by policy id, version and entity id, as the chart orders them)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.partitionBy("level").orderBy(F.desc("flagged_items"), "policy_id", "policy_version", "entity_id")
+    return (rollups_df.where((F.col("entity_id") != UNKNOWN_ENTITY) & (F.col("flagged_items") > 0))
+            .withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") <= top).drop("_rank"))
 
 
 def blast_radius(violations_df: DataFrame, population_df: DataFrame, decides_df: DataFrame, *,
@@ -786,7 +802,10 @@ class ReportResult:
     coverage: pa.Table | None = None  # COVERAGE_SCHEMA
     snapshot_uri: str | None = None  # reports/snapshot: the Delta version of each table read
     versions: dict[str, int | None] | None = None  # the same, table -> version (None: no table)
-    analyst: dict[str, pa.Table] | None = None  # issue 17: report name -> its table (ANALYST_SCHEMAS)
+    # issue 17: report name -> its table (ANALYST_SCHEMAS); a table Spark wrote into the lake
+    # itself (WIDE_TABLES) holds only the rows its chart draws
+    analyst: dict[str, pa.Table] | None = None
+    analyst_rows: dict[str, int] | None = None  # report name -> rows written
     analyst_uris: dict[str, str] | None = None  # report name -> its Delta table's URI
     chart_uris: dict[str, str] | None = None  # report name -> its PNG's URI
     run_id: str | None = None  # the report's runs row (kind ``report``)
@@ -821,7 +840,8 @@ class ReportResult:
             if name == "transparency":
                 n = sum(self.analyst[name].column("suppressed").to_pylist())
                 suppressed = f", {n} suppressed"
-            lines.append(f"  {uri}: {self.analyst[name].num_rows} rows{suppressed}, "
+            rows = (self.analyst_rows or {}).get(name, self.analyst[name].num_rows)
+            lines.append(f"  {uri}: {rows} rows{suppressed}, "
                          f"{(self.chart_uris or {}).get(name, '-')}")
         return lines
 
@@ -1027,6 +1047,13 @@ def _report(spark: SparkSession, lake: Lake, *, min_cell_count: int = DEFAULT_MI
                 "detection": detection_methods(violations, decides, labels, scores),
                 "transparency": transparency_summary(violations, decides, labels, min_cell_count=min_cell_count),
             }
+            # Written by Spark (uncommitted files, invisible until the commit below), or collected.
+            wide = {name: _stage(lake, name, frames[name], pinned) for name in WIDE_TABLES
+                    if can_write(spark, lake.root)}
+            if "rollups" in wide:  # the driver holds the rows its chart draws only
+                from moderation.reporting.charts import MAX_BARS
+
+                frames["rollups"] = rollups_top(frames["rollups"], top=MAX_BARS)
             analyst = {name: _with_lake_versions(_collect(df, _body(ANALYST_SCHEMAS[name])), pinned,
                                                  ANALYST_SCHEMAS[name])
                        for name, df in frames.items()}
@@ -1049,11 +1076,17 @@ def _report(spark: SparkSession, lake: Lake, *, min_cell_count: int = DEFAULT_MI
         log.info("report: %d diff summary rows -> %s", summary.num_rows, diff_summary_uri)
     from moderation.reporting.charts import write_chart
 
-    analyst_uris, chart_uris = {}, {}
+    analyst_uris, chart_uris, analyst_rows = {}, {}, {}
     for name, table in analyst.items():
-        analyst_uris[name] = _overwrite(lake, name, table)
+        if name in wide:
+            analyst_rows[name] = lake.overwrite_files(f"reports/{name}", wide[name], schema=ANALYST_SCHEMAS[name])
+            analyst_uris[name] = lake.uri(f"reports/{name}")
+        else:
+            analyst_uris[name] = _overwrite(lake, name, table)
+            analyst_rows[name] = table.num_rows
         chart_uris[name] = write_chart(lake, name, table)
-        log.info("report: %d %s rows -> %s (chart %s)", table.num_rows, name, analyst_uris[name], chart_uris[name])
+        log.info("report: %d %s rows -> %s (chart %s)", analyst_rows[name], name, analyst_uris[name],
+                 chart_uris[name])
     snapshot_uri = _overwrite(lake, "snapshot", snapshot.table())
     # After the pins: the report's own runs row never changes what it read.
     write_run(lake, RunRecord(
@@ -1063,8 +1096,26 @@ def _report(spark: SparkSession, lake: Lake, *, min_cell_count: int = DEFAULT_MI
     return ReportResult(violation_rates_uri=rates_uri, violations_by_category_uri=by_category_uri,
                         rates=rates, totals=totals, diff_summary_uri=diff_summary_uri, diff_totals=diff_totals_table,
                         coverage_uri=coverage_uri, coverage=read, snapshot_uri=snapshot_uri,
-                        versions=dict(pinned), analyst=analyst, analyst_uris=analyst_uris, chart_uris=chart_uris,
+                        versions=dict(pinned), analyst=analyst, analyst_rows=analyst_rows,
+                        analyst_uris=analyst_uris, chart_uris=chart_uris,
                         run_id=run_id)
+
+
+def _stage(lake: Lake, name: str, df: DataFrame, versions: dict[str, int | None]) -> str:
+    """Have Spark write report ``name`` (``df``: its schema but ``lake_versions``) with the
+    pinned ``versions`` into a new folder of its table, sorted as :func:`_collect` sorts; nothing
+    is committed (``Lake.overwrite_files`` does). Returns the folder, relative to the table."""
+    import uuid
+
+    from pyspark.sql import functions as F
+
+    schema = ANALYST_SCHEMAS[name]
+    entries = [c for table, version in versions.items() for c in (F.lit(table), F.lit(version).cast("long"))]
+    rows = df.withColumn(LAKE_VERSIONS, F.create_map(*entries)).select(*schema.names)
+    folder = f"spark-{uuid.uuid4().hex}"
+    write_parquet(rows.orderBy(*(f.name for f in schema if not pa.types.is_nested(f.type))),
+                  join_uri(lake.uri(f"reports/{name}"), folder))
+    return folder
 
 
 def _with_lake_versions(table: pa.Table, versions: dict[str, int | None], schema: pa.Schema) -> pa.Table:

@@ -508,6 +508,52 @@ class Lake:
         each time (``reports/*``, evaluation datasets)."""
         overwrite_table(self.uri(table), rows, metadata=metadata)
 
+    def overwrite_files(self, table: str, folder: str, *, schema: pa.Schema,
+                        metadata: dict[str, str] | None = None) -> int:
+        """Replace ``table`` whole with the Parquet files another engine wrote under ``folder``
+        (a folder inside the table's, named relative to it: Spark's own writer, see
+        ``engines.spark.write_parquet``), in one commit (the first write creates the table;
+        older versions stay readable by time travel). The rows never pass through this process:
+        only the files' footers are read, for their row counts. Files whose names start with
+        ``.`` or ``_`` (checksums, ``_SUCCESS``) are left out. Returns the rows committed.
+
+        Raises:
+            LakeError: a file's columns are not ``schema``'s (the engine wrote something else).
+        """
+        import json
+
+        import pyarrow.fs as pafs
+        import pyarrow.parquet as pq
+        from deltalake import Schema
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+
+        uri = self.uri(table)
+        fs, base = arrow_filesystem(uri)
+        fs = fs or pafs.LocalFileSystem()
+        infos = fs.get_file_info(pafs.FileSelector(f"{base}/{folder}"))
+        adds, rows = [], 0
+        for info in sorted((i for i in infos if i.is_file), key=lambda i: i.base_name):
+            if info.base_name.startswith((".", "_")) or not info.base_name.endswith(".parquet"):
+                continue
+            with fs.open_input_file(info.path) as f:
+                footer = pq.ParquetFile(f)
+                names, n = footer.schema_arrow.names, footer.metadata.num_rows
+            if names != schema.names:
+                raise LakeError(f"{uri}/{folder}/{info.base_name}: columns {names}, expected {schema.names}")
+            mtime = int(info.mtime.timestamp() * 1000) if info.mtime is not None else 0
+            adds.append(AddAction(f"{folder}/{info.base_name}", info.size, {}, mtime, True,
+                                  json.dumps({"numRecords": n})))
+            rows += n
+        props = _commit_properties(metadata)
+        current = self.open(table)
+        if current is None:
+            create_table_with_add_actions(uri, Schema.from_arrow(schema), adds, mode="error",
+                                          storage_options=storage_options(uri), commit_properties=props)
+        else:  # an overwrite (operation WRITE), as Lake.overwrite commits it
+            current.create_write_transaction(adds, mode="overwrite", schema=Schema.from_arrow(schema),
+                                             commit_properties=props)
+        return rows
+
     def rewrite(self, table: str, *, predicate: str, rows: Callable[[Any], pa.Table | None],
                 schema: pa.Schema | None = None, metadata: dict[str, str] | None = None) -> pa.Table | None:
         """Read, change and write back the rows matching the SQL ``predicate`` in one atomic commit.

@@ -443,3 +443,40 @@ def test_no_line_keeps_a_single_withheld_cell():
             for members in lines.values():
                 withheld = sum(reason[i] is not None for i in members)
                 assert not (withheld == 1 and len(members) > 1), (cells, reason)
+
+
+def test_wide_reports_are_written_by_spark_not_collected(spark, tmp_path, monkeypatch):
+    """reports/rollups (a row per entity) goes from Spark's own writer into the lake: the same
+    rows as collecting it through the driver would write, the driver holding only the chart's top
+    entities; its files are the ones Spark wrote."""
+    from moderation.reporting import report as report_module
+    from moderation.reporting.charts import MAX_BARS
+    from moderation.reporting.report import run_report
+
+    lake = Lake(str(tmp_path / "lake"))
+    creators = {f"i{n:03d}": f"c{n % 40:02d}" for n in range(200)}  # 40 creators of 5 items
+    append(lake, "scores", [{**score(i), "creator_id": c, "album_id": f"al{int(i[1:]) % 7}"}
+                            for i, c in creators.items()])
+    append(lake, "runs", [decide_run("decide-1", "P", 1, categories=["hate"], model_ids=["m1"], scores_version=0,
+                                     ended_at=T0, violation_rows=60)])
+    append(lake, "violations", [violation("P", 1, f"i{n:03d}", "hate", "violation", scope_markets=["US"])
+                                for n in range(0, 200, 3)][:60])
+
+    written = run_report(lake.root, spark=spark)
+    table = DeltaTable(lake.uri("reports/rollups"))
+    by_spark = table.to_pyarrow_table()
+    assert all("/spark-" in uri for uri in table.file_uris())
+    assert written.analyst_rows["rollups"] == by_spark.num_rows == 40 + 7  # creators + albums
+    held = written.analyst["rollups"]
+    assert held.num_rows == MAX_BARS + 7  # the chart's rows: top 15 creators, every flagged album
+    top = sorted((r for r in by_spark.to_pylist() if r["level"] == "creator"),
+                 key=lambda r: (-r["flagged_items"], r["entity_id"]))[:MAX_BARS]
+    assert [r["entity_id"] for r in held.to_pylist() if r["level"] == "creator"] == sorted(
+        r["entity_id"] for r in top)
+
+    monkeypatch.setattr(report_module, "can_write", lambda spark, uri: False)  # as on S3 without S3A
+    collected = run_report(lake.root, spark=spark)
+    assert collected.analyst["rollups"].num_rows == by_spark.num_rows
+    again = DeltaTable(lake.uri("reports/rollups")).to_pyarrow_table()
+    assert again.schema == by_spark.schema == ROLLUPS_SCHEMA
+    assert again.drop_columns("lake_versions").equals(by_spark.drop_columns("lake_versions"))

@@ -481,6 +481,18 @@ def commit_pairs(profile: RunProfile, pairs: int) -> int:
     return max(profile.chunk_pairs, -(-pairs // profile.max_chunks))
 
 
+#: Rows a write task puts in one data file at most (a model's ``scores`` rows; tens of MB).
+MAX_FILE_PAIRS = 50_000
+
+
+def file_pairs(profile: RunProfile, pairs: int) -> int:
+    """Rows per data file a write task writes in a pass that streams ``pairs`` pairs of one
+    model: a chunk's worth (:func:`commit_pairs`) up to ``MAX_FILE_PAIRS``, never fewer than
+    ``chunk_pairs``. Readers pay per file (each footer read, each file listed in the Delta log):
+    files of ``chunk_pairs`` rows made a 10,000,000-item backfill 20,000 files of 500 rows."""
+    return max(profile.chunk_pairs, min(commit_pairs(profile, pairs), MAX_FILE_PAIRS))
+
+
 def config_hash(*parts: BaseModel) -> str:
     """Stable hash of resolved configuration objects, recorded in ``runs``."""
     payload = json.dumps([p.model_dump(mode="json") for p in parts], sort_keys=True)

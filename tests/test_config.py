@@ -105,3 +105,14 @@ def test_commit_pairs_bounds_the_chunks_of_a_pass():
     assert commit_pairs(profile, 1_000_000) == 5_000  # 200 chunks
     assert commit_pairs(profile, 10_000_001) == 50_001  # never more than max_chunks chunks
     assert commit_pairs(RunProfile(chunk_pairs=64, max_chunks=2), 200) == 100
+
+
+def test_file_pairs_follow_the_chunks_up_to_a_cap():
+    from moderation.config import MAX_FILE_PAIRS, RunProfile, file_pairs
+
+    profile = RunProfile(chunk_pairs=500, max_chunks=200)
+    assert file_pairs(profile, 0) == file_pairs(profile, 100_000) == 500  # small passes: as before
+    assert file_pairs(profile, 1_000_000) == 5_000  # a chunk a file
+    assert file_pairs(profile, 10_000_000) == MAX_FILE_PAIRS == 50_000  # capped, so a chunk is one file
+    assert file_pairs(profile, 100_000_000) == MAX_FILE_PAIRS  # and 10 files a chunk beyond
+    assert file_pairs(RunProfile(chunk_pairs=100_000), 100_000_000) == 100_000  # never below chunk_pairs

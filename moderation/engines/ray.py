@@ -308,11 +308,14 @@ def score_stream(
     profile: RunProfile,
     *,
     context: RunContext = RunContext(),
+    file_pairs: int | None = None,
 ) -> Iterator[pa.Table]:
     """Run one pass (every model of one modality) as one Ray Data job: read -> prepare (CPU
     tasks; media read and decoded once per row) -> score (one actor pool holding all the
     pass's models) -> write (CPU tasks writing Parquet files into the lake). Yields only the
-    written files' metadata (``results.FILES_SCHEMA``); scored rows never reach the driver."""
+    written files' metadata (``results.FILES_SCHEMA``); scored rows never reach the driver.
+    ``file_pairs``: rows of each model per write task, so per data file (default the profile's
+    ``chunk_pairs``; see ``config.file_pairs``)."""
     import ray
     import ray.data
 
@@ -377,13 +380,13 @@ def score_stream(
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus,
     )
-    # About chunk_pairs pairs of each model per write task: one file per model and table (a
+    # About file_pairs pairs of each model per write task: one file per model and table (a
     # committed chunk is one or more files).
     ds = ds.map_batches(
         write_results,  # type: ignore[arg-type]  # fn_kwargs, as above
         fn_kwargs={"pass_": pass_},
         batch_format="pyarrow",
-        batch_size=profile.chunk_pairs * n,
+        batch_size=(file_pairs or profile.chunk_pairs) * n,
         num_cpus=0.5,
     )
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)

@@ -37,6 +37,7 @@ from moderation.config import (
     RunProfile,
     commit_pairs,
     config_hash,
+    file_pairs,
     load_model_registry,
     load_policy,
     load_run_profile,
@@ -465,8 +466,8 @@ def _run_pass(prepared: PreparedRun, plan: ScoringPlan, modality: str, lease, ba
 
     lake, run_id = prepared.lake, prepared.run_id
     models = [m for m in plan.models if m.modality == modality and plan.selections[m.model_id].selected(modality)]
-    chunk_pairs = commit_pairs(prepared.profile, max(
-        (plan.selections[m.model_id].stream_pairs.get(modality, 0) for m in models), default=0))
+    streamed = max((plan.selections[m.model_id].stream_pairs.get(modality, 0) for m in models), default=0)
+    chunk_pairs = commit_pairs(prepared.profile, streamed)
     # The writers read the chunks committed so far before the done ids, so anything committed
     # after this point by another process fences them off.
     writers, done = {}, {}
@@ -484,7 +485,8 @@ def _run_pass(prepared: PreparedRun, plan: ScoringPlan, modality: str, lease, ba
                              # None when nothing is committed yet: models sharing a selection then share its masks.
                              skip_ids={m.model_id: done[m.model_id] if len(done[m.model_id]) else None
                                        for m in streaming})
-        for files in score_stream(plan.snapshot, pass_, prepared.profile, context=prepared.context):
+        for files in score_stream(plan.snapshot, pass_, prepared.profile, context=prepared.context,
+                                  file_pairs=file_pairs(prepared.profile, streamed)):
             fault_point("after_batch")
             lease.check()
             by_model: dict[str, list[dict]] = {}

@@ -94,6 +94,10 @@ def test_work_is_committed_in_idempotent_chunks(env):
     # Version 0 creates the table (the first chunk's files were written before it existed),
     # versions 1..2: one commit per chunk, none at the end.
     assert lake.version("scores") == 2
+    # The write tasks sized the files to the chunks (config.file_pairs: 100 rows), not to
+    # chunk_pairs (64): about a file a chunk, whatever Ray's blocks were.
+    rows = pa.table(lake.open("scores").get_add_actions(flatten=True)).column("num_records").to_pylist()
+    assert len(rows) == 2 and min(rows) > 64, rows  # the few pairs left are quarantined
 
 
 def test_scored_rows_never_pass_through_the_driver(env):

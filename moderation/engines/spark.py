@@ -148,7 +148,10 @@ def write_parquet(df: DataFrame, uri: str) -> None:
         target = "s3a://" + uri[len("s3://"):] if uri.startswith("s3://") else uri
         df.write.mode("errorifexists").option("compression", "zstd").parquet(target)
     finally:
-        spark.conf.set(key, before)
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
 
 
 def _has_s3a(spark: SparkSession) -> bool:

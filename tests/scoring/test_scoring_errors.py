@@ -36,9 +36,10 @@ class Model:
         self.failing: set[str] = set()
         self.scored: list[str] = []
 
-    def stream(self, snapshot, pass_, profile, *, context=None):
+    def stream(self, snapshot, pass_, profile, *, context=None, file_pairs=None):
         """``pipeline.score_stream``'s stages in this process: read, prepare, score (the fake
-        ``score``), write; yields the written files' metadata as the Ray job does."""
+        ``score``), write (a file per read batch, whatever ``file_pairs``); yields the written
+        files' metadata as the Ray job does."""
         classifiers = {}
         for spec in pass_.models:
             clf = build_classifier(spec, context=dataclasses.replace(context, score_backoff_s=0.0))

@@ -722,8 +722,8 @@ def transparency_summary(violations_df: DataFrame, decides_df: DataFrame, labels
         key = tuple(cell[k] for k in (*POLICY_KEYS, "market", "category"))
         groups.setdefault(key, []).append(cell)
     out = []
-    for key in sorted(groups, key=repr):
-        cells_of = sorted(groups[key], key=lambda c: (c["action"] or "", c["detection_method"] or ""))
+    for group in groups.values():  # the report sorts the rows when it collects them
+        cells_of = sorted(group, key=lambda c: (c["action"] or "", c["detection_method"] or ""))
         for cell, why in zip(cells_of, suppression_pattern(cells_of, min_cell_count=min_cell_count), strict=True):
             out.append({**cell, "items": None if why else cell["_n"], "suppressed": why is not None,
                         "suppression": why, "min_cell_count": min_cell_count})
@@ -1113,8 +1113,7 @@ def _stage(lake: Lake, name: str, df: DataFrame, versions: dict[str, int | None]
     entries = [c for table, version in versions.items() for c in (F.lit(table), F.lit(version).cast("long"))]
     rows = df.withColumn(LAKE_VERSIONS, F.create_map(*entries)).select(*schema.names)
     folder = f"spark-{uuid.uuid4().hex}"
-    write_parquet(rows.orderBy(*(f.name for f in schema if not pa.types.is_nested(f.type))),
-                  join_uri(lake.uri(f"reports/{name}"), folder))
+    write_parquet(rows.orderBy(*_sort_keys(schema)), join_uri(lake.uri(f"reports/{name}"), folder))
     return folder
 
 
@@ -1145,8 +1144,13 @@ def _scores_at(spark: SparkSession, lake: Lake, *, versions: list[int]) -> DataF
 def _collect(df: DataFrame, schema: pa.Schema) -> pa.Table:
     """A small aggregate as an Arrow table of ``schema``, in a stable row order (by its columns
     other than maps and lists, which do not sort)."""
-    keys = [f.name for f in schema if not pa.types.is_nested(f.type)]
-    return df.toArrow().select(schema.names).cast(schema).sort_by([(name, "ascending") for name in keys])
+    table = df.toArrow().select(schema.names).cast(schema)
+    return table.sort_by([(name, "ascending") for name in _sort_keys(schema)])
+
+
+def _sort_keys(schema: pa.Schema) -> list[str]:
+    """The columns a report table's rows are sorted by: all but maps and lists, which do not sort."""
+    return [f.name for f in schema if not pa.types.is_nested(f.type)]
 
 
 def _overwrite(lake: Lake, name: str, table: pa.Table) -> str:

@@ -81,6 +81,7 @@ from moderation.storage.catalog import (
     utf8_sanitize,
 )
 from moderation.storage.lake import Lake, arrow_filesystem, sql_literal, storage_options
+from moderation.storage.spill import BUCKET_ROWS as SPILL_BUCKET_ROWS
 from moderation.storage.spill import BucketSpill, table_rows
 
 #: The lake tables a re-scan compares with (their versions are pinned in ``runs``).
@@ -92,7 +93,7 @@ BASELINE_TABLES = ("scores", "quarantine", "removals")
 #: many rows' worth whatever the catalog's size. 250,000 as decide's spill: at 1,000,000 items the
 #: planner's peak RSS is 589 MiB unchanged / 821 MiB 1 % changed, against 937 / 1,353 MiB with
 #: 1,000,000-pair buckets, for the same wall time (docs/development.md, issue 16).
-BUCKET_ROWS = 250_000
+BUCKET_ROWS = SPILL_BUCKET_ROWS
 #: Overrides ``BUCKET_ROWS`` when set (read at plan time; benchmarks force several buckets with it).
 BUCKET_ROWS_ENV = "MODERATION_RESCAN_BUCKET_ROWS"
 #: At most this many buckets (a local file per side each).

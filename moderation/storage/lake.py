@@ -199,12 +199,12 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
-def file_stats(data: pa.Table) -> dict:
-    """Delta ``stats`` of one data file: its row count only. Min/max of some columns would let
+def file_stats(rows: int) -> dict:
+    """Delta ``stats`` of one data file of ``rows`` rows: its row count only. Min/max of some columns would let
     readers skip files, but delta-rs' ``to_pyarrow_dataset`` (1.6) reads a column missing from
     ``minValues`` as all-null and prunes the file for any filter on it: stats must cover every
     column or none."""
-    return {"numRecords": data.num_rows}
+    return {"numRecords": rows}
 
 
 @dataclass(frozen=True)
@@ -399,7 +399,7 @@ class Lake:
         pq.write_table(data, path, filesystem=fs, compression="zstd")
         size = fs.get_file_info(path).size if fs is not None else os.stat(path).st_size
         return AddAction(path=name, size=size, partition_values={}, modification_time=int(time.time() * 1000),
-                         data_change=True, stats=json.dumps(file_stats(data)))
+                         data_change=True, stats=json.dumps(file_stats(data.num_rows)))
 
     def _create_empty(self, table: TableName):
         """Create ``table`` with no rows (its schema only), or open it when another writer just did."""
@@ -542,7 +542,7 @@ class Lake:
                 raise LakeError(f"{uri}/{folder}/{info.base_name}: columns {names}, expected {schema.names}")
             mtime = int(info.mtime.timestamp() * 1000) if info.mtime is not None else 0
             adds.append(AddAction(f"{folder}/{info.base_name}", info.size, {}, mtime, True,
-                                  json.dumps({"numRecords": n})))
+                                  json.dumps(file_stats(n))))
             rows += n
         props = _commit_properties(metadata)
         current = self.open(table)
